@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Build the container images without Docker or a registry, and save them as OCI archives under the
+# cache dir: the pause (sandbox) image and the project image (./Dockerfile, built with buildah from a
+# locally bootstrapped Debian base that stands in for the public debian image).
+# Usage: hack/build-images.sh [pause|base|project ...]   (default: all). Prints nothing on stdout.
+LOG_TAG=images
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+
+BUILDAH_ROOT="$CACHE_ROOT/buildah/root"
+BUILDAH_RUNROOT="/run/sdo-buildah"
+BASE_IMAGE="localhost/debian:$DEBIAN_SUITE-slim"
+buildah() { command buildah --root "$BUILDAH_ROOT" --runroot "$BUILDAH_RUNROOT" --storage-driver vfs "$@"; }
+mkdir -p "$IMAGE_CACHE"
+
+image_exists() { buildah images --quiet "$1" >/dev/null 2>&1; }
+
+build_pause() {
+  "$HACK_DIR/build-binaries.sh" pause
+  local out="$IMAGE_CACHE/$PAUSE_IMAGE_FILE"
+  [[ -s "$out" ]] && { log "pause image: cached"; return; }
+  local ctx; ctx=$(mktemp -d); cp "$PAUSE_BIN/pause" "$HACK_DIR/images/Dockerfile.pause" "$ctx/"
+  buildah bud --quiet --isolation chroot -f "$ctx/Dockerfile.pause" -t "$PAUSE_IMAGE" "$ctx" >/dev/null
+  buildah push --quiet "$PAUSE_IMAGE" "oci-archive:$out.tmp:$PAUSE_IMAGE" >/dev/null && mv "$out.tmp" "$out"
+  rm -rf "$ctx"; log "pause image built: $PAUSE_IMAGE"
+}
+
+build_base() {
+  if image_exists "$BASE_IMAGE"; then log "base image: cached"; return; fi
+  local tarball="$IMAGE_CACHE/debian-$DEBIAN_SUITE-minbase.tar"
+  if [[ ! -s "$tarball" ]]; then
+    log "debootstrapping Debian $DEBIAN_SUITE (minbase)"
+    local rootfs; rootfs=$(mktemp -d)
+    debootstrap --variant=minbase "$DEBIAN_SUITE" "$rootfs" "$DEBIAN_MIRROR" >"$CACHE_ROOT/debootstrap.log" 2>&1 \
+      || die "debootstrap failed, see $CACHE_ROOT/debootstrap.log"
+    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+    tar -C "$rootfs" -cf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
+    rm -rf "$rootfs"
+  fi
+  local c; c=$(buildah from scratch)
+  buildah add --quiet "$c" "$tarball" / >/dev/null
+  buildah config --cmd /bin/bash "$c"
+  buildah commit --quiet --rm "$c" "$BASE_IMAGE" >/dev/null
+  log "base image ready: $BASE_IMAGE"
+}
+
+build_project() {
+  build_base
+  local out="$IMAGE_CACHE/project.tar"
+  log "building $PROJECT_IMAGE from ./Dockerfile"
+  buildah bud --quiet --layers --isolation chroot \
+    --build-arg "BASE=$BASE_IMAGE" --build-arg PIP_CERT=/run/host-ca.crt \
+    -v /etc/ssl/certs/ca-certificates.crt:/run/host-ca.crt:ro \
+    -f "$REPO_ROOT/Dockerfile" -t "$PROJECT_IMAGE" "$REPO_ROOT" >"$CACHE_ROOT/project-build.log" 2>&1 \
+    || { tail -30 "$CACHE_ROOT/project-build.log" >&2; die "image build failed"; }
+  rm -f "$out.tmp"
+  buildah push --quiet "$PROJECT_IMAGE" "oci-archive:$out.tmp:$PROJECT_IMAGE" >/dev/null && mv "$out.tmp" "$out"
+  log "project image built: $PROJECT_IMAGE"
+}
+
+targets=("$@"); (( ${#targets[@]} )) || targets=(pause project)
+for t in "${targets[@]}"; do start=$SECONDS; "build_$t"; log "$t done in $((SECONDS - start))s"; done

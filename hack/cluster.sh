@@ -1,0 +1,588 @@
+#!/usr/bin/env bash
+# A real single-node Kubernetes + AIStore cluster on this machine, built from source (no Docker, no kind).
+#
+#   hack/cluster.sh up       build/reuse binaries and images, start everything, wait until healthy
+#   hack/cluster.sh down     stop everything and remove all state (also cleans up after a killed run)
+#   hack/cluster.sh status   health of every component (exit 1 if any is unhealthy)
+#   hack/cluster.sh env      shell exports for the host: KUBECONFIG, AIS_ENDPOINT, PATH (kubectl, helm)
+#
+# Layout (see docs/local-cluster.md): state, certificates, kubeconfig and logs live under $SDO_CLUSTER_DIR
+# (default /var/lib/sharded-dataset-operator/cluster); every component listens on loopback or on the
+# cluster bridge sdo0 (10.244.0.1), never on an outside interface. Must run as root.
+LOG_TAG=cluster
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+
+STATE="${SDO_CLUSTER_DIR:-/var/lib/sharded-dataset-operator/cluster}"
+LOGS="$STATE/logs"
+PIDS="$STATE/pids"
+PKI="$STATE/pki"
+KUBECONFIG_PATH="$STATE/kubeconfig"
+NODE_NAME="${SDO_NODE_NAME:-sdo-node}"
+BRIDGE=sdo0
+NODE_IP=10.244.0.1
+POD_CIDR=10.244.0.0/24
+SERVICE_CIDR=10.96.0.0/24
+APISERVER_SVC_IP=10.96.0.1
+ETCD_PORT=23790
+CONTAINERD_ROOT=/var/lib/sdo-containerd
+CONTAINERD_STATE=/run/sdo-containerd
+CONTAINERD_SOCK="$CONTAINERD_STATE/containerd.sock"
+KUBELET_ROOT=/var/lib/sdo-kubelet
+AIS_TARGETS="${AIS_TARGETS:-2}"
+AIS_PROXIES="${AIS_PROXIES:-1}"
+AIS_PROXY_PORT=51080
+AIS_ENDPOINT_URL="http://$NODE_IP:$AIS_PROXY_PORT"
+AIS_DATA="${SDO_AIS_DATA_DIR:-$STATE/ais}"
+GUARD_CHAIN=SDO-GUARD
+
+kubectl() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
+ctr() { command ctr --address "$CONTAINERD_SOCK" "$@"; }
+
+# ---------------------------------------------------------------------------------------------- processes
+
+start_proc() { # start_proc NAME CMD... : detached, logs to $LOGS/NAME.log, pid in $PIDS/NAME.pid
+  local name=$1; shift
+  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+  echo $! >"$PIDS/$name.pid"
+}
+
+proc_alive() { [[ -f "$PIDS/$1.pid" ]] && kill -0 "$(cat "$PIDS/$1.pid")" 2>/dev/null; }
+
+stop_pids() { # stop_pids PID...: TERM, wait up to 10 s, then KILL
+  local pids=("$@") p i
+  ((${#pids[@]})) || return 0
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+  for i in $(seq 1 100); do
+    local alive=0
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    ((alive)) || return 0
+    sleep 0.1
+  done
+  kill -KILL "${pids[@]}" 2>/dev/null || true
+}
+
+stop_proc() { # stop_proc NAME [PATTERN]: by pid file, then any leftover process matching PATTERN
+  local name=$1 pattern=${2:-} pids=()
+  [[ -f "$PIDS/$name.pid" ]] && pids+=("$(cat "$PIDS/$name.pid")")
+  if [[ -n "$pattern" ]]; then mapfile -t -O "${#pids[@]}" pids < <(pgrep -f -- "$pattern" || true); fi
+  stop_pids "${pids[@]}"
+  rm -f "$PIDS/$name.pid"
+}
+
+# ---------------------------------------------------------------------------------------------- preflight
+
+preflight() {
+  [[ $EUID -eq 0 ]] || die "must run as root (mounts, cgroups, network namespaces, iptables)"
+  "$HACK_DIR/install-deps.sh"
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+}
+
+# ---------------------------------------------------------------------------------------------- network
+
+network_up() {
+  sysctl -qw net.ipv4.ip_forward=1
+  ip link show "$BRIDGE" >/dev/null 2>&1 || ip link add "$BRIDGE" type bridge
+  ip addr replace "$NODE_IP/24" dev "$BRIDGE"
+  ip link set "$BRIDGE" up
+  sysctl -qw net.bridge.bridge-nf-call-iptables=1
+  # Service IPs that kube-proxy has not (yet) translated must never leave the machine.
+  ip route replace unreachable "$SERVICE_CIDR"
+  # Pods may talk to each other, to this node and to Services, but nothing they send is forwarded out.
+  iptables -N "$GUARD_CHAIN" 2>/dev/null || iptables -F "$GUARD_CHAIN"
+  iptables -A "$GUARD_CHAIN" -s "$POD_CIDR" -o "$BRIDGE" -j RETURN
+  iptables -A "$GUARD_CHAIN" -s "$POD_CIDR" -j REJECT
+  iptables -C FORWARD -j "$GUARD_CHAIN" 2>/dev/null || iptables -I FORWARD 1 -j "$GUARD_CHAIN"
+  mkdir -p "$STATE/cni/net.d"
+  cat >"$STATE/cni/net.d/10-sdo.conflist" <<EOF
+{
+  "cniVersion": "1.0.0",
+  "name": "sdo",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "$BRIDGE",
+      "isGateway": true,
+      "ipMasq": false,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "dataDir": "$STATE/cni/ipam",
+        "ranges": [[{"subnet": "$POD_CIDR", "gateway": "$NODE_IP"}]],
+        "routes": [{"dst": "0.0.0.0/0"}]
+      }
+    }
+  ]
+}
+EOF
+}
+
+network_down() {
+  local ns
+  for ns in /var/run/netns/cni-*; do [[ -e $ns ]] && { ip netns del "$(basename "$ns")" 2>/dev/null || umount -l "$ns" 2>/dev/null; rm -f "$ns"; }; done
+  ip link del "$BRIDGE" 2>/dev/null || true
+  ip route del unreachable "$SERVICE_CIDR" 2>/dev/null || true
+  while iptables -D FORWARD -j "$GUARD_CHAIN" 2>/dev/null; do :; done
+  iptables -F "$GUARD_CHAIN" 2>/dev/null || true
+  iptables -X "$GUARD_CHAIN" 2>/dev/null || true
+  if [[ -x "$K8S_BIN/kube-proxy" ]]; then "$K8S_BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true; fi
+}
+
+# ---------------------------------------------------------------------------------------------- PKI
+
+sign_cert() { # sign_cert NAME SUBJECT [SANS]
+  local name=$1 subj=$2 sans=${3:-}
+  openssl genrsa -out "$PKI/$name.key" 2048 2>/dev/null
+  openssl req -new -key "$PKI/$name.key" -subj "$subj" -out "$PKI/$name.csr" 2>/dev/null
+  local ext="$PKI/$name.ext"
+  { echo "basicConstraints=CA:FALSE"; echo "keyUsage=critical,digitalSignature,keyEncipherment"
+    if [[ -n $sans ]]; then echo "extendedKeyUsage=serverAuth,clientAuth"; echo "subjectAltName=$sans"
+    else echo "extendedKeyUsage=clientAuth"; fi; } >"$ext"
+  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
+    -days 365 -sha256 -extfile "$ext" -out "$PKI/$name.crt" 2>/dev/null
+  rm -f "$PKI/$name.csr" "$ext"
+}
+
+kubeconfig_file() { # kubeconfig_file PATH USER [token=T | cert=NAME]
+  local path=$1 user=$2 cred=$3 auth
+  case $cred in
+    token=*) auth="    token: ${cred#token=}" ;;
+    cert=*) auth="    client-certificate: $PKI/${cred#cert=}.crt
+    client-key: $PKI/${cred#cert=}.key" ;;
+  esac
+  cat >"$path" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: sdo
+  cluster:
+    server: https://$NODE_IP:6443
+    certificate-authority: $PKI/ca.crt
+users:
+- name: $user
+  user:
+$auth
+contexts:
+- name: sdo
+  context: {cluster: sdo, user: $user}
+current-context: sdo
+EOF
+  chmod 600 "$path"
+}
+
+make_pki() {
+  mkdir -p "$PKI"
+  openssl genrsa -out "$PKI/ca.key" 2048 2>/dev/null
+  openssl req -x509 -new -key "$PKI/ca.key" -subj "/CN=sdo-local-ca" -days 365 -out "$PKI/ca.crt" 2>/dev/null
+  sign_cert apiserver "/CN=kube-apiserver" \
+    "IP:$NODE_IP,IP:127.0.0.1,IP:$APISERVER_SVC_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+  sign_cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client"
+  sign_cert kubelet "/CN=$NODE_NAME" "IP:$NODE_IP,DNS:$NODE_NAME"
+  sign_cert kubelet-client "/O=system:nodes/CN=system:node:$NODE_NAME"
+  openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
+  local token; token=$(openssl rand -hex 24)
+  echo "$token,admin,admin,system:masters" >"$PKI/tokens.csv"
+  chmod 600 "$PKI"/*.key "$PKI/tokens.csv"
+  kubeconfig_file "$KUBECONFIG_PATH" admin "token=$token"
+  kubeconfig_file "$STATE/kubelet.kubeconfig" "system:node:$NODE_NAME" cert=kubelet-client
+}
+
+# ---------------------------------------------------------------------------------------------- control plane
+
+start_etcd() {
+  start_proc etcd "$ETCD_BIN/etcd" --name sdo --data-dir "$STATE/etcd" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls http://127.0.0.1:23800 --initial-advertise-peer-urls http://127.0.0.1:23800 \
+    --initial-cluster sdo=http://127.0.0.1:23800 --listen-metrics-urls http://127.0.0.1:23810 \
+    --log-level warn --unsafe-no-fsync=true --quota-backend-bytes=4294967296
+  wait_for etcd 30 curl -sf "http://127.0.0.1:$ETCD_PORT/health"
+}
+
+start_apiserver() {
+  start_proc kube-apiserver "$K8S_BIN/kube-apiserver" \
+    --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+    --bind-address="$NODE_IP" --secure-port=6443 --advertise-address="$NODE_IP" \
+    --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
+    --client-ca-file="$PKI/ca.crt" --token-auth-file="$PKI/tokens.csv" \
+    --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
+    --service-cluster-ip-range="$SERVICE_CIDR" --allow-privileged=true \
+    --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
+    --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
+    --kubelet-certificate-authority="$PKI/ca.crt" --kubelet-preferred-address-types=InternalIP \
+    --profiling=false --v=1
+  wait_for "kube-apiserver /readyz" 90 curl -sf --cacert "$PKI/ca.crt" "https://$NODE_IP:6443/readyz"
+}
+
+start_controllers() {
+  start_proc kube-controller-manager "$K8S_BIN/kube-controller-manager" \
+    --kubeconfig="$KUBECONFIG_PATH" --authentication-kubeconfig="$KUBECONFIG_PATH" \
+    --authorization-kubeconfig="$KUBECONFIG_PATH" --leader-elect=false --controllers='*' \
+    --service-account-private-key-file="$PKI/sa.key" --root-ca-file="$PKI/ca.crt" \
+    --cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
+    --bind-address=127.0.0.1 --secure-port=10257 --profiling=false --v=1
+  start_proc kube-scheduler "$K8S_BIN/kube-scheduler" \
+    --kubeconfig="$KUBECONFIG_PATH" --authentication-kubeconfig="$KUBECONFIG_PATH" \
+    --authorization-kubeconfig="$KUBECONFIG_PATH" --leader-elect=false \
+    --bind-address=127.0.0.1 --secure-port=10259 --profiling=false --v=1
+}
+
+# ---------------------------------------------------------------------------------------------- node
+
+start_containerd() {
+  mkdir -p "$CONTAINERD_ROOT" "$CONTAINERD_STATE"
+  cat >"$STATE/containerd.toml" <<EOF
+version = 2
+root = "$CONTAINERD_ROOT"
+state = "$CONTAINERD_STATE"
+[grpc]
+  address = "$CONTAINERD_SOCK"
+[ttrpc]
+  address = "$CONTAINERD_SOCK.ttrpc"
+[debug]
+  level = "warn"
+[metrics]
+  address = ""
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "$PAUSE_IMAGE"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+        Root = "$CONTAINERD_STATE/runc"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$STATE/cni/net.d"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$CONTAINERD_ROOT/opt"
+EOF
+  start_proc containerd containerd --config "$STATE/containerd.toml"
+  wait_for containerd 30 ctr version
+  # Containers left behind by a killed run are forgotten; images are kept (they are the cache).
+  local c
+  for c in $(ctr -n k8s.io containers ls -q 2>/dev/null); do
+    ctr -n k8s.io tasks kill -s SIGKILL "$c" >/dev/null 2>&1 || true
+    ctr -n k8s.io tasks rm -f "$c" >/dev/null 2>&1 || true
+    ctr -n k8s.io containers rm "$c" >/dev/null 2>&1 || true
+  done
+}
+
+import_image() { # import_image ARCHIVE REF: skip when containerd already has that exact archive
+  local archive=$1 ref=$2 sum marker
+  sum=$(sha256sum "$archive" | cut -c1-16)
+  marker="$CONTAINERD_ROOT/.imported-$(tr '/:' '__' <<<"$ref")"
+  if [[ "$(cat "$marker" 2>/dev/null)" == "$sum" ]] && ctr -n k8s.io images ls -q | grep -qx "$ref"; then return; fi
+  ctr -n k8s.io images import --no-unpack=false "$archive" >/dev/null
+  ctr -n k8s.io images ls -q | grep -qx "$ref" || die "image $ref missing after import of $archive"
+  echo "$sum" >"$marker"
+  log "imported $ref"
+}
+
+import_images() {
+  import_image "$IMAGE_CACHE/$PAUSE_IMAGE_FILE" "$PAUSE_IMAGE"
+  import_image "$IMAGE_CACHE/project.tar" "$PROJECT_IMAGE"
+}
+
+start_kubelet() {
+  mkdir -p "$KUBELET_ROOT"
+  : >"$STATE/resolv.conf"   # pods get cluster DNS only: nothing resolves to an outside server
+  cat >"$STATE/kubelet.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: $NODE_IP
+port: 10250
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: 10248
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {clientCAFile: $PKI/ca.crt}
+authorization: {mode: Webhook}
+tlsCertFile: $PKI/kubelet.crt
+tlsPrivateKeyFile: $PKI/kubelet.key
+cgroupDriver: cgroupfs
+failCgroupV1: false
+containerRuntimeEndpoint: unix://$CONTAINERD_SOCK
+failSwapOn: false
+clusterDNS: [$NODE_IP]
+clusterDomain: cluster.local
+resolvConf: $STATE/resolv.conf
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard: {memory.available: 100Mi, nodefs.available: 2%, imagefs.available: 2%, nodefs.inodesFree: 2%}
+serializeImagePulls: false
+maxPods: 110
+rotateCertificates: false
+serverTLSBootstrap: false
+containerLogMaxSize: 20Mi
+EOF
+  start_proc kubelet "$K8S_BIN/kubelet" --config="$STATE/kubelet.yaml" --kubeconfig="$STATE/kubelet.kubeconfig" \
+    --root-dir="$KUBELET_ROOT" --hostname-override="$NODE_NAME" --node-ip="$NODE_IP" --v=1
+}
+
+start_kube_proxy() {
+  cat >"$STATE/kube-proxy.yaml" <<EOF
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: iptables
+clientConnection: {kubeconfig: $KUBECONFIG_PATH}
+hostnameOverride: $NODE_NAME
+clusterCIDR: $POD_CIDR
+bindAddress: $NODE_IP
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+nodePortAddresses: ["$NODE_IP/32"]
+conntrack: {maxPerCore: 0}
+iptables: {localhostNodePorts: false}
+EOF
+  start_proc kube-proxy "$K8S_BIN/kube-proxy" --config="$STATE/kube-proxy.yaml" --v=1
+}
+
+start_coredns() {
+  cat >"$STATE/Corefile" <<EOF
+.:53 {
+    bind $NODE_IP
+    errors
+    health 127.0.0.1:18080
+    ready 127.0.0.1:18181
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+        kubeconfig $KUBECONFIG_PATH sdo
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+    }
+    cache 5
+}
+EOF
+  start_proc coredns "$COREDNS_BIN/coredns" -conf "$STATE/Corefile"
+}
+
+# ---------------------------------------------------------------------------------------------- AIS
+
+ais_node_conf() { # ais_node_conf NAME ROLE INDEX PORT
+  local name=$1 role=$2 index=$3 port=$4 dir="$AIS_DATA/$1"
+  mkdir -p "$dir/conf" "$LOGS/ais-$name"
+  cat >"$dir/local.json" <<EOF
+{
+  "confdir": "$dir/conf",
+  "log_dir": "$LOGS/ais-$name",
+  "host_net": {
+    "hostname": "$NODE_IP", "hostname_intra_control": "$NODE_IP", "hostname_intra_data": "$NODE_IP",
+    "port": "$port", "port_intra_control": "$((port + 1000))", "port_intra_data": "$((port + 2000))"
+  },
+  "fspaths": {},
+  "test_fspaths": {"root": "$AIS_DATA/mountpaths/", "count": $([[ $role == target ]] && echo 1 || echo 0), "instance": $index}
+}
+EOF
+}
+
+start_ais() {
+  mkdir -p "$AIS_DATA"
+  cat >"$AIS_DATA/cluster.json" <<EOF
+{
+  "backend": {},
+  "timeout": {
+    "cplane_operation": "2s", "max_keepalive": "5s", "cold_get_conflict": "5s", "max_host_busy": "20s",
+    "startup_time": "30s", "join_startup_time": "1m", "send_file_time": "5m", "ec_streams_time": "10m",
+    "object_md": "2h"
+  },
+  "proxy": {"primary_url": "$AIS_ENDPOINT_URL", "original_url": "$AIS_ENDPOINT_URL", "discovery_url": "", "non_electable": false},
+  "space": {"cleanupwm": 65, "lowwm": 75, "highwm": 90, "out_of_space": 95, "batch_size": 32768, "dont_cleanup_time": "120m"},
+  "resilver": {"enabled": true},
+  "memsys": {"min_free": "2gb", "default_buf": "32kb", "to_gc": "4gb", "hk_time": "3m", "min_pct_total": 0, "min_pct_free": 0},
+  "versioning": {"enabled": true, "validate_warm_get": false},
+  "net": {
+    "l4": {"proto": "tcp", "sndrcv_buf_size": 131072},
+    "http": {
+      "use_https": false, "server_crt": "server.crt", "server_key": "server.key", "domain_tls": "",
+      "client_ca_tls": "", "client_auth_tls": 0, "idle_conn_time": "6s", "idle_conns_per_host": 32,
+      "idle_conns": 256, "write_buffer_size": 0, "read_buffer_size": 0, "chunked_transfer": true,
+      "skip_verify": false
+    },
+    "use_ipv6": false
+  },
+  "auth": {},
+  "distributed_sort": {
+    "duplicated_records": "ignore", "missing_shards": "ignore", "ekm_malformed_line": "abort",
+    "ekm_missing_key": "abort", "default_max_mem_usage": "60%", "call_timeout": "10m",
+    "dsorter_mem_threshold": "100GB", "compression": "never", "bundle_multiplier": 4
+  }
+}
+EOF
+  local i port
+  for ((i = 0; i < AIS_PROXIES; i++)); do
+    port=$((AIS_PROXY_PORT + 10 + i)); ((i == 0)) && port=$AIS_PROXY_PORT
+    ais_node_conf "proxy$i" proxy "$i" "$port"
+    start_proc "ais-proxy$i" env -u KUBERNETES_SERVICE_HOST -u KUBERNETES_SERVICE_PORT AIS_PRIMARY_EP="$AIS_ENDPOINT_URL" \
+      "$AIS_BIN/aisnode" -role=proxy -config="$AIS_DATA/cluster.json" -local_config="$AIS_DATA/proxy$i/local.json" \
+      -ntargets="$AIS_TARGETS"
+    ((i == 0)) && sleep 1
+  done
+  for ((i = 1; i <= AIS_TARGETS; i++)); do
+    port=$((AIS_PROXY_PORT + 20 + i))
+    ais_node_conf "target$i" target "$i" "$port"
+    start_proc "ais-target$i" env -u KUBERNETES_SERVICE_HOST -u KUBERNETES_SERVICE_PORT AIS_PRIMARY_EP="$AIS_ENDPOINT_URL" \
+      "$AIS_BIN/aisnode" -role=target -config="$AIS_DATA/cluster.json" -local_config="$AIS_DATA/target$i/local.json"
+  done
+}
+
+ais_ready() { curl -sf -o /dev/null "$AIS_ENDPOINT_URL/v1/health?prr=true"; }
+
+# ---------------------------------------------------------------------------------------------- in-cluster objects
+
+node_ready() {
+  [[ "$(kubectl get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]] &&
+    [[ -z "$(kubectl get node "$NODE_NAME" -o jsonpath='{.spec.taints}' 2>/dev/null)" ]]
+}
+
+apply_cluster_objects() {
+  kubectl apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Namespace
+metadata: {name: ais}
+---
+# AIS runs beside the node (host processes on the bridge IP); this Service is how pods find it,
+# exactly as on a cluster where AIS runs in-cluster: http://ais-proxy.ais:$AIS_PROXY_PORT
+apiVersion: v1
+kind: Service
+metadata: {name: ais-proxy, namespace: ais}
+spec:
+  ports: [{name: http, port: $AIS_PROXY_PORT, targetPort: $AIS_PROXY_PORT, protocol: TCP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: ais-proxy-host
+  namespace: ais
+  labels: {kubernetes.io/service-name: ais-proxy, endpointslice.kubernetes.io/managed-by: sdo-cluster}
+addressType: IPv4
+ports: [{name: http, port: $AIS_PROXY_PORT, protocol: TCP}]
+endpoints: [{addresses: ["$NODE_IP"], conditions: {ready: true}}]
+EOF
+}
+
+# ---------------------------------------------------------------------------------------------- commands
+
+all_healthy() { status >/dev/null 2>&1; }
+
+cmd_up() {
+  local t0=$SECONDS
+  preflight
+  if [[ -f "$STATE/up" ]] && all_healthy; then log "cluster already up and healthy"; return 0; fi
+  cmd_down
+  "$HACK_DIR/build-binaries.sh"
+  "$HACK_DIR/build-images.sh" pause
+  [[ -s "$IMAGE_CACHE/project.tar" && "${SDO_REBUILD_IMAGE:-0}" != 1 ]] || "$HACK_DIR/build-images.sh" project
+  mkdir -p "$STATE" "$LOGS" "$PIDS"
+  log "starting cluster (state: $STATE)"
+  network_up
+  make_pki
+  start_ais                     # AIS needs ~15-30 s to form; it comes up while Kubernetes does
+  start_etcd
+  start_apiserver
+  start_controllers
+  start_containerd
+  import_images
+  start_kubelet
+  start_kube_proxy
+  start_coredns
+  wait_for "node $NODE_NAME Ready" 120 node_ready || die "node not Ready; see $LOGS/kubelet.log"
+  apply_cluster_objects
+  wait_for "serviceaccount default/default" 60 kubectl get serviceaccount default -n default
+  wait_for "AIS cluster ready" 120 ais_ready || die "AIS not ready; see $LOGS/ais-*"
+  wait_for "all components healthy" 60 all_healthy || { status; die "cluster unhealthy"; }
+  touch "$STATE/up"
+  log "cluster up in $((SECONDS - t0))s; kubeconfig: $KUBECONFIG_PATH; AIS: $AIS_ENDPOINT_URL"
+  log "for a shell: eval \"\$(make -s cluster-env)\""
+}
+
+cmd_down() {
+  [[ $EUID -eq 0 ]] || die "must run as root"
+  rm -f "$STATE/up"
+  stop_proc kube-proxy "$K8S_BIN/kube-proxy"
+  stop_proc kubelet "$K8S_BIN/kubelet"
+  stop_proc coredns "$COREDNS_BIN/coredns"
+  local f
+  for f in "$PIDS"/ais-*.pid; do [[ -e $f ]] && stop_proc "$(basename "$f" .pid)"; done
+  stop_pids $(pgrep -f -- "$AIS_BIN/aisnode" || true)
+  # Pod containers: kill every container runc knows in our runtime root, then the shims, then containerd.
+  local runc_root id
+  for runc_root in "$CONTAINERD_STATE"/runc/*; do
+    [[ -d $runc_root ]] || continue
+    for id in $(runc --root "$runc_root" list -q 2>/dev/null); do
+      runc --root "$runc_root" kill -a "$id" KILL 2>/dev/null || true
+      runc --root "$runc_root" delete -f "$id" 2>/dev/null || true
+    done
+  done
+  stop_pids $(pgrep -f -- "containerd-shim-runc-v2 .*-address $CONTAINERD_SOCK" || true)
+  stop_proc containerd "containerd --config $STATE/containerd.toml"
+  kill_cgroup_leftovers
+  stop_proc kube-scheduler "$K8S_BIN/kube-scheduler"
+  stop_proc kube-controller-manager "$K8S_BIN/kube-controller-manager"
+  stop_proc kube-apiserver "$K8S_BIN/kube-apiserver"
+  stop_proc etcd "$ETCD_BIN/etcd"
+  unmount_under "$KUBELET_ROOT" "$CONTAINERD_STATE" "$CONTAINERD_ROOT/io.containerd.runtime.v2.task" \
+    "$CONTAINERD_ROOT/io.containerd.grpc.v1.cri/sandboxes"
+  network_down
+  rm -rf "$KUBELET_ROOT" "$CONTAINERD_STATE" "$STATE"
+  log "cluster down"
+}
+
+kill_cgroup_leftovers() { # processes of pods whose containers outlived their runtime
+  local procs pid
+  for procs in $(find /sys/fs/cgroup/*/kubepods* -name cgroup.procs 2>/dev/null); do
+    while read -r pid; do kill -KILL "$pid" 2>/dev/null || true; done <"$procs"
+  done
+  sleep 0.2
+  find /sys/fs/cgroup/*/kubepods* -depth -type d -exec rmdir {} + 2>/dev/null || true
+}
+
+unmount_under() { # lazily unmount every mount point below the given directories, deepest first
+  local d mp
+  for d in "$@"; do
+    while read -r mp; do umount -l "$mp" 2>/dev/null || true; done < <(awk -v d="$d" '$2 ~ "^"d {print $2}' /proc/mounts | sort -r)
+  done
+}
+
+status() { # prints one line per component; returns non-zero if any is unhealthy
+  local bad=0
+  check() { local name=$1; shift; if "$@" >/dev/null 2>&1; then printf '%-24s ok\n' "$name"; else printf '%-24s FAILED\n' "$name"; bad=1; fi; }
+  check etcd curl -sf "http://127.0.0.1:$ETCD_PORT/health"
+  check kube-apiserver curl -sf --cacert "$PKI/ca.crt" "https://$NODE_IP:6443/readyz"
+  check kube-controller-manager curl -skf https://127.0.0.1:10257/healthz
+  check kube-scheduler curl -skf https://127.0.0.1:10259/healthz
+  check containerd ctr version
+  check kubelet curl -sf http://127.0.0.1:10248/healthz
+  check kube-proxy curl -sf http://127.0.0.1:10256/healthz
+  check coredns curl -sf http://127.0.0.1:18181/ready
+  check "node $NODE_NAME Ready" node_ready
+  check "ais (prr)" ais_ready
+  local n; n=$(curl -sf "$AIS_ENDPOINT_URL/v1/daemon?what=smap" 2>/dev/null | jq '.tmap | length' 2>/dev/null || echo 0)
+  check "ais targets ($n/$AIS_TARGETS)" test "$n" -ge "$AIS_TARGETS"
+  return $bad
+}
+
+cmd_status() { status; }
+
+cmd_env() {
+  cat <<EOF
+export KUBECONFIG=$KUBECONFIG_PATH
+export AIS_ENDPOINT=$AIS_ENDPOINT_URL
+export PATH=$K8S_BIN:$HELM_BIN:\$PATH
+EOF
+}
+
+[[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0   # sourced (tests, debugging): functions only
+case "${1:-}" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  env) cmd_env ;;
+  *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+esac

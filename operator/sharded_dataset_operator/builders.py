@@ -1,0 +1,245 @@
+"""Pure builders: the converter Job manifest, the converter's configuration and the dSort request spec."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from . import naming
+from .spec import API_GROUP, API_VERSION, KIND, DatasetSpec
+
+CONVERTER_CONTAINER = "converter"
+CONFIG_ENV = "SDS_CONVERTER_CONFIG"
+EXIT_PERMANENT = 2  # converter exit code for errors a retry cannot fix (FailIndex)
+SOURCE_MOUNT = "/data"
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Identity of the ShardedDataset that owns what is built."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConverterDefaults:
+    """Operator-level settings that shape converter pods."""
+
+    image: str
+    image_pull_policy: str = "IfNotPresent"
+    service_account: str | None = None
+
+
+def converted_base(spec: DatasetSpec, owner: Owner) -> str:
+    return naming.generation_base(spec.output.prefix, owner.uid, owner.generation)
+
+
+def output_base(spec: DatasetSpec, owner: Owner) -> str:
+    assert spec.shuffle is not None
+    return naming.generation_base(spec.shuffle.output_prefix, owner.uid, owner.generation)
+
+
+def converter_config(spec: DatasetSpec, owner: Owner) -> dict[str, Any]:
+    """What every converter worker needs; serialised into the pod's environment."""
+    source: dict[str, Any]
+    if spec.source.bucket is not None:
+        source = {
+            "kind": "ais",
+            "bucket": spec.source.bucket.name,
+            "provider": spec.source.bucket.provider,
+            "prefix": spec.source.prefix,
+        }
+    else:
+        source = {"kind": "volume", "root": SOURCE_MOUNT}
+    return {
+        "source": source,
+        "fields": [{"pattern": f.pattern, "name": f.name} for f in spec.fields],
+        "labels": (
+            {
+                "path": spec.label.path,
+                "keyColumn": spec.label.key_column,
+                "valueColumn": spec.label.value_column,
+                "name": spec.label.name,
+            }
+            if spec.label
+            else None
+        ),
+        "required": list(spec.required),
+        "output": {
+            "bucket": spec.output.bucket.name,
+            "provider": spec.output.bucket.provider,
+            "base": converted_base(spec, owner),
+            "maxSamples": spec.output.max_samples,
+            "maxBytes": spec.output.max_bytes,
+        },
+        "workers": spec.conversion.workers,
+        "generation": owner.generation,
+    }
+
+
+def default_resources(spec: DatasetSpec) -> dict[str, Any]:
+    """Memory sized to two in-flight shards (one being built, one uploading) plus the runtime."""
+    shard = spec.output.max_bytes or 64 * MiB
+    limit_mib = max(512, (3 * shard) // MiB + 256)
+    return {
+        "requests": {"cpu": "250m", "memory": f"{min(limit_mib, 256 + (2 * shard) // MiB)}Mi"},
+        "limits": {"memory": f"{limit_mib}Mi"},
+    }
+
+
+def owner_reference(owner: Owner) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": KIND,
+        "name": owner.name,
+        "uid": owner.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def child_labels(owner: Owner, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "sharded-dataset-operator",
+        "app.kubernetes.io/managed-by": "sharded-dataset-operator",
+        naming.LABEL_COMPONENT: component,
+        naming.LABEL_NAME: owner.name,
+        naming.LABEL_GENERATION: str(owner.generation),
+    }
+
+
+def build_converter_job(spec: DatasetSpec, owner: Owner, defaults: ConverterDefaults) -> dict[str, Any]:
+    """The Indexed Job whose pod N converts partition N of the raw samples."""
+    labels = child_labels(owner, "converter")
+    env: list[dict[str, Any]] = [
+        {"name": CONFIG_ENV, "value": json.dumps(converter_config(spec, owner), sort_keys=True)},
+        {"name": "AIS_ENDPOINT", "value": spec.ais.endpoint},
+    ]
+    if spec.ais.token_secret:
+        secret, key = spec.ais.token_secret
+        env.append({"name": "AIS_AUTHN_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
+    if spec.source.claim_name:
+        sub = spec.source.path.strip("/")
+        mount: dict[str, Any] = {"name": "source", "mountPath": SOURCE_MOUNT, "readOnly": True}
+        if sub:
+            mount["subPath"] = sub
+        mounts.append(mount)
+        volumes.append(
+            {"name": "source", "persistentVolumeClaim": {"claimName": spec.source.claim_name, "readOnly": True}}
+        )
+    container: dict[str, Any] = {
+        "name": CONVERTER_CONTAINER,
+        "image": defaults.image,
+        "imagePullPolicy": defaults.image_pull_policy,
+        "args": ["sharded_dataset_operator.converter.main"],
+        "env": env,
+        "resources": spec.conversion.resources or default_resources(spec),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": mounts,
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 65532,
+            "runAsGroup": 65532,
+            "fsGroup": 65532,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if defaults.service_account:
+        pod_spec["serviceAccountName"] = defaults.service_account
+    if spec.conversion.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.conversion.node_selector)
+    if spec.conversion.tolerations:
+        pod_spec["tolerations"] = list(spec.conversion.tolerations)
+    workers = spec.conversion.workers
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": naming.job_name(owner.name, owner.generation),
+            "namespace": owner.namespace,
+            "labels": labels,
+            "ownerReferences": [owner_reference(owner)],
+        },
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": workers,
+            "parallelism": workers,
+            "backoffLimitPerIndex": spec.conversion.retries,
+            "maxFailedIndexes": 0,
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailIndex",
+                        "onExitCodes": {
+                            "containerName": CONVERTER_CONTAINER,
+                            "operator": "In",
+                            "values": [EXIT_PERMANENT],
+                        },
+                    },
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                ]
+            },
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }
+
+
+def build_dsort_spec(spec: DatasetSpec, owner: Owner, input_shards: list[str]) -> dict[str, Any]:
+    """AIS dSort request: shuffle/sort the converted shards into `outputShardSize` shards.
+
+    Input is the exact list of shards the converters reported (never a prefix listing), records are keyed by
+    the WebDataset key, and any missing input shard or duplicate record aborts the job instead of silently
+    losing or merging samples.
+    """
+    assert spec.shuffle is not None
+    algorithm: dict[str, Any] = {"kind": spec.shuffle.algorithm}
+    if spec.shuffle.algorithm == "shuffle":
+        algorithm["seed"] = spec.shuffle.seed
+    return {
+        "input_bck": {"name": spec.output.bucket.name, "provider": spec.output.bucket.provider},
+        "input_format": {"objnames": sorted(input_shards)},
+        "input_extension": ".tar",
+        "output_bck": {"name": spec.shuffle.output_bucket.name, "provider": spec.shuffle.output_bucket.provider},
+        "output_format": naming.output_template(output_base(spec, owner)),
+        "output_extension": ".tar",
+        "output_shard_size": str(spec.shuffle.output_shard_size),
+        "algorithm": algorithm,
+        "description": naming.dsort_description(owner.namespace, owner.name, owner.uid, owner.generation),
+        "Config": {"duplicated_records": "abort", "missing_shards": "abort"},
+    }
+
+
+def build_shard_index(name: str, shards: list[tuple[str, int, int]], index_object: str, info: dict[str, Any]) -> dict[str, Any]:
+    """wids shard index (`wids-shard-index-v1`); shard URLs are relative to the index object's location."""
+    directory = index_object.rsplit("/", 1)[0] + "/" if "/" in index_object else ""
+    shardlist = [
+        {"url": obj[len(directory) :] if obj.startswith(directory) else obj, "nsamples": n, "filesize": size}
+        for obj, n, size in sorted(shards)
+    ]
+    return {
+        "__kind__": "wids-shard-index-v1",
+        "wids_version": 1,
+        "name": name,
+        "info": info,
+        "shardlist": shardlist,
+    }

@@ -1,0 +1,303 @@
+"""Grouping raw dataset files into WebDataset samples (pure logic, no I/O).
+
+Contract of :func:`group_samples` (user-facing):
+
+* Paths are relative to the dataset root, '/'-separated. The label file's own path is never matched
+  against field patterns. A file matching no field pattern counts in ``unmatched_files``; a file matching
+  several patterns belongs to the first matching field (in ``fields`` order).
+* A file's sample key is :func:`derive_key` of its path and field pattern. Keys are never rewritten: a key
+  that :func:`key_problem` refuses (empty, contains '.', '/', '\\' or control characters; this catches junk
+  such as ``._Abyssinian_1.png``) rejects that one file (``rejected_files["invalid-key"]``). A rejected
+  file does not make any other sample incomplete.
+* Two different raw files with the same key and member name skip the sample as ``duplicate:<name>``;
+  one of them is never picked silently.
+* A label comes from the label table by key. A key listed with different values is treated as having no
+  label; when the label is required the reason is ``conflicting:<label name>``.
+* Required names are checked in order and the first failure is the single skip reason:
+  ``missing:<name>`` (file or label absent) or ``empty:<name>`` (0-byte file or empty label value).
+* Empty optional members are dropped, the sample is still written.
+* Only keys with at least one accepted field file form samples; label keys without any file are counted in
+  ``labels_without_files``.
+* ``samples`` is sorted by key and the result does not depend on input order. ``examples`` keeps the
+  5 smallest keys (skips) or paths (rejections) per reason.
+"""
+
+from __future__ import annotations
+
+import bisect
+import fnmatch
+import posixpath
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+MAX_EXAMPLES = 5
+INVALID_KEY = "invalid-key"
+
+
+@dataclass(frozen=True, slots=True)
+class RawFile:
+    """A raw file: path relative to the dataset root ('/'-separated, no leading '/') and size in bytes."""
+
+    path: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class FieldRule:
+    """Files matching ``pattern`` become member ``<key>.<name>`` of their sample."""
+
+    pattern: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class LabelRule:
+    """Labels read from the whitespace-separated table file ``path``; written as member ``<key>.<name>``."""
+
+    path: str
+    key_column: int
+    value_column: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """A complete sample: ``files`` is sorted by member name; ``label`` is None when absent or optional."""
+
+    key: str
+    files: tuple[tuple[str, RawFile], ...]
+    label: str | None
+
+    def members(self) -> dict[str, RawFile]:
+        """Member name -> raw file."""
+        return dict(self.files)
+
+
+@dataclass(frozen=True, slots=True)
+class LabelTable:
+    """Parsed label file: key -> value (first value wins), malformed line count, conflicting keys."""
+
+    values: dict[str, str]
+    malformed_lines: int = 0
+    conflicts: frozenset[str] = frozenset()
+
+
+@dataclass(slots=True)
+class GroupResult:
+    """Outcome of :func:`group_samples`; see the module docstring for the meaning of each counter."""
+
+    samples: list[Sample] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+    rejected_files: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    unmatched_files: int = 0
+    labels_without_files: int = 0
+
+
+def match_pattern(path: str, pattern: str) -> bool:
+    """Case-sensitive glob match where wildcards never cross '/' and segment counts must be equal."""
+    parts = path.split("/")
+    pattern_parts = pattern.split("/")
+    if len(parts) != len(pattern_parts):
+        return False
+    return all(fnmatch.fnmatchcase(p, pp) for p, pp in zip(parts, pattern_parts, strict=True))
+
+
+def _glob_length(glob: str) -> int:
+    """Number of characters matched by a glob without '*' ('?', '[...]' and literals match one each)."""
+    count = 0
+    i = 0
+    n = len(glob)
+    while i < n:
+        if glob[i] == "[":
+            j = i + 1
+            if j < n and glob[j] == "!":
+                j += 1
+            if j < n and glob[j] == "]":
+                j += 1
+            while j < n and glob[j] != "]":
+                j += 1
+            # An unterminated '[' is a literal character, as in fnmatch.
+            i = j + 1 if j < n else i + 1
+        else:
+            i += 1
+        count += 1
+    return count
+
+
+def derive_key(path: str, pattern: str) -> str:
+    """Basename of ``path`` minus the pattern's extension (the text after the last '*' of its basename).
+
+    Without a '*' in the pattern basename, or when it ends in '*', the last ``.ext`` is stripped. If the text
+    after the last '*' holds '?' or '[...]', as many characters are stripped as it matches.
+    """
+    base = posixpath.basename(path)
+    pattern_base = posixpath.basename(pattern)
+    star = pattern_base.rfind("*")
+    if star < 0 or star == len(pattern_base) - 1:
+        return posixpath.splitext(base)[0]
+    suffix = pattern_base[star + 1 :]
+    if "?" in suffix or "[" in suffix:
+        return base[: len(base) - _glob_length(suffix)]
+    if base.endswith(suffix):
+        return base[: -len(suffix)]
+    return posixpath.splitext(base)[0]
+
+
+def key_problem(key: str) -> str | None:
+    """None for a valid WebDataset key, else ``empty-key``, ``dot-in-key`` or ``bad-char-in-key``."""
+    if not key:
+        return "empty-key"
+    if "." in key:
+        return "dot-in-key"
+    if any(c in "/\\" or ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+        return "bad-char-in-key"
+    return None
+
+
+def parse_labels(text: str, key_column: int, value_column: int) -> LabelTable:
+    """Parse a whitespace-separated label table; '#' comment lines and blank lines are skipped."""
+    if key_column < 0 or value_column < 0:
+        raise ValueError("label columns must be >= 0")
+    needed = max(key_column, value_column) + 1
+    values: dict[str, str] = {}
+    conflicts: set[str] = set()
+    malformed = 0
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        columns = stripped.split()
+        if len(columns) < needed:
+            malformed += 1
+            continue
+        key, value = columns[key_column], columns[value_column]
+        previous = values.setdefault(key, value)
+        if previous != value:
+            conflicts.add(key)
+    return LabelTable(values=values, malformed_lines=malformed, conflicts=frozenset(conflicts))
+
+
+def default_required(fields: Sequence[FieldRule], label: LabelRule | None) -> list[str]:
+    """Every field name (in order, without repeats), then the label name."""
+    names = list(dict.fromkeys(f.name for f in fields))
+    if label is not None:
+        names.append(label.name)
+    return names
+
+
+def partition(keys: Sequence[str], workers: int, index: int) -> tuple[int, int]:
+    """Contiguous ``[start, end)`` slice of the sorted ``keys`` for worker ``index`` of ``workers``."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if not 0 <= index < workers:
+        raise ValueError(f"index must be in [0, {workers}), got {index}")
+    n = len(keys)
+    return index * n // workers, (index + 1) * n // workers
+
+
+class _Tally:
+    """Reason counters plus the smallest few examples per reason."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.examples: dict[str, list[str]] = {}
+
+    def add(self, reason: str, example: str) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        kept = self.examples.setdefault(reason, [])
+        if len(kept) < MAX_EXAMPLES or example < kept[-1]:
+            bisect.insort(kept, example)
+            del kept[MAX_EXAMPLES:]
+
+
+def _validate(
+    fields: Sequence[FieldRule], label: LabelRule | None, required: Sequence[str]
+) -> tuple[list[str], set[str]]:
+    names = list(dict.fromkeys(f.name for f in fields))
+    for name in names:
+        if not name or "/" in name:
+            raise ValueError(f"invalid member name {name!r}")
+    known = set(names)
+    if label is not None:
+        if not label.name or "/" in label.name:
+            raise ValueError(f"invalid label name {label.name!r}")
+        if label.name in known:
+            raise ValueError(f"label name {label.name!r} is also a field name")
+        known.add(label.name)
+    unknown = [r for r in required if r not in known]
+    if unknown:
+        raise ValueError(f"required names are neither fields nor the label: {unknown}")
+    return names, set(required)
+
+
+def group_samples(
+    files: Iterable[RawFile],
+    fields: Sequence[FieldRule],
+    label: LabelRule | None,
+    labels: LabelTable | None,
+    required: Sequence[str],
+) -> GroupResult:
+    """Group raw files into complete samples; see the module docstring for the exact rules."""
+    names, required_set = _validate(fields, label, required)
+    label_path = label.path if label is not None else None
+    table = labels if labels is not None else LabelTable(values={})
+
+    result = GroupResult()
+    rejected = _Tally()
+    skipped = _Tally()
+    by_key: dict[str, dict[str, set[RawFile]]] = {}
+
+    for raw in files:
+        if raw.path == label_path:
+            continue
+        rule = next((f for f in fields if match_pattern(raw.path, f.pattern)), None)
+        if rule is None:
+            result.unmatched_files += 1
+            continue
+        key = derive_key(raw.path, rule.pattern)
+        if key_problem(key) is not None:
+            rejected.add(INVALID_KEY, raw.path)
+            continue
+        by_key.setdefault(key, {}).setdefault(rule.name, set()).add(raw)
+
+    for key in sorted(by_key):
+        found = by_key[key]
+        reason = next((f"duplicate:{n}" for n in names if len(found.get(n, ())) > 1), None)
+        value: str | None = None
+        conflicting = False
+        if label is not None:
+            conflicting = key in table.conflicts
+            value = None if conflicting else table.values.get(key)
+        if reason is None:
+            for name in required:
+                if label is not None and name == label.name:
+                    if conflicting:
+                        reason = f"conflicting:{name}"
+                    elif value is None:
+                        reason = f"missing:{name}"
+                    elif value == "":
+                        reason = f"empty:{name}"
+                else:
+                    raw_files = found.get(name)
+                    if not raw_files:
+                        reason = f"missing:{name}"
+                    elif next(iter(raw_files)).size == 0:
+                        reason = f"empty:{name}"
+                if reason is not None:
+                    break
+        if reason is not None:
+            skipped.add(reason, key)
+            continue
+        # Required members are non-empty here; empty optional ones are dropped.
+        members = tuple((name, raw) for name in sorted(found) for raw in found[name] if raw.size > 0)
+        if label is not None and value == "" and label.name not in required_set:
+            value = None
+        result.samples.append(Sample(key=key, files=members, label=value))
+
+    if label is not None:
+        result.labels_without_files = sum(1 for k in table.values if k not in by_key)
+    result.skipped = dict(sorted(skipped.counts.items()))
+    result.rejected_files = dict(sorted(rejected.counts.items()))
+    result.examples = dict(sorted({**skipped.examples, **rejected.examples}.items()))
+    return result

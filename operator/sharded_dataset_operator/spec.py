@@ -1,0 +1,241 @@
+"""Typed view of a ShardedDataset spec, with the defaults the CRD does not express.
+
+The API server already rejects invalid objects (OpenAPI schema + CEL rules in the CRD); `parse_spec` applies
+defaults and raises `SpecError` for anything that slipped through (for example a CRD installed without
+validation), naming the field.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .samples import FieldRule, LabelRule, default_required
+
+API_GROUP = "shardeddataset.dev"
+API_VERSION = "v1alpha1"
+KIND = "ShardedDataset"
+PLURAL = "shardeddatasets"
+
+DEFAULT_WORKERS = 4
+DEFAULT_RETRIES = 2
+
+_SIZE_RE = re.compile(r"^\s*([0-9]+)\s*([KMGT]i?B?|B)?\s*$")
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 1000,
+    "KB": 1000,
+    "M": 1000**2,
+    "MB": 1000**2,
+    "G": 1000**3,
+    "GB": 1000**3,
+    "T": 1000**4,
+    "TB": 1000**4,
+    "Ki": 1024,
+    "KiB": 1024,
+    "Mi": 1024**2,
+    "MiB": 1024**2,
+    "Gi": 1024**3,
+    "GiB": 1024**3,
+    "Ti": 1024**4,
+    "TiB": 1024**4,
+}
+
+
+class SpecError(ValueError):
+    """An invalid spec; the message starts with the offending field path."""
+
+
+def parse_size(value: str | int, field_path: str) -> int:
+    """Parse `100MiB`, `100Mi`, `512KiB` (IEC, powers of 1024) or `100MB`, `1G` (SI) or plain bytes."""
+    if isinstance(value, int):
+        size = value
+    else:
+        m = _SIZE_RE.match(value)
+        if not m or (m.group(2) or "") not in _UNITS:
+            raise SpecError(f"{field_path}: {value!r} is not a size such as 100MiB, 64Mi, 500MB or 1048576")
+        size = int(m.group(1)) * _UNITS[m.group(2) or ""]
+    if size <= 0:
+        raise SpecError(f"{field_path}: must be positive")
+    return size
+
+
+@dataclass(frozen=True, slots=True)
+class AisTarget:
+    endpoint: str
+    token_secret: tuple[str, str] | None  # (secret name, key)
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    name: str
+    provider: str = "ais"
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    bucket: Bucket | None  # kind ais
+    prefix: str
+    claim_name: str | None  # kind volume
+    path: str
+
+    @property
+    def kind(self) -> str:
+        return "ais" if self.bucket is not None else "volume"
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    bucket: Bucket
+    prefix: str
+    max_samples: int | None
+    max_bytes: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Conversion:
+    workers: int
+    retries: int
+    resources: dict[str, Any]
+    node_selector: dict[str, str]
+    tolerations: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Shuffle:
+    algorithm: str
+    seed: str
+    output_prefix: str
+    output_shard_size: int
+    output_bucket: Bucket
+    delete_input: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetSpec:
+    ais: AisTarget
+    source: Source
+    fields: tuple[FieldRule, ...]
+    label: LabelRule | None
+    required: tuple[str, ...]
+    output: Output
+    conversion: Conversion
+    shuffle: Shuffle | None
+    deletion_policy: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _bucket(raw: dict[str, Any], path: str) -> Bucket:
+    name = raw.get("bucket")
+    if not isinstance(name, str) or not name:
+        raise SpecError(f"{path}.bucket: required")
+    return Bucket(name=name, provider=str(raw.get("provider") or "ais"))
+
+
+def parse_spec(spec: dict[str, Any], *, name: str, default_endpoint: str) -> DatasetSpec:
+    """Turn the raw `spec` dict into a `DatasetSpec`, applying defaults."""
+    ais_raw = spec.get("ais") or {}
+    endpoint = str(ais_raw.get("endpoint") or default_endpoint or "")
+    if not endpoint:
+        raise SpecError("spec.ais.endpoint: not set and the operator has no default AIS endpoint")
+    token_ref = ais_raw.get("tokenSecretRef")
+    token = (str(token_ref["name"]), str(token_ref.get("key") or "token")) if token_ref else None
+
+    src = spec.get("source") or {}
+    if ("ais" in src) == ("volume" in src):
+        raise SpecError("spec.source: exactly one of ais or volume must be set")
+    if "ais" in src:
+        source = Source(
+            bucket=_bucket(src["ais"], "spec.source.ais"),
+            prefix=str(src["ais"].get("prefix") or ""),
+            claim_name=None,
+            path="",
+        )
+    else:
+        claim = src["volume"].get("claimName")
+        if not claim:
+            raise SpecError("spec.source.volume.claimName: required")
+        source = Source(bucket=None, prefix="", claim_name=str(claim), path=str(src["volume"].get("path") or "/"))
+
+    samples = spec.get("samples") or {}
+    fields = tuple(FieldRule(pattern=str(f["pattern"]), name=str(f["name"])) for f in samples.get("fields") or [])
+    if not fields:
+        raise SpecError("spec.samples.fields: at least one field is required")
+    labels_raw = samples.get("labels")
+    label = None
+    if labels_raw:
+        label = LabelRule(
+            path=str(labels_raw["path"]),
+            key_column=int(labels_raw.get("keyColumn", 0)),
+            value_column=int(labels_raw.get("valueColumn", 1)),
+            name=str(labels_raw.get("name") or "cls"),
+        )
+    names = [f.name for f in fields] + ([label.name] if label else [])
+    if len(set(names)) != len(names):
+        raise SpecError("spec.samples: field and label names must be unique")
+    required = tuple(samples.get("required") or default_required(fields, label))
+    for r in required:
+        if r not in names:
+            raise SpecError(f"spec.samples.required: {r!r} is neither a field nor the label name")
+
+    out = spec.get("output") or {}
+    max_samples = out.get("maxSamplesPerShard")
+    max_bytes = parse_size(out["maxShardSize"], "spec.output.maxShardSize") if out.get("maxShardSize") else None
+    if max_samples is None and max_bytes is None:
+        raise SpecError("spec.output: set maxSamplesPerShard, maxShardSize or both")
+    if max_samples is not None and int(max_samples) < 1:
+        raise SpecError("spec.output.maxSamplesPerShard: must be at least 1")
+    out_bucket = _bucket(out, "spec.output")
+    output = Output(
+        bucket=out_bucket,
+        prefix=str(out.get("prefix") if out.get("prefix") is not None else f"{name}-"),
+        max_samples=int(max_samples) if max_samples is not None else None,
+        max_bytes=max_bytes,
+    )
+
+    conv = spec.get("conversion") or {}
+    conversion = Conversion(
+        workers=int(conv.get("workers") or DEFAULT_WORKERS),
+        retries=int(conv["retries"]) if conv.get("retries") is not None else DEFAULT_RETRIES,
+        resources=dict(conv.get("resources") or {}),
+        node_selector={str(k): str(v) for k, v in (conv.get("nodeSelector") or {}).items()},
+        tolerations=list(conv.get("tolerations") or []),
+    )
+    if conversion.workers < 1:
+        raise SpecError("spec.conversion.workers: must be at least 1")
+
+    shuffle = None
+    sh = spec.get("shuffle")
+    if sh is not None:
+        shuffle = Shuffle(
+            algorithm=str(sh.get("algorithm") or "shuffle"),
+            seed=str(sh.get("seed") or "0"),
+            output_prefix=str(sh.get("outputPrefix") or f"{output.prefix}shuffled-"),
+            output_shard_size=parse_size(sh.get("outputShardSize") or "100MiB", "spec.shuffle.outputShardSize"),
+            output_bucket=Bucket(
+                name=str(sh.get("outputBucket") or out_bucket.name),
+                provider=str(sh.get("outputProvider") or out_bucket.provider),
+            ),
+            delete_input=bool(sh.get("deleteInput", False)),
+        )
+        if shuffle.algorithm not in ("shuffle", "alphanumeric", "none"):
+            raise SpecError("spec.shuffle.algorithm: must be shuffle, alphanumeric or none")
+        if not shuffle.seed.isdigit():
+            raise SpecError("spec.shuffle.seed: must be a decimal number")
+
+    policy = str(spec.get("deletionPolicy") or "Retain")
+    if policy not in ("Retain", "Delete"):
+        raise SpecError("spec.deletionPolicy: must be Retain or Delete")
+    return DatasetSpec(
+        ais=AisTarget(endpoint=endpoint.rstrip("/"), token_secret=token),
+        source=source,
+        fields=fields,
+        label=label,
+        required=required,
+        output=output,
+        conversion=conversion,
+        shuffle=shuffle,
+        deletion_policy=policy,
+    )

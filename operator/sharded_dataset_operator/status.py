@@ -1,0 +1,161 @@
+"""The ShardedDataset status model and its kstatus conditions.
+
+Status is recomputed from observed state on every reconcile (see `reconcile.py`); the only things carried over
+from the previous status are condition transition times and the record of where earlier generations wrote
+(`artifacts`), which is needed to clean them up.
+
+kstatus contract (Flux, Argo CD via docs/argocd-health.lua, `kubectl wait --for=condition=Ready`):
+  working          Ready=False  Reconciling=True   Stalled=False
+  done             Ready=True   Reconciling=False  Stalled=False
+  failed/stuck     Ready=False  Reconciling=False  Stalled=True
+Every condition carries `observedGeneration`, and so does the status itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    CONVERTING = "Converting"
+    SHUFFLING = "Shuffling"
+    VERIFYING = "Verifying"
+    READY = "Ready"
+    FAILED = "Failed"
+
+
+READY = "Ready"
+RECONCILING = "Reconciling"
+STALLED = "Stalled"
+CONVERTED = "Converted"
+SHUFFLED = "Shuffled"
+VERIFIED = "Verified"
+CONDITION_ORDER = (READY, RECONCILING, STALLED, CONVERTED, SHUFFLED, VERIFIED)
+
+
+def set_condition(
+    conditions: list[dict[str, Any]],
+    type_: str,
+    status: bool,
+    reason: str,
+    message: str,
+    generation: int,
+    now: str,
+) -> list[dict[str, Any]]:
+    """Return `conditions` with `type_` set; `lastTransitionTime` changes only when the status flips."""
+    value = "True" if status else "False"
+    previous = next((c for c in conditions if c.get("type") == type_), None)
+    transition = previous["lastTransitionTime"] if previous and previous.get("status") == value else now
+    updated = {
+        "type": type_,
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "lastTransitionTime": transition,
+    }
+    rest = [c for c in conditions if c.get("type") != type_]
+    merged = [*rest, updated]
+    order = {t: i for i, t in enumerate(CONDITION_ORDER)}
+    return sorted(merged, key=lambda c: order.get(str(c.get("type")), len(order)))
+
+
+@dataclass(slots=True)
+class StepState:
+    """A per-step condition: done, or not done with a reason."""
+
+    done: bool
+    reason: str
+    message: str = ""
+
+
+@dataclass(slots=True)
+class DatasetStatus:
+    """Everything the operator reports; `to_dict` gives the `status` subresource content."""
+
+    phase: Phase
+    observed_generation: int
+    reason: str
+    message: str
+    stalled: bool = False
+    samples_total: int = 0
+    samples_written: int = 0
+    samples_skipped: int = 0
+    skipped_by_reason: dict[str, int] = field(default_factory=dict)
+    rejected_files: dict[str, int] = field(default_factory=dict)
+    shards_converted: int = 0
+    shards_output: int = 0
+    bytes_output: int = 0
+    job_name: str | None = None
+    workers: int = 0
+    workers_succeeded: int = 0
+    workers_failed: int = 0
+    dsort_job_id: str | None = None
+    output_template: str | None = None
+    index_object: str | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    artifacts: dict[str, Any] | None = None
+    steps: dict[str, StepState] = field(default_factory=dict)
+
+    def conditions(self, previous: list[dict[str, Any]], now: str) -> list[dict[str, Any]]:
+        gen = self.observed_generation
+        ready = self.phase == Phase.READY
+        conds = list(previous)
+        conds = set_condition(conds, READY, ready, "Succeeded" if ready else self.reason, self.message, gen, now)
+        reconciling = not ready and not self.stalled
+        conds = set_condition(
+            conds, RECONCILING, reconciling, self.reason if reconciling else "Done", self.message, gen, now
+        )
+        conds = set_condition(
+            conds,
+            STALLED,
+            self.stalled,
+            self.reason if self.stalled else "Healthy",
+            self.message if self.stalled else "",
+            gen,
+            now,
+        )
+        for type_ in (CONVERTED, SHUFFLED, VERIFIED):
+            step = self.steps.get(type_)
+            if step is not None:
+                conds = set_condition(conds, type_, step.done, step.reason, step.message, gen, now)
+            else:
+                conds = [c for c in conds if c.get("type") != type_]
+        return conds
+
+    def to_dict(self, previous_conditions: list[dict[str, Any]], now: str) -> dict[str, Any]:
+        status: dict[str, Any] = {
+            "phase": str(self.phase),
+            "observedGeneration": self.observed_generation,
+            "message": self.message,
+            "conditions": self.conditions(previous_conditions, now),
+            "samples": {
+                "total": self.samples_total,
+                "written": self.samples_written,
+                "skipped": self.samples_skipped,
+                "skippedByReason": dict(self.skipped_by_reason),
+                "rejectedFiles": dict(self.rejected_files),
+            },
+            "shards": {
+                "converted": self.shards_converted,
+                "output": self.shards_output,
+                "bytes": self.bytes_output,
+            },
+            "conversion": {
+                "jobName": self.job_name,
+                "workers": self.workers,
+                "succeeded": self.workers_succeeded,
+                "failed": self.workers_failed,
+            },
+            "shuffle": {"dsortJobId": self.dsort_job_id, "outputTemplate": self.output_template},
+            "indexObject": self.index_object,
+            "startTime": self.start_time,
+            "completionTime": self.completion_time,
+        }
+        if self.artifacts is not None:
+            status["artifacts"] = self.artifacts
+        return status
