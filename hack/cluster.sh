@@ -248,6 +248,8 @@ state = "$CONTAINERD_STATE"
   sandbox_image = "$PAUSE_IMAGE"
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
+  # This host does not let even root lower oom_score_adj (no CAP_SYS_RESOURCE): clamp instead of failing.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -341,6 +343,7 @@ metricsBindAddress: 127.0.0.1:10249
 nodePortAddresses: ["$NODE_IP/32"]
 conntrack: {maxPerCore: 0}
 iptables: {localhostNodePorts: false}
+oomScoreAdj: 0
 EOF
   start_proc kube-proxy "$K8S_BIN/kube-proxy" --config="$STATE/kube-proxy.yaml" --v=1
 }

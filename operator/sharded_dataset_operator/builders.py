@@ -132,7 +132,10 @@ def build_converter_job(spec: DatasetSpec, owner: Owner, defaults: ConverterDefa
             mount["subPath"] = sub
         mounts.append(mount)
         volumes.append(
-            {"name": "source", "persistentVolumeClaim": {"claimName": spec.source.claim_name, "readOnly": True}}
+            {
+                "name": "source",
+                "persistentVolumeClaim": {"claimName": spec.source.claim_name, "readOnly": True},
+            }
         )
     container: dict[str, Any] = {
         "name": CONVERTER_CONTAINER,
@@ -219,7 +222,10 @@ def build_dsort_spec(spec: DatasetSpec, owner: Owner, input_shards: list[str]) -
         "input_bck": {"name": spec.output.bucket.name, "provider": spec.output.bucket.provider},
         "input_format": {"objnames": sorted(input_shards)},
         "input_extension": ".tar",
-        "output_bck": {"name": spec.shuffle.output_bucket.name, "provider": spec.shuffle.output_bucket.provider},
+        "output_bck": {
+            "name": spec.shuffle.output_bucket.name,
+            "provider": spec.shuffle.output_bucket.provider,
+        },
         "output_format": naming.output_template(output_base(spec, owner)),
         "output_extension": ".tar",
         "output_shard_size": str(spec.shuffle.output_shard_size),
@@ -229,7 +235,9 @@ def build_dsort_spec(spec: DatasetSpec, owner: Owner, input_shards: list[str]) -
     }
 
 
-def build_shard_index(name: str, shards: list[tuple[str, int, int]], index_object: str, info: dict[str, Any]) -> dict[str, Any]:
+def build_shard_index(
+    name: str, shards: list[tuple[str, int, int]], index_object: str, info: dict[str, Any]
+) -> dict[str, Any]:
     """wids shard index (`wids-shard-index-v1`); shard URLs are relative to the index object's location."""
     directory = index_object.rsplit("/", 1)[0] + "/" if "/" in index_object else ""
     shardlist = [

@@ -98,14 +98,16 @@ class DatasetStatus:
     index_object: str | None = None
     start_time: str | None = None
     completion_time: str | None = None
-    artifacts: dict[str, Any] | None = None
+    artifacts: list[dict[str, Any]] | None = None
     steps: dict[str, StepState] = field(default_factory=dict)
 
     def conditions(self, previous: list[dict[str, Any]], now: str) -> list[dict[str, Any]]:
         gen = self.observed_generation
         ready = self.phase == Phase.READY
         conds = list(previous)
-        conds = set_condition(conds, READY, ready, "Succeeded" if ready else self.reason, self.message, gen, now)
+        conds = set_condition(
+            conds, READY, ready, "Succeeded" if ready else self.reason, self.message, gen, now
+        )
         reconciling = not ready and not self.stalled
         conds = set_condition(
             conds, RECONCILING, reconciling, self.reason if reconciling else "Done", self.message, gen, now

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -19,6 +18,8 @@ from aistore.sdk.list_object_flag import ListObjectFlag
 from aistore.sdk.retry_config import RetryConfig
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 from urllib3.util.retry import Retry
+
+from ..model import DsortJob, Entry
 
 log = logging.getLogger(__name__)
 
@@ -31,28 +32,11 @@ class BucketNotFound(Exception):
     """The bucket does not exist."""
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    name: str
-    size: int
-
-
-@dataclass(frozen=True, slots=True)
-class DsortJob:
-    """Aggregated state of a dSort job across targets."""
-
-    id: str
-    description: str
-    finished: bool
-    aborted: bool
-    errors: tuple[str, ...]
-    extracted_records: int
-    created_shards: int
-
-
 def _retry_config(attempts: int) -> RetryConfig:
     return RetryConfig(
-        http_retry=Retry(total=attempts, backoff_factor=0.5, status_forcelist=[429, 502, 503, 504], connect=0, read=0),
+        http_retry=Retry(
+            total=attempts, backoff_factor=0.5, status_forcelist=[429, 502, 503, 504], connect=0, read=0
+        ),
         network_retry=Retrying(
             wait=wait_exponential(multiplier=0.5, max=4),
             stop=stop_after_attempt(attempts),
@@ -78,7 +62,11 @@ class Ais:
         self.token = token
         self.timeout = timeout
         self.client = Client(
-            self.endpoint, token=token, retry_config=_retry_config(attempts), timeout=timeout, max_pool_size=pool
+            self.endpoint,
+            token=token,
+            retry_config=_retry_config(attempts),
+            timeout=timeout,
+            max_pool_size=pool,
         )
         self.session = requests.Session()
         if token:
@@ -106,7 +94,9 @@ class Ais:
         if not self.bucket_exists(name, provider):
             self._call(lambda: self._bucket(name, provider).create(exist_ok=True))
 
-    def list(self, bucket: str, provider: str = "ais", prefix: str = "", archives: bool = False) -> Iterator[Entry]:
+    def list_objects(
+        self, bucket: str, provider: str = "ais", prefix: str = "", archives: bool = False
+    ) -> Iterator[Entry]:
         """Objects under `prefix`; with `archives`, members of archives too, as `shard.tar/member`."""
         flags = [ListObjectFlag.ARCH_DIR] if archives else None
         try:
@@ -159,7 +149,7 @@ class Ais:
         if not prefix:
             raise ValueError("refusing to delete a whole bucket")
         try:
-            names = [e.name for e in self.list(bucket, provider, prefix)]
+            names = [e.name for e in self.list_objects(bucket, provider, prefix)]
         except BucketNotFound:
             return 0
         return self.delete_objects(bucket, names, provider)
@@ -196,7 +186,7 @@ class Ais:
         r = self._rest("GET", "/v1/sort", params={"regex": regex})
         if r.status_code >= 400:
             raise AisUnavailable(f"listing dSort jobs: HTTP {r.status_code}: {r.text[:300]}")
-        jobs = []
+        jobs: list[DsortJob] = []
         for j in r.json() or []:
             jobs.append(self.dsort_job(str(j["id"])) or _job_from_list(j))
         return jobs
@@ -210,7 +200,8 @@ class Ais:
         per_target: dict[str, Any] = r.json() or {}
         if not per_target:
             return None
-        finished, aborted, errors, records, shards, desc = True, False, [], 0, 0, ""
+        finished, aborted, records, shards, desc = True, False, 0, 0, ""
+        errors: list[str] = []
         for info in per_target.values():
             m = info.get("Metrics") or {}
             desc = m.get("description") or desc

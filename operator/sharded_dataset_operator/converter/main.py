@@ -59,7 +59,7 @@ class Report:
     listing_digest: str = ""
     partition: int = 0
     written: int = 0
-    bytes: int = 0
+    total_bytes: int = 0
     shards: list[dict[str, Any]] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
     rejected_files: dict[str, int] = field(default_factory=dict)
@@ -77,7 +77,7 @@ class Report:
                 "listingDigest": self.listing_digest,
                 "partitionSamples": self.partition,
                 "written": self.written,
-                "bytes": self.bytes,
+                "bytes": self.total_bytes,
                 "shards": self.shards,
                 # dataset-wide counts, identical in every worker's report
                 "skipped": self.skipped,
@@ -153,7 +153,9 @@ def _prefetch(
             yield sample, fut.result()
 
 
-def convert(config: dict[str, Any], index: int, ais: Ais, source: Source, tuning: Tuning | None = None) -> Report:
+def convert(
+    config: dict[str, Any], index: int, ais: Ais, source: Source, tuning: Tuning | None = None
+) -> Report:
     tuning = tuning or Tuning()
     started = time.monotonic()
     workers = int(config["workers"])
@@ -174,12 +176,17 @@ def convert(config: dict[str, Any], index: int, ais: Ais, source: Source, tuning
     if config.get("labels"):
         lr = config["labels"]
         label_rule = LabelRule(
-            path=lr["path"], key_column=int(lr["keyColumn"]), value_column=int(lr["valueColumn"]), name=lr["name"]
+            path=lr["path"],
+            key_column=int(lr["keyColumn"]),
+            value_column=int(lr["valueColumn"]),
+            name=lr["name"],
         )
         text = source.read(label_rule.path)
         if text is None:
             raise PermanentError(f"labels file {label_rule.path} not found in {source.describe()}")
-        labels = parse_labels(text.decode("utf-8", errors="replace"), label_rule.key_column, label_rule.value_column)
+        labels = parse_labels(
+            text.decode("utf-8", errors="replace"), label_rule.key_column, label_rule.value_column
+        )
 
     grouped = group_samples(files, fields, label_rule, labels, list(config["required"]))
     report.skipped = dict(grouped.skipped)
@@ -191,8 +198,15 @@ def convert(config: dict[str, Any], index: int, ais: Ais, source: Source, tuning
     start, end = partition([s.key for s in grouped.samples], workers, index)
     mine = grouped.samples[start:end]
     report.partition = len(mine)
-    log.info("worker %d/%d: %d files, %d complete samples, mine [%d, %d)", index, workers, len(files),
-             len(grouped.samples), start, end)
+    log.info(
+        "worker %d/%d: %d files, %d complete samples, mine [%d, %d)",
+        index,
+        workers,
+        len(files),
+        len(grouped.samples),
+        start,
+        end,
+    )
 
     base = str(out["base"])
     sink = ShardSink(ais, out["bucket"], out["provider"])
@@ -203,7 +217,7 @@ def convert(config: dict[str, Any], index: int, ais: Ais, source: Source, tuning
         sink.submit(name, shard.data)
         report.shards.append({"name": name, "samples": shard.samples, "bytes": len(shard.data)})
         report.written += shard.samples
-        report.bytes += len(shard.data)
+        report.total_bytes += len(shard.data)
 
     try:
         for sample, members in _prefetch(source, mine, label_rule.name if label_rule else None, tuning):
@@ -229,7 +243,9 @@ def _terminate(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=os.environ.get("SDS_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("SDS_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(message)s"
+    )
     try:
         config = json.loads(os.environ[CONFIG_ENV])
         index = int(os.environ["JOB_COMPLETION_INDEX"])
@@ -256,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     summary = (
         f"worker {index}: {report.written} samples in {len(report.shards)} shards, "
-        f"{report.bytes / 2**20:.1f} MiB in {report.seconds:.1f}s"
+        f"{report.total_bytes / 2**20:.1f} MiB in {report.seconds:.1f}s"
     )
     log.info(summary)
     _terminate(summary)

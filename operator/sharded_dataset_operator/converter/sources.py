@@ -30,11 +30,13 @@ class AisSource:
 
     def list(self) -> list[RawFile]:
         try:
-            entries = list(self.ais.list(self.bucket, self.provider, self.prefix))
+            entries = list(self.ais.list_objects(self.bucket, self.provider, self.prefix))
         except BucketNotFound as e:
             raise SourceError(f"source bucket {self.describe()} not found") from e
         n = len(self.prefix)
-        return sorted(RawFile(path=e.name[n:], size=e.size) for e in entries if len(e.name) > n)
+        return sorted(
+            (RawFile(path=e.name[n:], size=e.size) for e in entries if len(e.name) > n), key=lambda f: f.path
+        )
 
     def read(self, path: str) -> bytes | None:
         return self.ais.get(self.bucket, self.prefix + path, self.provider)
@@ -58,7 +60,7 @@ class VolumeSource:
                 if full.is_symlink() or not full.is_file():
                     continue
                 files.append(RawFile(path=full.relative_to(self.root).as_posix(), size=full.stat().st_size))
-        return sorted(files)
+        return sorted(files, key=lambda f: f.path)
 
     def read(self, path: str) -> bytes | None:
         try:

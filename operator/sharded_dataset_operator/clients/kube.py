@@ -1,0 +1,175 @@
+"""Kubernetes I/O for the operator: the resource itself, its converter Jobs, PVCs and token Secrets."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import functools
+import logging
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from .. import naming
+from ..model import JobState
+from ..spec import API_GROUP, API_VERSION, PLURAL
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _api() -> client.ApiClient:
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+def custom() -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(_api())
+
+
+def batch() -> client.BatchV1Api:
+    return client.BatchV1Api(_api())
+
+
+def core() -> client.CoreV1Api:
+    return client.CoreV1Api(_api())
+
+
+def get_dataset(namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        obj: dict[str, Any] = custom().get_namespaced_custom_object(
+            API_GROUP, API_VERSION, namespace, PLURAL, name
+        )
+        return obj
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+
+
+def patch_status(namespace: str, name: str, status: dict[str, Any]) -> None:
+    custom().patch_namespaced_custom_object_status(
+        API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": status}
+    )
+
+
+def _job_state(job: Any, generation: int) -> JobState:
+    st = job.status
+    complete = failed = False
+    reason = message = ""
+    for c in st.conditions or []:
+        if c.status != "True":
+            continue
+        if c.type == "Complete":
+            complete = True
+        if c.type in ("Failed", "FailureTarget"):
+            failed = True
+            reason, message = c.reason or "Failed", c.message or ""
+    succeeded = len(_parse_indexes(st.completed_indexes or ""))
+    return JobState(
+        name=job.metadata.name,
+        generation=generation,
+        active=st.active or 0,
+        succeeded=succeeded,
+        failed=len(_parse_indexes(st.failed_indexes or "")),
+        complete=complete and not failed,
+        failed_reason=reason if failed else "",
+        failed_message=message,
+    )
+
+
+def _parse_indexes(spec: str) -> set[int]:
+    """'0,2-4' -> {0, 2, 3, 4}"""
+    out: set[int] = set()
+    for part in filter(None, spec.split(",")):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def get_job(namespace: str, name: str, generation: int) -> JobState | None:
+    try:
+        job = batch().read_namespaced_job(name, namespace)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+    state = _job_state(job, generation)
+    if state.failed_reason:
+        detail = pod_failure_messages(namespace, name)
+        if detail:
+            state = dataclasses.replace(state, failed_message=f"{state.failed_message} {detail}".strip())
+    return state
+
+
+def pod_failure_messages(namespace: str, job_name: str) -> str:
+    """The termination messages of the Job's failed pods (what the converter said before exiting)."""
+    pods = core().list_namespaced_pod(namespace, label_selector=f"batch.kubernetes.io/job-name={job_name}")
+    messages = []
+    for p in pods.items:
+        for cs in p.status.container_statuses or []:
+            term = cs.state.terminated if cs.state else None
+            if term and term.exit_code not in (0, None):
+                idx = (p.metadata.annotations or {}).get("batch.kubernetes.io/job-completion-index", "?")
+                messages.append(
+                    f"[worker {idx}, exit {term.exit_code}] {(term.message or term.reason or '').strip()}"
+                )
+    return " ".join(sorted(set(messages))[:3])
+
+
+def stale_jobs(namespace: str, owner: str, generation: int) -> list[str]:
+    jobs = batch().list_namespaced_job(
+        namespace, label_selector=f"{naming.LABEL_NAME}={owner},{naming.LABEL_COMPONENT}=converter"
+    )
+    return sorted(
+        j.metadata.name
+        for j in jobs.items
+        if (j.metadata.labels or {}).get(naming.LABEL_GENERATION) != str(generation)
+        and j.metadata.deletion_timestamp is None
+    )
+
+
+def create_job(manifest: dict[str, Any]) -> None:
+    try:
+        batch().create_namespaced_job(manifest["metadata"]["namespace"], manifest)
+    except ApiException as e:
+        if e.status != 409:  # already exists: created by an earlier reconcile
+            raise
+
+
+def delete_jobs(namespace: str, names: tuple[str, ...]) -> None:
+    for n in names:
+        try:
+            batch().delete_namespaced_job(n, namespace, propagation_policy="Background")
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+
+def pvc_problem(namespace: str, claim: str) -> str | None:
+    try:
+        pvc = core().read_namespaced_persistent_volume_claim(claim, namespace)
+    except ApiException as e:
+        if e.status == 404:
+            return f"PersistentVolumeClaim {namespace}/{claim} not found"
+        raise
+    if pvc.status and pvc.status.phase == "Lost":
+        return f"PersistentVolumeClaim {namespace}/{claim} is Lost"
+    return None
+
+
+def read_secret_key(namespace: str, name: str, key: str) -> str:
+    try:
+        secret = core().read_namespaced_secret(name, namespace)
+    except ApiException as e:
+        if e.status == 404:
+            raise LookupError(f"Secret {namespace}/{name} not found") from e
+        raise
+    data = (secret.data or {}).get(key)
+    if data is None:
+        raise LookupError(f"Secret {namespace}/{name} has no key {key!r}")
+    return base64.b64decode(data).decode().strip()

@@ -1,0 +1,78 @@
+"""kopf registrations only: configuration, one daemon per ShardedDataset, and the deletion handler.
+
+All decisions live in `reconcile.py`; all I/O in `operations.py` and `clients/`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from . import naming, operations
+from .settings import SETTINGS
+from .spec import API_GROUP, API_VERSION, PLURAL
+
+log = logging.getLogger("sds.operator")
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.persistence.finalizer = naming.FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=API_GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING  # explicit Events below; handler logs stay in the log
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 15
+    settings.networking.request_timeout = 60
+    settings.execution.max_workers = 16
+    settings.batching.error_delays = [1, 2, 5, 10, 30]
+
+
+@kopf.daemon(API_GROUP, API_VERSION, PLURAL, cancellation_timeout=15.0)
+async def pipeline(
+    stopped: kopf.DaemonStopped, body: kopf.Body, name: str, namespace: str | None, logger: Any, **_: Any
+) -> None:
+    """Level-triggered loop: reconcile, wait (short while work runs, long when settled), repeat.
+
+    A spec change (new metadata.generation) cuts any wait short.
+    """
+    backoff = 1.0
+    while not stopped:
+        try:
+            result = await asyncio.to_thread(operations.reconcile_once, namespace or "", name, SETTINGS)
+            backoff = 1.0
+        except Exception as e:  # API hiccups and bugs alike: log, back off, never kill the daemon
+            logger.exception("reconcile failed: %s", e)
+            result = operations.PassResult(requeue=min(backoff, 60.0))
+            backoff *= 2
+        for ev in result.events:
+            kopf.event(body, type=ev.type, reason=ev.reason, message=ev.message[:1000])
+        wait = result.requeue if result.requeue is not None else SETTINGS.idle_interval
+        generation = body.meta.get("generation")
+        waited = 0.0
+        while not stopped and waited < wait and body.meta.get("generation") == generation:
+            await asyncio.sleep(0.5)
+            waited += 0.5
+
+
+@kopf.on.delete(API_GROUP, API_VERSION, PLURAL, backoff=10.0)
+def cleanup(body: kopf.Body, spec: Any, logger: Any, **_: Any) -> None:
+    """deletionPolicy Delete removes what the resource wrote in AIS; Retain keeps it.
+
+    Converter Jobs are garbage-collected through their ownerReferences either way.
+    """
+    if spec.get("deletionPolicy", "Retain") != "Delete":
+        logger.info("deletionPolicy Retain: shards and index kept in AIS")
+        return
+    try:
+        operations.delete_everything(dict(body), SETTINGS)
+    except Exception as e:
+        kopf.warn(body, reason="CleanupFailed", message=f"could not delete the dataset's objects in AIS: {e}")
+        raise kopf.TemporaryError(f"cleanup failed: {e}", delay=10) from e
+    kopf.info(body, reason="Deleted", message="deleted every object this dataset wrote in AIS")

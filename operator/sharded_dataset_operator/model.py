@@ -1,0 +1,40 @@
+"""Plain data observed from the cluster, shared by the client modules and the decision core."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """An AIS object (or, in an archive listing, `shard.tar/member`) and its size."""
+
+    name: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class DsortJob:
+    """Aggregated state of a dSort job across targets."""
+
+    id: str
+    description: str
+    finished: bool
+    aborted: bool
+    errors: tuple[str, ...]
+    extracted_records: int
+    created_shards: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobState:
+    """What matters of a converter Job."""
+
+    name: str
+    generation: int
+    active: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    complete: bool = False
+    failed_reason: str = ""
+    failed_message: str = ""

@@ -1,0 +1,387 @@
+"""The decision core: (spec, observed state) -> (actions, status, events). Pure: no I/O, no clock.
+
+The pipeline of one generation is derived entirely from what exists:
+
+    converter Job + worker reports in AIS  ->  dSort job (found by its description)  ->  output listing
+
+so the operator can be killed at any point and, on restart, continues from where the cluster is. Records of
+earlier generations' objects (`status.artifacts`) are what lets a new generation clean up after the old one.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import builders, naming
+from .builders import ConverterDefaults, Owner
+from .model import DsortJob, Entry, JobState
+from .spec import DatasetSpec
+from .status import CONVERTED, SHUFFLED, VERIFIED, DatasetStatus, Phase, StepState
+
+ACTIVE_REQUEUE = 2.0
+STALLED_REQUEUE = 15.0
+
+
+# ------------------------------------------------------------------------------------------ observations
+
+
+@dataclass(slots=True)
+class Observed:
+    """Everything the decision needs; `output` is gathered only when `Decision.need_output` asks for it."""
+
+    previous: dict[str, Any]
+    source_problem: str | None = None
+    job: JobState | None = None
+    stale_jobs: list[str] = field(default_factory=list)
+    reports: dict[int, dict[str, Any]] = field(default_factory=dict)
+    dsort: DsortJob | None = None
+    output: list[Entry] | None = None
+
+
+# ------------------------------------------------------------------------------------------ actions
+
+
+@dataclass(frozen=True, slots=True)
+class EnsureBucket:
+    bucket: str
+    provider: str
+
+
+@dataclass(frozen=True, slots=True)
+class CreateJob:
+    manifest: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteJobs:
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CleanupArtifacts:
+    """Abort an old generation's dSort and delete everything it wrote (by generation prefix)."""
+
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class StartDsort:
+    spec: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class WriteIndex:
+    bucket: str
+    provider: str
+    name: str
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteObjects:
+    bucket: str
+    provider: str
+    names: tuple[str, ...]
+
+
+Action = EnsureBucket | CreateJob | DeleteJobs | CleanupArtifacts | StartDsort | WriteIndex | DeleteObjects
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(slots=True)
+class Decision:
+    status: DatasetStatus
+    actions: list[Action] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    need_output: bool = False
+    requeue: float | None = ACTIVE_REQUEUE
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def artifact_record(spec: DatasetSpec, owner: Owner) -> dict[str, Any]:
+    """Where this generation writes: enough to clean it up later even if the spec changes."""
+    locations = [
+        {
+            "bucket": spec.output.bucket.name,
+            "provider": spec.output.bucket.provider,
+            "prefix": builders.converted_base(spec, owner),
+        }
+    ]
+    if spec.shuffle is not None:
+        locations.append(
+            {
+                "bucket": spec.shuffle.output_bucket.name,
+                "provider": spec.shuffle.output_bucket.provider,
+                "prefix": builders.output_base(spec, owner),
+            }
+        )
+    return {
+        "generation": owner.generation,
+        "locations": locations,
+        "dsortDescription": naming.dsort_description(
+            owner.namespace, owner.name, owner.uid, owner.generation
+        ),
+    }
+
+
+def index_location(spec: DatasetSpec) -> tuple[str, str, str]:
+    if spec.shuffle is not None:
+        b = spec.shuffle.output_bucket
+        return b.name, b.provider, naming.index_name(spec.shuffle.output_prefix)
+    return spec.output.bucket.name, spec.output.bucket.provider, naming.index_name(spec.output.prefix)
+
+
+def count_samples(entries: list[Entry], shard_prefix: str) -> dict[str, tuple[int, int]]:
+    """From an archive listing (`shard.tar` plus `shard.tar/member` entries): shard -> (samples, bytes).
+
+    A sample is a WebDataset key: the member's basename up to its first dot, within its directory.
+    """
+    keys: dict[str, set[str]] = defaultdict(set)
+    sizes: dict[str, int] = {}
+    for e in entries:
+        if not e.name.startswith(shard_prefix):
+            continue
+        if ".tar/" in e.name:
+            shard, member = e.name.split(".tar/", 1)
+            shard += ".tar"
+            directory, _, base = member.rpartition("/")
+            keys[shard].add(f"{directory}/{base.split('.', 1)[0]}")
+        elif e.name.endswith(".tar"):
+            sizes[e.name] = e.size
+            keys.setdefault(e.name, set())
+    return {s: (len(keys[s]), sizes.get(s, 0)) for s in sorted(set(keys) | set(sizes))}
+
+
+def _sum_reasons(reports: dict[int, dict[str, Any]], key: str) -> dict[str, int]:
+    first = reports[min(reports)] if reports else {}
+    return {str(k): int(v) for k, v in (first.get(key) or {}).items()}
+
+
+def _examples(report: dict[str, Any]) -> str:
+    ex = report.get("examples") or {}
+    parts = [f"{reason}: {', '.join(keys[:3])}" for reason, keys in sorted(ex.items()) if keys]
+    return "; ".join(parts)
+
+
+# ------------------------------------------------------------------------------------------ decision
+
+
+def decide(spec: DatasetSpec, owner: Owner, obs: Observed, defaults: ConverterDefaults, now: str) -> Decision:
+    prev = obs.previous or {}
+    gen = owner.generation
+    same_gen = prev.get("observedGeneration") == gen
+    prev_phase = prev.get("phase") if same_gen else None
+    prev_stalled = (
+        next(
+            (
+                c.get("reason")
+                for c in prev.get("conditions") or []
+                if c.get("type") == "Stalled" and c.get("status") == "True"
+            ),
+            None,
+        )
+        if same_gen
+        else None
+    )
+    record = artifact_record(spec, owner)
+    actions: list[Action] = []
+
+    # Earlier generations: stop what still runs and delete what they wrote.
+    old_records = [r for r in (prev.get("artifacts") or []) if r.get("generation") != gen]
+    for r in old_records:
+        actions.append(CleanupArtifacts(record=r))
+    if obs.stale_jobs:
+        actions.append(DeleteJobs(names=tuple(obs.stale_jobs)))
+
+    st = DatasetStatus(
+        phase=Phase.PENDING,
+        observed_generation=gen,
+        reason="Pending",
+        message="",
+        job_name=naming.job_name(owner.name, gen),
+        workers=spec.conversion.workers,
+        start_time=(prev.get("startTime") if same_gen else None) or now,
+        artifacts=[record],
+    )
+    decision = Decision(status=st, actions=actions)
+
+    reports = {i: r for i, r in obs.reports.items() if int(r.get("generation", -1)) == gen}
+    converted = len(reports) == spec.conversion.workers
+    _fill_counts(st, reports)
+
+    if obs.job is not None:
+        st.workers_succeeded, st.workers_failed = obs.job.succeeded, obs.job.failed
+
+    # ---- conversion
+    if not converted:
+        st.steps[CONVERTED] = StepState(False, "Converting")
+        if obs.job is None:
+            if obs.source_problem:
+                return _stalled(decision, prev_stalled, Phase.PENDING, "SourceNotFound", obs.source_problem)
+            actions.append(EnsureBucket(spec.output.bucket.name, spec.output.bucket.provider))
+            actions.append(CreateJob(builders.build_converter_job(spec, owner, defaults)))
+            return _working(
+                decision,
+                prev_phase,
+                Phase.CONVERTING,
+                "Converting",
+                f"starting {spec.conversion.workers} converter worker(s)",
+            )
+        if obs.job.failed_reason:
+            msg = f"converter Job {obs.job.name} failed: {obs.job.failed_message or obs.job.failed_reason}"
+            st.steps[CONVERTED] = StepState(False, "ConversionFailed", msg)
+            return _failed(decision, prev_phase, "ConversionFailed", msg)
+        if obs.job.complete:
+            missing = sorted(set(range(spec.conversion.workers)) - set(reports))
+            msg = f"converter Job completed but reports of worker(s) {missing} are missing"
+            return _failed(decision, prev_phase, "ReportMissing", msg)
+        return _working(
+            decision,
+            prev_phase,
+            Phase.CONVERTING,
+            "Converting",
+            f"{len(reports)}/{spec.conversion.workers} converter workers done",
+        )
+
+    digests = {r.get("listingDigest") for r in reports.values()}
+    if len(digests) > 1:
+        msg = (
+            "the source changed while the converters listed it (workers saw different files); "
+            "change the spec to rerun"
+        )
+        st.steps[CONVERTED] = StepState(False, "SourceChanged", msg)
+        return _failed(decision, prev_phase, "SourceChanged", msg)
+    st.steps[CONVERTED] = StepState(
+        True, "Converted", f"{st.samples_written} samples in {st.shards_converted} shards"
+    )
+    converted_shards = sorted(s["name"] for r in reports.values() for s in r.get("shards") or [])
+
+    # ---- shuffle
+    if spec.shuffle is not None:
+        st.output_template = naming.output_template(builders.output_base(spec, owner))
+        if st.samples_written == 0:
+            msg = "no complete samples to shuffle: " + (
+                _examples(reports[min(reports)]) or "the source is empty"
+            )
+            st.steps[SHUFFLED] = StepState(False, "NoSamples", msg)
+            return _failed(decision, prev_phase, "NoSamples", msg)
+        if obs.dsort is None:
+            actions.append(StartDsort(builders.build_dsort_spec(spec, owner, converted_shards)))
+            st.steps[SHUFFLED] = StepState(False, "Shuffling", "starting dSort")
+            return _working(decision, prev_phase, Phase.SHUFFLING, "Shuffling", "starting dSort")
+        st.dsort_job_id = obs.dsort.id
+        if obs.dsort.aborted:
+            msg = f"dSort job {obs.dsort.id} aborted: " + ("; ".join(obs.dsort.errors) or "no error reported")
+            st.steps[SHUFFLED] = StepState(False, "ShuffleFailed", msg)
+            return _failed(decision, prev_phase, "ShuffleFailed", msg)
+        if not obs.dsort.finished:
+            st.steps[SHUFFLED] = StepState(False, "Shuffling", f"dSort job {obs.dsort.id} running")
+            return _working(
+                decision, prev_phase, Phase.SHUFFLING, "Shuffling", f"dSort job {obs.dsort.id} running"
+            )
+        st.steps[SHUFFLED] = StepState(True, "Shuffled", f"dSort job {obs.dsort.id} finished")
+        verify_prefix = builders.output_base(spec, owner)
+    else:
+        verify_prefix = builders.converted_base(spec, owner)
+
+    # ---- verification
+    if obs.output is None:
+        decision.need_output = True
+        st.steps[VERIFIED] = StepState(False, "Verifying")
+        return _working(
+            decision, prev_phase, Phase.VERIFYING, "Verifying", "counting samples in the output shards"
+        )
+    counted = count_samples(obs.output, verify_prefix)
+    if spec.shuffle is None:
+        counted = {s: v for s, v in counted.items() if s in set(converted_shards)}
+    total = sum(n for n, _ in counted.values())
+    st.shards_output = len(counted)
+    st.bytes_output = sum(b for _, b in counted.values())
+    if total != st.samples_written:
+        msg = (
+            f"output shards under {verify_prefix} hold {total} samples but the converters wrote "
+            f"{st.samples_written}"
+        )
+        st.steps[VERIFIED] = StepState(False, "VerificationFailed", msg)
+        return _failed(decision, prev_phase, "VerificationFailed", msg)
+    st.steps[VERIFIED] = StepState(True, "Verified", f"{total} samples in {len(counted)} shards")
+    bucket, provider, index = index_location(spec)
+    info = {
+        "namespace": owner.namespace,
+        "resource": owner.name,
+        "uid": owner.uid,
+        "generation": gen,
+        "bucket": bucket,
+        "provider": provider,
+        "samples": total,
+        "algorithm": spec.shuffle.algorithm if spec.shuffle else "none",
+        "seed": spec.shuffle.seed if spec.shuffle else None,
+    }
+    actions.append(
+        WriteIndex(
+            bucket,
+            provider,
+            index,
+            builders.build_shard_index(owner.name, [(s, n, b) for s, (n, b) in counted.items()], index, info),
+        )
+    )
+    if spec.shuffle is not None and spec.shuffle.delete_input:
+        actions.append(
+            DeleteObjects(spec.output.bucket.name, spec.output.bucket.provider, tuple(converted_shards))
+        )
+    st.index_object = f"{provider}://{bucket}/{index}"
+    st.completion_time = (prev.get("completionTime") if prev_phase == Phase.READY else None) or now
+    st.phase = Phase.READY
+    st.reason = "Succeeded"
+    st.message = (
+        f"{total} samples in {len(counted)} shards ({st.bytes_output / 2**20:.1f} MiB); "
+        f"{st.samples_skipped} incomplete samples skipped"
+    )
+    decision.requeue = None
+    if prev_phase != Phase.READY:
+        decision.events.append(Event("Normal", "Ready", st.message))
+    return decision
+
+
+def _fill_counts(st: DatasetStatus, reports: dict[int, dict[str, Any]]) -> None:
+    st.samples_written = sum(int(r.get("written") or 0) for r in reports.values())
+    st.skipped_by_reason = _sum_reasons(reports, "skipped")
+    st.rejected_files = _sum_reasons(reports, "rejectedFiles")
+    st.samples_skipped = sum(st.skipped_by_reason.values())
+    st.samples_total = st.samples_written + st.samples_skipped if reports else 0
+    st.shards_converted = sum(len(r.get("shards") or []) for r in reports.values())
+    st.bytes_output = 0
+
+
+def _working(d: Decision, prev_phase: Any, phase: Phase, reason: str, message: str) -> Decision:
+    d.status.phase, d.status.reason, d.status.message = phase, reason, message
+    d.requeue = ACTIVE_REQUEUE
+    if prev_phase != phase:
+        d.events.append(Event("Normal", reason, message))
+    return d
+
+
+def _stalled(d: Decision, prev_stalled: str | None, phase: Phase, reason: str, message: str) -> Decision:
+    d.status.phase, d.status.reason, d.status.message, d.status.stalled = phase, reason, message, True
+    d.requeue = STALLED_REQUEUE
+    if prev_stalled != reason:
+        d.events.append(Event("Warning", reason, message))
+    return d
+
+
+def _failed(d: Decision, prev_phase: Any, reason: str, message: str) -> Decision:
+    d.status.phase, d.status.reason, d.status.message, d.status.stalled = Phase.FAILED, reason, message, True
+    d.requeue = None
+    if prev_phase != Phase.FAILED:
+        d.events.append(Event("Warning", reason, message))
+    return d
