@@ -12,7 +12,9 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
- && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb \
+ && echo 'sdo:x:65532:65532:sharded-dataset-operator:/tmp:/usr/sbin/nologin' >> /etc/passwd \
+ && echo 'sdo:x:65532:' >> /etc/group
 
 # Dependencies first (rarely change), the project code last, so a code change rebuilds one small layer.
 ARG PIP_CERT=

@@ -5,6 +5,7 @@
 #   hack/cluster.sh down     stop everything and remove all state (also cleans up after a killed run)
 #   hack/cluster.sh status   health of every component (exit 1 if any is unhealthy)
 #   hack/cluster.sh env      shell exports for the host: KUBECONFIG, AIS_ENDPOINT, PATH (kubectl, helm)
+#   hack/cluster.sh load-images   import the freshly built images into the node's containerd
 #
 # Layout (see docs/local-cluster.md): state, certificates, kubeconfig and logs live under $SDO_CLUSTER_DIR
 # (default /var/lib/sharded-dataset-operator/cluster); every component listens on loopback or on the
@@ -587,5 +588,6 @@ case "${1:-}" in
   down) cmd_down ;;
   status) cmd_status ;;
   env) cmd_env ;;
-  *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+  load-images) import_images ;;
+  *) echo "usage: $0 up|down|status|env|load-images" >&2; exit 2 ;;
 esac

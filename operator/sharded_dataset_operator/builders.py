@@ -232,6 +232,8 @@ def build_dsort_spec(spec: DatasetSpec, owner: Owner, input_shards: list[str]) -
         "algorithm": algorithm,
         "description": naming.dsort_description(owner.namespace, owner.name, owner.uid, owner.generation),
         "Config": {"duplicated_records": "abort", "missing_shards": "abort"},
+        # Explicit, so the proxy skips probing targets' memory (that probe is refused by AIS 5.0 targets).
+        "dsorter_type": "dsort_general",
     }
 
 

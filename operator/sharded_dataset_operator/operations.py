@@ -122,7 +122,11 @@ def execute(ais: Ais, decision: Decision, owner: Owner) -> None:
             case reconcile.CreateJob(manifest=manifest):
                 kube.create_job(manifest)
             case reconcile.StartDsort(spec=spec):
-                job_id = ais.dsort_start(spec)
+                try:
+                    job_id = ais.dsort_start(spec)
+                except DsortRejected as e:
+                    reconcile.fail(decision, "ShuffleRejected", str(e))
+                    return
                 decision.status.dsort_job_id = job_id
                 log.info("%s/%s: started dSort job %s", owner.namespace, owner.name, job_id)
             case reconcile.WriteIndex(bucket=bucket, provider=provider, name=name, body=body):
@@ -155,8 +159,6 @@ def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
             obs.output = list(ais.list_objects(bucket.name, bucket.provider, prefix, archives=True))
             decision = reconcile.decide(spec, owner, obs, defaults, now)
         execute(ais, decision, owner)
-    except DsortRejected as e:
-        return _fail_invalid(owner, previous, str(e), now, reason="ShuffleRejected")
     except LookupError as e:  # token Secret missing
         return _transient(owner, previous, "SecretNotFound", str(e), now, stalled=True)
     except (AisUnavailable, BucketNotFound) as e:

@@ -379,6 +379,12 @@ def _stalled(d: Decision, prev_stalled: str | None, phase: Phase, reason: str, m
     return d
 
 
+def fail(d: Decision, reason: str, message: str) -> Decision:
+    """Turn a decision into a permanent failure discovered while carrying it out (e.g. dSort refused)."""
+    d.actions = []
+    return _failed(d, None, reason, message)
+
+
 def _failed(d: Decision, prev_phase: Any, reason: str, message: str) -> Decision:
     d.status.phase, d.status.reason, d.status.message, d.status.stalled = Phase.FAILED, reason, message, True
     d.requeue = None

@@ -1,0 +1,66 @@
+# sharded-dataset-operator: everything runs from here. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ENV = eval "$$(hack/cluster.sh env)"
+
+.PHONY: help
+help: ## this list
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev,bench]'
+	touch $@
+
+.PHONY: venv
+venv: $(VENV)/.installed ## Python virtualenv with the package and dev tools
+
+.PHONY: cluster-up cluster-down cluster-status cluster-env
+cluster-up: ## start the local Kubernetes + AIS cluster (builds and caches everything on first run)
+	hack/cluster.sh up
+cluster-down: ## stop the local cluster and remove its state
+	hack/cluster.sh down
+cluster-status: ## health of every cluster component
+	hack/cluster.sh status
+cluster-env: ## shell exports: eval "$$(make -s cluster-env)"
+	@hack/cluster.sh env
+
+.PHONY: image deploy undeploy
+image: ## build the project image (buildah) and import it into the local cluster
+	hack/build-images.sh project
+	hack/cluster.sh load-images
+
+deploy: image ## build, import and install/upgrade the CRD and the operator into the current cluster
+	$(ENV); kubectl apply --server-side --force-conflicts -k manifests/
+	$(ENV); kubectl -n sharded-dataset-operator rollout restart deployment/sharded-dataset-operator
+	$(ENV); kubectl -n sharded-dataset-operator rollout status deployment/sharded-dataset-operator --timeout=180s
+
+undeploy: ## remove the operator (the CRD and the datasets stay)
+	$(ENV); kubectl delete --ignore-not-found -f manifests/operator/deployment.yaml -f manifests/operator/rbac.yaml
+
+.PHONY: demo
+demo: venv cluster-up deploy ## the main job: cluster + operator + example dataset, converted, shuffled, verified
+	$(ENV); $(PY) examples/run_demo.py $(DEMO_ARGS)
+
+.PHONY: lint test test-unit test-e2e
+lint: venv ## ruff + mypy --strict
+	$(VENV)/bin/ruff check operator tests bench examples
+	$(VENV)/bin/ruff format --check operator tests bench examples
+	$(VENV)/bin/mypy
+
+test-unit: venv ## fast tests of the pure logic
+	$(VENV)/bin/pytest tests/unit -q
+
+test-e2e: venv cluster-up deploy ## end-to-end tests on the local cluster
+	$(ENV); SDS_E2E=1 $(VENV)/bin/pytest tests/e2e -v
+
+test: venv cluster-up deploy ## everything: lint, unit and end-to-end tests (what CI runs)
+	$(MAKE) lint
+	$(ENV); SDS_E2E=1 $(VENV)/bin/pytest tests -v
+
+.PHONY: bench
+bench: venv cluster-up deploy ## benchmark (bench/README.md); writes bench/results/latest.json
+	$(ENV); $(PY) bench/run.py $(BENCH_ARGS)
