@@ -39,7 +39,17 @@ deploy: image ## build, import and install/upgrade the CRD and the operator into
 	$(ENV); kubectl -n sharded-dataset-operator rollout status deployment/sharded-dataset-operator --timeout=180s
 
 undeploy: ## remove the operator (the CRD and the datasets stay)
-	$(ENV); kubectl delete --ignore-not-found -f manifests/operator/deployment.yaml -f manifests/operator/rbac.yaml
+	$(ENV); kubectl delete --ignore-not-found -f manifests/operator.yaml
+
+.PHONY: manifests
+manifests: venv ## regenerate manifests/operator.yaml from the Helm chart and the values table in docs/install.md
+	hack/render-manifests.sh
+	$(PY) hack/values-table.py --update docs/install.md
+
+.PHONY: chart-lint
+chart-lint: ## helm lint the chart
+	. hack/lib/common.sh; [[ -x $$HELM_BIN/helm ]] || hack/build-binaries.sh helm; \
+	  $$HELM_BIN/helm lint --strict charts/sharded-dataset-operator
 
 .PHONY: demo
 demo: venv cluster-up deploy ## the main job: cluster + operator + example dataset, converted, shuffled, verified

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import naming
 from .spec import API_GROUP, API_VERSION, KIND, DatasetSpec
 
 CONVERTER_CONTAINER = "converter"
+# Seeded shuffles are carried out by dSort as a sort on this per-sample member (the sample's rank under
+# the seed): dSort's own "shuffle" permutes records in arrival order, which differs from run to run.
+ORDER_MEMBER = "__order__"
 CONFIG_ENV = "SDS_CONVERTER_CONFIG"
 EXIT_PERMANENT = 2  # converter exit code for errors a retry cannot fix (FailIndex)
 SOURCE_MOUNT = "/data"
@@ -28,11 +32,18 @@ class Owner:
 
 @dataclass(frozen=True, slots=True)
 class ConverterDefaults:
-    """Operator-level settings that shape converter pods."""
+    """Operator-level settings that shape converter pods.
+
+    `resources`, `node_selector` and `tolerations` apply to datasets whose `spec.conversion` leaves the
+    field empty; a non-empty spec value replaces the default as a whole (no merging).
+    """
 
     image: str
     image_pull_policy: str = "IfNotPresent"
     service_account: str | None = None
+    resources: dict[str, Any] = field(default_factory=dict)
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = field(default_factory=list)
 
 
 def converted_base(spec: DatasetSpec, owner: Owner) -> str:
@@ -79,6 +90,7 @@ def converter_config(spec: DatasetSpec, owner: Owner) -> dict[str, Any]:
         },
         "workers": spec.conversion.workers,
         "generation": owner.generation,
+        "orderSeed": spec.shuffle.seed if spec.shuffle and spec.shuffle.algorithm == "shuffle" else None,
     }
 
 
@@ -143,7 +155,7 @@ def build_converter_job(spec: DatasetSpec, owner: Owner, defaults: ConverterDefa
         "imagePullPolicy": defaults.image_pull_policy,
         "args": ["sharded_dataset_operator.converter.main"],
         "env": env,
-        "resources": spec.conversion.resources or default_resources(spec),
+        "resources": spec.conversion.resources or defaults.resources or default_resources(spec),
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
@@ -169,10 +181,12 @@ def build_converter_job(spec: DatasetSpec, owner: Owner, defaults: ConverterDefa
     }
     if defaults.service_account:
         pod_spec["serviceAccountName"] = defaults.service_account
-    if spec.conversion.node_selector:
-        pod_spec["nodeSelector"] = dict(spec.conversion.node_selector)
-    if spec.conversion.tolerations:
-        pod_spec["tolerations"] = list(spec.conversion.tolerations)
+    node_selector = spec.conversion.node_selector or defaults.node_selector
+    if node_selector:
+        pod_spec["nodeSelector"] = dict(node_selector)
+    tolerations = spec.conversion.tolerations or defaults.tolerations
+    if tolerations:
+        pod_spec["tolerations"] = list(tolerations)
     workers = spec.conversion.workers
     return {
         "apiVersion": "batch/v1",
@@ -217,7 +231,7 @@ def build_dsort_spec(spec: DatasetSpec, owner: Owner, input_shards: list[str]) -
     assert spec.shuffle is not None
     algorithm: dict[str, Any] = {"kind": spec.shuffle.algorithm}
     if spec.shuffle.algorithm == "shuffle":
-        algorithm["seed"] = spec.shuffle.seed
+        algorithm = {"kind": "content", "extension": f".{ORDER_MEMBER}", "content_key_type": "int"}
     return {
         "input_bck": {"name": spec.output.bucket.name, "provider": spec.output.bucket.provider},
         "input_format": {"objnames": sorted(input_shards)},
@@ -235,6 +249,12 @@ def build_dsort_spec(spec: DatasetSpec, owner: Owner, input_shards: list[str]) -
         # Explicit, so the proxy skips probing targets' memory (that probe is refused by AIS 5.0 targets).
         "dsorter_type": "dsort_general",
     }
+
+
+def order_rank(seed: str, key: str) -> int:
+    """A sample's position key under `seed`: a 63-bit hash, so sorting by it is a seeded shuffle."""
+    digest = hashlib.sha256(f"{seed}\0{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
 
 
 def build_shard_index(

@@ -331,8 +331,7 @@ def plan(
     pool = _build_pool(seed, sample_kib, min(_POOL_SIZE, n_samples))
 
     samples = [
-        Sample(index=i, key=sample_key(i), breed=BREEDS[i % len(BREEDS)], base=i % len(pool))
-        for i in range(n_samples)
+        Sample(index=i, key=sample_key(i), breed=BREEDS[i % len(BREEDS)], base=i % len(pool)) for i in range(n_samples)
     ]
     k = defect_count(n_samples, incomplete_fraction)
     n_junk = min(3, n_samples - len(REASONS) * k) if k else 0
@@ -391,9 +390,7 @@ def plan(
         "seed": seed,
         "sample_kib": sample_kib,
     }
-    return Plan(
-        n_samples, seed, sample_kib, incomplete_fraction, tuple(samples), orphans, pool, list_txt, manifest
-    )
+    return Plan(n_samples, seed, sample_kib, incomplete_fraction, tuple(samples), orphans, pool, list_txt, manifest)
 
 
 def _sorted_items(labels: dict[str, Breed]) -> list[tuple[str, Breed]]:
@@ -453,9 +450,7 @@ def write_dir(
     return p.manifest
 
 
-def _run_bounded(
-    put: Callable[[str, bytes], object], items: Iterable[tuple[str, bytes]], workers: int
-) -> None:
+def _run_bounded(put: Callable[[str, bytes], object], items: Iterable[tuple[str, bytes]], workers: int) -> None:
     """Run ``put`` over ``items`` on a thread pool with a bounded number of files in flight."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: set[Future[object]] = set()
@@ -504,9 +499,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Generate a deterministic Oxford-IIIT-Pet-shaped dataset (real JPEG/PNG bytes).",
     )
     size = ap.add_mutually_exclusive_group()
-    size.add_argument(
-        "--samples", type=int, default=None, help=f"number of images (default {DEFAULT_SAMPLES})"
-    )
+    size.add_argument("--samples", type=int, default=None, help=f"number of images (default {DEFAULT_SAMPLES})")
     size.add_argument("--full", action="store_true", help=f"full Oxford size ({FULL_SAMPLES} images)")
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED)
     ap.add_argument("--sample-kib", type=int, default=DEFAULT_SAMPLE_KIB, help="target KiB per jpg+png")

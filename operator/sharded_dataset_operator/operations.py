@@ -36,9 +36,7 @@ def now_iso() -> str:
 
 def owner_of(obj: dict[str, Any]) -> Owner:
     m = obj["metadata"]
-    return Owner(
-        name=m["name"], namespace=m["namespace"], uid=m["uid"], generation=int(m.get("generation", 1))
-    )
+    return Owner(name=m["name"], namespace=m["namespace"], uid=m["uid"], generation=int(m.get("generation", 1)))
 
 
 def ais_for(spec: DatasetSpec, namespace: str) -> Ais:
@@ -90,9 +88,7 @@ def observe(ais: Ais, spec: DatasetSpec, owner: Owner, previous: dict[str, Any])
         elif spec.source.claim_name:
             obs.source_problem = kube.pvc_problem(owner.namespace, spec.source.claim_name)
     if converted and spec.shuffle is not None:
-        obs.dsort = find_dsort(
-            ais, naming.dsort_description(owner.namespace, owner.name, owner.uid, owner.generation)
-        )
+        obs.dsort = find_dsort(ais, naming.dsort_description(owner.namespace, owner.name, owner.uid, owner.generation))
     return obs
 
 
@@ -105,9 +101,7 @@ def cleanup_record(ais: Ais, record: dict[str, Any]) -> None:
             ais.dsort_abort(job.id)
     for loc in record.get("locations") or []:
         n = ais.delete_prefix(loc["bucket"], loc["prefix"], loc.get("provider", "ais"))
-        log.info(
-            "deleted %d objects under %s://%s/%s", n, loc.get("provider", "ais"), loc["bucket"], loc["prefix"]
-        )
+        log.info("deleted %d objects under %s://%s/%s", n, loc.get("provider", "ais"), loc["bucket"], loc["prefix"])
 
 
 def execute(ais: Ais, decision: Decision, owner: Owner) -> None:
@@ -147,7 +141,11 @@ def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
     except (SpecError, KeyError, TypeError, ValueError) as e:
         return _fail_invalid(owner, previous, f"invalid spec: {e}", now)
     defaults = ConverterDefaults(
-        image=settings.converter_image, image_pull_policy=settings.converter_pull_policy
+        image=settings.converter_image,
+        image_pull_policy=settings.converter_pull_policy,
+        resources=settings.converter_resources,
+        node_selector=settings.converter_node_selector,
+        tolerations=settings.converter_tolerations,
     )
     try:
         ais = ais_for(spec, namespace)
@@ -194,9 +192,7 @@ def _transient(
     """Keep the phase and counts, flag the problem in the conditions, and retry with backoff."""
     gen = owner.generation
     conds = previous.get("conditions") or []
-    was: dict[str, Any] = next(
-        (c for c in conds if c.get("type") == (STALLED if stalled else RECONCILING)), {}
-    )
+    was: dict[str, Any] = next((c for c in conds if c.get("type") == (STALLED if stalled else RECONCILING)), {})
     conds = set_condition(conds, RECONCILING, not stalled, reason, message, gen, now)
     conds = set_condition(
         conds, STALLED, stalled, reason if stalled else "Healthy", message if stalled else "", gen, now
@@ -212,11 +208,7 @@ def _transient(
             "observedGeneration": gen,
         },
     )
-    events = (
-        []
-        if was.get("reason") == reason and was.get("status") == "True"
-        else [Event("Warning", reason, message)]
-    )
+    events = [] if was.get("reason") == reason and was.get("status") == "True" else [Event("Warning", reason, message)]
     return PassResult(requeue=10.0, events=events)
 
 

@@ -128,9 +128,7 @@ def artifact_record(spec: DatasetSpec, owner: Owner) -> dict[str, Any]:
     return {
         "generation": owner.generation,
         "locations": locations,
-        "dsortDescription": naming.dsort_description(
-            owner.namespace, owner.name, owner.uid, owner.generation
-        ),
+        "dsortDescription": naming.dsort_description(owner.namespace, owner.name, owner.uid, owner.generation),
     }
 
 
@@ -256,23 +254,18 @@ def decide(spec: DatasetSpec, owner: Owner, obs: Observed, defaults: ConverterDe
     digests = {r.get("listingDigest") for r in reports.values()}
     if len(digests) > 1:
         msg = (
-            "the source changed while the converters listed it (workers saw different files); "
-            "change the spec to rerun"
+            "the source changed while the converters listed it (workers saw different files); change the spec to rerun"
         )
         st.steps[CONVERTED] = StepState(False, "SourceChanged", msg)
         return _failed(decision, prev_phase, "SourceChanged", msg)
-    st.steps[CONVERTED] = StepState(
-        True, "Converted", f"{st.samples_written} samples in {st.shards_converted} shards"
-    )
+    st.steps[CONVERTED] = StepState(True, "Converted", f"{st.samples_written} samples in {st.shards_converted} shards")
     converted_shards = sorted(s["name"] for r in reports.values() for s in r.get("shards") or [])
 
     # ---- shuffle
     if spec.shuffle is not None:
         st.output_template = naming.output_template(builders.output_base(spec, owner))
         if st.samples_written == 0:
-            msg = "no complete samples to shuffle: " + (
-                _examples(reports[min(reports)]) or "the source is empty"
-            )
+            msg = "no complete samples to shuffle: " + (_examples(reports[min(reports)]) or "the source is empty")
             st.steps[SHUFFLED] = StepState(False, "NoSamples", msg)
             return _failed(decision, prev_phase, "NoSamples", msg)
         if obs.dsort is None:
@@ -286,9 +279,7 @@ def decide(spec: DatasetSpec, owner: Owner, obs: Observed, defaults: ConverterDe
             return _failed(decision, prev_phase, "ShuffleFailed", msg)
         if not obs.dsort.finished:
             st.steps[SHUFFLED] = StepState(False, "Shuffling", f"dSort job {obs.dsort.id} running")
-            return _working(
-                decision, prev_phase, Phase.SHUFFLING, "Shuffling", f"dSort job {obs.dsort.id} running"
-            )
+            return _working(decision, prev_phase, Phase.SHUFFLING, "Shuffling", f"dSort job {obs.dsort.id} running")
         st.steps[SHUFFLED] = StepState(True, "Shuffled", f"dSort job {obs.dsort.id} finished")
         verify_prefix = builders.output_base(spec, owner)
     else:
@@ -298,9 +289,7 @@ def decide(spec: DatasetSpec, owner: Owner, obs: Observed, defaults: ConverterDe
     if obs.output is None:
         decision.need_output = True
         st.steps[VERIFIED] = StepState(False, "Verifying")
-        return _working(
-            decision, prev_phase, Phase.VERIFYING, "Verifying", "counting samples in the output shards"
-        )
+        return _working(decision, prev_phase, Phase.VERIFYING, "Verifying", "counting samples in the output shards")
     counted = count_samples(obs.output, verify_prefix)
     if spec.shuffle is None:
         counted = {s: v for s, v in counted.items() if s in set(converted_shards)}
@@ -308,10 +297,7 @@ def decide(spec: DatasetSpec, owner: Owner, obs: Observed, defaults: ConverterDe
     st.shards_output = len(counted)
     st.bytes_output = sum(b for _, b in counted.values())
     if total != st.samples_written:
-        msg = (
-            f"output shards under {verify_prefix} hold {total} samples but the converters wrote "
-            f"{st.samples_written}"
-        )
+        msg = f"output shards under {verify_prefix} hold {total} samples but the converters wrote {st.samples_written}"
         st.steps[VERIFIED] = StepState(False, "VerificationFailed", msg)
         return _failed(decision, prev_phase, "VerificationFailed", msg)
     st.steps[VERIFIED] = StepState(True, "Verified", f"{total} samples in {len(counted)} shards")
@@ -336,9 +322,7 @@ def decide(spec: DatasetSpec, owner: Owner, obs: Observed, defaults: ConverterDe
         )
     )
     if spec.shuffle is not None and spec.shuffle.delete_input:
-        actions.append(
-            DeleteObjects(spec.output.bucket.name, spec.output.bucket.provider, tuple(converted_shards))
-        )
+        actions.append(DeleteObjects(spec.output.bucket.name, spec.output.bucket.provider, tuple(converted_shards)))
     st.index_object = f"{provider}://{bucket}/{index}"
     st.completion_time = (prev.get("completionTime") if prev_phase == Phase.READY else None) or now
     st.phase = Phase.READY

@@ -157,14 +157,10 @@ def parse_spec(spec: dict[str, Any], *, name: str, default_endpoint: str) -> Dat
         claim = src["volume"].get("claimName")
         if not claim:
             raise SpecError("spec.source.volume.claimName: required")
-        source = Source(
-            bucket=None, prefix="", claim_name=str(claim), path=str(src["volume"].get("path") or "/")
-        )
+        source = Source(bucket=None, prefix="", claim_name=str(claim), path=str(src["volume"].get("path") or "/"))
 
     samples = spec.get("samples") or {}
-    fields = tuple(
-        FieldRule(pattern=str(f["pattern"]), name=str(f["name"])) for f in samples.get("fields") or []
-    )
+    fields = tuple(FieldRule(pattern=str(f["pattern"]), name=str(f["name"])) for f in samples.get("fields") or [])
     if not fields:
         raise SpecError("spec.samples.fields: at least one field is required")
     labels_raw = samples.get("labels")
@@ -186,9 +182,7 @@ def parse_spec(spec: dict[str, Any], *, name: str, default_endpoint: str) -> Dat
 
     out = spec.get("output") or {}
     max_samples = out.get("maxSamplesPerShard")
-    max_bytes = (
-        parse_size(out["maxShardSize"], "spec.output.maxShardSize") if out.get("maxShardSize") else None
-    )
+    max_bytes = parse_size(out["maxShardSize"], "spec.output.maxShardSize") if out.get("maxShardSize") else None
     if max_samples is None and max_bytes is None:
         raise SpecError("spec.output: set maxSamplesPerShard, maxShardSize or both")
     if max_samples is not None and int(max_samples) < 1:
@@ -219,9 +213,7 @@ def parse_spec(spec: dict[str, Any], *, name: str, default_endpoint: str) -> Dat
             algorithm=str(sh.get("algorithm") or "shuffle"),
             seed=str(sh.get("seed") or "0"),
             output_prefix=str(sh.get("outputPrefix") or f"{output.prefix}shuffled-"),
-            output_shard_size=parse_size(
-                sh.get("outputShardSize") or "100MiB", "spec.shuffle.outputShardSize"
-            ),
+            output_shard_size=parse_size(sh.get("outputShardSize") or "100MiB", "spec.shuffle.outputShardSize"),
             output_bucket=Bucket(
                 name=str(sh.get("outputBucket") or out_bucket.name),
                 provider=str(sh.get("outputProvider") or out_bucket.provider),

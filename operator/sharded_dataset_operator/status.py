@@ -105,9 +105,7 @@ class DatasetStatus:
         gen = self.observed_generation
         ready = self.phase == Phase.READY
         conds = list(previous)
-        conds = set_condition(
-            conds, READY, ready, "Succeeded" if ready else self.reason, self.message, gen, now
-        )
+        conds = set_condition(conds, READY, ready, "Succeeded" if ready else self.reason, self.message, gen, now)
         reconciling = not ready and not self.stalled
         conds = set_condition(
             conds, RECONCILING, reconciling, self.reason if reconciling else "Done", self.message, gen, now

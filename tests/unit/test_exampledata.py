@@ -155,10 +155,7 @@ def test_defect_counts() -> None:
 def test_average_sample_size_near_target() -> None:
     p = ed.plan(200)
     files = dict(ed.render(p))
-    sizes = [
-        len(files[f"images/{k}.jpg"]) + len(files[f"annotations/trimaps/{k}.png"])
-        for k in p.manifest["complete"]
-    ]
+    sizes = [len(files[f"images/{k}.jpg"]) + len(files[f"annotations/trimaps/{k}.png"]) for k in p.manifest["complete"]]
     avg_kib = sum(sizes) / len(sizes) / 1024
     assert 0.75 * 110 <= avg_kib <= 1.25 * 110
     trimap_kib = sum(len(files[f"annotations/trimaps/{k}.png"]) for k in p.manifest["complete"])
@@ -233,9 +230,7 @@ def test_write_ais_with_fake_client(monkeypatch: pytest.MonkeyPatch) -> None:
             return bucket
 
     monkeypatch.setattr(aistore.sdk, "Client", FakeClient)
-    manifest = ed.write_ais(
-        "http://ais:51080", "raw", prefix="pets/", workers=2, n_samples=25, sample_kib=KIB
-    )
+    manifest = ed.write_ais("http://ais:51080", "raw", prefix="pets/", workers=2, n_samples=25, sample_kib=KIB)
     assert calls == [("client", "http://ais:51080"), ("bucket", "raw", "ais")]
     assert bucket.created == [True]
     expected = {"pets/" + p: b for p, b in ed.generate(25, sample_kib=KIB)}

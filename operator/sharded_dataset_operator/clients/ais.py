@@ -34,9 +34,7 @@ class BucketNotFound(Exception):
 
 def _retry_config(attempts: int) -> RetryConfig:
     return RetryConfig(
-        http_retry=Retry(
-            total=attempts, backoff_factor=0.5, status_forcelist=[429, 502, 503, 504], connect=0, read=0
-        ),
+        http_retry=Retry(total=attempts, backoff_factor=0.5, status_forcelist=[429, 502, 503, 504], connect=0, read=0),
         network_retry=Retrying(
             wait=wait_exponential(multiplier=0.5, max=4),
             stop=stop_after_attempt(attempts),

@@ -41,9 +41,7 @@ def core() -> client.CoreV1Api:
 
 def get_dataset(namespace: str, name: str) -> dict[str, Any] | None:
     try:
-        obj: dict[str, Any] = custom().get_namespaced_custom_object(
-            API_GROUP, API_VERSION, namespace, PLURAL, name
-        )
+        obj: dict[str, Any] = custom().get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, name)
         return obj
     except ApiException as e:
         if e.status == 404:
@@ -52,9 +50,7 @@ def get_dataset(namespace: str, name: str) -> dict[str, Any] | None:
 
 
 def patch_status(namespace: str, name: str, status: dict[str, Any]) -> None:
-    custom().patch_namespaced_custom_object_status(
-        API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": status}
-    )
+    custom().patch_namespaced_custom_object_status(API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": status})
 
 
 def _job_state(job: Any, generation: int) -> JobState:
@@ -115,9 +111,7 @@ def pod_failure_messages(namespace: str, job_name: str) -> str:
             term = cs.state.terminated if cs.state else None
             if term and term.exit_code not in (0, None):
                 idx = (p.metadata.annotations or {}).get("batch.kubernetes.io/job-completion-index", "?")
-                messages.append(
-                    f"[worker {idx}, exit {term.exit_code}] {(term.message or term.reason or '').strip()}"
-                )
+                messages.append(f"[worker {idx}, exit {term.exit_code}] {(term.message or term.reason or '').strip()}")
     return " ".join(sorted(set(messages))[:3])
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import naming
-from ..builders import CONFIG_ENV, EXIT_PERMANENT
+from ..builders import CONFIG_ENV, EXIT_PERMANENT, ORDER_MEMBER, order_rank
 from ..clients.ais import Ais
 from ..samples import FieldRule, LabelRule, Sample, group_samples, parse_labels, partition
 from .sources import AisSource, Source, SourceError, VolumeSource
@@ -114,7 +114,9 @@ class ShardSink:
         self.pool.shutdown()
 
 
-def _fetch_sample(source: Source, sample: Sample, label_name: str | None) -> list[tuple[str, bytes]]:
+def _fetch_sample(
+    source: Source, sample: Sample, label_name: str | None, order_seed: str | None
+) -> list[tuple[str, bytes]]:
     members: list[tuple[str, bytes]] = []
     for name, raw in sample.files:
         data = source.read(raw.path)
@@ -123,11 +125,13 @@ def _fetch_sample(source: Source, sample: Sample, label_name: str | None) -> lis
         members.append((name, data))
     if label_name is not None and sample.label is not None:
         members.append((label_name, sample.label.encode()))
+    if order_seed is not None:
+        members.append((ORDER_MEMBER, str(order_rank(order_seed, sample.key)).encode()))
     return members
 
 
 def _prefetch(
-    source: Source, samples: list[Sample], label_name: str | None, tuning: Tuning
+    source: Source, samples: list[Sample], label_name: str | None, order_seed: str | None, tuning: Tuning
 ) -> Iterator[tuple[Sample, list[tuple[str, bytes]]]]:
     """Fetch samples concurrently, yield them in order; bounded by bytes and count in flight."""
     with ThreadPoolExecutor(max_workers=tuning.fetch_threads, thread_name_prefix="fetch") as pool:
@@ -144,7 +148,7 @@ def _prefetch(
                     exhausted = True
                     break
                 size = sum(f.size for _, f in nxt.files)
-                window.append((nxt, size, pool.submit(_fetch_sample, source, nxt, label_name)))
+                window.append((nxt, size, pool.submit(_fetch_sample, source, nxt, label_name, order_seed)))
                 in_flight += size
             if not window:
                 return
@@ -153,9 +157,7 @@ def _prefetch(
             yield sample, fut.result()
 
 
-def convert(
-    config: dict[str, Any], index: int, ais: Ais, source: Source, tuning: Tuning | None = None
-) -> Report:
+def convert(config: dict[str, Any], index: int, ais: Ais, source: Source, tuning: Tuning | None = None) -> Report:
     tuning = tuning or Tuning()
     started = time.monotonic()
     workers = int(config["workers"])
@@ -166,9 +168,7 @@ def convert(
         files = source.list()
     except SourceError as e:
         raise PermanentError(str(e)) from e
-    report.listing_digest = hashlib.sha256(
-        "\n".join(f"{f.path}\t{f.size}" for f in files).encode()
-    ).hexdigest()[:16]
+    report.listing_digest = hashlib.sha256("\n".join(f"{f.path}\t{f.size}" for f in files).encode()).hexdigest()[:16]
 
     fields = [FieldRule(pattern=f["pattern"], name=f["name"]) for f in config["fields"]]
     label_rule = None
@@ -184,9 +184,7 @@ def convert(
         text = source.read(label_rule.path)
         if text is None:
             raise PermanentError(f"labels file {label_rule.path} not found in {source.describe()}")
-        labels = parse_labels(
-            text.decode("utf-8", errors="replace"), label_rule.key_column, label_rule.value_column
-        )
+        labels = parse_labels(text.decode("utf-8", errors="replace"), label_rule.key_column, label_rule.value_column)
 
     grouped = group_samples(files, fields, label_rule, labels, list(config["required"]))
     report.skipped = dict(grouped.skipped)
@@ -220,7 +218,9 @@ def convert(
         report.total_bytes += len(shard.data)
 
     try:
-        for sample, members in _prefetch(source, mine, label_rule.name if label_rule else None, tuning):
+        for sample, members in _prefetch(
+            source, mine, label_rule.name if label_rule else None, config.get("orderSeed"), tuning
+        ):
             done = cutter.add(sample.key, encode_sample(sample.key, members))
             if done is not None:
                 emit(done)
@@ -243,9 +243,7 @@ def _terminate(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=os.environ.get("SDS_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(message)s"
-    )
+    logging.basicConfig(level=os.environ.get("SDS_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(message)s")
     try:
         config = json.loads(os.environ[CONFIG_ENV])
         index = int(os.environ["JOB_COMPLETION_INDEX"])

@@ -34,9 +34,7 @@ class AisSource:
         except BucketNotFound as e:
             raise SourceError(f"source bucket {self.describe()} not found") from e
         n = len(self.prefix)
-        return sorted(
-            (RawFile(path=e.name[n:], size=e.size) for e in entries if len(e.name) > n), key=lambda f: f.path
-        )
+        return sorted((RawFile(path=e.name[n:], size=e.size) for e in entries if len(e.name) > n), key=lambda f: f.path)
 
     def read(self, path: str) -> bytes | None:
         return self.ais.get(self.bucket, self.prefix + path, self.provider)
