@@ -65,11 +65,11 @@ test-unit: venv ## fast tests of the pure logic
 	$(VENV)/bin/pytest tests/unit -q
 
 test-e2e: venv cluster-up deploy ## end-to-end tests on the local cluster
-	$(ENV); SDS_E2E=1 $(VENV)/bin/pytest tests/e2e -v
+	$(ENV); SDS_E2E=1 SDS_REQUIRE_HELM=1 SDS_REQUIRE_LUA=1 $(VENV)/bin/pytest tests/e2e -v
 
 test: venv cluster-up deploy ## everything: lint, unit and end-to-end tests (what CI runs)
 	$(MAKE) lint
-	$(ENV); SDS_E2E=1 $(VENV)/bin/pytest tests -v
+	$(ENV); SDS_E2E=1 SDS_REQUIRE_HELM=1 SDS_REQUIRE_LUA=1 $(VENV)/bin/pytest tests -v --durations=15
 
 .PHONY: bench
 bench: venv cluster-up deploy ## benchmark (bench/README.md); writes bench/results/latest.json
