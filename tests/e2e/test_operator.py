@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -420,3 +421,35 @@ def test_spec_change_reruns_once_and_cleans_up_the_old_generation(
     assert [n for n in names if f"{uid8}-g2-" in n]
     wait_until(lambda: [j["metadata"]["name"] for j in kube.list("jobs", namespace)] == ["evolving-convert-g2"],
                60, "only the generation-2 Job")  # fmt: skip
+
+
+def test_argocd_health_check_on_live_objects(
+    kube: Kube, namespace: str, ais: Ais, cluster_env: dict[str, str], operator: Any, tmp_path: Path
+) -> None:
+    """docs/argocd-health.lua on real objects: Progressing while working, Healthy when Ready, Degraded when
+    Stalled. With SDS_CAPTURE_FIXTURES=1 the objects are saved as the unit test's fixtures."""
+    from tests.unit.test_argocd_health import FIXTURES, health, lua
+
+    interpreter = lua.__wrapped__()  # type: ignore[attr-defined]
+    raw = raw_dataset(ais, cluster_env, 600)
+    out = unique("argo")
+    kube.apply(dataset("argo-working", namespace, raw.bucket, out, conversion={"workers": 1}))
+    kube.apply(dataset("argo-stalled", namespace, unique("nope"), out))
+    working = wait_phase(kube, namespace, "argo-working", ("Converting",), timeout=60)
+    assert health(interpreter, working, tmp_path)[0] == "Progressing"
+    stalled = wait_until(
+        lambda: (o := kube.get("sds", "argo-stalled", namespace)) and condition_true(o, "Stalled") and o, 60, "stall"
+    )
+    status, message = health(interpreter, stalled, tmp_path)
+    assert (status, message) == ("Degraded", condition(stalled, "Stalled")["message"])
+    ready = wait_ready(kube, namespace, "argo-working")
+    assert health(interpreter, ready, tmp_path) == ("Healthy", condition(ready, "Ready")["message"])
+    if os.environ.get("SDS_CAPTURE_FIXTURES") == "1":
+        for name, obj in (("converting", working), ("stalled-missing-source", stalled), ("ready", ready)):
+            clean = {k: obj[k] for k in ("apiVersion", "kind", "metadata", "spec", "status")}
+            clean["metadata"] = {k: v for k, v in obj["metadata"].items() if k != "managedFields"}
+            (FIXTURES / f"{name}.yaml").write_text("# captured from an e2e run\n" + yaml.safe_dump(clean))
+
+
+def condition_true(obj: dict[str, Any], type_: str) -> bool:
+    return any(c["type"] == type_ and c["status"] == "True" for c in (obj.get("status") or {}).get("conditions", []))
