@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 import uuid
@@ -99,7 +100,8 @@ def ais(cluster_env: dict[str, str]) -> Ais:
 
 @pytest.fixture
 def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
-    name = f"e2e-{request.node.name.lower().replace('_', '-')[:30].strip('-')}-{uuid.uuid4().hex[:5]}"
+    slug = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower().replace("_", "-"))[:30].strip("-")
+    name = f"e2e-{slug}-{uuid.uuid4().hex[:5]}"
     kube.run("create", "namespace", name)
     wait_until(lambda: kube.get("serviceaccount", "default", name) is not None, 60, "default serviceaccount")
     yield name
