@@ -19,7 +19,7 @@ from .model import DsortJob
 from .reconcile import Decision, Event, Observed
 from .settings import Settings
 from .spec import DatasetSpec, SpecError, parse_spec
-from .status import RECONCILING, STALLED, Phase, set_condition
+from .status import RECONCILING, STALLED, DatasetStatus, Phase, set_condition
 
 log = logging.getLogger("sds.operator")
 
@@ -172,8 +172,6 @@ def reconcile_prefix(spec: DatasetSpec, owner: Owner) -> str:
 def _fail_invalid(
     owner: Owner, previous: dict[str, Any], message: str, now: str, reason: str = "InvalidSpec"
 ) -> PassResult:
-    from .status import DatasetStatus
-
     st = DatasetStatus(
         phase=Phase.FAILED,
         observed_generation=owner.generation,
@@ -217,6 +215,9 @@ def delete_everything(obj: dict[str, Any], settings: Settings) -> int:
     owner = owner_of(obj)
     spec = parse_spec(obj.get("spec") or {}, name=owner.name, default_endpoint=settings.ais_endpoint)
     ais = ais_for(spec, owner.namespace)
+    # Converters still running would write after the cleanup: stop them first.
+    if not kube.stop_converters(owner.namespace, owner.name):
+        raise RuntimeError("converter pods are still terminating")
     records = list((obj.get("status") or {}).get("artifacts") or [])
     records.append(reconcile.artifact_record(spec, owner))
     deleted = 0

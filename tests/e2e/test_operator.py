@@ -453,3 +453,17 @@ def test_argocd_health_check_on_live_objects(
 
 def condition_true(obj: dict[str, Any], type_: str) -> bool:
     return any(c["type"] == type_ and c["status"] == "True" for c in (obj.get("status") or {}).get("conditions", []))
+
+
+def test_delete_during_conversion_stops_converters_before_cleaning_up(
+    kube: Kube, namespace: str, ais: Ais, cluster_env: dict[str, str], operator: Any
+) -> None:
+    raw = raw_dataset(ais, cluster_env, 1500)
+    out = unique("early")
+    kube.apply(dataset("early", namespace, raw.bucket, out, deletionPolicy="Delete", conversion={"workers": 1},
+                       output={"bucket": out, "prefix": "early-", "maxSamplesPerShard": 20}))  # fmt: skip
+    wait_until(lambda: kube.list("pods", namespace, "shardeddataset.dev/name=early"), 60, "converter pod")
+    wait_until(lambda: list(ais.list_objects(out, prefix="early-")), 120, "the first converted shards")
+    kube.run("delete", "sds", "early", "-n", namespace, "--timeout=180s")
+    assert not kube.list("pods", namespace, "shardeddataset.dev/name=early")
+    assert [e.name for e in ais.list_objects(out, prefix="early-")] == []

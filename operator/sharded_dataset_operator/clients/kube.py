@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import functools
 import logging
+import time
 from typing import Any
 
 from kubernetes import client, config
@@ -142,6 +143,23 @@ def delete_jobs(namespace: str, names: tuple[str, ...]) -> None:
         except ApiException as e:
             if e.status != 404:
                 raise
+
+
+def stop_converters(namespace: str, owner: str, timeout: float = 60.0) -> bool:
+    """Delete every converter Job of `owner` and wait until their pods are gone (nothing writes any more)."""
+    selector = f"{naming.LABEL_NAME}={owner},{naming.LABEL_COMPONENT}=converter"
+    for job in batch().list_namespaced_job(namespace, label_selector=selector).items:
+        try:
+            batch().delete_namespaced_job(job.metadata.name, namespace, propagation_policy="Foreground")
+        except ApiException as e:
+            if e.status != 404:
+                raise
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not core().list_namespaced_pod(namespace, label_selector=selector).items:
+            return True
+        time.sleep(1)
+    return False
 
 
 def pvc_problem(namespace: str, claim: str) -> str | None:
