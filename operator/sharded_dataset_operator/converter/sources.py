@@ -37,7 +37,7 @@ class AisSource:
         return sorted((RawFile(path=e.name[n:], size=e.size) for e in entries if len(e.name) > n), key=lambda f: f.path)
 
     def read(self, path: str) -> bytes | None:
-        return self.ais.get(self.bucket, self.prefix + path, self.provider)
+        return self.ais.get(self.bucket, self.prefix + path, self.provider, direct=True)
 
     def describe(self) -> str:
         return f"{self.provider}://{self.bucket}/{self.prefix}"
