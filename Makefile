@@ -45,6 +45,7 @@ undeploy: ## remove the operator (the CRD and the datasets stay)
 manifests: venv ## regenerate manifests/operator.yaml from the Helm chart and the values table in docs/install.md
 	hack/render-manifests.sh
 	$(PY) hack/values-table.py --update docs/install.md
+	$(PY) hack/values-table.py --update README.md
 
 .PHONY: chart-lint
 chart-lint: ## helm lint the chart

@@ -7,7 +7,7 @@ LOG_TAG=images
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 BUILDAH_ROOT="$CACHE_ROOT/buildah/root"
-BUILDAH_RUNROOT="/run/sdo-buildah"
+BUILDAH_RUNROOT="/run/sdo-buildah-$(sha256sum <<<"$CACHE_ROOT" | cut -c1-8)"
 BASE_IMAGE="localhost/debian:$DEBIAN_SUITE-slim"
 buildah() { command buildah --root "$BUILDAH_ROOT" --runroot "$BUILDAH_RUNROOT" --storage-driver vfs "$@"; }
 mkdir -p "$IMAGE_CACHE"

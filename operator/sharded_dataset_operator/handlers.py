@@ -11,7 +11,7 @@ from typing import Any
 
 import kopf
 
-from . import naming, operations
+from . import naming, operations, reconcile
 from .settings import SETTINGS
 from .spec import API_GROUP, API_VERSION, PLURAL
 
@@ -53,7 +53,12 @@ async def pipeline(
             backoff *= 2
         for ev in result.events:
             kopf.event(body, type=ev.type, reason=ev.reason, message=ev.message[:1000])
-        wait = result.requeue if result.requeue is not None else SETTINGS.idle_interval
+        if result.requeue is None:
+            wait = SETTINGS.idle_interval
+        elif result.requeue == reconcile.ACTIVE_REQUEUE:
+            wait = SETTINGS.active_interval
+        else:
+            wait = result.requeue
         generation = body.meta.get("generation")
         waited = 0.0
         while not stopped and waited < wait and body.meta.get("generation") == generation:

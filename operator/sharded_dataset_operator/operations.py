@@ -5,6 +5,7 @@ Runs in a worker thread (the kopf daemon awaits it), so everything here is plain
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -43,7 +44,13 @@ def ais_for(spec: DatasetSpec, namespace: str) -> Ais:
     token = None
     if spec.ais.token_secret:
         token = kube.read_secret_key(namespace, *spec.ais.token_secret)
-    return Ais(spec.ais.endpoint, token)
+    return _ais_client(spec.ais.endpoint, token)
+
+
+@functools.lru_cache(maxsize=64)
+def _ais_client(endpoint: str, token: str | None) -> Ais:
+    """One client (and connection pool) per endpoint and token, shared by every reconcile pass."""
+    return Ais(endpoint, token)
 
 
 def is_settled(obj: dict[str, Any]) -> bool:

@@ -20,7 +20,7 @@ from .model import DsortJob, Entry, JobState
 from .spec import DatasetSpec
 from .status import CONVERTED, SHUFFLED, VERIFIED, DatasetStatus, Phase, StepState
 
-ACTIVE_REQUEUE = 2.0
+ACTIVE_REQUEUE = 1.0  # while a step runs (the operator's SDS_ACTIVE_INTERVAL overrides it)
 STALLED_REQUEUE = 15.0
 
 

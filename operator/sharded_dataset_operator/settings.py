@@ -21,7 +21,7 @@ class Settings:
     watch_namespaces: tuple[str, ...] = field(default_factory=tuple)  # empty: all namespaces
     log_level: str = "INFO"
     liveness_endpoint: str = "http://0.0.0.0:8080/healthz"
-    active_interval: float = 2.0
+    active_interval: float = 1.0
     idle_interval: float = 60.0
 
 

@@ -24,10 +24,9 @@ def _tool() -> ModuleType:
 
 def test_install_doc_table_is_current() -> None:
     tool = _tool()
-    doc = DOC.read_text()
-    assert tool.embed(doc, tool.table()) == doc, (
-        "docs/install.md is stale: hack/values-table.py --update docs/install.md"
-    )
+    for path in (DOC, REPO / "README.md"):
+        doc = path.read_text()
+        assert tool.embed(doc, tool.table()) == doc, f"{path.name} is stale: hack/values-table.py --update {path}"
 
 
 def test_every_leaf_value_is_documented() -> None:
