@@ -115,7 +115,11 @@ def execute(ais: Ais, decision: Decision, owner: Owner) -> None:
     for action in decision.actions:
         match action:
             case reconcile.CleanupArtifacts(record=record):
-                cleanup_record(ais, record)
+                if kube.converter_pods(owner.namespace, owner.name, int(record.get("generation", 0))):
+                    # an old converter could still write after the cleanup: keep the record, retry next pass
+                    decision.status.artifacts = [*(decision.status.artifacts or []), record]
+                else:
+                    cleanup_record(ais, record)
             case reconcile.DeleteJobs(names=names):
                 kube.delete_jobs(owner.namespace, names)
             case reconcile.EnsureBucket(bucket=bucket, provider=provider):

@@ -195,11 +195,12 @@ def decide(spec: DatasetSpec, owner: Owner, obs: Observed, defaults: ConverterDe
     actions: list[Action] = []
 
     # Earlier generations: stop what still runs and delete what they wrote.
+    # Stop their converters first; the cleanup is deferred while their pods still run (see operations).
+    if obs.stale_jobs:
+        actions.append(DeleteJobs(names=tuple(obs.stale_jobs)))
     old_records = [r for r in (prev.get("artifacts") or []) if r.get("generation") != gen]
     for r in old_records:
         actions.append(CleanupArtifacts(record=r))
-    if obs.stale_jobs:
-        actions.append(DeleteJobs(names=tuple(obs.stale_jobs)))
 
     st = DatasetStatus(
         phase=Phase.PENDING,

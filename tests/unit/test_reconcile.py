@@ -242,7 +242,7 @@ def test_new_generation_cleans_up_the_previous_ones() -> None:
     obs = Observed(previous={"observedGeneration": 2, "phase": "Ready", "artifacts": [old]},
                    stale_jobs=["pets-convert-g2"])  # fmt: skip
     d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
-    assert kinds(d)[:2] == [CleanupArtifacts, DeleteJobs]
+    assert kinds(d)[:2] == [DeleteJobs, CleanupArtifacts]
     assert d.status.artifacts is not None and [r["generation"] for r in d.status.artifacts] == [3]
     assert d.status.start_time == NOW
 

@@ -145,6 +145,12 @@ def delete_jobs(namespace: str, names: tuple[str, ...]) -> None:
                 raise
 
 
+def converter_pods(namespace: str, owner: str, generation: int) -> list[str]:
+    """Names of the converter pods of one generation that still exist."""
+    selector = f"{naming.LABEL_NAME}={owner},{naming.LABEL_COMPONENT}=converter,{naming.LABEL_GENERATION}={generation}"
+    return [p.metadata.name for p in core().list_namespaced_pod(namespace, label_selector=selector).items]
+
+
 def stop_converters(namespace: str, owner: str, timeout: float = 60.0) -> bool:
     """Delete every converter Job of `owner` and wait until their pods are gone (nothing writes any more)."""
     selector = f"{naming.LABEL_NAME}={owner},{naming.LABEL_COMPONENT}=converter"
