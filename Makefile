@@ -75,3 +75,7 @@ test: venv cluster-up deploy ## everything: lint, unit and end-to-end tests (wha
 .PHONY: bench
 bench: venv cluster-up deploy ## benchmark (bench/README.md); writes bench/results/latest.json
 	$(ENV); $(PY) bench/run.py $(BENCH_ARGS)
+
+.PHONY: bench-scale
+bench-scale: venv cluster-up deploy ## growth benchmark at three dataset sizes (bench/README.md); writes bench/results/scale.json
+	$(ENV); $(PY) bench/scale.py $(BENCH_ARGS)

@@ -60,7 +60,7 @@ MAX_SAMPLES_PER_SHARD = 400
 MAX_SHARD_BYTES = 100 * MIB
 IO_THREADS = 16  # per process in the upper-bound runs; the converter's default fetch_threads
 POLL_S = 0.2
-READAHEAD_MIB = 64  # converter.main.Tuning.readahead_bytes
+READAHEAD_MIB = 64  # converter.main.MAX_READAHEAD
 
 Result = dict[str, Any]
 
@@ -165,15 +165,48 @@ def _child_baseline(endpoint: str, src: str, dst: str, go: Any, q: Any) -> None:
     )
 
 
+def _child_plan(endpoint: str, config: dict[str, Any], index: int, go: Any, q: Any) -> None:
+    """`make_plan()` exactly as the planner pod runs it: lists the source once and writes the plan."""
+    from sharded_dataset_operator.clients.ais import Ais
+    from sharded_dataset_operator.converter.common import make_source
+    from sharded_dataset_operator.converter.planner import make_plan
+
+    ais = Ais(endpoint, attempts=5, pool=32)
+    source = make_source(config, ais)
+    rss_ready = rss_now_mib()
+    q.put(("ready", index))
+    go.wait()
+    t0, c0 = time.time(), cpu_now()
+    manifest = make_plan(config, ais, source)
+    t1 = time.time()
+    q.put(
+        (
+            "done",
+            index,
+            {
+                "t0": t0,
+                "t1": t1,
+                "cpu_s": cpu_now() - c0,
+                "samples": manifest["samples"],
+                "files": manifest["filesListed"],
+                "list_pages": manifest["listPages"],
+                "sort_runs": manifest["sortRuns"],
+                "bytes": 0,
+                "peak_rss_mib": rss_peak_mib(),
+                "rss_before_mib": rss_ready,
+            },
+        )
+    )
+
+
 def _child_convert(endpoint: str, config: dict[str, Any], index: int, go: Any, q: Any) -> None:
     """`convert()` exactly as a converter pod runs it (same Ais client settings as converter.main)."""
     from sharded_dataset_operator.clients.ais import Ais
+    from sharded_dataset_operator.converter.common import make_source
     from sharded_dataset_operator.converter.main import convert
-    from sharded_dataset_operator.converter.sources import AisSource
 
     ais = Ais(endpoint, attempts=5, pool=32)
-    src = config["source"]
-    source = AisSource(ais, src["bucket"], src["provider"], src.get("prefix", ""))
+    source = make_source(config, ais)
     rss_ready = rss_now_mib()
     q.put(("ready", index))
     go.wait()
@@ -191,6 +224,8 @@ def _child_convert(endpoint: str, config: dict[str, Any], index: int, go: Any, q
                 "samples": report.written,
                 "bytes": report.total_bytes,
                 "shards": len(report.shards),
+                "batch_requests": report.batch_requests,
+                "object_requests": report.object_requests,
                 "peak_rss_mib": rss_peak_mib(),
                 "rss_before_mib": rss_ready,
             },
@@ -371,14 +406,17 @@ def example_spec(source_bucket: str, out_bucket: str) -> dict[str, Any]:
     return spec
 
 
-def converter_config(source_bucket: str, workers: int, tag: str) -> dict[str, Any]:
+def converter_config(
+    source_bucket: str, workers: int, tag: str, reads: str = "batch", spec_over: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The config a converter pod of examples/01 would get (via builders.converter_config), output bench-conv."""
     from sharded_dataset_operator.builders import Owner
     from sharded_dataset_operator.builders import converter_config as build
     from sharded_dataset_operator.spec import parse_spec
 
     spec = example_spec(source_bucket, CONV_BUCKET)
-    spec["conversion"] = {"workers": workers}
+    spec["conversion"] = {"workers": workers, "reads": {"mode": reads}}
+    spec.update(spec_over or {})
     parsed = parse_spec(spec, name=tag, default_endpoint="http://unused")
     owner = Owner(name=tag, namespace=NAMESPACE, uid=uuid.uuid4().hex, generation=1)
     return build(parsed, owner)
@@ -448,15 +486,41 @@ def measure_get(endpoint: str, raw: str, workers: int) -> Result:
     return out
 
 
+def measure_plan(endpoint: str, config: dict[str, Any]) -> Result:
+    """The planner step alone (one process): listing, grouping, external sort, plan chunks."""
+    wall, (r,), ais_cpu = run_children(_child_plan, [(endpoint, config, 0)])
+    return {
+        "wall_s": round(wall, 3),
+        "samples": r["samples"],
+        "files": r["files"],
+        "list_pages": r["list_pages"],
+        "sort_runs": r["sort_runs"],
+        "client_cpu_s": round(r["cpu_s"], 2),
+        "ais_cpu_s": round(ais_cpu, 2),
+        "peak_rss_mib": round(r["peak_rss_mib"], 1),
+    }
+
+
 def measure_converter(
-    endpoint: str, source_bucket: str, workers: int, before_go: Callable[[list[int]], None] | None = None
+    endpoint: str,
+    source_bucket: str,
+    workers: int,
+    before_go: Callable[[list[int]], None] | None = None,
+    reads: str = "batch",
+    spec_over: dict[str, Any] | None = None,
 ) -> Result:
+    """Plan (timed apart), then `workers` converter processes; the rates are the converters' alone."""
     fresh_bucket(endpoint, CONV_BUCKET)
-    config = converter_config(source_bucket, workers, f"bench-w{workers}")
+    config = converter_config(source_bucket, workers, f"bench-w{workers}", reads, spec_over)
+    planned = measure_plan(endpoint, config)
     wall, rs, ais_cpu = run_children(_child_convert, [(endpoint, config, i) for i in range(workers)], before_go)
     drop_bucket(endpoint, CONV_BUCKET)
     out = {
         **rate(rs, wall, ais_cpu),
+        "reads": reads,
+        "plan": planned,
+        "batch_requests": sum(r["batch_requests"] for r in rs),
+        "object_requests": sum(r["object_requests"] for r in rs),
         "shards": sum(r["shards"] for r in rs),
         "peak_rss_mib_per_worker": [round(r["peak_rss_mib"], 1) for r in rs],
         "rss_before_convert_mib_per_worker": [round(r["rss_before_mib"], 1) for r in rs],
@@ -551,12 +615,14 @@ def _cprofile_converter(endpoint: str, raw: str) -> tuple[list[tuple[str, float,
     import threading
 
     from sharded_dataset_operator.clients.ais import Ais
+    from sharded_dataset_operator.converter.common import make_source
     from sharded_dataset_operator.converter.main import convert
-    from sharded_dataset_operator.converter.sources import AisSource
+    from sharded_dataset_operator.converter.planner import make_plan
 
     fresh_bucket(endpoint, CONV_BUCKET)
     config = converter_config(raw, 1, "bench-prof")
     ais = Ais(endpoint, attempts=5, pool=32)
+    make_plan(config, ais, make_source(config, ais))
     profilers: list[cProfile.Profile] = []
 
     def per_thread(*_: Any) -> None:
@@ -569,7 +635,7 @@ def _cprofile_converter(endpoint: str, raw: str) -> tuple[list[tuple[str, float,
     t0 = time.time()
     main_p.enable()
     try:
-        convert(config, 0, ais, AisSource(ais, raw, "ais", ""))
+        convert(config, 0, ais, make_source(config, ais))
     finally:
         main_p.disable()
         threading.setprofile(None)  # type: ignore[arg-type,unused-ignore]

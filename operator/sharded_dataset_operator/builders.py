@@ -89,6 +89,11 @@ def converter_config(spec: DatasetSpec, owner: Owner) -> dict[str, Any]:
             "maxBytes": spec.output.max_bytes,
         },
         "workers": spec.conversion.workers,
+        "reads": {
+            "mode": spec.conversion.reads.mode,
+            "batchObjects": spec.conversion.reads.batch_objects,
+            "batchBytes": spec.conversion.reads.batch_bytes,
+        },
         "generation": owner.generation,
         "orderSeed": spec.shuffle.seed if spec.shuffle and spec.shuffle.algorithm == "shuffle" else None,
     }
@@ -125,9 +130,25 @@ def child_labels(owner: Owner, component: str) -> dict[str, str]:
     }
 
 
-def build_converter_job(spec: DatasetSpec, owner: Owner, defaults: ConverterDefaults) -> dict[str, Any]:
-    """The Indexed Job whose pod N converts partition N of the raw samples."""
-    labels = child_labels(owner, "converter")
+PLANNER = "planner"
+CONVERTER = "converter"
+_STEPS = {  # component -> (job-name step, module the pod runs)
+    PLANNER: ("plan", "sharded_dataset_operator.converter.planner"),
+    CONVERTER: ("convert", "sharded_dataset_operator.converter.main"),
+}
+
+
+def build_planner_job(spec: DatasetSpec, owner: Owner, defaults: ConverterDefaults) -> dict[str, Any]:
+    """The one-pod Job that lists the source once and writes the conversion plan."""
+    return build_converter_job(spec, owner, defaults, component=PLANNER)
+
+
+def build_converter_job(
+    spec: DatasetSpec, owner: Owner, defaults: ConverterDefaults, component: str = CONVERTER
+) -> dict[str, Any]:
+    """The Indexed Job whose pod N converts partition N of the plan (or, as `PLANNER`, writes the plan)."""
+    step, module = _STEPS[component]
+    labels = child_labels(owner, component)
     env: list[dict[str, Any]] = [
         {"name": CONFIG_ENV, "value": json.dumps(converter_config(spec, owner), sort_keys=True)},
         {"name": "AIS_ENDPOINT", "value": spec.ais.endpoint},
@@ -153,7 +174,7 @@ def build_converter_job(spec: DatasetSpec, owner: Owner, defaults: ConverterDefa
         "name": CONVERTER_CONTAINER,
         "image": defaults.image,
         "imagePullPolicy": defaults.image_pull_policy,
-        "args": ["sharded_dataset_operator.converter.main"],
+        "args": [module],
         "env": env,
         "resources": spec.conversion.resources or defaults.resources or default_resources(spec),
         "securityContext": {
@@ -187,12 +208,12 @@ def build_converter_job(spec: DatasetSpec, owner: Owner, defaults: ConverterDefa
     tolerations = spec.conversion.tolerations or defaults.tolerations
     if tolerations:
         pod_spec["tolerations"] = list(tolerations)
-    workers = spec.conversion.workers
+    workers = spec.conversion.workers if component == CONVERTER else 1
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": naming.job_name(owner.name, owner.generation),
+            "name": naming.job_name(owner.name, owner.generation, step),
             "namespace": owner.namespace,
             "labels": labels,
             "ownerReferences": [owner_reference(owner)],
@@ -221,12 +242,27 @@ def build_converter_job(spec: DatasetSpec, owner: Owner, defaults: ConverterDefa
     }
 
 
-def build_dsort_spec(spec: DatasetSpec, owner: Owner, input_shards: list[str]) -> dict[str, Any]:
+def dsort_shard_size(target: int, member_bytes: int, tar_bytes: int) -> int:
+    """What to ask dSort for so that output shards are `target` tar bytes.
+
+    dSort fills an output shard until its records' member bytes reach the size asked for; tar headers and
+    padding come on top (on 4 KiB samples about +40 %). The converters measured both sides over the whole
+    dataset, so the ratio is exact on average.
+    """
+    if member_bytes <= 0 or tar_bytes <= 0:
+        return target
+    return max(1, target * member_bytes // tar_bytes)
+
+
+def build_dsort_spec(
+    spec: DatasetSpec, owner: Owner, input_shards: list[str], member_bytes: int = 0, tar_bytes: int = 0
+) -> dict[str, Any]:
     """AIS dSort request: shuffle/sort the converted shards into `outputShardSize` shards.
 
     Input is the exact list of shards the converters reported (never a prefix listing), records are keyed by
     the WebDataset key, and any missing input shard or duplicate record aborts the job instead of silently
-    losing or merging samples.
+    losing or merging samples. The size asked for is corrected by the measured header overhead
+    (`dsort_shard_size`).
     """
     assert spec.shuffle is not None
     algorithm: dict[str, Any] = {"kind": spec.shuffle.algorithm}
@@ -242,7 +278,7 @@ def build_dsort_spec(spec: DatasetSpec, owner: Owner, input_shards: list[str]) -
         },
         "output_format": naming.output_template(output_base(spec, owner)),
         "output_extension": ".tar",
-        "output_shard_size": str(spec.shuffle.output_shard_size),
+        "output_shard_size": str(dsort_shard_size(spec.shuffle.output_shard_size, member_bytes, tar_bytes)),
         "algorithm": algorithm,
         "description": naming.dsort_description(owner.namespace, owner.name, owner.uid, owner.generation),
         "Config": {"duplicated_records": "abort", "missing_shards": "abort"},
@@ -258,14 +294,25 @@ def order_rank(seed: str, key: str) -> int:
 
 
 def build_shard_index(
-    name: str, shards: list[tuple[str, int, int]], index_object: str, info: dict[str, Any]
+    name: str, shards: list[tuple[Any, ...]], index_object: str, info: dict[str, Any]
 ) -> dict[str, Any]:
     """wids shard index (`wids-shard-index-v1`); shard URLs are relative to the index object's location."""
     directory = index_object.rsplit("/", 1)[0] + "/" if "/" in index_object else ""
-    shardlist = [
-        {"url": obj[len(directory) :] if obj.startswith(directory) else obj, "nsamples": n, "filesize": size}
-        for obj, n, size in sorted(shards)
-    ]
+    shardlist = []
+    for obj, n, size, *rest in sorted(shards):
+        entry: dict[str, Any] = {
+            "url": obj[len(directory) :] if obj.startswith(directory) else obj,
+            "nsamples": n,
+            "filesize": size,
+        }
+        checksum = rest[0] if rest else None
+        if checksum:
+            # AIS's own checksum of the whole shard object (type per bucket: xxhash2 by default); wids' md5sum
+            # field is filled only when the bucket checksums with MD5.
+            entry["checksum"] = dict(checksum)
+            if checksum.get("type") == "md5":
+                entry["md5sum"] = checksum["value"]
+        shardlist.append(entry)
     return {
         "__kind__": "wids-shard-index-v1",
         "wids_version": 1,

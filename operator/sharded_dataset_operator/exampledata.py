@@ -17,6 +17,7 @@ import argparse
 import io
 import json
 import math
+import os
 import random
 import time
 import zlib
@@ -488,6 +489,61 @@ def write_ais(
     _run_bounded(put, render(p), max(1, workers))
     put(MANIFEST_NAME, manifest_json(p.manifest))
     return p.manifest
+
+
+# ------------------------------------------------------------------------------------ small-file datasets
+
+PROMOTE_ROOT = Path("/var/lib/ais/promote")
+"""Where AIS targets accept files to promote into objects (the local cluster's targets share this host)."""
+
+SMALL_FIELDS = ({"pattern": "data/*.bin", "name": "bin"}, {"pattern": "meta/*.json", "name": "json"})
+
+
+def small_files(n_samples: int, seed: int, size: int, missing_every: int = 100) -> Iterator[tuple[str, bytes]]:
+    """A many-small-files dataset: ``data/<key>.bin`` (``size`` random bytes) and ``meta/<key>.json`` per
+    sample, except that every ``missing_every``-th sample has no ``meta`` file (skipped as ``missing:json``)."""
+    rng = random.Random(seed)
+    for i in range(n_samples):
+        key = f"s{i:08d}"
+        yield f"data/{key}.bin", rng.randbytes(size)
+        if missing_every and i % missing_every == missing_every - 1:
+            continue
+        yield f"meta/{key}.json", json.dumps({"i": i}).encode()
+
+
+def small_counts(n_samples: int, missing_every: int = 100) -> dict[str, int]:
+    """Complete samples and files of `small_files`."""
+    missing = n_samples // missing_every if missing_every else 0
+    return {"complete": n_samples - missing, "missing": missing, "files": 2 * n_samples - missing}
+
+
+def write_small_ais(
+    endpoint: str, bucket: str, n_samples: int, seed: int = 0, size: int = 4096, missing_every: int = 100
+) -> dict[str, int]:
+    """Create `small_files` as objects of a new bucket by promoting files (fast: no HTTP request per object).
+
+    Only for the local cluster, whose targets run on this host and read `PROMOTE_ROOT`.
+    """
+    import shutil
+
+    from aistore.sdk import Client
+
+    staging = PROMOTE_ROOT / f"{bucket}-{os.getpid()}"
+    try:
+        for name, data in small_files(n_samples, seed, size, missing_every):
+            path = staging / name
+            if not path.parent.is_dir():
+                path.parent.mkdir(parents=True)
+            path.write_bytes(data)
+        client = Client(endpoint)
+        bck = client.bucket(bucket)
+        bck.create(exist_ok=True)
+        job = bck.object("").promote(str(staging), recursive=True)
+        if job:
+            client.job(job).wait(timeout=1800)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return small_counts(n_samples, missing_every)
 
 
 # ------------------------------------------------------------------------------------------------- CLI

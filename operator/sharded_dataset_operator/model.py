@@ -24,6 +24,9 @@ class DsortJob:
     errors: tuple[str, ...]
     extracted_records: int
     created_shards: int
+    input_shards: int = 0
+    extracted_shards: int = 0
+    to_create: int = 0
 
 
 @dataclass(frozen=True, slots=True)

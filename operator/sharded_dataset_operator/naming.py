@@ -3,7 +3,11 @@
 Reruns of the same generation therefore overwrite the same objects (idempotent), and objects of different
 generations or of a deleted-and-recreated resource never collide. Layout in the output bucket::
 
+    <output.prefix><uid8>-g<gen>-plan.json            the plan: counts, skips, the chunk list (planner)
+    <output.prefix><uid8>-g<gen>-plan-000004.jsonl    plan chunk 4: complete samples 40,000-49,999, sorted
+    <output.prefix><uid8>-g<gen>-plan-run-00002       external-sort run 2 (planner; deleted when planned)
     <output.prefix><uid8>-g<gen>-w0003-00012.tar      converted shard 12 of converter worker 3
+    <output.prefix><uid8>-g<gen>-progress-w0003.json  converter worker 3's progress, rewritten every few s
     <output.prefix><uid8>-g<gen>-report-w0003.json    converter worker 3's report
     <shuffle.outputPrefix><uid8>-g<gen>-000007.tar    shuffled output shard 7 (dSort)
     <shuffle.outputPrefix>index.json                  wids shard index of the Ready generation
@@ -41,8 +45,29 @@ def shard_name(base: str, worker: int, seq: int) -> str:
     return f"{base}w{worker:04d}-{seq:05d}.tar"
 
 
+def shard_prefix(base: str) -> str:
+    """Prefix shared by every converted shard of a generation (and nothing else)."""
+    return f"{base}w"
+
+
 def report_name(base: str, worker: int) -> str:
     return f"{base}report-w{worker:04d}.json"
+
+
+def progress_name(base: str, worker: int) -> str:
+    return f"{base}progress-w{worker:04d}.json"
+
+
+def plan_manifest_name(base: str) -> str:
+    return f"{base}plan.json"
+
+
+def plan_chunk_name(base: str, chunk: int) -> str:
+    return f"{base}plan-{chunk:06d}.jsonl"
+
+
+def plan_run_prefix(base: str) -> str:
+    return f"{base}plan-run-"
 
 
 def output_template(base: str) -> str:
@@ -54,9 +79,9 @@ def index_name(prefix: str) -> str:
     return f"{prefix}index.json"
 
 
-def job_name(name: str, generation: int) -> str:
-    """Name of the converter Job of one generation (a valid, bounded DNS label)."""
-    suffix = f"-convert-g{generation}"
+def job_name(name: str, generation: int, step: str = "convert") -> str:
+    """Name of the converter (or `step="plan"`: planner) Job of one generation (a valid, bounded DNS label)."""
+    suffix = f"-{step}-g{generation}"
     full = f"{name}{suffix}"
     if len(full) <= MAX_JOB_NAME:
         return full

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -15,12 +16,13 @@ from typing import Any
 from . import builders, naming, reconcile
 from .builders import ConverterDefaults, Owner
 from .clients import kube
-from .clients.ais import Ais, AisUnavailable, BucketNotFound, DsortRejected
+from .clients.ais import Ais, AisUnavailable, BucketNotFound, DsortRejected, ListingError
 from .model import DsortJob
 from .reconcile import Decision, Event, Observed
 from .settings import Settings
 from .spec import DatasetSpec, SpecError, parse_spec
 from .status import RECONCILING, STALLED, DatasetStatus, Phase, set_condition
+from .verify import OutputTally
 
 log = logging.getLogger("sds.operator")
 
@@ -72,31 +74,97 @@ def find_dsort(ais: Ais, description: str) -> DsortJob | None:
     return jobs[-1]
 
 
+class ObjectCache:
+    """JSON objects (plan, reports, progress) by name, re-read only when their AIS checksum changes.
+
+    Bounded (least recently used first out), so the operator's memory does not grow with the number of
+    datasets or passes.
+    """
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self.items: OrderedDict[tuple[str, str, str], tuple[str, dict[str, Any]]] = OrderedDict()
+        self.reads = 0
+
+    def read(self, ais: Ais, bucket: str, provider: str, prefix: str) -> dict[str, dict[str, Any]]:
+        """Every JSON object under `prefix` (name -> content); unreadable or vanished objects are left out."""
+        found: dict[str, dict[str, Any]] = {}
+        try:
+            pages = list(ais.list_pages(bucket, provider, prefix, props="name,size,checksum"))
+        except BucketNotFound:
+            return found
+        for page in pages:
+            for e in page:
+                key = (ais.endpoint, f"{provider}://{bucket}", str(e.name))
+                checksum = str(e.checksum or "") or f"size:{e.size}"
+                hit = self.items.get(key)
+                if hit is not None and hit[0] == checksum:
+                    self.items.move_to_end(key)
+                    found[e.name] = hit[1]
+                    continue
+                data = ais.get(bucket, e.name, provider)
+                self.reads += 1
+                if not data:
+                    continue
+                try:
+                    body = json.loads(data)
+                except ValueError:
+                    continue
+                self.items[key] = (checksum, body)
+                while len(self.items) > self.limit:
+                    self.items.popitem(last=False)
+                found[e.name] = body
+        return found
+
+
+CACHE = ObjectCache()
+
+
 def observe(ais: Ais, spec: DatasetSpec, owner: Owner, previous: dict[str, Any]) -> Observed:
     obs = Observed(previous=previous)
-    obs.job = kube.get_job(owner.namespace, naming.job_name(owner.name, owner.generation), owner.generation)
-    obs.stale_jobs = kube.stale_jobs(owner.namespace, owner.name, owner.generation)
+    gen = owner.generation
+    obs.stale_jobs = kube.stale_jobs(owner.namespace, owner.name, gen)
+    out = spec.output.bucket
     base = builders.converted_base(spec, owner)
-    if obs.job is None or obs.job.complete:
-        try:
-            for e in ais.list_objects(spec.output.bucket.name, spec.output.bucket.provider, f"{base}report-"):
-                data = ais.get(spec.output.bucket.name, e.name, spec.output.bucket.provider)
-                if data:
-                    r = json.loads(data)
-                    obs.reports[int(r["worker"])] = r
-        except BucketNotFound:
-            pass
+    manifest = naming.plan_manifest_name(base)
+    obs.plan = CACHE.read(ais, out.name, out.provider, manifest).get(manifest)
+    if obs.plan is None:
+        obs.planner = kube.get_job(owner.namespace, naming.job_name(owner.name, gen, "plan"), gen)
+        if obs.planner is None:
+            if spec.source.bucket is not None:
+                b = spec.source.bucket
+                if not ais.bucket_exists(b.name, b.provider):
+                    obs.source_problem = f"source bucket {b.provider}://{b.name} not found"
+            elif spec.source.claim_name:
+                obs.source_problem = kube.pvc_problem(owner.namespace, spec.source.claim_name)
+        return obs
+    obs.job = kube.get_job(owner.namespace, naming.job_name(owner.name, gen), gen)
+    for r in CACHE.read(ais, out.name, out.provider, f"{base}report-").values():
+        obs.reports[int(r["worker"])] = r
     converted = len(obs.reports) == spec.conversion.workers
-    if obs.job is None and not converted:
-        if spec.source.bucket is not None:
-            b = spec.source.bucket
-            if not ais.bucket_exists(b.name, b.provider):
-                obs.source_problem = f"source bucket {b.provider}://{b.name} not found"
-        elif spec.source.claim_name:
-            obs.source_problem = kube.pvc_problem(owner.namespace, spec.source.claim_name)
+    if obs.job is not None and not converted:
+        for p in CACHE.read(ais, out.name, out.provider, f"{base}progress-").values():
+            obs.progress[int(p["worker"])] = p
     if converted and spec.shuffle is not None:
-        obs.dsort = find_dsort(ais, naming.dsort_description(owner.namespace, owner.name, owner.uid, owner.generation))
+        obs.dsort = find_dsort(ais, naming.dsort_description(owner.namespace, owner.name, owner.uid, gen))
     return obs
+
+
+def tally_output(ais: Ais, bucket: str, provider: str, prefix: str) -> OutputTally:
+    """Stream the archive listing of the output shards into per-shard counters (never a list of members)."""
+    tally = OutputTally(prefix)
+    checksum_type = ais.checksum_type(bucket, provider)
+    for page in ais.list_pages(bucket, provider, prefix, props="name,size,checksum", archives=True):
+        for e in page:
+            value = str(e.checksum or "")
+            tally.add(str(e.name), int(e.size or 0), {"type": checksum_type, "value": value} if value else None)
+    counted = ais.object_count(bucket, provider, prefix)
+    if counted != len(tally.shards):
+        raise ListingError(
+            f"listing {provider}://{bucket}/{prefix} returned {len(tally.shards)} shards "
+            f"but the cluster counts {counted}"
+        )
+    return tally
 
 
 def cleanup_record(ais: Ais, record: dict[str, Any]) -> None:
@@ -165,19 +233,26 @@ def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
         if decision.need_output:
             prefix = reconcile_prefix(spec, owner)
             bucket = spec.shuffle.output_bucket if spec.shuffle else spec.output.bucket
-            obs.output = list(ais.list_objects(bucket.name, bucket.provider, prefix, archives=True))
+            obs.output = tally_output(ais, bucket.name, bucket.provider, prefix)
             decision = reconcile.decide(spec, owner, obs, defaults, now)
         execute(ais, decision, owner)
     except LookupError as e:  # token Secret missing
         return _transient(owner, previous, "SecretNotFound", str(e), now, stalled=True)
     except (AisUnavailable, BucketNotFound) as e:
         return _transient(owner, previous, "AISUnavailable", str(e), now)
-    kube.patch_status(namespace, name, decision.status.to_dict(previous.get("conditions") or [], now))
+    except ListingError as e:
+        return _transient(owner, previous, "ListingIncomplete", str(e), now)
+    status = decision.status.to_dict(previous.get("conditions") or [], now)
+    if any(previous.get(k) != v for k, v in status.items()):  # unchanged: no write to the API server
+        kube.patch_status(namespace, name, status)
     return PassResult(requeue=decision.requeue, events=decision.events)
 
 
 def reconcile_prefix(spec: DatasetSpec, owner: Owner) -> str:
-    return builders.output_base(spec, owner) if spec.shuffle else builders.converted_base(spec, owner)
+    """Where the shards to verify are: dSort's output, or the converted shards when there is no shuffle."""
+    if spec.shuffle:
+        return builders.output_base(spec, owner)
+    return naming.shard_prefix(builders.converted_base(spec, owner))
 
 
 def _fail_invalid(

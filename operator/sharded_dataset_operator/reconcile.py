@@ -10,15 +10,15 @@ earlier generations' objects (`status.artifacts`) are what lets a new generation
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import builders, naming
 from .builders import ConverterDefaults, Owner
-from .model import DsortJob, Entry, JobState
+from .model import DsortJob, JobState
 from .spec import DatasetSpec
 from .status import CONVERTED, SHUFFLED, VERIFIED, DatasetStatus, Phase, StepState
+from .verify import OutputTally, Totals, compare
 
 ACTIVE_REQUEUE = 1.0  # while a step runs (the operator's SDS_ACTIVE_INTERVAL overrides it)
 STALLED_REQUEUE = 15.0
@@ -33,11 +33,14 @@ class Observed:
 
     previous: dict[str, Any]
     source_problem: str | None = None
+    planner: JobState | None = None
+    plan: dict[str, Any] | None = None
     job: JobState | None = None
     stale_jobs: list[str] = field(default_factory=list)
     reports: dict[int, dict[str, Any]] = field(default_factory=dict)
+    progress: dict[int, dict[str, Any]] = field(default_factory=dict)
     dsort: DsortJob | None = None
-    output: list[Entry] | None = None
+    output: OutputTally | None = None
 
 
 # ------------------------------------------------------------------------------------------ actions
@@ -139,32 +142,6 @@ def index_location(spec: DatasetSpec) -> tuple[str, str, str]:
     return spec.output.bucket.name, spec.output.bucket.provider, naming.index_name(spec.output.prefix)
 
 
-def count_samples(entries: list[Entry], shard_prefix: str) -> dict[str, tuple[int, int]]:
-    """From an archive listing (`shard.tar` plus `shard.tar/member` entries): shard -> (samples, bytes).
-
-    A sample is a WebDataset key: the member's basename up to its first dot, within its directory.
-    """
-    keys: dict[str, set[str]] = defaultdict(set)
-    sizes: dict[str, int] = {}
-    for e in entries:
-        if not e.name.startswith(shard_prefix):
-            continue
-        if ".tar/" in e.name:
-            shard, member = e.name.split(".tar/", 1)
-            shard += ".tar"
-            directory, _, base = member.rpartition("/")
-            keys[shard].add(f"{directory}/{base.split('.', 1)[0]}")
-        elif e.name.endswith(".tar"):
-            sizes[e.name] = e.size
-            keys.setdefault(e.name, set())
-    return {s: (len(keys[s]), sizes.get(s, 0)) for s in sorted(set(keys) | set(sizes))}
-
-
-def _sum_reasons(reports: dict[int, dict[str, Any]], key: str) -> dict[str, int]:
-    first = reports[min(reports)] if reports else {}
-    return {str(k): int(v) for k, v in (first.get(key) or {}).items()}
-
-
 def _examples(report: dict[str, Any]) -> str:
     ex = report.get("examples") or {}
     parts = [f"{reason}: {', '.join(keys[:3])}" for reason, keys in sorted(ex.items()) if keys]
@@ -191,6 +168,8 @@ def decide(spec: DatasetSpec, owner: Owner, obs: Observed, defaults: ConverterDe
         if same_gen
         else None
     )
+    prev_reason = next((c.get("reason") for c in prev.get("conditions") or [] if c.get("type") == "Reconciling"), None)
+    prev_step = (prev_phase, prev_reason if same_gen else None)
     record = artifact_record(spec, owner)
     actions: list[Action] = []
 
@@ -214,27 +193,50 @@ def decide(spec: DatasetSpec, owner: Owner, obs: Observed, defaults: ConverterDe
     )
     decision = Decision(status=st, actions=actions)
 
+    plan = obs.plan if obs.plan is not None and int(obs.plan.get("generation", -1)) == gen else None
     reports = {i: r for i, r in obs.reports.items() if int(r.get("generation", -1)) == gen}
-    converted = len(reports) == spec.conversion.workers
-    _fill_counts(st, reports)
+    converted = plan is not None and len(reports) == spec.conversion.workers
+    _fill_counts(st, plan, reports)
 
     if obs.job is not None:
         st.workers_succeeded, st.workers_failed = obs.job.succeeded, obs.job.failed
 
-    # ---- conversion
-    if not converted:
-        st.steps[CONVERTED] = StepState(False, "Converting")
-        if obs.job is None:
+    # ---- planning: one pod lists the source and writes the plan
+    if plan is None:
+        st.steps[CONVERTED] = StepState(False, "Planning")
+        if obs.planner is None:
             if obs.source_problem:
                 return _stalled(decision, prev_stalled, Phase.PENDING, "SourceNotFound", obs.source_problem)
             actions.append(EnsureBucket(spec.output.bucket.name, spec.output.bucket.provider))
+            actions.append(CreateJob(builders.build_planner_job(spec, owner, defaults)))
+            return _working(decision, prev_step, Phase.CONVERTING, "Planning", "starting the planner")
+        if obs.planner.failed_reason:
+            msg = f"planner Job {obs.planner.name} failed: {obs.planner.failed_message or obs.planner.failed_reason}"
+            st.steps[CONVERTED] = StepState(False, "PlanningFailed", msg)
+            return _failed(decision, prev_phase, "PlanningFailed", msg)
+        if obs.planner.complete:
+            msg = f"planner Job {obs.planner.name} completed but its plan is missing"
+            return _failed(decision, prev_phase, "PlanMissing", msg)
+        return _working(
+            decision, prev_step, Phase.CONVERTING, "Planning", "listing the source and grouping it into samples"
+        )
+    if int(plan.get("samples") or 0) == 0 and spec.shuffle is not None:
+        msg = "no complete samples to shuffle: " + (_examples(plan) or "the source is empty")
+        st.steps[CONVERTED] = StepState(False, "NoSamples", msg)
+        return _failed(decision, prev_phase, "NoSamples", msg)
+
+    # ---- conversion
+    if not converted:
+        st.steps[CONVERTED] = StepState(False, "Converting")
+        st.progress = conversion_progress(plan, obs.progress, reports, gen)
+        if obs.job is None:
             actions.append(CreateJob(builders.build_converter_job(spec, owner, defaults)))
             return _working(
                 decision,
-                prev_phase,
+                prev_step,
                 Phase.CONVERTING,
                 "Converting",
-                f"starting {spec.conversion.workers} converter worker(s)",
+                f"starting {spec.conversion.workers} converter worker(s) for {plan['samples']} samples",
             )
         if obs.job.failed_reason:
             msg = f"converter Job {obs.job.name} failed: {obs.job.failed_message or obs.job.failed_reason}"
@@ -246,62 +248,70 @@ def decide(spec: DatasetSpec, owner: Owner, obs: Observed, defaults: ConverterDe
             return _failed(decision, prev_phase, "ReportMissing", msg)
         return _working(
             decision,
-            prev_phase,
+            prev_step,
             Phase.CONVERTING,
             "Converting",
-            f"{len(reports)}/{spec.conversion.workers} converter workers done",
+            f"{len(reports)}/{spec.conversion.workers} converter workers done, "
+            f"{st.progress['samples']}/{plan['samples']} samples",
         )
 
-    digests = {r.get("listingDigest") for r in reports.values()}
-    if len(digests) > 1:
-        msg = (
-            "the source changed while the converters listed it (workers saw different files); change the spec to rerun"
-        )
-        st.steps[CONVERTED] = StepState(False, "SourceChanged", msg)
-        return _failed(decision, prev_phase, "SourceChanged", msg)
     st.steps[CONVERTED] = StepState(True, "Converted", f"{st.samples_written} samples in {st.shards_converted} shards")
+    if st.samples_written != int(plan.get("samples") or 0):
+        msg = f"the converters wrote {st.samples_written} samples but the plan holds {plan['samples']}"
+        st.steps[CONVERTED] = StepState(False, "ConversionIncomplete", msg)
+        return _failed(decision, prev_phase, "ConversionIncomplete", msg)
     converted_shards = sorted(s["name"] for r in reports.values() for s in r.get("shards") or [])
+    written = Totals()
+    for r in reports.values():
+        written.merge(Totals.from_dict(r))
 
     # ---- shuffle
     if spec.shuffle is not None:
         st.output_template = naming.output_template(builders.output_base(spec, owner))
-        if st.samples_written == 0:
-            msg = "no complete samples to shuffle: " + (_examples(reports[min(reports)]) or "the source is empty")
-            st.steps[SHUFFLED] = StepState(False, "NoSamples", msg)
-            return _failed(decision, prev_phase, "NoSamples", msg)
         if obs.dsort is None:
-            actions.append(StartDsort(builders.build_dsort_spec(spec, owner, converted_shards)))
+            tar_bytes = sum(int(r.get("bytes") or 0) for r in reports.values())
+            actions.append(
+                StartDsort(builders.build_dsort_spec(spec, owner, converted_shards, written.member_bytes, tar_bytes))
+            )
             st.steps[SHUFFLED] = StepState(False, "Shuffling", "starting dSort")
-            return _working(decision, prev_phase, Phase.SHUFFLING, "Shuffling", "starting dSort")
+            return _working(decision, prev_step, Phase.SHUFFLING, "Shuffling", "starting dSort")
         st.dsort_job_id = obs.dsort.id
         if obs.dsort.aborted:
             msg = f"dSort job {obs.dsort.id} aborted: " + ("; ".join(obs.dsort.errors) or "no error reported")
             st.steps[SHUFFLED] = StepState(False, "ShuffleFailed", msg)
             return _failed(decision, prev_phase, "ShuffleFailed", msg)
         if not obs.dsort.finished:
-            st.steps[SHUFFLED] = StepState(False, "Shuffling", f"dSort job {obs.dsort.id} running")
-            return _working(decision, prev_phase, Phase.SHUFFLING, "Shuffling", f"dSort job {obs.dsort.id} running")
+            st.progress = dsort_progress(obs.dsort)
+            running = f"dSort job {obs.dsort.id} running: {st.progress['summary']}"
+            st.steps[SHUFFLED] = StepState(False, "Shuffling", running)
+            return _working(decision, prev_step, Phase.SHUFFLING, "Shuffling", running)
         st.steps[SHUFFLED] = StepState(True, "Shuffled", f"dSort job {obs.dsort.id} finished")
         verify_prefix = builders.output_base(spec, owner)
     else:
-        verify_prefix = builders.converted_base(spec, owner)
+        verify_prefix = naming.shard_prefix(builders.converted_base(spec, owner))
 
     # ---- verification
+    st.progress = conversion_progress(plan, {}, reports, gen)
     if obs.output is None:
         decision.need_output = True
         st.steps[VERIFIED] = StepState(False, "Verifying")
-        return _working(decision, prev_phase, Phase.VERIFYING, "Verifying", "counting samples in the output shards")
-    counted = count_samples(obs.output, verify_prefix)
-    if spec.shuffle is None:
-        counted = {s: v for s, v in counted.items() if s in set(converted_shards)}
-    total = sum(n for n, _ in counted.values())
-    st.shards_output = len(counted)
-    st.bytes_output = sum(b for _, b in counted.values())
-    if total != st.samples_written:
-        msg = f"output shards under {verify_prefix} hold {total} samples but the converters wrote {st.samples_written}"
+        return _working(decision, prev_step, Phase.VERIFYING, "Verifying", "counting samples in the output shards")
+    tally = obs.output
+    st.shards_output = len(tally.shards)
+    st.bytes_output = tally.bytes
+    problem = compare(st.samples_written, written, tally)
+    if problem is None and spec.shuffle is None and [s.name for s in tally.shards] != converted_shards:
+        problem = f"hold {len(tally.shards)} shards, the converters reported {len(converted_shards)}"
+    if problem is not None:
+        msg = f"output shards under {verify_prefix} {problem}"
         st.steps[VERIFIED] = StepState(False, "VerificationFailed", msg)
         return _failed(decision, prev_phase, "VerificationFailed", msg)
-    st.steps[VERIFIED] = StepState(True, "Verified", f"{total} samples in {len(counted)} shards")
+    total = tally.samples
+    st.steps[VERIFIED] = StepState(
+        True,
+        "Verified",
+        f"{total} samples, {written.members} members, {written.member_bytes} bytes in {len(tally.shards)} shards",
+    )
     bucket, provider, index = index_location(spec)
     info = {
         "namespace": owner.namespace,
@@ -319,7 +329,9 @@ def decide(spec: DatasetSpec, owner: Owner, obs: Observed, defaults: ConverterDe
             bucket,
             provider,
             index,
-            builders.build_shard_index(owner.name, [(s, n, b) for s, (n, b) in counted.items()], index, info),
+            builders.build_shard_index(
+                owner.name, [(s.name, s.samples, s.size, s.checksum) for s in tally.shards], index, info
+            ),
         )
     )
     if spec.shuffle is not None and spec.shuffle.delete_input:
@@ -329,7 +341,7 @@ def decide(spec: DatasetSpec, owner: Owner, obs: Observed, defaults: ConverterDe
     st.phase = Phase.READY
     st.reason = "Succeeded"
     st.message = (
-        f"{total} samples in {len(counted)} shards ({st.bytes_output / 2**20:.1f} MiB); "
+        f"{total} samples in {len(tally.shards)} shards ({st.bytes_output / 2**20:.1f} MiB); "
         f"{st.samples_skipped} incomplete samples skipped"
     )
     decision.requeue = None
@@ -338,20 +350,57 @@ def decide(spec: DatasetSpec, owner: Owner, obs: Observed, defaults: ConverterDe
     return decision
 
 
-def _fill_counts(st: DatasetStatus, reports: dict[int, dict[str, Any]]) -> None:
+def conversion_progress(
+    plan: dict[str, Any], progress: dict[int, dict[str, Any]], reports: dict[int, dict[str, Any]], generation: int
+) -> dict[str, Any]:
+    """Samples and bytes converted so far, from the workers' progress objects (a report counts as done)."""
+    planned = int(plan.get("samples") or 0)
+    samples = nbytes = 0
+    for worker, p in progress.items():
+        if worker in reports or int(p.get("generation", -1)) != generation:
+            continue
+        samples += int(p.get("samples") or 0)
+        nbytes += int(p.get("bytes") or 0)
+    for r in reports.values():
+        samples += int(r.get("written") or 0)
+        nbytes += int(r.get("bytes") or 0)
+    samples = min(samples, planned)
+    percent = 100 if planned == 0 else samples * 100 // planned
+    return {
+        "summary": f"{percent}%",
+        "percent": percent,
+        "samples": samples,
+        "samplesPlanned": planned,
+        "bytes": nbytes,
+    }
+
+
+def dsort_progress(job: DsortJob) -> dict[str, Any]:
+    """dSort's own counters: input shards extracted, then output shards created."""
+    if job.to_create:
+        summary = f"dSort created {job.created_shards}/{job.to_create} shards"
+        percent = 50 + job.created_shards * 50 // max(1, job.to_create)
+    else:
+        summary = f"dSort extracted {job.extracted_shards}/{job.input_shards} shards"
+        percent = job.extracted_shards * 50 // max(1, job.input_shards)
+    return {"summary": summary, "percent": min(percent, 100)}
+
+
+def _fill_counts(st: DatasetStatus, plan: dict[str, Any] | None, reports: dict[int, dict[str, Any]]) -> None:
     st.samples_written = sum(int(r.get("written") or 0) for r in reports.values())
-    st.skipped_by_reason = _sum_reasons(reports, "skipped")
-    st.rejected_files = _sum_reasons(reports, "rejectedFiles")
+    plan = plan or {}
+    st.skipped_by_reason = {str(k): int(v) for k, v in (plan.get("skipped") or {}).items()}
+    st.rejected_files = {str(k): int(v) for k, v in (plan.get("rejectedFiles") or {}).items()}
     st.samples_skipped = sum(st.skipped_by_reason.values())
-    st.samples_total = st.samples_written + st.samples_skipped if reports else 0
+    st.samples_total = int(plan.get("samples") or 0) + st.samples_skipped if plan else 0
     st.shards_converted = sum(len(r.get("shards") or []) for r in reports.values())
     st.bytes_output = 0
 
 
-def _working(d: Decision, prev_phase: Any, phase: Phase, reason: str, message: str) -> Decision:
+def _working(d: Decision, prev_step: tuple[Any, Any], phase: Phase, reason: str, message: str) -> Decision:
     d.status.phase, d.status.reason, d.status.message = phase, reason, message
     d.requeue = ACTIVE_REQUEUE
-    if prev_phase != phase:
+    if prev_step != (phase, reason):
         d.events.append(Event("Normal", reason, message))
     return d
 

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import bisect
 import fnmatch
+import json
 import posixpath
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 MAX_EXAMPLES = 5
@@ -155,23 +156,35 @@ def key_problem(key: str) -> str | None:
     return None
 
 
-def parse_labels(text: str, key_column: int, value_column: int) -> LabelTable:
-    """Parse a whitespace-separated label table; '#' comment lines and blank lines are skipped."""
+def label_entries(lines: Iterable[str], key_column: int, value_column: int) -> Iterator[tuple[str, str] | None]:
+    """(key, value) per data line of a whitespace-separated label table, None per malformed line.
+
+    '#' comment lines and blank lines are skipped. Streaming: the table is never held in memory.
+    """
     if key_column < 0 or value_column < 0:
         raise ValueError("label columns must be >= 0")
     needed = max(key_column, value_column) + 1
-    values: dict[str, str] = {}
-    conflicts: set[str] = set()
-    malformed = 0
-    for line in text.splitlines():
+    for line in lines:
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
         columns = stripped.split()
         if len(columns) < needed:
+            yield None
+            continue
+        yield columns[key_column], columns[value_column]
+
+
+def parse_labels(text: str, key_column: int, value_column: int) -> LabelTable:
+    """Parse a whitespace-separated label table into memory ('#' comment lines and blank lines skipped)."""
+    values: dict[str, str] = {}
+    conflicts: set[str] = set()
+    malformed = 0
+    for entry in label_entries(text.splitlines(), key_column, value_column):
+        if entry is None:
             malformed += 1
             continue
-        key, value = columns[key_column], columns[value_column]
+        key, value = entry
         previous = values.setdefault(key, value)
         if previous != value:
             conflicts.add(key)
@@ -186,14 +199,18 @@ def default_required(fields: Sequence[FieldRule], label: LabelRule | None) -> li
     return names
 
 
-def partition(keys: Sequence[str], workers: int, index: int) -> tuple[int, int]:
-    """Contiguous ``[start, end)`` slice of the sorted ``keys`` for worker ``index`` of ``workers``."""
+def partition_range(n: int, workers: int, index: int) -> tuple[int, int]:
+    """Contiguous ``[start, end)`` slice of ``n`` sorted samples for worker ``index`` of ``workers``."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if not 0 <= index < workers:
         raise ValueError(f"index must be in [0, {workers}), got {index}")
-    n = len(keys)
     return index * n // workers, (index + 1) * n // workers
+
+
+def partition(keys: Sequence[str], workers: int, index: int) -> tuple[int, int]:
+    """Contiguous ``[start, end)`` slice of the sorted ``keys`` for worker ``index`` of ``workers``."""
+    return partition_range(len(keys), workers, index)
 
 
 class _Tally:
@@ -231,46 +248,119 @@ def _validate(
     return names, set(required)
 
 
-def group_samples(
-    files: Iterable[RawFile],
-    fields: Sequence[FieldRule],
-    label: LabelRule | None,
-    labels: LabelTable | None,
-    required: Sequence[str],
-) -> GroupResult:
-    """Group raw files into complete samples; see the module docstring for the exact rules."""
-    names, required_set = _validate(fields, label, required)
-    label_path = label.path if label is not None else None
-    table = labels if labels is not None else LabelTable(values={})
+# ------------------------------------------------------------------------------------------ streaming grouping
+#
+# Grouping is done in two halves that both paths share: every listed file is classified on its own
+# (`Grouper.classify`: unmatched, rejected, or (key, member)), and every key is judged on its own
+# (`Grouper.judge`) once all of its files and label entries are known. In between, the files and label
+# entries of a key must be brought together: `group_samples` does it with a dict (small inputs, tests),
+# the planner with an external sort of `file_record`/`label_record` strings (any size, flat memory).
+#
+# A record is ``<key> NUL <kind> NUL <payload>``. Keys hold no control characters (`key_problem`), so
+# sorting the strings sorts by key first (a key sorts before every key it is a proper prefix of, exactly
+# as plain string order does), and all records of one key are adjacent.
 
-    result = GroupResult()
-    rejected = _Tally()
-    skipped = _Tally()
-    by_key: dict[str, dict[str, set[RawFile]]] = {}
+UNMATCHED = "unmatched"
+LABEL_FILE = "label-file"
+_SEP = "\0"
 
-    for raw in files:
-        if raw.path == label_path:
+
+@dataclass(slots=True)
+class KeyGroup:
+    """Everything known about one key: its files by member name, and its label value(s)."""
+
+    key: str
+    files: dict[str, list[RawFile]] = field(default_factory=dict)
+    labels: list[str] = field(default_factory=list)
+
+
+def file_record(key: str, member_index: int, raw: RawFile) -> str:
+    """Sortable record of an accepted field file (member by its index in the deduplicated field names)."""
+    return f"{key}{_SEP}f{member_index:02x}{_SEP}{raw.size}{_SEP}{json.dumps(raw.path, ensure_ascii=False)}"
+
+
+def label_record(key: str, value: str) -> str | None:
+    """Sortable record of a label-table entry; None for a key no record can carry (NUL or newline)."""
+    if _SEP in key or "\n" in key or "\r" in key:
+        return None
+    return f"{key}{_SEP}l{_SEP}{json.dumps(value, ensure_ascii=False)}"
+
+
+def groups_from_records(records: Iterable[str], names: Sequence[str]) -> Iterator[KeyGroup]:
+    """Key groups from sorted records (identical adjacent records, i.e. a file listed twice, count once)."""
+    group: KeyGroup | None = None
+    previous = None
+    for record in records:
+        if record == previous:
             continue
-        rule = next((f for f in fields if match_pattern(raw.path, f.pattern)), None)
+        previous = record
+        key, kind, payload = record.split(_SEP, 2)
+        if group is None or group.key != key:
+            if group is not None:
+                yield group
+            group = KeyGroup(key)
+        if kind == "l":
+            value = json.loads(payload)
+            if value not in group.labels:
+                group.labels.append(value)
+        else:
+            size, _, path = payload.partition(_SEP)
+            group.files.setdefault(names[int(kind[1:], 16)], []).append(RawFile(json.loads(path), int(size)))
+    if group is not None:
+        yield group
+
+
+class Grouper:
+    """The grouping rules of the module docstring, applied one file and one key at a time.
+
+    Counters and examples accumulate in `result` (whose `samples` stays empty: samples are returned by
+    `judge` to whoever streams them). Memory is the counters plus 5 examples per reason.
+    """
+
+    def __init__(self, fields: Sequence[FieldRule], label: LabelRule | None, required: Sequence[str]) -> None:
+        self.names, self.required_set = _validate(fields, label, required)
+        self.fields = list(fields)
+        self.label = label
+        self.required = list(required)
+        self.result = GroupResult()
+        self._rejected = _Tally()
+        self._skipped = _Tally()
+        self._index = {name: i for i, name in enumerate(self.names)}
+
+    def classify(self, raw: RawFile) -> tuple[str, int] | str:
+        """(key, member index) of an accepted file; else UNMATCHED, INVALID_KEY (counted) or LABEL_FILE."""
+        if self.label is not None and raw.path == self.label.path:
+            return LABEL_FILE
+        rule = next((f for f in self.fields if match_pattern(raw.path, f.pattern)), None)
         if rule is None:
-            result.unmatched_files += 1
-            continue
+            self.result.unmatched_files += 1
+            return UNMATCHED
         key = derive_key(raw.path, rule.pattern)
         if key_problem(key) is not None:
-            rejected.add(INVALID_KEY, raw.path)
-            continue
-        by_key.setdefault(key, {}).setdefault(rule.name, set()).add(raw)
+            self._rejected.add(INVALID_KEY, raw.path)
+            return INVALID_KEY
+        return key, self._index[rule.name]
 
-    for key in sorted(by_key):
-        found = by_key[key]
-        reason = next((f"duplicate:{n}" for n in names if len(found.get(n, ())) > 1), None)
-        value: str | None = None
-        conflicting = False
-        if label is not None:
-            conflicting = key in table.conflicts
-            value = None if conflicting else table.values.get(key)
+    def record(self, raw: RawFile) -> str | None:
+        """The sortable record of an accepted file, None for any other (counted by `classify`)."""
+        verdict = self.classify(raw)
+        if isinstance(verdict, str):
+            return None
+        return file_record(verdict[0], verdict[1], raw)
+
+    def judge(self, group: KeyGroup) -> Sample | None:
+        """The sample of a key, or None when it is skipped (counted by reason) or has no field file."""
+        label = self.label
+        if not group.files:
+            if label is not None and group.labels:
+                self.result.labels_without_files += 1
+            return None
+        found = group.files
+        reason = next((f"duplicate:{n}" for n in self.names if len(found.get(n, ())) > 1), None)
+        conflicting = len(group.labels) > 1
+        value = None if conflicting or not group.labels else group.labels[0]
         if reason is None:
-            for name in required:
+            for name in self.required:
                 if label is not None and name == label.name:
                     if conflicting:
                         reason = f"conflicting:{name}"
@@ -282,22 +372,52 @@ def group_samples(
                     raw_files = found.get(name)
                     if not raw_files:
                         reason = f"missing:{name}"
-                    elif next(iter(raw_files)).size == 0:
+                    elif raw_files[0].size == 0:
                         reason = f"empty:{name}"
                 if reason is not None:
                     break
         if reason is not None:
-            skipped.add(reason, key)
-            continue
+            self._skipped.add(reason, group.key)
+            return None
         # Required members are non-empty here; empty optional ones are dropped.
-        members = tuple((name, raw) for name in sorted(found) for raw in found[name] if raw.size > 0)
-        if label is not None and value == "" and label.name not in required_set:
+        members = tuple((name, found[name][0]) for name in sorted(found) if found[name][0].size > 0)
+        if label is not None and value == "" and label.name not in self.required_set:
             value = None
-        result.samples.append(Sample(key=key, files=members, label=value))
+        return Sample(key=group.key, files=members, label=value if label is not None else None)
 
-    if label is not None:
-        result.labels_without_files = sum(1 for k in table.values if k not in by_key)
-    result.skipped = dict(sorted(skipped.counts.items()))
-    result.rejected_files = dict(sorted(rejected.counts.items()))
-    result.examples = dict(sorted({**skipped.examples, **rejected.examples}.items()))
+    def finish(self) -> GroupResult:
+        """The counters and examples (call once every key was judged)."""
+        self.result.skipped = dict(sorted(self._skipped.counts.items()))
+        self.result.rejected_files = dict(sorted(self._rejected.counts.items()))
+        self.result.examples = dict(sorted({**self._skipped.examples, **self._rejected.examples}.items()))
+        return self.result
+
+
+def group_samples(
+    files: Iterable[RawFile],
+    fields: Sequence[FieldRule],
+    label: LabelRule | None,
+    labels: LabelTable | None,
+    required: Sequence[str],
+) -> GroupResult:
+    """Group raw files into complete samples in memory; see the module docstring for the exact rules."""
+    grouper = Grouper(fields, label, required)
+    groups: dict[str, KeyGroup] = {}
+    for raw in files:
+        verdict = grouper.classify(raw)
+        if isinstance(verdict, str):
+            continue
+        key, index = verdict
+        bucket = groups.setdefault(key, KeyGroup(key)).files.setdefault(grouper.names[index], [])
+        if raw not in bucket:
+            bucket.append(raw)
+    if label is not None and labels is not None:
+        for key, value in labels.values.items():
+            group = groups.setdefault(key, KeyGroup(key))
+            group.labels.append(value)
+            if key in labels.conflicts:
+                group.labels.append(value + "\0conflict")  # a second, different value
+    samples = [s for key in sorted(groups) if (s := grouper.judge(groups[key])) is not None]
+    result = grouper.finish()
+    result.samples = samples
     return result

@@ -95,12 +95,22 @@ class Output:
 
 
 @dataclass(frozen=True, slots=True)
+class Reads:
+    """How converters read raw files from AIS: Get-Batch requests (`batch`) or one GET per file (`object`)."""
+
+    mode: str = "batch"
+    batch_objects: int = 256
+    batch_bytes: int = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class Conversion:
     workers: int
     retries: int
     resources: dict[str, Any]
     node_selector: dict[str, str]
     tolerations: list[dict[str, Any]]
+    reads: Reads = field(default_factory=lambda: Reads())
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +135,17 @@ class DatasetSpec:
     shuffle: Shuffle | None
     deletion_policy: str
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _reads(raw: dict[str, Any]) -> Reads:
+    mode = str(raw.get("mode") or "batch")
+    if mode not in ("batch", "object"):
+        raise SpecError("spec.conversion.reads.mode: must be batch or object")
+    objects = int(raw.get("batchObjects") or 256)
+    if not 1 <= objects <= 10_000:
+        raise SpecError("spec.conversion.reads.batchObjects: must be within 1..10000")
+    size = parse_size(raw["batchSize"], "spec.conversion.reads.batchSize") if raw.get("batchSize") else 8 * 1024 * 1024
+    return Reads(mode=mode, batch_objects=objects, batch_bytes=size)
 
 
 def _bucket(raw: dict[str, Any], path: str) -> Bucket:
@@ -202,6 +223,7 @@ def parse_spec(spec: dict[str, Any], *, name: str, default_endpoint: str) -> Dat
         resources=dict(conv.get("resources") or {}),
         node_selector={str(k): str(v) for k, v in (conv.get("nodeSelector") or {}).items()},
         tolerations=list(conv.get("tolerations") or []),
+        reads=_reads(conv.get("reads") or {}),
     )
     if conversion.workers < 1:
         raise SpecError("spec.conversion.workers: must be at least 1")

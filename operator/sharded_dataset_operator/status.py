@@ -100,6 +100,7 @@ class DatasetStatus:
     completion_time: str | None = None
     artifacts: list[dict[str, Any]] | None = None
     steps: dict[str, StepState] = field(default_factory=dict)
+    progress: dict[str, Any] | None = None
 
     def conditions(self, previous: list[dict[str, Any]], now: str) -> list[dict[str, Any]]:
         gen = self.observed_generation
@@ -152,6 +153,7 @@ class DatasetStatus:
                 "failed": self.workers_failed,
             },
             "shuffle": {"dsortJobId": self.dsort_job_id, "outputTemplate": self.output_template},
+            "progress": self.progress,  # None removes it (the status is merge-patched)
             "indexObject": self.index_object,
             "startTime": self.start_time,
             "completionTime": self.completion_time,

@@ -1,10 +1,11 @@
-"""The converter worker over a directory source, writing into an in-memory object store."""
+"""Planner and converter workers over a directory source, writing into an in-memory object store."""
 
 from __future__ import annotations
 
 import io
 import json
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,21 +13,39 @@ import pytest
 
 from sharded_dataset_operator import exampledata
 from sharded_dataset_operator.builders import Owner, converter_config
-from sharded_dataset_operator.converter.main import PermanentError, Tuning, convert
+from sharded_dataset_operator.converter.common import PermanentError
+from sharded_dataset_operator.converter.main import MiB, convert, read_plan
+from sharded_dataset_operator.converter.planner import make_plan
 from sharded_dataset_operator.converter.sources import VolumeSource
+from sharded_dataset_operator.samples import FieldRule, LabelRule, group_samples, parse_labels
 from sharded_dataset_operator.spec import parse_spec
+from sharded_dataset_operator.verify import OutputTally, Totals, compare
 
 OWNER = Owner(name="pets", namespace="ml", uid="00000000-1111-4222-8333-444444444444", generation=1)
+BASE = "out/s-00000000-g1-"
 
 
 class MemoryStore:
-    """Stands in for the AIS client's put (the only call convert() makes on the output side)."""
+    """Stands in for the AIS client: the object calls the planner and the converter make."""
 
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
+        self.peak_runs = 0
 
     def put(self, bucket: str, name: str, data: bytes, provider: str = "ais") -> None:
         self.objects[f"{bucket}/{name}"] = data
+        self.peak_runs = max(self.peak_runs, sum("plan-run-" in k for k in self.objects))
+
+    def get(self, bucket: str, name: str, provider: str = "ais", direct: bool = False) -> bytes | None:
+        return self.objects.get(f"{bucket}/{name}")
+
+    def stream_lines(self, bucket: str, name: str, provider: str = "ais") -> Iterator[str]:
+        yield from self.objects[f"{bucket}/{name}"].decode().splitlines()
+
+    def delete_objects(self, bucket: str, names: list[str], provider: str = "ais") -> int:
+        for n in names:
+            self.objects.pop(f"{bucket}/{n}", None)
+        return len(names)
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +71,14 @@ def config(workers: int = 3, **output: Any) -> dict[str, Any]:
     return converter_config(parse_spec(spec, name="pets", default_endpoint="http://ais:1"), OWNER)
 
 
-def run_all(root: Path, cfg: dict[str, Any]) -> tuple[MemoryStore, list[Any]]:
+def run_all(root: Path, cfg: dict[str, Any], **plan_kw: Any) -> tuple[MemoryStore, dict[str, Any], list[Any]]:
     store = MemoryStore()
+    manifest = make_plan(cfg, store, VolumeSource(str(root)), **plan_kw)  # type: ignore[arg-type]
     reports = [
-        convert(cfg, i, store, VolumeSource(str(root)), Tuning(fetch_threads=4))  # type: ignore[arg-type]
+        convert(cfg, i, store, VolumeSource(str(root)), progress_interval=0)  # type: ignore[arg-type]
         for i in range(cfg["workers"])
     ]
-    return store, reports
+    return store, manifest, reports
 
 
 def members(data: bytes) -> dict[str, dict[str, bytes]]:
@@ -72,11 +92,24 @@ def members(data: bytes) -> dict[str, dict[str, bytes]]:
     return out
 
 
-def test_workers_write_every_complete_sample_once_and_count_the_rest(
+def tally_of(store: MemoryStore) -> OutputTally:
+    """What the operator's archive listing would count (members sorted by name within each shard)."""
+    tally = OutputTally("s-")
+    for name in sorted(k for k in store.objects if k.endswith(".tar")):
+        data = store.objects[name]
+        obj = name.split("/", 1)[1]
+        tally.add(obj, len(data))
+        with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+            for m in sorted(tf.getmembers(), key=lambda m: m.name):
+                tally.add(f"{obj}/{m.name}", m.size)
+    return tally
+
+
+def test_workers_write_every_complete_sample_once_and_the_plan_counts_the_rest(
     dataset: tuple[Path, exampledata.Manifest],
 ) -> None:
     root, manifest = dataset
-    store, reports = run_all(root, config())
+    store, plan, reports = run_all(root, config())
     shards = {k: v for k, v in store.objects.items() if k.endswith(".tar")}
     seen: dict[str, dict[str, bytes]] = {}
     for data in shards.values():
@@ -89,37 +122,109 @@ def test_workers_write_every_complete_sample_once_and_count_the_rest(
     assert seen[key]["image.jpg"] == (root / f"images/{key}.jpg").read_bytes()
     assert seen[key]["cls"].decode() == manifest["classes"][key]
     assert "__order__" in seen[key]
-    assert sum(r.written for r in reports) == len(manifest["complete"])
+    assert sum(r.written for r in reports) == len(manifest["complete"]) == plan["samples"]
     expected_skips = {reason: len(keys) for reason, keys in manifest["incomplete"].items() if keys}
-    assert all(r.skipped == expected_skips for r in reports)
-    assert reports[0].rejected_files == {"invalid-key": len(manifest["junk_files"])}
-    assert len({r.listing_digest for r in reports}) == 1
-    report0 = json.loads(store.objects["out/s-00000000-g1-report-w0000.json"])
+    assert plan["skipped"] == expected_skips
+    assert plan["rejectedFiles"] == {"invalid-key": len(manifest["junk_files"])}
+    report0 = json.loads(store.objects[f"{BASE}report-w0000.json"])
     assert report0["written"] == reports[0].written and report0["shards"] == reports[0].shards
+    progress = json.loads(store.objects[f"{BASE}progress-w0000.json"])
+    assert progress["samples"] == reports[0].written == progress["partitionSamples"]
+    # what the converters report is exactly what an archive listing of their shards counts
+    written = Totals()
+    for r in reports:
+        written.merge(r.totals)
+    tally = tally_of(store)
+    assert compare(plan["samples"], written, tally) is None
+    assert written.member_bytes == sum(s["memberBytes"] for r in reports for s in r.shards)
+
+
+def test_plan_and_counts_do_not_depend_on_workers_or_the_sort_buffer(
+    dataset: tuple[Path, exampledata.Manifest],
+) -> None:
+    root, _ = dataset
+    store1, plan1, _ = run_all(root, config(workers=1))
+    # a 2 KiB sort buffer forces many spilled runs and a real k-way merge
+    store4, plan4, _ = run_all(root, config(workers=4), sort_buffer_bytes=2048, chunk_samples=7)
+    assert plan4["sortRuns"] > 10 and store4.peak_runs == plan4["sortRuns"]
+    assert not any("plan-run-" in k for k in store4.objects)  # runs deleted after planning
+    for k in ("samples", "bytes", "members", "skipped", "rejectedFiles", "examples", "unmatchedFiles",
+              "labelsWithoutFiles", "listingDigest", "filesListed"):  # fmt: skip
+        assert plan1[k] == plan4[k], k
+    assert len(plan4["chunks"]) == -(-plan4["samples"] // 7)
+
+    # same samples as the in-memory grouping of the same files
+    src = VolumeSource(str(root))
+    label_text = (root / "annotations/list.txt").read_text()
+    fields = [FieldRule("images/*.jpg", "image.jpg"), FieldRule("annotations/trimaps/*.png", "trimap.png")]
+    label = LabelRule("annotations/list.txt", 0, 1, "cls")
+    grouped = group_samples(
+        list(src.files()), fields, label, parse_labels(label_text, 0, 1), ["image.jpg", "trimap.png", "cls"]
+    )
+    assert plan1["samples"] == len(grouped.samples) and plan1["skipped"] == grouped.skipped
+    # shards hold the same samples whatever W
+    keys1 = sorted(k for n, d in store1.objects.items() if n.endswith(".tar") for k in members(d))
+    keys4 = sorted(k for n, d in store4.objects.items() if n.endswith(".tar") for k in members(d))
+    assert keys1 == keys4
 
 
 def test_reruns_write_byte_identical_shards(dataset: tuple[Path, exampledata.Manifest]) -> None:
     root, _ = dataset
-    first, _ = run_all(root, config())
-    second, _ = run_all(root, config())
+    first, _, _ = run_all(root, config())
+    second, _, _ = run_all(root, config())
     tars = {k: v for k, v in first.objects.items() if k.endswith(".tar")}
     assert tars == {k: v for k, v in second.objects.items() if k.endswith(".tar")}
 
 
 def test_shards_are_cut_by_size(dataset: tuple[Path, exampledata.Manifest]) -> None:
     root, _ = dataset
-    _, reports = run_all(root, config(workers=1, maxSamplesPerShard=None, maxShardSize="200KiB"))
+    _, _, reports = run_all(root, config(workers=1, maxSamplesPerShard=None, maxShardSize="200KiB"))
     sizes = [s["bytes"] for s in reports[0].shards]
     assert len(sizes) > 2 and all(s <= 200 * 1024 for s in sizes)
+
+
+def test_a_file_gone_or_changed_after_planning_fails_the_worker(tmp_path: Path) -> None:
+    root = tmp_path / "d"
+    exampledata.write_dir(root, n_samples=10, seed=1, sample_kib=1)
+    cfg = config(workers=1)
+    store = MemoryStore()
+    plan = make_plan(cfg, store, VolumeSource(str(root)))  # type: ignore[arg-type]
+    first = json.loads(store.objects[f"out/{plan['chunks'][0]}"].decode().splitlines()[2])
+    victim = root / first[2][0][1]
+    victim.write_bytes(victim.read_bytes() + b"more")
+    with pytest.raises(PermanentError, match="source changed"):
+        convert(cfg, 0, store, VolumeSource(str(root)))  # type: ignore[arg-type]
+    victim.unlink()
+    from sharded_dataset_operator.converter.reads import MissingFile
+
+    with pytest.raises(MissingFile, match="disappeared"):
+        convert(cfg, 0, store, VolumeSource(str(root)))  # type: ignore[arg-type]
+
+
+def test_convert_without_a_plan_is_retried_not_permanent(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="plan is missing"):
+        convert(config(workers=1), 0, MemoryStore(), VolumeSource(str(tmp_path)))  # type: ignore[arg-type]
 
 
 def test_missing_labels_file_is_permanent(tmp_path: Path) -> None:
     (tmp_path / "images").mkdir()
     (tmp_path / "images/a.jpg").write_bytes(b"x")
     with pytest.raises(PermanentError, match=r"labels file annotations/list\.txt not found"):
-        convert(config(workers=1), 0, MemoryStore(), VolumeSource(str(tmp_path)))  # type: ignore[arg-type]
+        make_plan(config(workers=1), MemoryStore(), VolumeSource(str(tmp_path)))  # type: ignore[arg-type]
 
 
 def test_missing_source_directory_is_permanent(tmp_path: Path) -> None:
     with pytest.raises(PermanentError, match="does not exist"):
-        convert(config(workers=1), 0, MemoryStore(), VolumeSource(str(tmp_path / "nope")))  # type: ignore[arg-type]
+        make_plan(config(workers=1), MemoryStore(), VolumeSource(str(tmp_path / "nope")))  # type: ignore[arg-type]
+
+
+def test_read_ahead_follows_the_memory_limit_and_a_too_small_limit_is_permanent() -> None:
+    cfg = config(workers=1, maxSamplesPerShard=None, maxShardSize="16MiB")
+    assert read_plan(cfg, None).readahead_bytes == 64 * MiB
+    small = read_plan(cfg, 192 * MiB)
+    assert 4 * MiB <= small.readahead_bytes <= (192 - 48 - 80) * MiB // 2
+    assert small.batch_bytes <= small.readahead_bytes
+    with pytest.raises(PermanentError, match=r"memory limit 100Mi is too small for shards of 16Mi"):
+        read_plan(cfg, 100 * MiB)
+    cfg["reads"]["mode"] = "object"
+    assert read_plan(cfg, None).batches_in_flight > read_plan(config(), None).batches_in_flight

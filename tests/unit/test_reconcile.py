@@ -8,7 +8,7 @@ import pytest
 
 from sharded_dataset_operator import reconcile
 from sharded_dataset_operator.builders import ConverterDefaults, Owner
-from sharded_dataset_operator.model import DsortJob, Entry, JobState
+from sharded_dataset_operator.model import DsortJob, JobState
 from sharded_dataset_operator.reconcile import (
     CleanupArtifacts,
     CreateJob,
@@ -18,11 +18,12 @@ from sharded_dataset_operator.reconcile import (
     Observed,
     StartDsort,
     WriteIndex,
-    count_samples,
+    conversion_progress,
     decide,
 )
 from sharded_dataset_operator.spec import parse_spec
 from sharded_dataset_operator.status import Phase
+from sharded_dataset_operator.verify import OutputTally, Totals
 
 NOW = "2026-11-23T10:00:00Z"
 UID = "5f3a9c1e-0000-4000-8000-000000000001"
@@ -51,17 +52,48 @@ def spec(**over: Any) -> Any:
     return parse_spec(raw_spec(**over), name="pets", default_endpoint="http://ais:51080")
 
 
-def report(worker: int, written: int, shards: int = 1, digest: str = "d1", gen: int = 3) -> dict[str, Any]:
+KEYS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def keys_of(worker: int, written: int) -> list[str]:
+    return [f"{KEYS[worker]}{i:03d}" for i in range(written)]
+
+
+def totals(keys: list[str]) -> Totals:
+    t = Totals()
+    for k in keys:
+        t.add(f"{k}.cls", 1)
+        t.add(f"{k}.image.jpg", 10)
+    return t
+
+
+def report(worker: int, written: int, shards: int = 1, gen: int = 3) -> dict[str, Any]:
     return {
         "worker": worker,
         "generation": gen,
-        "listingDigest": digest,
         "written": written,
+        "bytes": 2048 * written,
         "shards": [{"name": f"{BASE}w{worker:04d}-{i:05d}.tar", "samples": 1, "bytes": 10} for i in range(shards)],
+        **totals(keys_of(worker, written)).to_dict(),
+    }
+
+
+def plan(samples: int = 9, gen: int = 3) -> dict[str, Any]:
+    return {
+        "kind": "sds-plan-v1",
+        "generation": gen,
+        "samples": samples,
         "skipped": {"missing:cls": 2},
         "rejectedFiles": {"invalid-key": 1},
         "examples": {"missing:cls": ["a", "b"]},
     }
+
+
+def converted(**over: Any) -> Observed:
+    """Both workers done: worker 0 wrote a000-a002, worker 1 b000-b001 (5 samples)."""
+    fields: dict[str, Any] = dict(previous={}, plan=plan(5), reports={0: report(0, 3), 1: report(1, 2)})
+    fields.update(over)
+    return Observed(**fields)
 
 
 def finished_dsort(**over: Any) -> DsortJob:
@@ -78,34 +110,54 @@ def finished_dsort(**over: Any) -> DsortJob:
     return DsortJob(**fields)
 
 
-def listing(shards: dict[str, list[str]], prefix: str = OUT) -> list[Entry]:
-    entries = []
+def listing(shards: dict[str, list[str]], prefix: str = OUT, truncate: str = "") -> OutputTally:
+    tally = OutputTally(prefix)
     for shard, keys in shards.items():
-        entries.append(Entry(f"{prefix}{shard}.tar", 1000))
-        for k in keys:
-            entries.append(Entry(f"{prefix}{shard}.tar/{k}.image.jpg", 10))
-            entries.append(Entry(f"{prefix}{shard}.tar/{k}.cls", 1))
-    return entries
+        tally.add(f"{prefix}{shard}.tar", 1000, {"type": "xxhash2", "value": f"c{shard}"})
+        for k in sorted(keys):
+            tally.add(f"{prefix}{shard}.tar/{k}.cls", 1)
+            tally.add(f"{prefix}{shard}.tar/{k}.image.jpg", 9 if k == truncate else 10)
+    return tally
 
 
 def kinds(decision: reconcile.Decision) -> list[type]:
     return [type(a) for a in decision.actions]
 
 
-def test_fresh_resource_creates_bucket_and_job() -> None:
+def test_fresh_resource_creates_bucket_and_the_planner() -> None:
     d = decide(spec(), OWNER, Observed(previous={}), DEFAULTS, NOW)
     assert kinds(d) == [EnsureBucket, CreateJob]
-    assert d.status.phase == Phase.CONVERTING
+    assert d.status.phase == Phase.CONVERTING and d.status.reason == "Planning"
     job = next(a for a in d.actions if isinstance(a, CreateJob)).manifest
-    assert job["metadata"]["name"] == "pets-convert-g3"
-    assert [e.reason for e in d.events] == ["Converting"]
+    assert job["metadata"]["name"] == "pets-plan-g3" and job["spec"]["completions"] == 1
+    assert job["metadata"]["labels"]["app.kubernetes.io/component"] == "planner"
+    assert [e.reason for e in d.events] == ["Planning"]
     st = d.status.to_dict([], NOW)
     conds = {c["type"]: (c["status"], c["reason"]) for c in st["conditions"]}
-    assert conds["Ready"] == ("False", "Converting")
-    assert conds["Reconciling"] == ("True", "Converting")
+    assert conds["Ready"] == ("False", "Planning")
+    assert conds["Reconciling"] == ("True", "Planning")
     assert conds["Stalled"] == ("False", "Healthy")
     assert st["observedGeneration"] == 3
     assert st["artifacts"][0]["locations"][0] == {"bucket": "out", "provider": "ais", "prefix": BASE}
+
+
+def test_plan_written_starts_the_converters_with_the_plan_counts() -> None:
+    obs = Observed(previous={}, plan=plan(9), planner=JobState("pets-plan-g3", 3, succeeded=1, complete=True))
+    d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
+    assert kinds(d) == [CreateJob]
+    job = next(a for a in d.actions if isinstance(a, CreateJob)).manifest
+    assert job["metadata"]["name"] == "pets-convert-g3" and job["spec"]["completions"] == 2
+    assert (d.status.samples_total, d.status.samples_skipped) == (11, 2)
+    assert d.status.skipped_by_reason == {"missing:cls": 2} and d.status.rejected_files == {"invalid-key": 1}
+    assert d.status.progress is not None and d.status.progress["percent"] == 0
+
+
+def test_failed_planner_fails_with_its_message() -> None:
+    job = JobState("pets-plan-g3", 3, failed=1, failed_reason="FailedIndexes", failed_message="listing broke")
+    d = decide(spec(), OWNER, Observed(previous={}, planner=job), DEFAULTS, NOW)
+    assert (
+        d.status.phase == Phase.FAILED and d.status.reason == "PlanningFailed" and "listing broke" in d.status.message
+    )
 
 
 def test_missing_source_is_stalled_and_creates_nothing() -> None:
@@ -124,16 +176,40 @@ def test_missing_source_is_stalled_and_creates_nothing() -> None:
 
 
 def test_running_job_reports_progress_without_actions() -> None:
-    obs = Observed(previous={"observedGeneration": 3, "phase": "Converting"}, job=JobState("pets-convert-g3", 3,
-                   active=1, succeeded=1))  # fmt: skip
+    converting = {"type": "Reconciling", "status": "True", "reason": "Converting"}
+    obs = Observed(
+        previous={"observedGeneration": 3, "phase": "Converting", "conditions": [converting]},
+        plan=plan(9),
+        job=JobState("pets-convert-g3", 3, active=1, succeeded=1),
+        reports={1: report(1, 4)},
+        progress={0: {"worker": 0, "generation": 3, "samples": 2, "bytes": 100}},
+    )
     d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
     assert d.actions == [] and d.events == []
     assert d.status.phase == Phase.CONVERTING and d.status.workers_succeeded == 1
+    assert d.status.progress == {"summary": "66%", "percent": 66, "samples": 6, "samplesPlanned": 9,
+                                 "bytes": 100 + 4 * 2048}  # fmt: skip
+    assert "6/9 samples" in d.status.message
+
+
+def test_progress_aggregation() -> None:
+    p = plan(10)
+    # a worker's report replaces its progress object; other generations' progress is ignored
+    progress = {
+        0: {"generation": 3, "samples": 3, "bytes": 30},
+        1: {"generation": 3, "samples": 1, "bytes": 10},
+        2: {"generation": 2, "samples": 7, "bytes": 70},
+    }
+    got = conversion_progress(p, progress, {1: {"written": 4, "bytes": 40}}, 3)
+    assert (got["samples"], got["bytes"], got["percent"], got["summary"]) == (7, 70, 70, "70%")
+    done = conversion_progress(p, {}, {0: {"written": 6, "bytes": 1}, 1: {"written": 4, "bytes": 1}}, 3)
+    assert done["percent"] == 100
+    assert conversion_progress(plan(0), {}, {}, 3)["percent"] == 100
 
 
 def test_failed_job_fails_with_the_converter_message() -> None:
     job = JobState("pets-convert-g3", 3, failed=1, failed_reason="FailedIndexes", failed_message="[worker 1] boom")
-    d = decide(spec(), OWNER, Observed(previous={}, job=job), DEFAULTS, NOW)
+    d = decide(spec(), OWNER, Observed(previous={}, plan=plan(), job=job), DEFAULTS, NOW)
     assert d.status.phase == Phase.FAILED and d.status.stalled
     assert "boom" in d.status.message and d.requeue is None
     assert d.events[0].reason == "ConversionFailed"
@@ -142,6 +218,7 @@ def test_failed_job_fails_with_the_converter_message() -> None:
 def test_completed_conversion_starts_dsort_with_the_reported_shards() -> None:
     obs = Observed(
         previous={"observedGeneration": 3, "phase": "Converting"},
+        plan=plan(9),
         job=JobState("pets-convert-g3", 3, succeeded=2, complete=True),
         reports={0: report(0, 5, shards=2), 1: report(1, 4)},
     )
@@ -151,50 +228,56 @@ def test_completed_conversion_starts_dsort_with_the_reported_shards() -> None:
     assert dsort["input_format"]["objnames"] == [f"{BASE}w0000-00000.tar", f"{BASE}w0000-00001.tar",
                                                  f"{BASE}w0001-00000.tar"]  # fmt: skip
     assert dsort["description"] == "sds:ml/pets:5f3a9c1e:g3"
+    # 1 MiB of tar bytes asked for as member bytes: 9 samples hold 99 member bytes in 9 * 2048 tar bytes
+    assert dsort["output_shard_size"] == str(2**20 * 99 // (9 * 2048))
     assert d.status.phase == Phase.SHUFFLING
     assert (d.status.samples_written, d.status.samples_skipped, d.status.samples_total) == (9, 2, 11)
     assert d.status.shards_converted == 3
 
 
+def test_converters_writing_less_than_the_plan_fail() -> None:
+    d = decide(spec(), OWNER, converted(plan=plan(6)), DEFAULTS, NOW)
+    assert d.status.phase == Phase.FAILED and d.status.reason == "ConversionIncomplete"
+
+
 def test_job_gone_but_reports_complete_does_not_rerun_conversion() -> None:
-    obs = Observed(previous={}, reports={0: report(0, 5), 1: report(1, 4)}, dsort=finished_dsort(finished=False))
-    d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
+    d = decide(spec(), OWNER, converted(dsort=finished_dsort(finished=False, input_shards=4, extracted_shards=1)),
+               DEFAULTS, NOW)  # fmt: skip
     assert CreateJob not in kinds(d)
     assert d.status.phase == Phase.SHUFFLING and d.status.dsort_job_id == "srt-1"
+    assert d.status.progress is not None and d.status.progress["summary"] == "dSort extracted 1/4 shards"
 
 
 def test_reports_of_another_generation_do_not_count() -> None:
-    obs = Observed(previous={}, job=JobState("pets-convert-g3", 3, active=2), reports={0: report(0, 5, gen=2)})
+    obs = Observed(previous={}, plan=plan(), job=JobState("pets-convert-g3", 3, active=2),
+                   reports={0: report(0, 5, gen=2)})  # fmt: skip
     d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
     assert d.status.phase == Phase.CONVERTING and d.status.samples_written == 0
 
 
-def test_workers_that_saw_different_listings_fail() -> None:
-    obs = Observed(previous={}, reports={0: report(0, 5, digest="a"), 1: report(1, 4, digest="b")})
-    d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
-    assert d.status.phase == Phase.FAILED and d.status.reason == "SourceChanged"
+def test_a_plan_of_another_generation_does_not_count() -> None:
+    d = decide(spec(), OWNER, Observed(previous={}, plan=plan(gen=2)), DEFAULTS, NOW)
+    assert d.status.reason == "Planning" and kinds(d) == [EnsureBucket, CreateJob]
 
 
 def test_aborted_dsort_fails_with_its_errors() -> None:
-    obs = Observed(previous={}, reports={0: report(0, 5), 1: report(1, 4)},
-                   dsort=finished_dsort(finished=False, aborted=True, errors=("out of space",)))  # fmt: skip
+    obs = converted(dsort=finished_dsort(finished=False, aborted=True, errors=("out of space",)))
     d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
     assert d.status.phase == Phase.FAILED and "out of space" in d.status.message
 
 
 def test_finished_dsort_asks_for_the_output_listing_then_verifies_and_indexes() -> None:
-    obs = Observed(previous={"observedGeneration": 3, "phase": "Shuffling"},
-                   reports={0: report(0, 3), 1: report(1, 2)}, dsort=finished_dsort())  # fmt: skip
+    obs = converted(previous={"observedGeneration": 3, "phase": "Shuffling"}, dsort=finished_dsort())
     d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
     assert d.need_output and d.actions == [] and d.status.phase == Phase.VERIFYING
-    obs.output = listing({"000000": ["a", "b", "c"], "000001": ["d", "e"]})
+    obs.output = listing({"000000": ["a000", "b001", "a002"], "000001": ["b000", "a001"]})
     d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
-    assert d.status.phase == Phase.READY and d.requeue is None
+    assert d.status.phase == Phase.READY and d.requeue is None, d.status.message
     index = next(a for a in d.actions if isinstance(a, WriteIndex))
     assert (index.bucket, index.name) == ("out", "shuffled-index.json")
-    assert [(s["url"], s["nsamples"]) for s in index.body["shardlist"]] == [
-        (f"{OUT}000000.tar", 3),
-        (f"{OUT}000001.tar", 2),
+    assert [(s["url"], s["nsamples"], s["checksum"]) for s in index.body["shardlist"]] == [
+        (f"{OUT}000000.tar", 3, {"type": "xxhash2", "value": "c000000"}),
+        (f"{OUT}000001.tar", 2, {"type": "xxhash2", "value": "c000001"}),
     ]
     assert d.status.index_object == "ais://out/shuffled-index.json"
     assert d.status.shards_output == 2
@@ -206,19 +289,38 @@ def test_finished_dsort_asks_for_the_output_listing_then_verifies_and_indexes() 
     assert st["completionTime"] == NOW
 
 
-def test_verification_catches_missing_samples() -> None:
-    obs = Observed(previous={}, reports={0: report(0, 3), 1: report(1, 2)}, dsort=finished_dsort(),
-                   output=listing({"000000": ["a", "b", "c"]}))  # fmt: skip
+@pytest.mark.parametrize(
+    ("shards", "truncate", "problem"),
+    [
+        ({"000000": ["a000", "a001", "a002", "b000"]}, "", "hold 4 samples but the converters wrote 5"),
+        (
+            {"000000": ["a000", "a001", "a002", "b000", "b001"]},
+            "b001",
+            "hold 54 member bytes but the converters wrote 55",
+        ),
+        ({"000000": ["a000", "a001", "a002", "b000", "x001"]}, "", "fingerprint mismatch"),
+    ],
+)
+def test_verification_catches_missing_truncated_and_foreign_samples(
+    shards: dict[str, list[str]], truncate: str, problem: str
+) -> None:
+    obs = converted(dsort=finished_dsort(), output=listing(shards, truncate=truncate))
     d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
     assert d.status.phase == Phase.FAILED and d.status.reason == "VerificationFailed"
-    assert "hold 3 samples but the converters wrote 5" in d.status.message
+    assert problem in d.status.message
     assert WriteIndex not in kinds(d)
+
+
+def test_verification_catches_a_missing_member() -> None:
+    tally = listing({"000000": ["a000", "a001", "a002", "b000"]})
+    tally.add(f"{OUT}000000.tar/b001.cls", 1)  # b001 lost its image
+    d = decide(spec(), OWNER, converted(dsort=finished_dsort(), output=tally), DEFAULTS, NOW)
+    assert d.status.reason == "VerificationFailed" and "members" in d.status.message
 
 
 def test_delete_input_removes_converted_shards_after_verification() -> None:
     s = spec(shuffle={"seed": "1", "outputPrefix": "shuffled-", "deleteInput": True})
-    obs = Observed(previous={}, reports={0: report(0, 1), 1: report(1, 1)}, dsort=finished_dsort(),
-                   output=listing({"000000": ["a", "b"]}))  # fmt: skip
+    obs = converted(dsort=finished_dsort(), output=listing({"000000": ["a000", "a001", "a002", "b000", "b001"]}))
     d = decide(s, OWNER, obs, DEFAULTS, NOW)
     deletes = [a for a in d.actions if isinstance(a, DeleteObjects)]
     assert len(deletes) == 1 and deletes[0].names == (f"{BASE}w0000-00000.tar", f"{BASE}w0001-00000.tar")
@@ -226,15 +328,20 @@ def test_delete_input_removes_converted_shards_after_verification() -> None:
 
 def test_without_shuffle_the_converted_shards_are_verified_and_indexed() -> None:
     s = spec(shuffle=None)
-    obs = Observed(previous={}, reports={0: report(0, 2), 1: report(1, 1)})
+    obs = converted()
     d = decide(s, OWNER, obs, DEFAULTS, NOW)
     assert d.need_output and StartDsort not in kinds(d)
-    obs.output = listing({"w0000-00000": ["a", "b"], "w0001-00000": ["c"], "w0009-00000": ["stale"]}, BASE)
+    obs.output = listing({"w0000-00000": ["a000", "a001", "a002"], "w0001-00000": ["b000", "b001"]}, BASE)
     d = decide(s, OWNER, obs, DEFAULTS, NOW)
     assert d.status.phase == Phase.READY, d.status.message
     index = next(a for a in d.actions if isinstance(a, WriteIndex))
     assert index.name == "samples-index.json"
-    assert len(index.body["shardlist"]) == 2  # only the shards the converters reported
+    assert len(index.body["shardlist"]) == 2
+    # a shard nobody reported (left over from elsewhere) fails verification instead of being indexed
+    obs.output = listing({"w0000-00000": ["a000", "a001", "a002"], "w0001-00000": ["b000", "b001"],
+                          "w0009-00000": []}, BASE)  # fmt: skip
+    d = decide(s, OWNER, obs, DEFAULTS, NOW)
+    assert d.status.reason == "VerificationFailed" and "3 shards" in d.status.message
 
 
 def test_new_generation_cleans_up_the_previous_ones() -> None:
@@ -247,28 +354,13 @@ def test_new_generation_cleans_up_the_previous_ones() -> None:
     assert d.status.start_time == NOW
 
 
-def test_no_complete_samples_fails_instead_of_shuffling_nothing() -> None:
-    obs = Observed(previous={}, reports={0: report(0, 0, shards=0), 1: report(1, 0, shards=0)})
-    d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
+def test_no_complete_samples_fails_before_converting() -> None:
+    d = decide(spec(), OWNER, Observed(previous={}, plan=plan(0)), DEFAULTS, NOW)
     assert d.status.phase == Phase.FAILED and d.status.reason == "NoSamples"
-    assert "missing:cls: a, b" in d.status.message
+    assert "missing:cls: a, b" in d.status.message and CreateJob not in kinds(d)
 
 
 def test_fail_turns_a_decision_into_a_failure() -> None:
-    obs = Observed(previous={}, reports={0: report(0, 5), 1: report(1, 4)})
-    d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
+    d = decide(spec(), OWNER, converted(), DEFAULTS, NOW)
     reconcile.fail(d, "ShuffleRejected", "bad spec")
     assert d.actions == [] and d.status.phase == Phase.FAILED and d.events[-1].reason == "ShuffleRejected"
-
-
-@pytest.mark.parametrize(
-    ("entries", "expected"),
-    [
-        ([Entry("p-0.tar", 5), Entry("p-0.tar/a.jpg", 1), Entry("p-0.tar/a.cls", 1)], {"p-0.tar": (1, 5)}),
-        ([Entry("p-0.tar/d/a.jpg", 1), Entry("p-0.tar/e/a.jpg", 1)], {"p-0.tar": (2, 0)}),
-        ([Entry("q-0.tar/a.jpg", 1)], {}),
-        ([Entry("p-index.json", 9)], {}),
-    ],
-)
-def test_count_samples(entries: list[Entry], expected: dict[str, tuple[int, int]]) -> None:
-    assert count_samples(entries, "p-") == expected

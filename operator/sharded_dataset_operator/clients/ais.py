@@ -7,11 +7,14 @@ as `AisUnavailable` and the caller decides how to back off.
 
 from __future__ import annotations
 
+import json
 import logging
+import tarfile
 from collections.abc import Iterator
 from typing import Any
 
 import requests
+import urllib3
 from aistore.sdk import Client
 from aistore.sdk.errors import AISError, ErrBckNotFound, ErrObjNotFound, ErrRemoteBckNotFound
 from aistore.sdk.list_object_flag import ListObjectFlag
@@ -30,6 +33,21 @@ class AisUnavailable(Exception):
 
 class BucketNotFound(Exception):
     """The bucket does not exist."""
+
+
+class ListingError(Exception):
+    """A listing ended early or paged inconsistently: never to be read as a smaller dataset."""
+
+
+class BatchUnsupported(Exception):
+    """The cluster does not serve Get-Batch (an older AIS): read one object at a time instead."""
+
+
+class MissingObject(Exception):
+    """An object asked for in a Get-Batch request does not exist."""
+
+
+MAX_EMPTY_PAGES = 100  # pages with no entries but a continuation token, in a row, before a listing is refused
 
 
 def _retry_config(attempts: int) -> RetryConfig:
@@ -109,6 +127,139 @@ class Ais:
         except AISError as e:
             if e.status_code == 404:
                 raise BucketNotFound(f"bucket {provider}://{bucket} not found") from e
+            raise _unavailable(e) from e
+        except requests.RequestException as e:
+            raise AisUnavailable(f"AIS at {self.endpoint}: {e}") from e
+
+    def list_pages(
+        self,
+        bucket: str,
+        provider: str = "ais",
+        prefix: str = "",
+        *,
+        props: str = "name,size",
+        archives: bool = False,
+        page_size: int = 0,
+    ) -> Iterator[list[Any]]:
+        """The listing page by page (SDK `BucketEntry` lists), strictly: it must end with an empty
+        continuation token, and a run of empty pages that never ends is a `ListingError`."""
+        flags = [ListObjectFlag.ARCH_DIR] if archives else None
+        bck = self._bucket(bucket, provider)
+        token, uuid, empty = "", "", 0
+        while True:
+            try:
+                page = bck.list_objects(
+                    prefix=prefix,
+                    props=props,
+                    page_size=page_size,
+                    uuid=uuid,
+                    continuation_token=token,
+                    flags=flags,
+                )
+            except (ErrBckNotFound, ErrRemoteBckNotFound) as e:
+                raise BucketNotFound(f"bucket {provider}://{bucket} not found") from e
+            except AISError as e:
+                raise _unavailable(e) from e
+            except requests.RequestException as e:
+                raise AisUnavailable(f"AIS at {self.endpoint}: {e}") from e
+            entries = list(page.entries or [])
+            next_token = page.continuation_token or ""
+            uuid = page.uuid or uuid
+            if entries:
+                empty = 0
+                yield entries
+            elif next_token:
+                empty += 1
+                if empty > MAX_EMPTY_PAGES:
+                    raise ListingError(f"listing {provider}://{bucket}/{prefix} returned {empty} empty pages in a row")
+            if not next_token:
+                return
+            if next_token == token and not entries:
+                raise ListingError(f"listing {provider}://{bucket}/{prefix} does not advance past {token!r}")
+            token = next_token
+
+    def object_count(self, bucket: str, provider: str = "ais", prefix: str = "") -> int:
+        """How many objects the bucket holds under `prefix`, counted by the targets (bucket summary)."""
+        summary = self._call(lambda: self._bucket(bucket, provider).summary(prefix=prefix))
+        return int((summary or {}).get("ObjCount", {}).get("obj_count_present") or 0)
+
+    def checksum_type(self, bucket: str, provider: str = "ais") -> str:
+        """The bucket's checksum algorithm (what listings' `checksum` values are): xxhash2 by default."""
+        info = self._call(lambda: self._bucket(bucket, provider).info())
+        props = info[0] if isinstance(info, tuple) else info
+        if isinstance(props, str):
+            props = json.loads(props)
+        return str(((props or {}).get("checksum") or {}).get("type") or "unknown")
+
+    def get_batch(self, bucket: str, names: list[str], provider: str = "ais") -> list[bytes]:
+        """The objects' contents in order, in one Get-Batch request (a TAR stream).
+
+        Raises MissingObject if any is absent and BatchUnsupported if the cluster has no Get-Batch.
+        """
+        if not names:
+            return []
+        try:
+            stream = self.client.batch(list(names), bucket=self._bucket(bucket, provider)).get(raw=True)
+        except AISError as e:
+            if e.status_code in (405, 501) or (e.status_code in (400, 404) and "moss" in str(e).lower()):
+                raise BatchUnsupported(str(e)) from e
+            raise _unavailable(e) from e
+        except requests.RequestException as e:
+            raise AisUnavailable(f"AIS at {self.endpoint}: {e}") from e
+        out: list[bytes] = []
+        try:
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    i = len(out)
+                    if i >= len(names):
+                        raise AisUnavailable(f"Get-Batch returned more than the {len(names)} objects asked for")
+                    expected = f"{bucket}/{names[i]}"
+                    if member.name != expected:
+                        if member.name.startswith("__404__/"):
+                            raise MissingObject(f"{provider}://{bucket}/{names[i]} not found")
+                        raise AisUnavailable(f"Get-Batch returned {member.name!r} where {expected!r} was due")
+                    f = tar.extractfile(member)
+                    out.append(f.read() if f is not None else b"")
+        except (tarfile.TarError, OSError, urllib3.exceptions.HTTPError) as e:
+            raise AisUnavailable(f"Get-Batch stream from {self.endpoint} broke: {e}") from e
+        finally:
+            stream.close()
+        if len(out) != len(names):
+            raise AisUnavailable(f"Get-Batch returned {len(out)} of the {len(names)} objects asked for")
+        return out
+
+    def exists(self, bucket: str, name: str, provider: str = "ais") -> bool:
+        try:
+            self._bucket(bucket, provider).object(name).head()
+            return True
+        except (ErrObjNotFound, ErrBckNotFound):
+            return False
+        except AISError as e:
+            if e.status_code == 404:
+                return False
+            raise _unavailable(e) from e
+        except requests.RequestException as e:
+            raise AisUnavailable(f"AIS at {self.endpoint}: {e}") from e
+
+    def stream_lines(self, bucket: str, name: str, provider: str = "ais") -> Iterator[str]:
+        """An object's text lines (without line ends), read as a stream; nothing if the object is absent."""
+        try:
+            reader = self._bucket(bucket, provider).object(name).get_reader()
+            tail = b""
+            for chunk in reader:
+                tail += chunk
+                *lines, tail = tail.split(b"\n")
+                for line in lines:
+                    yield line.rstrip(b"\r").decode("utf-8", errors="replace")
+            if tail:
+                yield tail.rstrip(b"\r").decode("utf-8", errors="replace")
+        except (ErrObjNotFound, ErrBckNotFound):
+            return
+        except AISError as e:
+            if e.status_code == 404:
+                return
             raise _unavailable(e) from e
         except requests.RequestException as e:
             raise AisUnavailable(f"AIS at {self.endpoint}: {e}") from e
@@ -205,6 +356,7 @@ class Ais:
         if not per_target:
             return None
         finished, aborted, records, shards, desc = True, False, 0, 0, ""
+        inputs = extracted = to_create = 0
         errors: list[str] = []
         for info in per_target.values():
             m = info.get("Metrics") or {}
@@ -213,8 +365,12 @@ class Ais:
             creation = m.get("shard_creation") or {}
             finished = finished and bool(creation.get("finished"))
             errors.extend(str(e) for e in (m.get("errors") or []))
-            records += int((m.get("local_extraction") or {}).get("extracted_record_count") or 0)
+            extraction = m.get("local_extraction") or {}
+            records += int(extraction.get("extracted_record_count") or 0)
+            inputs += int(extraction.get("total_count") or 0)
+            extracted += int(extraction.get("extracted_count") or 0)
             shards += int(creation.get("created_count") or 0)
+            to_create += int(creation.get("to_create") or 0)
         return DsortJob(
             id=job_id,
             description=desc,
@@ -223,6 +379,9 @@ class Ais:
             errors=tuple(dict.fromkeys(errors)),
             extracted_records=records,
             created_shards=shards,
+            input_shards=inputs,
+            extracted_shards=extracted,
+            to_create=to_create,
         )
 
     def dsort_abort(self, job_id: str) -> None:

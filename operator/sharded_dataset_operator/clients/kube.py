@@ -40,6 +40,10 @@ def core() -> client.CoreV1Api:
     return client.CoreV1Api(_api())
 
 
+# Pods that write into AIS: the planner and the converters (stopped before their generation is cleaned up).
+WRITERS = f"{naming.LABEL_COMPONENT} in (planner,converter)"
+
+
 def get_dataset(namespace: str, name: str) -> dict[str, Any] | None:
     try:
         obj: dict[str, Any] = custom().get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, name)
@@ -117,9 +121,7 @@ def pod_failure_messages(namespace: str, job_name: str) -> str:
 
 
 def stale_jobs(namespace: str, owner: str, generation: int) -> list[str]:
-    jobs = batch().list_namespaced_job(
-        namespace, label_selector=f"{naming.LABEL_NAME}={owner},{naming.LABEL_COMPONENT}=converter"
-    )
+    jobs = batch().list_namespaced_job(namespace, label_selector=f"{naming.LABEL_NAME}={owner},{WRITERS}")
     return sorted(
         j.metadata.name
         for j in jobs.items
@@ -147,13 +149,13 @@ def delete_jobs(namespace: str, names: tuple[str, ...]) -> None:
 
 def converter_pods(namespace: str, owner: str, generation: int) -> list[str]:
     """Names of the converter pods of one generation that still exist."""
-    selector = f"{naming.LABEL_NAME}={owner},{naming.LABEL_COMPONENT}=converter,{naming.LABEL_GENERATION}={generation}"
+    selector = f"{naming.LABEL_NAME}={owner},{WRITERS},{naming.LABEL_GENERATION}={generation}"
     return [p.metadata.name for p in core().list_namespaced_pod(namespace, label_selector=selector).items]
 
 
 def stop_converters(namespace: str, owner: str, timeout: float = 60.0) -> bool:
     """Delete every converter Job of `owner` and wait until their pods are gone (nothing writes any more)."""
-    selector = f"{naming.LABEL_NAME}={owner},{naming.LABEL_COMPONENT}=converter"
+    selector = f"{naming.LABEL_NAME}={owner},{WRITERS}"
     for job in batch().list_namespaced_job(namespace, label_selector=selector).items:
         try:
             batch().delete_namespaced_job(job.metadata.name, namespace, propagation_policy="Foreground")

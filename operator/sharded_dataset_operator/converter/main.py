@@ -1,15 +1,15 @@
-"""Converter worker: one pod of the Indexed Job converts its partition of the raw samples into tar shards.
+"""Converter worker: one pod of the Indexed Job converts its slice of the plan into tar shards.
 
 Run as `python -m sharded_dataset_operator.converter.main` with `SDS_CONVERTER_CONFIG` (JSON, built by
 `builders.converter_config`), `JOB_COMPLETION_INDEX`, `AIS_ENDPOINT` and optionally `AIS_AUTHN_TOKEN`.
 
-Every worker lists the whole source (sorted), groups it into samples with the same rules, and takes the
-contiguous slice `partition(keys, workers, index)` of the complete samples, so the partitioning is
-deterministic and needs no coordination. Members are fetched by a small thread pool with a byte-bounded
-read-ahead, shards are built in memory and uploaded whole by one background upload, so memory stays near two
-shards whatever the dataset size, and nothing touches the local disk. Shard names and tar metadata are
-fixed, so a retried or rerun worker rewrites byte-identical objects. The worker finishes by writing its
-report object, which is what the operator counts.
+The planner has already listed and grouped the source (`planner.py`); worker `i` of `W` reads the plan's
+manifest and streams only the chunks holding its samples ``[i*N//W, (i+1)*N//W)``. Raw files are read in
+batches (Get-Batch, `reads.py`) with a bounded read-ahead sized from the pod's memory limit, shards are built
+in memory and uploaded whole by one background upload, so memory stays near two shards plus the read-ahead
+whatever the dataset size. Shard names and tar metadata are fixed, so a retried or rerun worker rewrites
+byte-identical objects. Every few seconds the worker publishes a small progress object; it finishes by
+writing its report (what it wrote, with member totals for verification), which is what the operator counts.
 
 Exit codes: 0 done; 2 a permanent problem (the Job's podFailurePolicy fails the index at once); 1 anything
 else (retried by the Job up to `backoffLimitPerIndex`).
@@ -17,38 +17,36 @@ else (retried by the Job up to `backoffLimitPerIndex`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import sys
 import time
-from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from .. import naming
-from ..builders import CONFIG_ENV, EXIT_PERMANENT, ORDER_MEMBER, order_rank
+from .. import naming, plan
+from ..builders import ORDER_MEMBER, order_rank
 from ..clients.ais import Ais
-from ..samples import FieldRule, LabelRule, Sample, group_samples, parse_labels, partition
-from .sources import AisSource, Source, SourceError, VolumeSource
+from ..verify import Totals
+from .common import PermanentError, make_source, run_main
+from .reads import ReadPlan, read_samples
+from .sources import READS_BATCH, Source
 from .tarshard import FinishedShard, ShardCutter, encode_sample
 
 log = logging.getLogger("sds.converter")
-TERMINATION_LOG = "/dev/termination-log"
 
-
-class PermanentError(Exception):
-    """A problem a retry cannot fix (bad source, bad labels file)."""
-
-
-@dataclass
-class Tuning:
-    fetch_threads: int = 16
-    readahead_bytes: int = 64 * 1024 * 1024
-    readahead_samples: int = 512
+MiB = 1024 * 1024
+RUNTIME_BYTES = 80 * MiB  # interpreter, libraries, connection buffers (measured ~60 MiB RSS idle)
+MIN_READAHEAD = 4 * MiB
+MAX_READAHEAD = 64 * MiB
+PROGRESS_INTERVAL = 3.0
+CGROUP_MEMORY_LIMITS = (
+    Path("/sys/fs/cgroup/memory.max"),  # cgroup v2
+    Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),  # cgroup v1
+)
+UNLIMITED = 1 << 60
 
 
 @dataclass
@@ -56,16 +54,16 @@ class Report:
     worker: int
     workers: int
     generation: int
-    listing_digest: str = ""
     partition: int = 0
     written: int = 0
     total_bytes: int = 0
     shards: list[dict[str, Any]] = field(default_factory=list)
-    skipped: dict[str, int] = field(default_factory=dict)
-    rejected_files: dict[str, int] = field(default_factory=dict)
-    examples: dict[str, list[str]] = field(default_factory=dict)
-    unmatched_files: int = 0
-    labels_without_files: int = 0
+    totals: Totals = field(default_factory=Totals)
+    read_mode: str = ""
+    batch_requests: int = 0
+    object_requests: int = 0
+    files_read: int = 0
+    readahead_bytes: int = 0
     seconds: float = 0.0
 
     def to_json(self) -> bytes:
@@ -74,17 +72,18 @@ class Report:
                 "worker": self.worker,
                 "workers": self.workers,
                 "generation": self.generation,
-                "listingDigest": self.listing_digest,
                 "partitionSamples": self.partition,
                 "written": self.written,
                 "bytes": self.total_bytes,
                 "shards": self.shards,
-                # dataset-wide counts, identical in every worker's report
-                "skipped": self.skipped,
-                "rejectedFiles": self.rejected_files,
-                "examples": self.examples,
-                "unmatchedFiles": self.unmatched_files,
-                "labelsWithoutFiles": self.labels_without_files,
+                **self.totals.to_dict(),
+                "reads": {
+                    "mode": self.read_mode,
+                    "batchRequests": self.batch_requests,
+                    "objectRequests": self.object_requests,
+                    "files": self.files_read,
+                    "readaheadBytes": self.readahead_bytes,
+                },
                 "seconds": round(self.seconds, 3),
             },
             sort_keys=True,
@@ -114,168 +113,205 @@ class ShardSink:
         self.pool.shutdown()
 
 
-def _fetch_sample(
-    source: Source, sample: Sample, label_name: str | None, order_seed: str | None
-) -> list[tuple[str, bytes]]:
-    members: list[tuple[str, bytes]] = []
-    for name, raw in sample.files:
-        data = source.read(raw.path)
-        if data is None:
-            raise RuntimeError(f"{raw.path} disappeared during conversion")
-        members.append((name, data))
-    if label_name is not None and sample.label is not None:
-        members.append((label_name, sample.label.encode()))
-    if order_seed is not None:
-        members.append((ORDER_MEMBER, str(order_rank(order_seed, sample.key)).encode()))
-    return members
+def memory_limit() -> int | None:
+    """The container's cgroup memory limit in bytes, None when unlimited or unknown."""
+    for path in CGROUP_MEMORY_LIMITS:
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        return int(text) if text.isdigit() and int(text) < UNLIMITED else None
+    return None
 
 
-def _prefetch(
-    source: Source, samples: list[Sample], label_name: str | None, order_seed: str | None, tuning: Tuning
-) -> Iterator[tuple[Sample, list[tuple[str, bytes]]]]:
-    """Fetch samples concurrently, yield them in order; bounded by bytes and count in flight."""
-    with ThreadPoolExecutor(max_workers=tuning.fetch_threads, thread_name_prefix="fetch") as pool:
-        window: deque[tuple[Sample, int, Future[list[tuple[str, bytes]]]]] = deque()
-        in_flight = 0
-        it = iter(samples)
-        exhausted = False
-        while True:
-            while not exhausted and (
-                not window or (in_flight < tuning.readahead_bytes and len(window) < tuning.readahead_samples)
-            ):
-                nxt = next(it, None)
-                if nxt is None:
-                    exhausted = True
-                    break
-                size = sum(f.size for _, f in nxt.files)
-                window.append((nxt, size, pool.submit(_fetch_sample, source, nxt, label_name, order_seed)))
-                in_flight += size
-            if not window:
-                return
-            sample, size, fut = window.popleft()
-            in_flight -= size
-            yield sample, fut.result()
+def read_plan(config: dict[str, Any], limit: int | None) -> ReadPlan:
+    """Batch limits from the config; the read-ahead from what the memory limit leaves after the shards.
 
-
-def convert(config: dict[str, Any], index: int, ais: Ais, source: Source, tuning: Tuning | None = None) -> Report:
-    tuning = tuning or Tuning()
-    started = time.monotonic()
-    workers = int(config["workers"])
-    out = config["output"]
-    report = Report(worker=index, workers=workers, generation=int(config["generation"]))
-
-    try:
-        files = source.list()
-    except SourceError as e:
-        raise PermanentError(str(e)) from e
-    report.listing_digest = hashlib.sha256("\n".join(f"{f.path}\t{f.size}" for f in files).encode()).hexdigest()[:16]
-
-    fields = [FieldRule(pattern=f["pattern"], name=f["name"]) for f in config["fields"]]
-    label_rule = None
-    labels = None
-    if config.get("labels"):
-        lr = config["labels"]
-        label_rule = LabelRule(
-            path=lr["path"],
-            key_column=int(lr["keyColumn"]),
-            value_column=int(lr["valueColumn"]),
-            name=lr["name"],
+    A worker holds the shard being built, its joined copy while it is cut and the one uploading (3 shards),
+    the runtime, and the read-ahead. A limit that cannot fit that with the minimum read-ahead is a permanent
+    error naming the numbers, not an OOM-kill loop.
+    """
+    reads = config.get("reads") or {}
+    shard = int(config["output"].get("maxBytes") or 0) or 64 * MiB
+    readahead = MAX_READAHEAD
+    if limit is not None:
+        spare = limit - 3 * shard - RUNTIME_BYTES
+        if spare < MIN_READAHEAD:
+            need = (3 * shard + RUNTIME_BYTES + MIN_READAHEAD) // MiB + 1
+            raise PermanentError(
+                f"memory limit {limit // MiB}Mi is too small for shards of {shard // MiB}Mi: "
+                f"a converter needs at least {need}Mi (3 shards + runtime + read-ahead); raise "
+                "spec.conversion.resources.limits.memory or lower spec.output.maxShardSize"
+            )
+        readahead = max(MIN_READAHEAD, min(MAX_READAHEAD, spare // 2))
+    if str(reads.get("mode") or READS_BATCH) == READS_BATCH:
+        return ReadPlan(
+            batch_objects=int(reads.get("batchObjects") or 256),
+            batch_bytes=min(int(reads.get("batchBytes") or 8 * MiB), readahead),
+            batches_in_flight=3,
+            readahead_bytes=readahead,
         )
-        text = source.read(label_rule.path)
-        if text is None:
-            raise PermanentError(f"labels file {label_rule.path} not found in {source.describe()}")
-        labels = parse_labels(text.decode("utf-8", errors="replace"), label_rule.key_column, label_rule.value_column)
-
-    grouped = group_samples(files, fields, label_rule, labels, list(config["required"]))
-    report.skipped = dict(grouped.skipped)
-    report.rejected_files = dict(grouped.rejected_files)
-    report.examples = {k: list(v) for k, v in grouped.examples.items()}
-    report.unmatched_files = grouped.unmatched_files
-    report.labels_without_files = grouped.labels_without_files
-
-    start, end = partition([s.key for s in grouped.samples], workers, index)
-    mine = grouped.samples[start:end]
-    report.partition = len(mine)
-    log.info(
-        "worker %d/%d: %d files, %d complete samples, mine [%d, %d)",
-        index,
-        workers,
-        len(files),
-        len(grouped.samples),
-        start,
-        end,
+    # one GET per file: small batches, many in flight
+    return ReadPlan(
+        batch_objects=4, batch_bytes=min(8 * MiB, readahead), batches_in_flight=16, readahead_bytes=readahead
     )
 
+
+class Progress:
+    """Publishes `progress-wNNNN.json` at most every `interval` seconds (and once at the end)."""
+
+    def __init__(
+        self,
+        ais: Ais,
+        out: dict[str, Any],
+        worker: int,
+        generation: int,
+        partition: int,
+        interval: float = PROGRESS_INTERVAL,
+    ) -> None:
+        self.ais, self.out, self.worker, self.generation = ais, out, worker, generation
+        self.partition, self.interval = partition, interval
+        self.name = naming.progress_name(str(out["base"]), worker)
+        self.last = time.monotonic()
+
+    def tick(self, samples: int, nbytes: int, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < self.interval:
+            return
+        self.last = now
+        body = {
+            "worker": self.worker,
+            "generation": self.generation,
+            "partitionSamples": self.partition,
+            "samples": samples,
+            "bytes": nbytes,
+        }
+        try:
+            self.ais.put(self.out["bucket"], self.name, json.dumps(body, sort_keys=True).encode(), self.out["provider"])
+        except Exception as e:  # progress is best effort; the report is what counts
+            log.warning("could not publish progress: %s", e)
+
+
+def load_manifest(ais: Ais, out: dict[str, Any], generation: int) -> dict[str, Any]:
+    data = ais.get(out["bucket"], naming.plan_manifest_name(str(out["base"])), out["provider"])
+    if data is None:
+        raise RuntimeError("the plan is missing (the planner has not finished?)")
+    manifest: dict[str, Any] = json.loads(data)
+    if manifest.get("kind") != plan.PLAN_KIND or int(manifest.get("generation", -1)) != generation:
+        raise PermanentError(
+            f"plan {naming.plan_manifest_name(str(out['base']))} is not a {plan.PLAN_KIND} of generation {generation}"
+        )
+    return manifest
+
+
+def convert(
+    config: dict[str, Any],
+    index: int,
+    ais: Ais,
+    source: Source,
+    limit: int | None = None,
+    progress_interval: float = PROGRESS_INTERVAL,
+) -> Report:
+    started = time.monotonic()
+    workers = int(config["workers"])
+    generation = int(config["generation"])
+    out = config["output"]
     base = str(out["base"])
+    report = Report(worker=index, workers=workers, generation=generation)
+    rp = read_plan(config, limit)
+    report.readahead_bytes = rp.readahead_bytes
+    manifest = load_manifest(ais, out, generation)
+    start, end = plan.worker_range(manifest, workers, index)
+    report.partition = end - start
+    log.info(
+        "worker %d/%d: samples [%d, %d) of %d; read-ahead %d MiB",
+        index,
+        workers,
+        start,
+        end,
+        manifest["samples"],
+        rp.readahead_bytes // MiB,
+    )
+
+    def chunk_lines(name: str) -> Iterator[str]:
+        data = ais.get(out["bucket"], name, out["provider"])
+        if data is None:
+            raise plan.PlanError(f"plan chunk {name} is missing")
+        return iter(data.decode("utf-8").splitlines())
+
+    label_name = (config.get("labels") or {}).get("name")
+    order_seed = config.get("orderSeed")
     sink = ShardSink(ais, out["bucket"], out["provider"])
     cutter = ShardCutter(out.get("maxSamples"), out.get("maxBytes"))
+    progress = Progress(ais, out, index, generation, report.partition, progress_interval)
+    pending = Totals()  # members of the shard being built
+    pending_bytes = 0
 
-    def emit(shard: FinishedShard) -> None:
+    def emit(shard: FinishedShard, totals: Totals) -> None:
         name = naming.shard_name(base, index, len(report.shards))
         sink.submit(name, shard.data)
-        report.shards.append({"name": name, "samples": shard.samples, "bytes": len(shard.data)})
+        report.shards.append(
+            {"name": name, "samples": shard.samples, "bytes": len(shard.data), "memberBytes": totals.member_bytes}
+        )
         report.written += shard.samples
         report.total_bytes += len(shard.data)
+        report.totals.merge(totals)
 
+    done = 0
     try:
-        for sample, members in _prefetch(
-            source, mine, label_rule.name if label_rule else None, config.get("orderSeed"), tuning
-        ):
-            done = cutter.add(sample.key, encode_sample(sample.key, members))
-            if done is not None:
-                emit(done)
+        samples = plan.read_range(manifest, start, end, chunk_lines)
+        for sample, members in read_samples(samples, source.read_many, rp):
+            for (_, raw), (_, data) in zip(sample.files, members, strict=True):
+                if len(data) != raw.size:
+                    raise PermanentError(
+                        f"{raw.path} is {len(data)} bytes but was {raw.size} when the source was listed: the "
+                        "source changed during the run; change the spec (or recreate the resource) to rerun"
+                    )
+            if label_name is not None and sample.label is not None:
+                members.append((label_name, sample.label.encode()))
+            if order_seed is not None:
+                members.append((ORDER_MEMBER, str(order_rank(order_seed, sample.key)).encode()))
+            encoded = encode_sample(sample.key, members)
+            finished = cutter.add(sample.key, encoded)
+            if finished is not None:
+                emit(finished, pending)
+                pending = Totals()
+            for name, data in members:
+                pending.add(f"{sample.key}.{name}", len(data))
+            pending_bytes += len(encoded)
+            done += 1
+            progress.tick(done, pending_bytes)
         last = cutter.finish()
         if last is not None:
-            emit(last)
+            emit(last, pending)
     finally:
         sink.close()
+    reads = getattr(source, "reads", None)
+    if reads is not None:
+        report.batch_requests, report.object_requests, report.files_read = (
+            reads.batch_requests,
+            reads.object_requests,
+            reads.files,
+        )
+    report.read_mode = str(getattr(source, "mode", "file"))
     report.seconds = time.monotonic() - started
+    progress.tick(done, report.total_bytes, force=True)
     ais.put(out["bucket"], naming.report_name(base, index), report.to_json(), out["provider"])
     return report
 
 
-def _terminate(message: str) -> None:
-    try:
-        with open(TERMINATION_LOG, "w") as f:
-            f.write(message[:4000])
-    except OSError:
-        pass
-
-
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=os.environ.get("SDS_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        config = json.loads(os.environ[CONFIG_ENV])
-        index = int(os.environ["JOB_COMPLETION_INDEX"])
-        endpoint = os.environ["AIS_ENDPOINT"]
-    except (KeyError, ValueError) as e:
-        _terminate(f"converter misconfigured: {e}")
-        return EXIT_PERMANENT
-    ais = Ais(endpoint, os.environ.get("AIS_AUTHN_TOKEN") or None, attempts=5, pool=32)
-    src = config["source"]
-    source: Source = (
-        AisSource(ais, src["bucket"], src["provider"], src.get("prefix", ""))
-        if src["kind"] == "ais"
-        else VolumeSource(src["root"])
-    )
-    try:
-        report = convert(config, index, ais, source)
-    except PermanentError as e:
-        log.error("permanent failure: %s", e)
-        _terminate(str(e))
-        return EXIT_PERMANENT
-    except Exception as e:
-        log.exception("conversion failed")
-        _terminate(f"{type(e).__name__}: {e}")
-        return 1
-    summary = (
+def run(config: dict[str, Any], index: int, ais: Ais) -> str:
+    report = convert(config, index, ais, make_source(config, ais), memory_limit())
+    return (
         f"worker {index}: {report.written} samples in {len(report.shards)} shards, "
-        f"{report.total_bytes / 2**20:.1f} MiB in {report.seconds:.1f}s"
+        f"{report.total_bytes / 2**20:.1f} MiB in {report.seconds:.1f}s "
+        f"({report.batch_requests} batch and {report.object_requests} single reads)"
     )
-    log.info(summary)
-    _terminate(summary)
-    return 0
+
+
+def main() -> int:
+    return run_main(run)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    raise SystemExit(main())

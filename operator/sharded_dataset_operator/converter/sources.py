@@ -1,43 +1,120 @@
-"""Where raw files come from: an AIS bucket (under a prefix) or a mounted volume."""
+"""Where raw files come from: an AIS bucket (under a prefix) or a mounted volume.
+
+A source is listed as a stream (`files`, in the source's own order: the planner sorts), read in batches
+(`read_many`: Get-Batch for AIS, or one GET per file when the cluster lacks Get-Batch or the config asks
+for it; direct file reads for a volume), and its label table is streamed line by line (`lines`).
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ..clients.ais import Ais, BucketNotFound
+from ..clients.ais import Ais, BatchUnsupported, BucketNotFound, ListingError, MissingObject
 from ..samples import RawFile
+from .reads import MissingFile
+
+log = logging.getLogger("sds.converter")
+
+READS_BATCH = "batch"
+READS_OBJECT = "object"
 
 
 class SourceError(Exception):
     """The source cannot be read at all (missing bucket or directory); retrying will not help."""
 
 
-class Source(Protocol):
-    def list(self) -> list[RawFile]:
-        """Every file, with paths relative to the dataset root, sorted."""
+@dataclass(slots=True)
+class ListingStats:
+    files: int = 0
+    pages: int = 0
 
-    def read(self, path: str) -> bytes | None:
-        """File content, or None if it vanished."""
+
+@dataclass(slots=True)
+class ReadStats:
+    batch_requests: int = 0
+    object_requests: int = 0
+    files: int = 0
+
+
+class Source(Protocol):
+    listing: ListingStats
+    reads: ReadStats
+
+    def files(self) -> Iterator[RawFile]:
+        """Every file once, paths relative to the dataset root; raises ListingError on an inconsistent listing."""
+        ...
+
+    def read_many(self, paths: Sequence[str]) -> list[bytes]:
+        """Contents in order; raises MissingFile if one is gone."""
+        ...
+
+    def lines(self, path: str) -> Iterator[str] | None:
+        """A text file's lines, streamed; None if it does not exist."""
+        ...
 
     def describe(self) -> str: ...
 
 
 class AisSource:
-    def __init__(self, ais: Ais, bucket: str, provider: str, prefix: str) -> None:
+    def __init__(self, ais: Ais, bucket: str, provider: str, prefix: str, reads: str = READS_BATCH) -> None:
         self.ais, self.bucket, self.provider, self.prefix = ais, bucket, provider, prefix
+        self.mode = reads
+        self.listing = ListingStats()
+        self.reads = ReadStats()
 
-    def list(self) -> list[RawFile]:
+    def files(self) -> Iterator[RawFile]:
+        n = len(self.prefix)
         try:
-            entries = list(self.ais.list_objects(self.bucket, self.provider, self.prefix))
+            for page in self.ais.list_pages(self.bucket, self.provider, self.prefix):
+                self.listing.pages += 1
+                for e in page:
+                    self.listing.files += 1
+                    if len(e.name) > n:
+                        yield RawFile(path=e.name[n:], size=int(e.size or 0))
         except BucketNotFound as e:
             raise SourceError(f"source bucket {self.describe()} not found") from e
-        n = len(self.prefix)
-        return sorted((RawFile(path=e.name[n:], size=e.size) for e in entries if len(e.name) > n), key=lambda f: f.path)
+        # AIS 5.0's paged listing can skip objects when a directory has siblings named like it plus a
+        # character sorting before '/' (e.g. `train/` next to `train.txt`): cross-check the count.
+        counted = self.ais.object_count(self.bucket, self.provider, self.prefix)
+        if counted != self.listing.files:
+            raise ListingError(
+                f"listing {self.describe()} returned {self.listing.files} objects but the cluster counts {counted}; "
+                "refusing to convert a partial listing (names such as 'd.txt' next to a directory 'd/' trigger "
+                "an AIS 5.0 paged-listing bug; renaming them avoids it)"
+            )
 
-    def read(self, path: str) -> bytes | None:
-        return self.ais.get(self.bucket, self.prefix + path, self.provider, direct=True)
+    def read_many(self, paths: Sequence[str]) -> list[bytes]:
+        names = [self.prefix + p for p in paths]
+        if self.mode == READS_BATCH:
+            try:
+                out = self.ais.get_batch(self.bucket, names, self.provider)
+                self.reads.batch_requests += 1
+                self.reads.files += len(out)
+                return out
+            except MissingObject as e:
+                raise MissingFile(f"{e} (it disappeared during conversion)") from e
+            except BatchUnsupported as e:
+                log.warning("Get-Batch is not available (%s): reading one object at a time", e)
+                self.mode = READS_OBJECT
+        out = []
+        for name in names:
+            data = self.ais.get(self.bucket, name, self.provider, direct=True)
+            self.reads.object_requests += 1
+            if data is None:
+                raise MissingFile(f"{self.provider}://{self.bucket}/{name} disappeared during conversion")
+            out.append(data)
+        self.reads.files += len(out)
+        return out
+
+    def lines(self, path: str) -> Iterator[str] | None:
+        if not self.ais.exists(self.bucket, self.prefix + path, self.provider):
+            return None
+        return self.ais.stream_lines(self.bucket, self.prefix + path, self.provider)
 
     def describe(self) -> str:
         return f"{self.provider}://{self.bucket}/{self.prefix}"
@@ -46,25 +123,46 @@ class AisSource:
 class VolumeSource:
     def __init__(self, root: str) -> None:
         self.root = Path(root)
+        self.listing = ListingStats()
+        self.reads = ReadStats()
 
-    def list(self) -> list[RawFile]:
+    def files(self) -> Iterator[RawFile]:
         if not self.root.is_dir():
             raise SourceError(f"source directory {self.root} does not exist")
-        files = []
         for dirpath, dirnames, filenames in os.walk(self.root):
             dirnames.sort()
-            for fn in filenames:
+            self.listing.pages += 1
+            for fn in sorted(filenames):
                 full = Path(dirpath) / fn
                 if full.is_symlink() or not full.is_file():
                     continue
-                files.append(RawFile(path=full.relative_to(self.root).as_posix(), size=full.stat().st_size))
-        return sorted(files, key=lambda f: f.path)
+                self.listing.files += 1
+                yield RawFile(path=full.relative_to(self.root).as_posix(), size=full.stat().st_size)
 
-    def read(self, path: str) -> bytes | None:
-        try:
-            return (self.root / path).read_bytes()
-        except FileNotFoundError:
+    def read_many(self, paths: Sequence[str]) -> list[bytes]:
+        out = []
+        for p in paths:
+            try:
+                out.append((self.root / p).read_bytes())
+            except FileNotFoundError as e:
+                raise MissingFile(f"{self.root / p} disappeared during conversion") from e
+        self.reads.files += len(out)
+        return out
+
+    def lines(self, path: str) -> Iterator[str] | None:
+        full = self.root / path
+        if not full.is_file():
             return None
+
+        def read() -> Iterator[str]:
+            with open(full, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    yield line.rstrip("\r\n")
+
+        return read()
 
     def describe(self) -> str:
         return f"volume:{self.root}"
+
+
+__all__ = ["AisSource", "ListingError", "Source", "SourceError", "VolumeSource"]

@@ -1,0 +1,286 @@
+"""Growth benchmark (`make bench-scale`, see bench/README.md): how cost grows with the dataset size.
+
+The same pipeline at three sizes of a many-small-files dataset (~4 KiB samples of two files: `data/*.bin`,
+`meta/*.json`; every 100th sample lacks its meta file) and at Oxford size:
+
+1. the planner and a 1-worker converter as host processes, reading with Get-Batch: samples/s, MiB/s, peak
+   RSS of each, source listing requests (the planner's listing pages; converters never list);
+2. the same converter with one GET per file (`reads.mode: object`, what v0.1 did) at the smallest size and
+   at Oxford size, for the Get-Batch speed-up, and at Oxford size the raw GET bound (bench/run.py's);
+3. a whole ShardedDataset (apply -> Ready, 2 converter workers, shuffled): the phase split and the operator
+   process's RSS before and at its peak.
+
+Writes bench/results/scale.json and scale.png. Needs the `hack/cluster.sh env` environment (`make bench-scale`
+sets it). Small-file buckets are created by promoting files (fast) and kept for later runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import run as base  # bench/run.py: process harness, converter measurements, AIS helpers
+
+SIZES = (10_000, 50_000, 200_000)
+QUICK_SIZES = (2_000, 8_000, 32_000)
+SAMPLE_BYTES = 4000  # + a ~10-byte json file: ~4 KiB samples
+NAMESPACE = "bench-scale"
+NAME = "bench-scale"
+OUT_BUCKET = "bench-scale-out"
+Result = dict[str, Any]
+
+
+def small_over() -> dict[str, Any]:
+    from sharded_dataset_operator import exampledata
+
+    return {
+        "samples": {"fields": [dict(f) for f in exampledata.SMALL_FIELDS]},
+        "output": {"bucket": base.CONV_BUCKET, "prefix": "scale-", "maxShardSize": "32MiB"},
+    }
+
+
+def ensure_small(endpoint: str, n: int) -> tuple[str, dict[str, int]]:
+    from sharded_dataset_operator import exampledata
+    from sharded_dataset_operator.clients.ais import Ais
+
+    bucket = f"bench-small-{n}"
+    counts = exampledata.small_counts(n)
+    ais = Ais(endpoint)
+    if ais.bucket_exists(bucket) and ais.object_count(bucket) == counts["files"]:
+        base.log(f"dataset ais://{bucket}: {counts['files']} files present")
+        return bucket, counts
+    base.drop_bucket(endpoint, bucket)
+    t = time.time()
+    exampledata.write_small_ais(endpoint, bucket, n, seed=n, size=SAMPLE_BYTES)
+    base.log(f"dataset ais://{bucket}: {counts['files']} files promoted in {time.time() - t:.0f} s")
+    return bucket, counts
+
+
+class RssSampler(threading.Thread):
+    """Peak RSS of the operator process (found on the host by its command line), sampled every 0.25 s."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak = 0.0
+        self.stop = threading.Event()
+
+    @staticmethod
+    def now() -> float:
+        import psutil  # type: ignore[import-untyped,unused-ignore]
+
+        pid = base.operator_pid()
+        return float(psutil.Process(pid).memory_info().rss) / base.MIB if pid else float("nan")
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            with contextlib.suppress(Exception):  # the process may restart; keep sampling
+                self.peak = max(self.peak, self.now())
+            self.stop.wait(0.25)
+
+
+def run_resource(endpoint: str, bucket: str, over: dict[str, Any] | None, workers: int, timeout: float) -> Result:
+    """apply -> Ready of a ShardedDataset over `bucket`; phase split from the status, operator RSS."""
+    from kubernetes import client as k8s
+    from kubernetes import config as kcfg
+    from kubernetes.client.rest import ApiException
+
+    kcfg.load_kube_config()
+    core, custom = k8s.CoreV1Api(), k8s.CustomObjectsApi()
+    group, version, plural = "shardeddataset.dev", "v1alpha1", "shardeddatasets"
+
+    def get() -> dict[str, Any] | None:
+        try:
+            obj: dict[str, Any] = custom.get_namespaced_custom_object(group, version, NAMESPACE, plural, NAME)
+            return obj
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def delete() -> None:
+        if get() is not None:
+            custom.delete_namespaced_custom_object(group, version, NAMESPACE, plural, NAME)
+            base._wait_gone(get, 300)
+
+    try:
+        core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=NAMESPACE)))
+        time.sleep(2)  # the default service account
+    except ApiException as e:
+        if e.status != 409:
+            raise
+    delete()
+    base.drop_bucket(endpoint, OUT_BUCKET)
+    spec = base.example_spec(bucket, OUT_BUCKET)
+    for k, v in (over or {}).items():
+        spec[k] = {**v, "bucket": OUT_BUCKET} if k == "output" else v
+    spec["conversion"] = {"workers": workers}
+    spec["shuffle"] = {**spec.get("shuffle", {}), "outputShardSize": "64MiB"}
+    rss = RssSampler()
+    rss_before = RssSampler.now()
+    rss.start()
+    marks: dict[str, float] = {}
+    t0 = time.time()
+    custom.create_namespaced_custom_object(
+        group,
+        version,
+        NAMESPACE,
+        plural,
+        {"apiVersion": f"{group}/{version}", "kind": "ShardedDataset", "metadata": {"name": NAME}, "spec": spec},
+    )
+    status: dict[str, Any] = {}
+    try:
+        while time.time() - t0 < timeout:
+            status = (get() or {}).get("status") or {}
+            reason = next((c["reason"] for c in status.get("conditions") or [] if c["type"] == "Reconciling"), "")
+            step = status.get("phase") if status.get("phase") in ("Ready", "Failed") else reason
+            if step and step not in marks:
+                marks[step] = time.time() - t0
+            if status.get("phase") in ("Ready", "Failed"):
+                break
+            time.sleep(0.2)
+    finally:
+        rss.stop.set()
+        rss.join()
+    if status.get("phase") != "Ready":
+        raise RuntimeError(f"bench resource did not become Ready: {json.dumps(status)[:2000]}")
+    order = ["Planning", "Converting", "Shuffling", "Verifying", "Ready"]
+    seen = [(s, marks[s]) for s in order if s in marks]
+    stages = {a.lower(): round(tb - ta, 2) for (a, ta), (_, tb) in itertools.pairwise(seen)}
+    base_prefix = status["artifacts"][0]["locations"][0]["prefix"]
+    from sharded_dataset_operator.clients.ais import Ais
+
+    plan = json.loads(Ais(endpoint).get(OUT_BUCKET, f"{base_prefix}plan.json") or b"{}")
+    out = {
+        "apply_to_ready_s": round(marks["Ready"], 2),
+        "stages_s": stages,
+        "samples": status["samples"]["written"],
+        "source_list_requests": plan.get("listPages"),
+        "plan_s": plan.get("seconds"),
+        "operator_rss_before_mib": round(rss_before, 1),
+        "operator_rss_peak_mib": round(max(rss.peak, rss_before), 1),
+    }
+    delete()
+    base.log(f"resource over {bucket}: Ready in {out['apply_to_ready_s']} s {stages}; operator peak RSS "
+             f"{out['operator_rss_peak_mib']} MiB")  # fmt: skip
+    return out
+
+
+def measure_size(endpoint: str, label: str, bucket: str, over: dict[str, Any] | None, object_reads: bool,
+                 timeout: float) -> Result:  # fmt: skip
+    conv = base.measure_converter(endpoint, bucket, 1, reads="batch", spec_over=over)
+    res: Result = {
+        "dataset": label,
+        "samples": conv["samples"],
+        "converter_samples_per_s": conv["samples_per_s"],
+        "converter_mib_per_s": conv["mib_per_s"],
+        "converter_peak_rss_mib": max(conv["peak_rss_mib_per_worker"]),
+        "planner_peak_rss_mib": conv["plan"]["peak_rss_mib"],
+        "planner_s": conv["plan"]["wall_s"],
+        "source_files": conv["plan"]["files"],
+        "source_list_requests": conv["plan"]["list_pages"],
+        "batch_requests": conv["batch_requests"],
+        "converter": conv,
+    }
+    if object_reads:
+        single = base.measure_converter(endpoint, bucket, 1, reads="object", spec_over=over)
+        res["object_reads"] = single
+        res["get_batch_speedup"] = round(conv["samples_per_s"] / single["samples_per_s"], 2)
+    res["resource"] = run_resource(endpoint, bucket, over, 2, timeout)
+    res["operator_peak_rss_mib"] = res["resource"]["operator_rss_peak_mib"]
+    return res
+
+
+def chart(res: Result, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    small = res["small"]
+    xs = [r["samples"] for r in small]
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(15, 4.5))
+    a1.plot(xs, [r["converter_samples_per_s"] for r in small], "o-", label="converter x1, Get-Batch")
+    for r in small:
+        if "object_reads" in r:
+            a1.plot([r["samples"]], [r["object_reads"]["samples_per_s"]], "s", color="#999", label="one GET per file")
+    a1.set(xscale="log", xlabel="samples (~4 KiB)", ylabel="samples/s", title="throughput", ylim=(0, None))
+    a1.legend(fontsize=8)
+    for key, name in (("converter_peak_rss_mib", "converter"), ("planner_peak_rss_mib", "planner"),
+                      ("operator_peak_rss_mib", "operator")):  # fmt: skip
+        a2.plot(xs, [r[key] for r in small], "o-", label=name)
+    a2.set(xscale="log", xlabel="samples", ylabel="peak RSS (MiB)", title="memory", ylim=(0, None))
+    a2.legend(fontsize=8)
+    bottoms = [0.0] * len(small)
+    for stage in ("planning", "converting", "shuffling", "verifying"):
+        vals = [r["resource"]["stages_s"].get(stage, 0.0) for r in small]
+        a3.bar([str(x) for x in xs], vals, bottom=bottoms, label=stage)
+        bottoms = [b + v for b, v in zip(bottoms, vals, strict=True)]
+    a3.set(xlabel="samples", ylabel="seconds", title="apply -> Ready (2 workers)")
+    a3.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help=f"sizes {QUICK_SIZES} and a 2,000-sample Oxford set")
+    ap.add_argument("--sizes", help="comma-separated small-file sample counts (overrides the defaults)")
+    ap.add_argument("--skip-oxford", action="store_true")
+    ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--out", type=Path, default=base.RESULTS)
+    args = ap.parse_args(argv)
+    endpoint = os.environ.get("AIS_ENDPOINT", "").rstrip("/")
+    if not endpoint:
+        ap.error('AIS_ENDPOINT is not set: eval "$(hack/cluster.sh env)" (make bench-scale does this)')
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else list(QUICK_SIZES if args.quick else SIZES)
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    res: Result = {"host_cpus": os.cpu_count(), "sample_bytes": SAMPLE_BYTES, "sizes": sizes, "small": []}
+    for i, n in enumerate(sizes):
+        bucket, counts = ensure_small(endpoint, n)
+        r = measure_size(endpoint, f"small-{n}", bucket, small_over(), i == 0, args.timeout)
+        r["complete_samples_expected"] = counts["complete"]
+        res["small"].append(r)
+    if not args.skip_oxford:
+        n = 2000 if args.quick else base.FULL_SAMPLES
+        raw = base.DEFAULT_RAW_BUCKET if not args.quick else base.SMALL_BUCKET
+        base.ensure_dataset(endpoint, raw, n)
+        ox = measure_size(endpoint, f"oxford-{n}", raw, None, True, args.timeout)
+        ox["get_bound"] = base.measure_get(endpoint, raw, 1)
+        ox["converter_vs_get_bound"] = round(ox["converter_mib_per_s"] / ox["get_bound"]["mib_per_s"], 3)
+        res["oxford"] = ox
+    first, last = res["small"][0], res["small"][-1]
+    res["growth"] = {
+        "samples_ratio": round(last["samples"] / first["samples"], 1),
+        "converter_rss_ratio": round(last["converter_peak_rss_mib"] / first["converter_peak_rss_mib"], 3),
+        "planner_rss_ratio": round(last["planner_peak_rss_mib"] / first["planner_peak_rss_mib"], 3),
+        "operator_rss_ratio": round(last["operator_peak_rss_mib"] / first["operator_peak_rss_mib"], 3),
+        "converter_samples_per_s_ratio": round(last["converter_samples_per_s"] / first["converter_samples_per_s"], 3),
+    }
+    res["targets"] = {
+        "small_get_batch_speedup_ge_3": first.get("get_batch_speedup", 0) >= 3,
+        "converter_rss_within_15pct": res["growth"]["converter_rss_ratio"] <= 1.15,
+        "operator_rss_within_15pct": res["growth"]["operator_rss_ratio"] <= 1.15,
+        "oxford_vs_get_bound_ge_0_9": ("oxford" in res and res["oxford"]["converter_vs_get_bound"] >= 0.9) or None,
+        "one_listing_per_run": all(
+            r["resource"]["source_list_requests"] == r["source_list_requests"] for r in res["small"]
+        ),
+    }
+    res["bench_wall_s"] = round(time.time() - started, 1)
+    (args.out / "scale.json").write_text(json.dumps(res, indent=1) + "\n")
+    chart(res, args.out / "scale.png")
+    print(json.dumps({"growth": res["growth"], "targets": res["targets"]}, indent=1))
+    print(f"results: {args.out / 'scale.json'}, {args.out / 'scale.png'}; wall {res['bench_wall_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

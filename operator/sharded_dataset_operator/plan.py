@@ -1,0 +1,114 @@
+"""The conversion plan: what the planner writes once per run and every converter worker streams its slice of.
+
+The planner lists the source once, groups it (`samples.Grouper` over an external sort) and writes the
+complete samples, sorted by key, as chunk objects of `CHUNK_SAMPLES` samples (one JSON line per sample:
+``[key, label, [[member, path, size], ...]]``), then the manifest (`plan.json`): how many samples there are,
+the chunk names, and the dataset-wide counts (skips by reason, rejected files, examples, the listing digest).
+Worker `i` of `W` converts samples ``[i*N//W, (i+1)*N//W)``: it reads the manifest and streams only the chunks
+that overlap its range. The plan does not depend on `W`, and neither do the counts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from . import naming
+from .samples import RawFile, Sample, partition_range
+
+PLAN_KIND = "sds-plan-v1"
+CHUNK_SAMPLES = 10_000
+
+
+class PlanError(Exception):
+    """The plan objects are missing or inconsistent (a chunk shorter than the manifest says, say)."""
+
+
+def encode_sample(sample: Sample) -> str:
+    """One plan line (no newline)."""
+    files = [[name, raw.path, raw.size] for name, raw in sample.files]
+    return json.dumps([sample.key, sample.label, files], ensure_ascii=False, separators=(",", ":"))
+
+
+def decode_sample(line: str) -> Sample:
+    key, label, files = json.loads(line)
+    return Sample(
+        key=str(key),
+        files=tuple((str(name), RawFile(str(path), int(size))) for name, path, size in files),
+        label=None if label is None else str(label),
+    )
+
+
+class ChunkWriter:
+    """Cuts the sorted sample stream into chunk objects; `put` is called with (object name, bytes)."""
+
+    def __init__(self, put: Callable[[str, bytes], None], base: str, chunk_samples: int = CHUNK_SAMPLES) -> None:
+        if chunk_samples < 1:
+            raise ValueError("chunk_samples must be positive")
+        self.put, self.base, self.chunk_samples = put, base, chunk_samples
+        self.chunks: list[str] = []
+        self.samples = 0
+        self.bytes = 0
+        self.members = 0
+        self._lines: list[str] = []
+
+    def add(self, sample: Sample) -> None:
+        self._lines.append(encode_sample(sample))
+        self.samples += 1
+        self.members += len(sample.files)
+        self.bytes += sum(raw.size for _, raw in sample.files)
+        if len(self._lines) >= self.chunk_samples:
+            self._flush()
+
+    def _flush(self) -> None:
+        name = naming.plan_chunk_name(self.base, len(self.chunks))
+        self.put(name, ("\n".join(self._lines) + "\n").encode())
+        self.chunks.append(name)
+        self._lines = []
+
+    def finish(self) -> None:
+        if self._lines:
+            self._flush()
+
+
+def worker_range(manifest: dict[str, Any], workers: int, index: int) -> tuple[int, int]:
+    """[start, end) of the plan's samples that worker `index` converts."""
+    return partition_range(int(manifest["samples"]), workers, index)
+
+
+def read_range(
+    manifest: dict[str, Any], start: int, end: int, lines: Callable[[str], Iterable[str]]
+) -> Iterator[Sample]:
+    """Samples `start..end-1` of the plan, streaming only the chunks that hold them.
+
+    `lines(name)` yields a chunk object's lines. A chunk shorter than the manifest promises raises PlanError:
+    a plan is never read as a smaller dataset.
+    """
+    per_chunk = int(manifest["chunkSamples"])
+    chunks: list[str] = list(manifest["chunks"])
+    total = int(manifest["samples"])
+    if not 0 <= start <= end <= total:
+        raise PlanError(f"range [{start}, {end}) is outside the plan's {total} samples")
+    if len(chunks) != -(-total // per_chunk):
+        raise PlanError(f"plan lists {len(chunks)} chunks for {total} samples of {per_chunk} per chunk")
+    position = start
+    while position < end:
+        c = position // per_chunk
+        first = c * per_chunk
+        expected = min(per_chunk, total - first)
+        stop = min(end, first + expected)
+        seen = 0
+        for line in lines(chunks[c]):
+            i = seen
+            seen += 1
+            if i >= expected:
+                raise PlanError(f"plan chunk {chunks[c]} holds more than the {expected} samples the manifest says")
+            if first + i < position:
+                continue
+            yield decode_sample(line)
+            position = first + i + 1
+            if position >= stop:
+                break
+        if position < stop:
+            raise PlanError(f"plan chunk {chunks[c]} holds {seen} samples, the manifest says {expected}")

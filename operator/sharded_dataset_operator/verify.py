@@ -1,0 +1,121 @@
+"""Streaming verification of shards against what the converters reported (pure, no I/O).
+
+Both sides compute the same three totals over every member (`key.ext`) of every shard: the number of
+members, their bytes, and an order-independent fingerprint (the sum, modulo 2**64, of a 64-bit hash of
+each member's name and size). The converters count what they write; the verifier counts what an archive
+listing of the output shows, one entry at a time, keeping only per-shard counters. A member missing, added,
+renamed, truncated or padded changes at least one total. Samples are counted per shard as runs of members
+sharing a key: a listing returns each archive's members sorted by name, and the members of key `k` are
+exactly the names starting with `k.` (keys hold no '.'), so they are adjacent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+MASK64 = (1 << 64) - 1
+
+
+def member_hash(name: str, size: int) -> int:
+    """64-bit hash of one member's name and size."""
+    return int.from_bytes(hashlib.blake2b(f"{name}\0{size}".encode(), digest_size=8).digest(), "big")
+
+
+@dataclass(slots=True)
+class Totals:
+    """Members, member bytes and fingerprint of a set of shards."""
+
+    members: int = 0
+    member_bytes: int = 0
+    fingerprint: int = 0
+
+    def add(self, name: str, size: int) -> None:
+        self.members += 1
+        self.member_bytes += size
+        self.fingerprint = (self.fingerprint + member_hash(name, size)) & MASK64
+
+    def merge(self, other: Totals) -> None:
+        self.members += other.members
+        self.member_bytes += other.member_bytes
+        self.fingerprint = (self.fingerprint + other.fingerprint) & MASK64
+
+    def to_dict(self) -> dict[str, int | str]:
+        return {"members": self.members, "memberBytes": self.member_bytes, "fingerprint": f"{self.fingerprint:016x}"}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> Totals:
+        return cls(
+            members=int(str(d.get("members") or 0)),
+            member_bytes=int(str(d.get("memberBytes") or 0)),
+            fingerprint=int(str(d.get("fingerprint") or "0"), 16),
+        )
+
+
+@dataclass(slots=True)
+class ShardCount:
+    name: str
+    size: int = 0
+    checksum: dict[str, str] | None = None
+    samples: int = 0
+    members: int = 0
+
+
+@dataclass(slots=True)
+class OutputTally:
+    """Counts an archive listing (shards `x.tar` and members `x.tar/member`) as it streams by."""
+
+    prefix: str
+    shards: list[ShardCount] = field(default_factory=list)
+    totals: Totals = field(default_factory=Totals)
+    problems: list[str] = field(default_factory=list)
+    _last_key: str | None = None
+
+    def add(self, name: str, size: int, checksum: dict[str, str] | None = None) -> None:
+        if not name.startswith(self.prefix):
+            return
+        if name.endswith(".tar") and ".tar/" not in name:
+            self.shards.append(ShardCount(name=name, size=size, checksum=checksum))
+            self._last_key = None
+            return
+        shard, sep, member = name.partition(".tar/")
+        if not sep:
+            return  # not a shard (an index, a report)
+        current = self.shards[-1] if self.shards else None
+        if current is None or current.name != shard + ".tar":
+            self._problem(f"member {name} listed outside its shard")
+            return
+        key = member.split(".", 1)[0]
+        if key != self._last_key:
+            current.samples += 1
+            self._last_key = key
+        current.members += 1
+        self.totals.add(member, size)
+
+    def _problem(self, message: str) -> None:
+        if len(self.problems) < 5:
+            self.problems.append(message)
+
+    @property
+    def samples(self) -> int:
+        return sum(s.samples for s in self.shards)
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.size for s in self.shards)
+
+
+def compare(expected_samples: int, expected: Totals, tally: OutputTally) -> str | None:
+    """None when the output holds exactly what was written, else what differs (first difference)."""
+    if tally.problems:
+        return "; ".join(tally.problems)
+    got = tally.totals
+    if tally.samples != expected_samples:
+        return f"hold {tally.samples} samples but the converters wrote {expected_samples}"
+    if got.members != expected.members:
+        return f"hold {got.members} members but the converters wrote {expected.members}"
+    if got.member_bytes != expected.member_bytes:
+        return f"hold {got.member_bytes} member bytes but the converters wrote {expected.member_bytes}"
+    if got.fingerprint != expected.fingerprint:
+        return "hold members whose names or sizes differ from what the converters wrote (fingerprint mismatch)"
+    return None
