@@ -127,7 +127,7 @@ def run_resource(endpoint: str, bucket: str, over: dict[str, Any] | None, worker
     rss_before = RssSampler.now()
     rss.start()
     marks: dict[str, float] = {}
-    t0 = time.time()
+    t0 = time.time()  # epoch seconds: dSort's own times are compared with it
     custom.create_namespaced_custom_object(
         group,
         version,
@@ -158,6 +158,14 @@ def run_resource(endpoint: str, bucket: str, over: dict[str, Any] | None, worker
     from sharded_dataset_operator.clients.ais import Ais
 
     plan = json.loads(Ais(endpoint).get(OUT_BUCKET, f"{base_prefix}plan.json") or b"{}")
+    # the status is not written between dSort's end and Ready (verification runs in the same pass): split the
+    # shuffling stage with dSort's own start and finish times
+    job_id = (status.get("shuffle") or {}).get("dsortJobId")
+    if job_id:
+        d0, d1 = base.dsort_times(endpoint, job_id)
+        if d0 and d1:
+            stages["dsort_s"] = round(d1 - d0, 2)
+            stages["after_dsort_to_ready_s"] = round(t0 + marks["Ready"] - d1, 2)
     out = {
         "apply_to_ready_s": round(marks["Ready"], 2),
         "stages_s": stages,
@@ -198,6 +206,25 @@ def measure_size(endpoint: str, label: str, bucket: str, over: dict[str, Any] | 
     return res
 
 
+def sweep(endpoint: str, small_bucket: str, oxford_bucket: str | None) -> Result:
+    """Converter x1 samples/s for Get-Batch limits: files per request on small files, bytes on Oxford."""
+    out: Result = {"small_batch_objects": {}, "oxford_batch_size_mib": {}}
+    for objects in (32, 128, 256, 1024):
+        over = {**small_over(), "conversion": {"workers": 1, "reads": {"batchObjects": objects, "batchSize": "64MiB"}}}
+        r = base.measure_converter(endpoint, small_bucket, 1, spec_over=over)
+        out["small_batch_objects"][str(objects)] = {"samples_per_s": r["samples_per_s"], "mib_per_s": r["mib_per_s"]}
+    if oxford_bucket:
+        for mib in (2, 8, 32):
+            over = {"conversion": {"workers": 1, "reads": {"batchObjects": 10_000, "batchSize": f"{mib}MiB"}}}
+            r = base.measure_converter(endpoint, oxford_bucket, 1, spec_over=over)
+            out["oxford_batch_size_mib"][str(mib)] = {
+                "samples_per_s": r["samples_per_s"],
+                "mib_per_s": r["mib_per_s"],
+                "peak_rss_mib": max(r["peak_rss_mib_per_worker"]),
+            }
+    return out
+
+
 def chart(res: Result, path: Path) -> None:
     import matplotlib
 
@@ -219,7 +246,7 @@ def chart(res: Result, path: Path) -> None:
     a2.set(xscale="log", xlabel="samples", ylabel="peak RSS (MiB)", title="memory", ylim=(0, None))
     a2.legend(fontsize=8)
     bottoms = [0.0] * len(small)
-    for stage in ("planning", "converting", "shuffling", "verifying"):
+    for stage in ("planning", "converting", "shuffling"):
         vals = [r["resource"]["stages_s"].get(stage, 0.0) for r in small]
         a3.bar([str(x) for x in xs], vals, bottom=bottoms, label=stage)
         bottoms = [b + v for b, v in zip(bottoms, vals, strict=True)]
@@ -234,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help=f"sizes {QUICK_SIZES} and a 2,000-sample Oxford set")
     ap.add_argument("--sizes", help="comma-separated small-file sample counts (overrides the defaults)")
     ap.add_argument("--skip-oxford", action="store_true")
+    ap.add_argument("--sweep", action="store_true", help="also measure Get-Batch request limits (converter x1)")
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--out", type=Path, default=base.RESULTS)
     args = ap.parse_args(argv)
@@ -257,6 +285,10 @@ def main(argv: list[str] | None = None) -> int:
         ox["get_bound"] = base.measure_get(endpoint, raw, 1)
         ox["converter_vs_get_bound"] = round(ox["converter_mib_per_s"] / ox["get_bound"]["mib_per_s"], 3)
         res["oxford"] = ox
+    if args.sweep:
+        mid = res["small"][len(res["small"]) // 2]["dataset"].removeprefix("small-")
+        oxford = None if args.skip_oxford else (base.SMALL_BUCKET if args.quick else base.DEFAULT_RAW_BUCKET)
+        res["sweep"] = sweep(endpoint, f"bench-small-{mid}", oxford)
     first, last = res["small"][0], res["small"][-1]
     res["growth"] = {
         "samples_ratio": round(last["samples"] / first["samples"], 1),

@@ -255,14 +255,19 @@ def dsort_shard_size(target: int, member_bytes: int, tar_bytes: int) -> int:
 
 
 def build_dsort_spec(
-    spec: DatasetSpec, owner: Owner, input_shards: list[str], member_bytes: int = 0, tar_bytes: int = 0
+    spec: DatasetSpec,
+    owner: Owner,
+    input_shards: list[str],
+    member_bytes: int = 0,
+    tar_bytes: int = 0,
+    attempt: int = 1,
 ) -> dict[str, Any]:
     """AIS dSort request: shuffle/sort the converted shards into `outputShardSize` shards.
 
     Input is the exact list of shards the converters reported (never a prefix listing), records are keyed by
     the WebDataset key, and any missing input shard or duplicate record aborts the job instead of silently
     losing or merging samples. The size asked for is corrected by the measured header overhead
-    (`dsort_shard_size`).
+    (`dsort_shard_size`). Each attempt has its own description and output names.
     """
     assert spec.shuffle is not None
     algorithm: dict[str, Any] = {"kind": spec.shuffle.algorithm}
@@ -276,11 +281,11 @@ def build_dsort_spec(
             "name": spec.shuffle.output_bucket.name,
             "provider": spec.shuffle.output_bucket.provider,
         },
-        "output_format": naming.output_template(output_base(spec, owner)),
+        "output_format": naming.output_template(naming.attempt_base(output_base(spec, owner), attempt)),
         "output_extension": ".tar",
         "output_shard_size": str(dsort_shard_size(spec.shuffle.output_shard_size, member_bytes, tar_bytes)),
         "algorithm": algorithm,
-        "description": naming.dsort_description(owner.namespace, owner.name, owner.uid, owner.generation),
+        "description": naming.dsort_description(owner.namespace, owner.name, owner.uid, owner.generation, attempt),
         "Config": {"duplicated_records": "abort", "missing_shards": "abort"},
         # Explicit, so the proxy skips probing targets' memory (that probe is refused by AIS 5.0 targets).
         "dsorter_type": "dsort_general",

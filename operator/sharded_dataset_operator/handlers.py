@@ -11,7 +11,7 @@ from typing import Any
 
 import kopf
 
-from . import naming, operations, reconcile
+from . import failures, naming, operations, reconcile
 from .settings import SETTINGS
 from .spec import API_GROUP, API_VERSION, PLURAL
 
@@ -40,7 +40,8 @@ async def pipeline(
 ) -> None:
     """Level-triggered loop: reconcile, wait (short while work runs, long when settled), repeat.
 
-    A spec change (new metadata.generation) cuts any wait short.
+    A spec change (new metadata.generation) or a new retry request (the `shardeddataset.dev/retry`
+    annotation) cuts any wait short.
     """
     backoff = 1.0
     while not stopped:
@@ -59,11 +60,15 @@ async def pipeline(
             wait = SETTINGS.active_interval
         else:
             wait = result.requeue
-        generation = body.meta.get("generation")
+        seen = _trigger(body)
         waited = 0.0
-        while not stopped and waited < wait and body.meta.get("generation") == generation:
+        while not stopped and waited < wait and _trigger(body) == seen:
             await asyncio.sleep(0.5)
             waited += 0.5
+
+
+def _trigger(body: kopf.Body) -> tuple[Any, Any]:
+    return body.meta.get("generation"), (body.meta.get("annotations") or {}).get(failures.RETRY_ANNOTATION)
 
 
 @kopf.on.delete(API_GROUP, API_VERSION, PLURAL, backoff=10.0)

@@ -27,6 +27,7 @@ class DsortJob:
     input_shards: int = 0
     extracted_shards: int = 0
     to_create: int = 0
+    ended_at: float | None = None  # epoch seconds the job finished or was aborted, when AIS says
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,3 +42,5 @@ class JobState:
     complete: bool = False
     failed_reason: str = ""
     failed_message: str = ""
+    deleting: bool = False
+    completed_at: float | None = None  # epoch seconds

@@ -90,11 +90,27 @@ def job_name(name: str, generation: int, step: str = "convert") -> str:
     return f"{name[:keep].rstrip('-.')}-{digest}{suffix}"
 
 
-def dsort_description(namespace: str, name: str, uid: str, generation: int) -> str:
-    """Description stamped on the dSort job: lets the operator find its job again after a restart."""
-    return f"sds:{namespace}/{name}:{uid8(uid)}:g{generation}"
+def dsort_description(namespace: str, name: str, uid: str, generation: int, attempt: int | None = None) -> str:
+    """Description stamped on a dSort job: lets the operator find its jobs again after a restart.
+
+    Without `attempt`: the generation's description, the common prefix of every attempt's.
+    """
+    base = f"sds:{namespace}/{name}:{uid8(uid)}:g{generation}"
+    return base if attempt is None else f"{base}:a{attempt}"
 
 
 def dsort_regex(description: str) -> str:
-    """POSIX regex matching exactly `description` (AIS filters its dSort job list by description)."""
-    return "^" + re.sub(r"([.^$*+?()\[\]{}|\\])", r"\\\1", description) + "$"
+    """POSIX regex matching `description` and any attempt of it (`<description>:a<n>`)."""
+    escaped = re.sub(r"([.^$*+?()\[\]{}|\\])", r"\\\1", description)
+    return f"^{escaped}(:a[0-9]+)?$"
+
+
+def dsort_attempt(description: str) -> int:
+    """The attempt number stamped in a dSort description (1 for a description without one)."""
+    match = re.search(r":a([0-9]+)$", description)
+    return int(match.group(1)) if match else 1
+
+
+def attempt_base(base: str, attempt: int) -> str:
+    """Object-name prefix of one dSort attempt's output shards."""
+    return f"{base}a{attempt}-"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from . import builders, naming, reconcile
+from . import builders, failures, naming, reconcile
 from .builders import ConverterDefaults, Owner
 from .clients import kube
 from .clients.ais import Ais, AisUnavailable, BucketNotFound, DsortRejected, ListingError
@@ -55,23 +55,25 @@ def _ais_client(endpoint: str, token: str | None) -> Ais:
     return Ais(endpoint, token)
 
 
-def is_settled(obj: dict[str, Any]) -> bool:
-    """Ready or Failed for the current generation: nothing to do until the spec changes."""
-    status = obj.get("status") or {}
-    return status.get("observedGeneration") == obj["metadata"].get("generation") and status.get("phase") in (
-        Phase.READY,
-        Phase.FAILED,
-    )
-
-
-def find_dsort(ais: Ais, description: str) -> DsortJob | None:
-    jobs = ais.dsort_find(naming.dsort_regex(description))
-    jobs = [j for j in jobs if j.description in ("", description)]
-    if not jobs:
-        return None
-    # A live or finished job wins over an aborted one (e.g. a job aborted while the operator was down).
+def find_dsort_attempts(ais: Ais, description: str) -> dict[int, DsortJob]:
+    """The generation's dSort jobs by attempt (a live or finished job wins over an aborted one of the same
+    attempt, e.g. one aborted while the operator was down)."""
+    jobs = [j for j in ais.dsort_find(naming.dsort_regex(description)) if j.description]
     jobs.sort(key=lambda j: (not j.aborted, j.finished))
-    return jobs[-1]
+    return {naming.dsort_attempt(j.description): j for j in jobs}
+
+
+def is_settled(obj: dict[str, Any]) -> bool:
+    """Ready or Failed for the current generation, and no new retry request: nothing to do."""
+    status = obj.get("status") or {}
+    if status.get("observedGeneration") != obj["metadata"].get("generation"):
+        return False
+    if status.get("phase") == Phase.READY:
+        return True
+    if status.get("phase") != Phase.FAILED:
+        return False
+    request = (obj["metadata"].get("annotations") or {}).get(failures.RETRY_ANNOTATION)
+    return not request or request == (status.get("retry") or {}).get("request")
 
 
 class ObjectCache:
@@ -86,9 +88,20 @@ class ObjectCache:
         self.items: OrderedDict[tuple[str, str, str], tuple[str, dict[str, Any]]] = OrderedDict()
         self.reads = 0
 
-    def read(self, ais: Ais, bucket: str, provider: str, prefix: str) -> dict[str, dict[str, Any]]:
-        """Every JSON object under `prefix` (name -> content); unreadable or vanished objects are left out."""
+    def read(
+        self, ais: Ais, bucket: str, provider: str, prefix: str, sticky: bool = False
+    ) -> dict[str, dict[str, Any]]:
+        """Every JSON object under `prefix` (name -> content); unreadable or vanished objects are left out.
+
+        `sticky`: the objects are immutable once written (worker reports), so one seen before stays known
+        even when a listing misses it (a target that holds it is down for a while).
+        """
         found: dict[str, dict[str, Any]] = {}
+        if sticky:
+            where = (ais.endpoint, f"{provider}://{bucket}")
+            for (endpoint, bck, name), (_, body) in self.items.items():
+                if (endpoint, bck) == where and name.startswith(prefix):
+                    found[name] = body
         try:
             pages = list(ais.list_pages(bucket, provider, prefix, props="name,size,checksum"))
         except BucketNotFound:
@@ -139,14 +152,16 @@ def observe(ais: Ais, spec: DatasetSpec, owner: Owner, previous: dict[str, Any])
                 obs.source_problem = kube.pvc_problem(owner.namespace, spec.source.claim_name)
         return obs
     obs.job = kube.get_job(owner.namespace, naming.job_name(owner.name, gen), gen)
-    for r in CACHE.read(ais, out.name, out.provider, f"{base}report-").values():
+    for r in CACHE.read(ais, out.name, out.provider, f"{base}report-", sticky=True).values():
         obs.reports[int(r["worker"])] = r
     converted = len(obs.reports) == spec.conversion.workers
     if obs.job is not None and not converted:
         for p in CACHE.read(ais, out.name, out.provider, f"{base}progress-").values():
             obs.progress[int(p["worker"])] = p
     if converted and spec.shuffle is not None:
-        obs.dsort = find_dsort(ais, naming.dsort_description(owner.namespace, owner.name, owner.uid, gen))
+        obs.dsort_attempts = find_dsort_attempts(
+            ais, naming.dsort_description(owner.namespace, owner.name, owner.uid, gen)
+        )
     return obs
 
 
@@ -171,9 +186,9 @@ def cleanup_record(ais: Ais, record: dict[str, Any]) -> None:
     """Abort the generation's dSort if it still runs, then delete everything under its prefixes."""
     desc = record.get("dsortDescription")
     if desc:
-        job = find_dsort(ais, str(desc))
-        if job is not None and not job.finished and not job.aborted:
-            ais.dsort_abort(job.id)
+        for job in find_dsort_attempts(ais, str(desc)).values():
+            if not job.finished and not job.aborted:
+                ais.dsort_abort(job.id)
     for loc in record.get("locations") or []:
         n = ais.delete_prefix(loc["bucket"], loc["prefix"], loc.get("provider", "ais"))
         log.info("deleted %d objects under %s://%s/%s", n, loc.get("provider", "ais"), loc["bucket"], loc["prefix"])
@@ -206,6 +221,9 @@ def execute(ais: Ais, decision: Decision, owner: Owner) -> None:
                 ais.put(bucket, name, json.dumps(body, indent=1, sort_keys=True).encode(), provider)
             case reconcile.DeleteObjects(bucket=bucket, provider=provider, names=names):
                 ais.delete_objects(bucket, list(names), provider)
+            case reconcile.DeletePrefix(bucket=bucket, provider=provider, prefix=prefix):
+                n = ais.delete_prefix(bucket, prefix, provider)
+                log.info("%s/%s: deleted %d objects under %s", owner.namespace, owner.name, n, prefix)
 
 
 def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
@@ -229,11 +247,11 @@ def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
     try:
         ais = ais_for(spec, namespace)
         obs = observe(ais, spec, owner, previous)
+        obs.retry_request = (obj["metadata"].get("annotations") or {}).get(failures.RETRY_ANNOTATION)
         decision = reconcile.decide(spec, owner, obs, defaults, now)
         if decision.need_output:
-            prefix = reconcile_prefix(spec, owner)
             bucket = spec.shuffle.output_bucket if spec.shuffle else spec.output.bucket
-            obs.output = tally_output(ais, bucket.name, bucket.provider, prefix)
+            obs.output = tally_output(ais, bucket.name, bucket.provider, decision.output_prefix)
             decision = reconcile.decide(spec, owner, obs, defaults, now)
         execute(ais, decision, owner)
     except LookupError as e:  # token Secret missing
@@ -246,13 +264,6 @@ def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
     if any(previous.get(k) != v for k, v in status.items()):  # unchanged: no write to the API server
         kube.patch_status(namespace, name, status)
     return PassResult(requeue=decision.requeue, events=decision.events)
-
-
-def reconcile_prefix(spec: DatasetSpec, owner: Owner) -> str:
-    """Where the shards to verify are: dSort's output, or the converted shards when there is no shuffle."""
-    if spec.shuffle:
-        return builders.output_base(spec, owner)
-    return naming.shard_prefix(builders.converted_base(spec, owner))
 
 
 def _fail_invalid(

@@ -11,9 +11,10 @@ earlier generations' objects (`status.artifacts`) are what lets a new generation
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from . import builders, naming
+from . import builders, failures, naming
 from .builders import ConverterDefaults, Owner
 from .model import DsortJob, JobState
 from .spec import DatasetSpec
@@ -39,7 +40,8 @@ class Observed:
     stale_jobs: list[str] = field(default_factory=list)
     reports: dict[int, dict[str, Any]] = field(default_factory=dict)
     progress: dict[int, dict[str, Any]] = field(default_factory=dict)
-    dsort: DsortJob | None = None
+    dsort_attempts: dict[int, DsortJob] = field(default_factory=dict)
+    retry_request: str | None = None
     output: OutputTally | None = None
 
 
@@ -89,7 +91,16 @@ class DeleteObjects:
     names: tuple[str, ...]
 
 
-Action = EnsureBucket | CreateJob | DeleteJobs | CleanupArtifacts | StartDsort | WriteIndex | DeleteObjects
+@dataclass(frozen=True, slots=True)
+class DeletePrefix:
+    bucket: str
+    provider: str
+    prefix: str
+
+
+Action = (
+    EnsureBucket | CreateJob | DeleteJobs | CleanupArtifacts | StartDsort | WriteIndex | DeleteObjects | DeletePrefix
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +116,7 @@ class Decision:
     actions: list[Action] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     need_output: bool = False
+    output_prefix: str = ""
     requeue: float | None = ACTIVE_REQUEUE
 
 
@@ -151,25 +163,50 @@ def _examples(report: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------ decision
 
 
+@dataclass(slots=True)
+class Pass:
+    """What every phase function of one pass shares: inputs, the decision being built, previous state."""
+
+    spec: DatasetSpec
+    owner: Owner
+    obs: Observed
+    defaults: ConverterDefaults
+    now: str
+    decision: Decision
+    prev: dict[str, Any]
+    prev_phase: Any
+    prev_step: tuple[Any, Any]
+    prev_stalled: str | None
+    plan: dict[str, Any] | None = None
+    reports: dict[int, dict[str, Any]] = field(default_factory=dict)
+    written: Totals = field(default_factory=Totals)
+    converted_shards: list[str] = field(default_factory=list)
+
+    @property
+    def st(self) -> DatasetStatus:
+        return self.decision.status
+
+    def working(self, phase: Phase, reason: str, message: str) -> Decision:
+        return _working(self.decision, self.prev_step, phase, reason, message)
+
+    def failed(self, step: str | None, reason: str, message: str) -> Decision:
+        if step is not None:
+            self.st.steps[step] = StepState(False, reason, message)
+        return _failed(self.decision, self.prev_phase, reason, message)
+
+
 def decide(spec: DatasetSpec, owner: Owner, obs: Observed, defaults: ConverterDefaults, now: str) -> Decision:
+    """The whole pipeline of one generation, one phase function after the other; the first that is not
+    done decides the pass."""
     prev = obs.previous or {}
     gen = owner.generation
     same_gen = prev.get("observedGeneration") == gen
-    prev_phase = prev.get("phase") if same_gen else None
-    prev_stalled = (
-        next(
-            (
-                c.get("reason")
-                for c in prev.get("conditions") or []
-                if c.get("type") == "Stalled" and c.get("status") == "True"
-            ),
-            None,
-        )
-        if same_gen
-        else None
+    conds = prev.get("conditions") or [] if same_gen else []
+    prev_stalled = next(
+        (c.get("reason") for c in conds if c.get("type") == "Stalled" and c.get("status") == "True"), None
     )
-    prev_reason = next((c.get("reason") for c in prev.get("conditions") or [] if c.get("type") == "Reconciling"), None)
-    prev_step = (prev_phase, prev_reason if same_gen else None)
+    prev_reason = next((c.get("reason") for c in conds if c.get("type") == "Reconciling"), None)
+    prev_phase = prev.get("phase") if same_gen else None
     record = artifact_record(spec, owner)
     actions: list[Action] = []
 
@@ -177,9 +214,9 @@ def decide(spec: DatasetSpec, owner: Owner, obs: Observed, defaults: ConverterDe
     # Stop their converters first; the cleanup is deferred while their pods still run (see operations).
     if obs.stale_jobs:
         actions.append(DeleteJobs(names=tuple(obs.stale_jobs)))
-    old_records = [r for r in (prev.get("artifacts") or []) if r.get("generation") != gen]
-    for r in old_records:
-        actions.append(CleanupArtifacts(record=r))
+    for r in prev.get("artifacts") or []:
+        if r.get("generation") != gen:
+            actions.append(CleanupArtifacts(record=r))
 
     st = DatasetStatus(
         phase=Phase.PENDING,
@@ -190,164 +227,245 @@ def decide(spec: DatasetSpec, owner: Owner, obs: Observed, defaults: ConverterDe
         workers=spec.conversion.workers,
         start_time=(prev.get("startTime") if same_gen else None) or now,
         artifacts=[record],
+        retry=(prev.get("retry") if same_gen else None),
     )
-    decision = Decision(status=st, actions=actions)
-
-    plan = obs.plan if obs.plan is not None and int(obs.plan.get("generation", -1)) == gen else None
-    reports = {i: r for i, r in obs.reports.items() if int(r.get("generation", -1)) == gen}
-    converted = plan is not None and len(reports) == spec.conversion.workers
-    _fill_counts(st, plan, reports)
-
+    p = Pass(spec, owner, obs, defaults, now, Decision(status=st, actions=actions), prev, prev_phase,
+             (prev_phase, prev_reason), prev_stalled)  # fmt: skip
+    p.plan = obs.plan if obs.plan is not None and int(obs.plan.get("generation", -1)) == gen else None
+    p.reports = {i: r for i, r in obs.reports.items() if int(r.get("generation", -1)) == gen}
+    _fill_counts(st, p.plan, p.reports)
     if obs.job is not None:
         st.workers_succeeded, st.workers_failed = obs.job.succeeded, obs.job.failed
 
-    # ---- planning: one pod lists the source and writes the plan
-    if plan is None:
-        st.steps[CONVERTED] = StepState(False, "Planning")
-        if obs.planner is None:
-            if obs.source_problem:
-                return _stalled(decision, prev_stalled, Phase.PENDING, "SourceNotFound", obs.source_problem)
-            actions.append(EnsureBucket(spec.output.bucket.name, spec.output.bucket.provider))
-            actions.append(CreateJob(builders.build_planner_job(spec, owner, defaults)))
-            return _working(decision, prev_step, Phase.CONVERTING, "Planning", "starting the planner")
-        if obs.planner.failed_reason:
-            msg = f"planner Job {obs.planner.name} failed: {obs.planner.failed_message or obs.planner.failed_reason}"
-            st.steps[CONVERTED] = StepState(False, "PlanningFailed", msg)
-            return _failed(decision, prev_phase, "PlanningFailed", msg)
-        if obs.planner.complete:
-            msg = f"planner Job {obs.planner.name} completed but its plan is missing"
-            return _failed(decision, prev_phase, "PlanMissing", msg)
-        return _working(
-            decision, prev_step, Phase.CONVERTING, "Planning", "listing the source and grouping it into samples"
-        )
-    if int(plan.get("samples") or 0) == 0 and spec.shuffle is not None:
-        msg = "no complete samples to shuffle: " + (_examples(plan) or "the source is empty")
-        st.steps[CONVERTED] = StepState(False, "NoSamples", msg)
-        return _failed(decision, prev_phase, "NoSamples", msg)
+    if prev_phase == Phase.FAILED and obs.retry_request and obs.retry_request != (st.retry or {}).get("request"):
+        return _retry_requested(p)
+    for phase in (_planning, _conversion, _shuffle, _verification):
+        outcome = phase(p)
+        if outcome is not None:
+            return outcome
+    raise AssertionError("verification always decides")  # pragma: no cover
 
-    # ---- conversion
-    if not converted:
+
+def _retry_requested(p: Pass) -> Decision:
+    """A Failed run whose retry annotation has a new value: clear what the failed step left, start it again."""
+    reason = next((c.get("reason") for c in p.prev.get("conditions") or [] if c.get("type") == "Stalled"), "")
+    gen = p.owner.generation
+    if reason in ("PlanningFailed", "PlanMissing", "NoSamples"):
+        p.decision.actions.append(DeleteJobs((naming.job_name(p.owner.name, gen, "plan"),)))
+        b = p.spec.output.bucket
+        p.decision.actions.append(
+            DeleteObjects(b.name, b.provider, (naming.plan_manifest_name(builders.converted_base(p.spec, p.owner)),))
+        )
+    elif reason in ("ConversionFailed", "ReportMissing", "ConversionIncomplete"):
+        p.decision.actions.append(DeleteJobs((naming.job_name(p.owner.name, gen),)))
+    p.st.retry = {"request": p.obs.retry_request, "shuffleAttemptBase": max(p.obs.dsort_attempts, default=0)}
+    p.decision.events.append(Event("Normal", "RetryRequested", f"retrying after {reason or 'the failure'}"))
+    p.decision.requeue = ACTIVE_REQUEST_DELAY
+    p.st.phase, p.st.reason, p.st.message = Phase.PENDING, "Retrying", f"retry requested after {reason}"
+    return p.decision
+
+
+ACTIVE_REQUEST_DELAY = 2.0
+
+
+def _planning(p: Pass) -> Decision | None:
+    """One pod lists the source and writes the plan."""
+    obs, st = p.obs, p.st
+    if p.plan is not None:
+        if int(p.plan.get("samples") or 0) == 0 and p.spec.shuffle is not None:
+            msg = "no complete samples to shuffle: " + (_examples(p.plan) or "the source is empty")
+            return p.failed(CONVERTED, "NoSamples", msg)
+        return None
+    st.steps[CONVERTED] = StepState(False, "Planning")
+    if obs.planner is None:
+        if obs.source_problem:
+            return _stalled(p.decision, p.prev_stalled, Phase.PENDING, "SourceNotFound", obs.source_problem)
+        p.decision.actions.append(EnsureBucket(p.spec.output.bucket.name, p.spec.output.bucket.provider))
+        p.decision.actions.append(CreateJob(builders.build_planner_job(p.spec, p.owner, p.defaults)))
+        return p.working(Phase.CONVERTING, "Planning", "starting the planner")
+    if obs.planner.deleting:
+        return p.working(Phase.CONVERTING, "Planning", "waiting for the previous planner Job to go")
+    if obs.planner.failed_reason:
+        msg = f"planner Job {obs.planner.name} failed: {obs.planner.failed_message or obs.planner.failed_reason}"
+        return p.failed(CONVERTED, "PlanningFailed", msg)
+    if obs.planner.complete:
+        return p.failed(None, "PlanMissing", f"planner Job {obs.planner.name} completed but its plan is missing")
+    return p.working(Phase.CONVERTING, "Planning", "listing the source and grouping it into samples")
+
+
+def _conversion(p: Pass) -> Decision | None:
+    """The converter workers, each on its slice of the plan."""
+    assert p.plan is not None
+    spec, obs, st, plan = p.spec, p.obs, p.st, p.plan
+    if len(p.reports) < spec.conversion.workers:
         st.steps[CONVERTED] = StepState(False, "Converting")
-        st.progress = conversion_progress(plan, obs.progress, reports, gen)
+        st.progress = conversion_progress(plan, obs.progress, p.reports, p.owner.generation)
         if obs.job is None:
-            actions.append(CreateJob(builders.build_converter_job(spec, owner, defaults)))
-            return _working(
-                decision,
-                prev_step,
+            p.decision.actions.append(CreateJob(builders.build_converter_job(spec, p.owner, p.defaults)))
+            return p.working(
                 Phase.CONVERTING,
                 "Converting",
                 f"starting {spec.conversion.workers} converter worker(s) for {plan['samples']} samples",
             )
+        if obs.job.deleting:
+            return p.working(Phase.CONVERTING, "Converting", "waiting for the previous converter Job to go")
         if obs.job.failed_reason:
             msg = f"converter Job {obs.job.name} failed: {obs.job.failed_message or obs.job.failed_reason}"
-            st.steps[CONVERTED] = StepState(False, "ConversionFailed", msg)
-            return _failed(decision, prev_phase, "ConversionFailed", msg)
+            return p.failed(CONVERTED, "ConversionFailed", msg)
         if obs.job.complete:
-            missing = sorted(set(range(spec.conversion.workers)) - set(reports))
+            missing = sorted(set(range(spec.conversion.workers)) - set(p.reports))
             msg = f"converter Job completed but reports of worker(s) {missing} are missing"
-            return _failed(decision, prev_phase, "ReportMissing", msg)
-        return _working(
-            decision,
-            prev_step,
+            if _seconds_since(obs.job.completed_at, p.now) < failures.REPORT_GRACE_SECONDS:
+                # an AIS target that holds them may be down for a moment: not a verdict yet
+                decision = p.working(Phase.CONVERTING, "ReportsPending", f"{msg} (waiting: AIS may be degraded)")
+                decision.requeue = 5.0
+                return decision
+            return p.failed(None, "ReportMissing", msg)
+        return p.working(
             Phase.CONVERTING,
             "Converting",
-            f"{len(reports)}/{spec.conversion.workers} converter workers done, "
+            f"{len(p.reports)}/{spec.conversion.workers} converter workers done, "
             f"{st.progress['samples']}/{plan['samples']} samples",
         )
-
     st.steps[CONVERTED] = StepState(True, "Converted", f"{st.samples_written} samples in {st.shards_converted} shards")
     if st.samples_written != int(plan.get("samples") or 0):
         msg = f"the converters wrote {st.samples_written} samples but the plan holds {plan['samples']}"
-        st.steps[CONVERTED] = StepState(False, "ConversionIncomplete", msg)
-        return _failed(decision, prev_phase, "ConversionIncomplete", msg)
-    converted_shards = sorted(s["name"] for r in reports.values() for s in r.get("shards") or [])
-    written = Totals()
-    for r in reports.values():
-        written.merge(Totals.from_dict(r))
+        return p.failed(CONVERTED, "ConversionIncomplete", msg)
+    p.converted_shards = sorted(s["name"] for r in p.reports.values() for s in r.get("shards") or [])
+    for r in p.reports.values():
+        p.written.merge(Totals.from_dict(r))
+    return None
 
-    # ---- shuffle
-    if spec.shuffle is not None:
-        st.output_template = naming.output_template(builders.output_base(spec, owner))
-        if obs.dsort is None:
-            tar_bytes = sum(int(r.get("bytes") or 0) for r in reports.values())
-            actions.append(
-                StartDsort(builders.build_dsort_spec(spec, owner, converted_shards, written.member_bytes, tar_bytes))
-            )
-            st.steps[SHUFFLED] = StepState(False, "Shuffling", "starting dSort")
-            return _working(decision, prev_step, Phase.SHUFFLING, "Shuffling", "starting dSort")
-        st.dsort_job_id = obs.dsort.id
-        if obs.dsort.aborted:
-            msg = f"dSort job {obs.dsort.id} aborted: " + ("; ".join(obs.dsort.errors) or "no error reported")
-            st.steps[SHUFFLED] = StepState(False, "ShuffleFailed", msg)
-            return _failed(decision, prev_phase, "ShuffleFailed", msg)
-        if not obs.dsort.finished:
-            st.progress = dsort_progress(obs.dsort)
-            running = f"dSort job {obs.dsort.id} running: {st.progress['summary']}"
+
+def _shuffle(p: Pass) -> Decision | None:
+    """dSort, attempt after attempt while the failures are the cluster's weather and the budget lasts."""
+    spec, owner, st = p.spec, p.owner, p.st
+    if spec.shuffle is None:
+        return None
+    attempts = p.obs.dsort_attempts
+    attempt = max(attempts, default=0)
+    base = int((st.retry or {}).get("shuffleAttemptBase") or 0)
+    budget = spec.shuffle.max_attempts
+    st.shuffle_max_attempts = budget
+    job = attempts.get(attempt)
+    start_next = job is None
+    if job is not None:
+        st.dsort_job_id, st.shuffle_attempt = job.id, attempt
+        st.output_template = naming.output_template(naming.attempt_base(builders.output_base(spec, owner), attempt))
+        if job.aborted and attempt <= base:
+            start_next = True  # aborted before the retry request: a fresh budget starts after it
+        elif job.aborted:
+            errors = "; ".join(job.errors) or "no error reported"
+            msg = f"dSort attempt {attempt - base}/{budget} (job {job.id}) aborted: {errors}"
+            if failures.classify_dsort_abort(job.errors) == failures.PERMANENT or attempt - base >= budget:
+                return p.failed(SHUFFLED, "ShuffleFailed", msg)
+            wait = failures.backoff_seconds(attempt - base) - _seconds_since(job.ended_at, p.now)
+            if wait > 0:
+                st.steps[SHUFFLED] = StepState(False, "ShuffleRetrying", msg)
+                decision = p.working(Phase.SHUFFLING, "ShuffleRetrying", f"{msg}; retrying in {wait:.0f}s")
+                decision.requeue = min(wait, 30.0)
+                return decision
+            start_next = True
+        elif not job.finished:
+            st.progress = dsort_progress(job)
+            running = f"dSort job {job.id} (attempt {attempt - base}/{budget}) running: {st.progress['summary']}"
             st.steps[SHUFFLED] = StepState(False, "Shuffling", running)
-            return _working(decision, prev_step, Phase.SHUFFLING, "Shuffling", running)
-        st.steps[SHUFFLED] = StepState(True, "Shuffled", f"dSort job {obs.dsort.id} finished")
-        verify_prefix = builders.output_base(spec, owner)
-    else:
-        verify_prefix = naming.shard_prefix(builders.converted_base(spec, owner))
+            return p.working(Phase.SHUFFLING, "Shuffling", running)
+        else:
+            st.steps[SHUFFLED] = StepState(True, "Shuffled", f"dSort job {job.id} finished")
+            return None
+    if start_next:
+        nxt = max(attempt, base) + 1
+        tar_bytes = sum(int(r.get("bytes") or 0) for r in p.reports.values())
+        out_base = builders.output_base(spec, owner)
+        if job is not None:  # an aborted attempt: its partial output must not be counted or left behind
+            b = spec.shuffle.output_bucket
+            p.decision.actions.append(DeletePrefix(b.name, b.provider, naming.attempt_base(out_base, attempt)))
+            if attempt > base:
+                after = "; ".join(job.errors) or "an abort without an error"
+                p.decision.events.append(
+                    Event("Warning", "ShuffleRetry", f"dSort attempt {nxt - base}/{budget} after: {after}")
+                )
+        p.decision.actions.append(
+            StartDsort(
+                builders.build_dsort_spec(spec, owner, p.converted_shards, p.written.member_bytes, tar_bytes, nxt)
+            )
+        )
+        st.shuffle_attempt = nxt
+        st.output_template = naming.output_template(naming.attempt_base(out_base, nxt))
+        st.steps[SHUFFLED] = StepState(False, "Shuffling", f"starting dSort attempt {nxt - base}/{budget}")
+        return p.working(Phase.SHUFFLING, "Shuffling", f"starting dSort (attempt {nxt - base}/{budget})")
+    return None
 
-    # ---- verification
-    st.progress = conversion_progress(plan, {}, reports, gen)
+
+def _verification(p: Pass) -> Decision:
+    """Count the output as it is listed, compare with what the converters wrote, index it, Ready."""
+    spec, owner, obs, st = p.spec, p.owner, p.obs, p.st
+    verify_prefix = verification_prefix(spec, owner, st.shuffle_attempt)
+    st.progress = conversion_progress(p.plan or {}, {}, p.reports, owner.generation)
     if obs.output is None:
-        decision.need_output = True
+        p.decision.need_output = True
+        p.decision.output_prefix = verify_prefix
         st.steps[VERIFIED] = StepState(False, "Verifying")
-        return _working(decision, prev_step, Phase.VERIFYING, "Verifying", "counting samples in the output shards")
+        return p.working(Phase.VERIFYING, "Verifying", "counting samples in the output shards")
     tally = obs.output
     st.shards_output = len(tally.shards)
     st.bytes_output = tally.bytes
-    problem = compare(st.samples_written, written, tally)
-    if problem is None and spec.shuffle is None and [s.name for s in tally.shards] != converted_shards:
-        problem = f"hold {len(tally.shards)} shards, the converters reported {len(converted_shards)}"
+    problem = compare(st.samples_written, p.written, tally)
+    if problem is None and spec.shuffle is None and [s.name for s in tally.shards] != p.converted_shards:
+        problem = f"hold {len(tally.shards)} shards, the converters reported {len(p.converted_shards)}"
     if problem is not None:
-        msg = f"output shards under {verify_prefix} {problem}"
-        st.steps[VERIFIED] = StepState(False, "VerificationFailed", msg)
-        return _failed(decision, prev_phase, "VerificationFailed", msg)
+        return p.failed(VERIFIED, "VerificationFailed", f"output shards under {verify_prefix} {problem}")
     total = tally.samples
     st.steps[VERIFIED] = StepState(
         True,
         "Verified",
-        f"{total} samples, {written.members} members, {written.member_bytes} bytes in {len(tally.shards)} shards",
+        f"{total} samples, {p.written.members} members, {p.written.member_bytes} bytes in {len(tally.shards)} shards",
     )
     bucket, provider, index = index_location(spec)
     info = {
         "namespace": owner.namespace,
         "resource": owner.name,
         "uid": owner.uid,
-        "generation": gen,
+        "generation": owner.generation,
         "bucket": bucket,
         "provider": provider,
         "samples": total,
         "algorithm": spec.shuffle.algorithm if spec.shuffle else "none",
         "seed": spec.shuffle.seed if spec.shuffle else None,
     }
-    actions.append(
-        WriteIndex(
-            bucket,
-            provider,
-            index,
-            builders.build_shard_index(
-                owner.name, [(s.name, s.samples, s.size, s.checksum) for s in tally.shards], index, info
-            ),
-        )
+    shards = [(s.name, s.samples, s.size, s.checksum) for s in tally.shards]
+    p.decision.actions.append(
+        WriteIndex(bucket, provider, index, builders.build_shard_index(owner.name, shards, index, info))
     )
     if spec.shuffle is not None and spec.shuffle.delete_input:
-        actions.append(DeleteObjects(spec.output.bucket.name, spec.output.bucket.provider, tuple(converted_shards)))
+        b = spec.output.bucket
+        p.decision.actions.append(DeleteObjects(b.name, b.provider, tuple(p.converted_shards)))
     st.index_object = f"{provider}://{bucket}/{index}"
-    st.completion_time = (prev.get("completionTime") if prev_phase == Phase.READY else None) or now
+    st.completion_time = (p.prev.get("completionTime") if p.prev_phase == Phase.READY else None) or p.now
     st.phase = Phase.READY
     st.reason = "Succeeded"
     st.message = (
         f"{total} samples in {len(tally.shards)} shards ({st.bytes_output / 2**20:.1f} MiB); "
         f"{st.samples_skipped} incomplete samples skipped"
     )
-    decision.requeue = None
-    if prev_phase != Phase.READY:
-        decision.events.append(Event("Normal", "Ready", st.message))
-    return decision
+    p.decision.requeue = None
+    if p.prev_phase != Phase.READY:
+        p.decision.events.append(Event("Normal", "Ready", st.message))
+    return p.decision
+
+
+def verification_prefix(spec: DatasetSpec, owner: Owner, attempt: int | None) -> str:
+    """Where the shards to verify are: the dSort attempt's output, or the converted shards without a shuffle."""
+    if spec.shuffle is not None:
+        return naming.attempt_base(builders.output_base(spec, owner), attempt or 1)
+    return naming.shard_prefix(builders.converted_base(spec, owner))
+
+
+def _seconds_since(then: float | None, now: str) -> float:
+    if then is None:
+        return float("inf")
+    return datetime.strptime(now, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp() - then
 
 
 def conversion_progress(

@@ -121,6 +121,7 @@ class Shuffle:
     output_shard_size: int
     output_bucket: Bucket
     delete_input: bool
+    max_attempts: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,11 +242,14 @@ def parse_spec(spec: dict[str, Any], *, name: str, default_endpoint: str) -> Dat
                 provider=str(sh.get("outputProvider") or out_bucket.provider),
             ),
             delete_input=bool(sh.get("deleteInput", False)),
+            max_attempts=int(sh.get("maxAttempts") or 3),
         )
         if shuffle.algorithm not in ("shuffle", "alphanumeric", "none"):
             raise SpecError("spec.shuffle.algorithm: must be shuffle, alphanumeric or none")
         if not shuffle.seed.isdigit():
             raise SpecError("spec.shuffle.seed: must be a decimal number")
+        if not 1 <= shuffle.max_attempts <= 10:
+            raise SpecError("spec.shuffle.maxAttempts: must be within 1..10")
 
     policy = str(spec.get("deletionPolicy") or "Retain")
     if policy not in ("Retain", "Delete"):

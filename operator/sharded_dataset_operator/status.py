@@ -101,6 +101,9 @@ class DatasetStatus:
     artifacts: list[dict[str, Any]] | None = None
     steps: dict[str, StepState] = field(default_factory=dict)
     progress: dict[str, Any] | None = None
+    shuffle_attempt: int | None = None
+    shuffle_max_attempts: int | None = None
+    retry: dict[str, Any] | None = None
 
     def conditions(self, previous: list[dict[str, Any]], now: str) -> list[dict[str, Any]]:
         gen = self.observed_generation
@@ -152,7 +155,12 @@ class DatasetStatus:
                 "succeeded": self.workers_succeeded,
                 "failed": self.workers_failed,
             },
-            "shuffle": {"dsortJobId": self.dsort_job_id, "outputTemplate": self.output_template},
+            "shuffle": {
+                "dsortJobId": self.dsort_job_id,
+                "outputTemplate": self.output_template,
+                "attempt": self.shuffle_attempt,
+                "maxAttempts": self.shuffle_max_attempts,
+            },
             "progress": self.progress,  # None removes it (the status is merge-patched)
             "indexObject": self.index_object,
             "startTime": self.start_time,
@@ -160,4 +168,6 @@ class DatasetStatus:
         }
         if self.artifacts is not None:
             status["artifacts"] = self.artifacts
+        if self.retry is not None:
+            status["retry"] = self.retry
         return status

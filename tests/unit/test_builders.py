@@ -163,7 +163,9 @@ def test_dsort_spec_uses_current_field_names_and_a_seeded_order() -> None:
     assert d["input_bck"] == {"name": "pets", "provider": "ais"}
     assert d["input_format"] == {"objnames": ["a.tar", "b.tar"]}
     assert (d["input_extension"], d["output_extension"]) == (".tar", ".tar")
-    assert d["output_format"] == "shuffled-shard-5f3a9c1e-g2-%06d"
+    assert d["output_format"] == "shuffled-shard-5f3a9c1e-g2-a1-%06d"
+    assert d["description"] == "sds:ml/oxford-pets:5f3a9c1e:g2:a1"
+    assert build_dsort_spec(s, OWNER, ["a"], attempt=3)["output_format"] == "shuffled-shard-5f3a9c1e-g2-a3-%06d"
     assert d["output_shard_size"] == str(100 * 2**20)
     assert d["algorithm"] == {"kind": "content", "extension": ".__order__", "content_key_type": "int"}
     assert d["Config"] == {"duplicated_records": "abort", "missing_shards": "abort"}

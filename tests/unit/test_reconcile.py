@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from sharded_dataset_operator import reconcile
+from sharded_dataset_operator import failures, reconcile
 from sharded_dataset_operator.builders import ConverterDefaults, Owner
 from sharded_dataset_operator.model import DsortJob, JobState
 from sharded_dataset_operator.reconcile import (
@@ -14,6 +15,7 @@ from sharded_dataset_operator.reconcile import (
     CreateJob,
     DeleteJobs,
     DeleteObjects,
+    DeletePrefix,
     EnsureBucket,
     Observed,
     StartDsort,
@@ -108,6 +110,10 @@ def finished_dsort(**over: Any) -> DsortJob:
     )
     fields.update(over)
     return DsortJob(**fields)
+
+
+def dsort(attempt: int = 1, **over: Any) -> dict[int, DsortJob]:
+    return {attempt: finished_dsort(description=f"sds:ml/pets:5f3a9c1e:g3:a{attempt}", **over)}
 
 
 def listing(shards: dict[str, list[str]], prefix: str = OUT, truncate: str = "") -> OutputTally:
@@ -227,7 +233,8 @@ def test_completed_conversion_starts_dsort_with_the_reported_shards() -> None:
     dsort = next(a for a in d.actions if isinstance(a, StartDsort)).spec
     assert dsort["input_format"]["objnames"] == [f"{BASE}w0000-00000.tar", f"{BASE}w0000-00001.tar",
                                                  f"{BASE}w0001-00000.tar"]  # fmt: skip
-    assert dsort["description"] == "sds:ml/pets:5f3a9c1e:g3"
+    assert dsort["description"] == "sds:ml/pets:5f3a9c1e:g3:a1"
+    assert dsort["output_format"] == f"{OUT}a1-%06d"
     # 1 MiB of tar bytes asked for as member bytes: 9 samples hold 99 member bytes in 9 * 2048 tar bytes
     assert dsort["output_shard_size"] == str(2**20 * 99 // (9 * 2048))
     assert d.status.phase == Phase.SHUFFLING
@@ -241,7 +248,7 @@ def test_converters_writing_less_than_the_plan_fail() -> None:
 
 
 def test_job_gone_but_reports_complete_does_not_rerun_conversion() -> None:
-    d = decide(spec(), OWNER, converted(dsort=finished_dsort(finished=False, input_shards=4, extracted_shards=1)),
+    d = decide(spec(), OWNER, converted(dsort_attempts=dsort(finished=False, input_shards=4, extracted_shards=1)),
                DEFAULTS, NOW)  # fmt: skip
     assert CreateJob not in kinds(d)
     assert d.status.phase == Phase.SHUFFLING and d.status.dsort_job_id == "srt-1"
@@ -261,15 +268,16 @@ def test_a_plan_of_another_generation_does_not_count() -> None:
 
 
 def test_aborted_dsort_fails_with_its_errors() -> None:
-    obs = converted(dsort=finished_dsort(finished=False, aborted=True, errors=("out of space",)))
+    obs = converted(dsort_attempts=dsort(finished=False, aborted=True, errors=("out of space",)))
     d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
     assert d.status.phase == Phase.FAILED and "out of space" in d.status.message
 
 
 def test_finished_dsort_asks_for_the_output_listing_then_verifies_and_indexes() -> None:
-    obs = converted(previous={"observedGeneration": 3, "phase": "Shuffling"}, dsort=finished_dsort())
+    obs = converted(previous={"observedGeneration": 3, "phase": "Shuffling"}, dsort_attempts=dsort())
     d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
     assert d.need_output and d.actions == [] and d.status.phase == Phase.VERIFYING
+    assert d.output_prefix == f"{OUT}a1-"
     obs.output = listing({"000000": ["a000", "b001", "a002"], "000001": ["b000", "a001"]})
     d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
     assert d.status.phase == Phase.READY and d.requeue is None, d.status.message
@@ -304,7 +312,7 @@ def test_finished_dsort_asks_for_the_output_listing_then_verifies_and_indexes() 
 def test_verification_catches_missing_truncated_and_foreign_samples(
     shards: dict[str, list[str]], truncate: str, problem: str
 ) -> None:
-    obs = converted(dsort=finished_dsort(), output=listing(shards, truncate=truncate))
+    obs = converted(dsort_attempts=dsort(), output=listing(shards, truncate=truncate))
     d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
     assert d.status.phase == Phase.FAILED and d.status.reason == "VerificationFailed"
     assert problem in d.status.message
@@ -314,13 +322,13 @@ def test_verification_catches_missing_truncated_and_foreign_samples(
 def test_verification_catches_a_missing_member() -> None:
     tally = listing({"000000": ["a000", "a001", "a002", "b000"]})
     tally.add(f"{OUT}000000.tar/b001.cls", 1)  # b001 lost its image
-    d = decide(spec(), OWNER, converted(dsort=finished_dsort(), output=tally), DEFAULTS, NOW)
+    d = decide(spec(), OWNER, converted(dsort_attempts=dsort(), output=tally), DEFAULTS, NOW)
     assert d.status.reason == "VerificationFailed" and "members" in d.status.message
 
 
 def test_delete_input_removes_converted_shards_after_verification() -> None:
     s = spec(shuffle={"seed": "1", "outputPrefix": "shuffled-", "deleteInput": True})
-    obs = converted(dsort=finished_dsort(), output=listing({"000000": ["a000", "a001", "a002", "b000", "b001"]}))
+    obs = converted(dsort_attempts=dsort(), output=listing({"000000": ["a000", "a001", "a002", "b000", "b001"]}))
     d = decide(s, OWNER, obs, DEFAULTS, NOW)
     deletes = [a for a in d.actions if isinstance(a, DeleteObjects)]
     assert len(deletes) == 1 and deletes[0].names == (f"{BASE}w0000-00000.tar", f"{BASE}w0001-00000.tar")
@@ -364,3 +372,92 @@ def test_fail_turns_a_decision_into_a_failure() -> None:
     d = decide(spec(), OWNER, converted(), DEFAULTS, NOW)
     reconcile.fail(d, "ShuffleRejected", "bad spec")
     assert d.actions == [] and d.status.phase == Phase.FAILED and d.events[-1].reason == "ShuffleRejected"
+
+
+def aborted(attempt: int, error: str = "recv-srt: unexpected EOF", ended_at: float | None = None) -> DsortJob:
+    return finished_dsort(id=f"srt-{attempt}", description=f"sds:ml/pets:5f3a9c1e:g3:a{attempt}", finished=False,
+                          aborted=True, errors=(error,), ended_at=ended_at)  # fmt: skip
+
+
+def test_dsort_aborted_by_a_node_fault_is_retried_with_its_partial_output_deleted() -> None:
+    d = decide(spec(), OWNER, converted(dsort_attempts={1: aborted(1)}), DEFAULTS, NOW)
+    assert d.status.phase == Phase.SHUFFLING and d.status.reason == "Shuffling"
+    assert kinds(d) == [DeletePrefix, StartDsort]
+    delete = next(a for a in d.actions if isinstance(a, DeletePrefix))
+    assert (delete.bucket, delete.prefix) == ("out", f"{OUT}a1-")
+    start = next(a for a in d.actions if isinstance(a, StartDsort)).spec
+    assert start["description"].endswith(":a2") and start["output_format"] == f"{OUT}a2-%06d"
+    assert [(e.type, e.reason) for e in d.events] == [("Warning", "ShuffleRetry"), ("Normal", "Shuffling")]
+    assert "dSort attempt 2/3 after: recv-srt: unexpected EOF" in d.events[0].message
+    assert (d.status.shuffle_attempt, d.status.shuffle_max_attempts) == (2, 3)
+
+
+def test_a_retry_waits_for_its_backoff() -> None:
+    just_now = datetime(2026, 11, 23, 10, 0, 0, tzinfo=UTC).timestamp() - 2  # NOW minus 2 s
+    obs = converted(dsort_attempts={1: aborted(1, ended_at=just_now), 2: aborted(2, ended_at=just_now)})
+    d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
+    assert d.actions == [] and d.status.reason == "ShuffleRetrying"
+    assert d.requeue is not None and 7 <= d.requeue <= 8  # 10 s after the 2nd failure, 2 s already passed
+    assert "dSort attempt 2/3" in d.status.message and "retrying in 8s" in d.status.message
+
+
+def test_dsort_retries_stop_at_the_budget_and_on_permanent_errors() -> None:
+    obs = converted(dsort_attempts={1: aborted(1), 2: aborted(2), 3: aborted(3, "read tcp: connection reset")})
+    d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
+    assert d.status.phase == Phase.FAILED and d.status.reason == "ShuffleFailed"
+    assert "dSort attempt 3/3 (job srt-3) aborted: read tcp: connection reset" in d.status.message
+    d = decide(spec(), OWNER, converted(dsort_attempts={1: aborted(1, "duplicated record a000")}), DEFAULTS, NOW)
+    assert d.status.phase == Phase.FAILED and "attempt 1/3" in d.status.message
+    one = spec(shuffle={"seed": "1", "outputPrefix": "shuffled-", "maxAttempts": 1})
+    d = decide(one, OWNER, converted(dsort_attempts={1: aborted(1)}), DEFAULTS, NOW)
+    assert d.status.phase == Phase.FAILED and "attempt 1/1" in d.status.message
+
+
+def test_retry_annotation_restarts_the_failed_step_once() -> None:
+    failed = decide(spec(), OWNER, converted(dsort_attempts={1: aborted(1, "duplicated record a000")}), DEFAULTS, NOW)
+    prev = failed.status.to_dict([], NOW)
+    assert prev["phase"] == "Failed"
+    d = decide(spec(), OWNER, converted(previous=prev, dsort_attempts={1: aborted(1, "duplicated record a000")},
+                                        retry_request="1"), DEFAULTS, NOW)  # fmt: skip
+    assert d.status.reason == "Retrying" and [e.reason for e in d.events] == ["RetryRequested"]
+    assert d.status.retry == {"request": "1", "shuffleAttemptBase": 1}
+    prev = d.status.to_dict(prev["conditions"], NOW)
+    # next pass: a fresh budget after the attempts made before the request
+    d = decide(spec(), OWNER, converted(previous=prev, dsort_attempts={1: aborted(1, "duplicated record a000")},
+                                        retry_request="1"), DEFAULTS, NOW)  # fmt: skip
+    start = next(a for a in d.actions if isinstance(a, StartDsort)).spec
+    assert start["description"].endswith(":a2") and "starting dSort (attempt 1/3)" in d.status.message
+    assert d.status.retry == {"request": "1", "shuffleAttemptBase": 1}
+
+
+def test_retry_annotation_after_a_failed_conversion_replaces_the_job() -> None:
+    job = JobState("pets-convert-g3", 3, failed=1, failed_reason="FailedIndexes", failed_message="boom")
+    prev = decide(spec(), OWNER, Observed(previous={}, plan=plan(), job=job), DEFAULTS, NOW).status.to_dict([], NOW)
+    d = decide(spec(), OWNER, Observed(previous=prev, plan=plan(), job=job, retry_request="x"), DEFAULTS, NOW)
+    assert [a.names for a in d.actions if isinstance(a, DeleteJobs)] == [("pets-convert-g3",)]
+    prev = d.status.to_dict(prev["conditions"], NOW)
+    deleting = JobState("pets-convert-g3", 3, failed=1, failed_reason="FailedIndexes", deleting=True)
+    d = decide(spec(), OWNER, Observed(previous=prev, plan=plan(), job=deleting, retry_request="x"), DEFAULTS, NOW)
+    assert d.status.phase == Phase.CONVERTING and d.actions == []
+    d = decide(spec(), OWNER, Observed(previous=prev, plan=plan(), retry_request="x"), DEFAULTS, NOW)
+    assert kinds(d) == [CreateJob]
+
+
+def test_failure_classification() -> None:
+    assert failures.classify_dsort_abort(["recv-srt-x sbr_proto_hdr: unexpected EOF"]) == failures.TRANSIENT
+    assert failures.classify_dsort_abort([]) == failures.TRANSIENT
+    assert failures.classify_dsort_abort(["dial tcp 10.0.0.1: connection refused"]) == failures.TRANSIENT
+    assert failures.classify_dsort_abort(["duplicated record key a"]) == failures.PERMANENT
+    assert [failures.backoff_seconds(n) for n in range(6)] == [0, 5, 10, 20, 40, 80]
+    assert failures.backoff_seconds(30) == 120
+
+
+def test_reports_missing_after_the_job_completed_wait_for_a_grace_period_then_fail() -> None:
+    now = datetime(2026, 11, 23, 10, 0, 0, tzinfo=UTC).timestamp()
+    recent = JobState("pets-convert-g3", 3, succeeded=2, complete=True, completed_at=now - 30)
+    obs = Observed(previous={}, plan=plan(9), job=recent, reports={0: report(0, 5)})
+    d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
+    assert d.status.phase == Phase.CONVERTING and d.status.reason == "ReportsPending" and d.actions == []
+    old = JobState("pets-convert-g3", 3, succeeded=2, complete=True, completed_at=now - 600)
+    d = decide(spec(), OWNER, Observed(previous={}, plan=plan(9), job=old, reports={0: report(0, 5)}), DEFAULTS, NOW)
+    assert d.status.phase == Phase.FAILED and d.status.reason == "ReportMissing" and "[1]" in d.status.message

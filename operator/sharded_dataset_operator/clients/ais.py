@@ -11,6 +11,7 @@ import json
 import logging
 import tarfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import requests
@@ -357,6 +358,7 @@ class Ais:
             return None
         finished, aborted, records, shards, desc = True, False, 0, 0, ""
         inputs = extracted = to_create = 0
+        ended: list[float] = []
         errors: list[str] = []
         for info in per_target.values():
             m = info.get("Metrics") or {}
@@ -365,6 +367,7 @@ class Ais:
             creation = m.get("shard_creation") or {}
             finished = finished and bool(creation.get("finished"))
             errors.extend(str(e) for e in (m.get("errors") or []))
+            ended.extend(t for t in [_epoch(info.get("finish_time"))] if t is not None)
             extraction = m.get("local_extraction") or {}
             records += int(extraction.get("extracted_record_count") or 0)
             inputs += int(extraction.get("total_count") or 0)
@@ -382,10 +385,23 @@ class Ais:
             input_shards=inputs,
             extracted_shards=extracted,
             to_create=to_create,
+            ended_at=max(ended) if ended else None,
         )
 
     def dsort_abort(self, job_id: str) -> None:
         self._rest("DELETE", "/v1/sort/abort", params={"uuid": job_id})
+
+
+def _epoch(value: Any) -> float | None:
+    """An RFC 3339 time from AIS as epoch seconds; None for absent or zero ("0001-01-01...") times."""
+    if not isinstance(value, str) or not value or value.startswith("0001"):
+        return None
+    head, _, frac = value.rstrip("Z").partition(".")
+    head = head.split("+")[0]
+    try:
+        return datetime.fromisoformat(head).replace(tzinfo=UTC).timestamp() + (float(f"0.{frac[:6]}") if frac else 0)
+    except ValueError:
+        return None
 
 
 def _skip_environment_lookups(client: Client) -> None:

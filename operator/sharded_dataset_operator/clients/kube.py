@@ -80,6 +80,8 @@ def _job_state(job: Any, generation: int) -> JobState:
         complete=complete and not failed,
         failed_reason=reason if failed else "",
         failed_message=message,
+        deleting=job.metadata.deletion_timestamp is not None,
+        completed_at=st.completion_time.timestamp() if complete and st.completion_time else None,
     )
 
 

@@ -1,0 +1,57 @@
+"""Which failures are worth retrying (pure): one place that classifies what the operator observes.
+
+Transient: the cluster's weather (a node or the network went away for a while): a dSort job aborted by a
+connection, stream or membership error, AIS unreachable or answering 5xx, a listing that came back incomplete.
+The step is retried inside its budget. Permanent: a retry cannot help (dSort refused the spec, duplicate
+records, input shards missing, a verification mismatch, no complete samples): the resource goes Failed
+(Stalled) with the reason, until the spec changes or a retry is requested (`RETRY_ANNOTATION`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+TRANSIENT = "transient"
+PERMANENT = "permanent"
+
+RETRY_ANNOTATION = "shardeddataset.dev/retry"
+"""Set to any new value to retry a Failed run's failed step once (the operator never writes spec)."""
+
+DEFAULT_SHUFFLE_ATTEMPTS = 3
+REPORT_GRACE_SECONDS = 180.0
+"""How long reports may stay invisible after the converter Job completed before that is a failure."""
+BACKOFF_BASE_SECONDS = 5.0
+BACKOFF_MAX_SECONDS = 120.0
+
+# dSort errors that say "the data or the request is wrong", whatever the cluster's health. Anything else
+# (a stream broken by EOF, a connection refused or reset, a timeout, a node leaving the cluster map) is
+# the cluster's weather.
+_PERMANENT_MARKERS = (
+    "duplicate",
+    "missing shard",
+    "missing input",
+    "invalid",
+    "failed to parse",
+    "unsupported",
+    "out of space",
+    "no space left",
+)
+
+
+def classify_dsort_abort(errors: Iterable[str]) -> str:
+    """TRANSIENT or PERMANENT for an aborted dSort job, from its error messages.
+
+    An abort without any error (aborted from outside, or by a node that left before it could say why) is
+    transient.
+    """
+    texts = [e.lower() for e in errors]
+    if any(m in t for t in texts for m in _PERMANENT_MARKERS):
+        return PERMANENT
+    return TRANSIENT
+
+
+def backoff_seconds(failed_attempts: int) -> float:
+    """Wait before the next attempt after `failed_attempts` failures: 5 s, 10 s, 20 s, ... up to 2 minutes."""
+    if failed_attempts < 1:
+        return 0.0
+    return float(min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2.0 ** (failed_attempts - 1)))

@@ -1,0 +1,67 @@
+"""Fault injection on the local cluster: kill an AIS node process and start it again, as it was started.
+
+AIS nodes run on this host (hack/cluster.sh); a killed node is restarted with its own command line and
+environment, read from /proc before the kill, and the helper always restarts it, even when the test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import requests
+
+LOGS = Path("/var/lib/sharded-dataset-operator/cluster/logs")
+
+
+def node_pid(role: str, name: str) -> int:
+    """PID of the aisnode process whose local config is `<name>/local.json` (e.g. target1, proxy0)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        text = b" ".join(cmd).decode(errors="replace")
+        if "aisnode" in text and f"-role={role}" in text and f"/{name}/local.json" in text:
+            return int(proc.name)
+    raise AssertionError(f"no running AIS {role} {name}")
+
+
+def cluster_healthy(endpoint: str, targets: int = 2) -> bool:
+    try:
+        if requests.get(f"{endpoint}/v1/health?prr=true", timeout=2).status_code != 200:
+            return False
+        smap = requests.get(f"{endpoint}/v1/daemon?what=smap", timeout=2).json()
+        return len(smap.get("tmap") or {}) >= targets
+    except (requests.RequestException, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def node_down(endpoint: str, role: str, name: str) -> Iterator[None]:
+    """SIGKILL the node; on exit start it again exactly as it ran and wait until the cluster is whole."""
+    pid = node_pid(role, name)
+    proc = Path(f"/proc/{pid}")
+    cmd = [c.decode() for c in (proc / "cmdline").read_bytes().split(b"\0") if c]
+    env = dict(line.decode().split("=", 1) for line in (proc / "environ").read_bytes().split(b"\0") if b"=" in line)
+    cwd = os.readlink(proc / "cwd")
+    os.kill(pid, signal.SIGKILL)
+    try:
+        yield
+    finally:
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        with open(LOGS / f"ais-{name}.log", "ab") as log:
+            subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while not cluster_healthy(endpoint) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert cluster_healthy(endpoint), f"AIS {name} did not rejoin within 120 s"
