@@ -209,10 +209,14 @@ def measure_size(endpoint: str, label: str, bucket: str, over: dict[str, Any] | 
 def sweep(endpoint: str, small_bucket: str, oxford_bucket: str | None) -> Result:
     """Converter x1 samples/s for Get-Batch limits: files per request on small files, bytes on Oxford."""
     out: Result = {"small_batch_objects": {}, "oxford_batch_size_mib": {}}
-    for objects in (32, 128, 256, 1024):
-        over = {**small_over(), "conversion": {"workers": 1, "reads": {"batchObjects": objects, "batchSize": "64MiB"}}}
+    for objects in (32, 256, 1024, 2048, 4096):
+        over = {**small_over(), "conversion": {"workers": 1, "reads": {"batchObjects": objects, "batchSize": "8MiB"}}}
         r = base.measure_converter(endpoint, small_bucket, 1, spec_over=over)
-        out["small_batch_objects"][str(objects)] = {"samples_per_s": r["samples_per_s"], "mib_per_s": r["mib_per_s"]}
+        out["small_batch_objects"][str(objects)] = {
+            "samples_per_s": r["samples_per_s"],
+            "mib_per_s": r["mib_per_s"],
+            "peak_rss_mib": max(r["peak_rss_mib_per_worker"]),
+        }
     if oxford_bucket:
         for mib in (2, 8, 32):
             over = {"conversion": {"workers": 1, "reads": {"batchObjects": 10_000, "batchSize": f"{mib}MiB"}}}

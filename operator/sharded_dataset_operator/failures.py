@@ -19,7 +19,9 @@ RETRY_ANNOTATION = "shardeddataset.dev/retry"
 
 DEFAULT_SHUFFLE_ATTEMPTS = 3
 REPORT_GRACE_SECONDS = 180.0
-"""How long reports may stay invisible after the converter Job completed before that is a failure."""
+"""How long a plan or reports may stay invisible after their Job completed before that is a failure."""
+VERIFY_RETRY_SECONDS = 20.0
+"""A verification mismatch is checked once more after this long before the run fails."""
 BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_MAX_SECONDS = 120.0
 

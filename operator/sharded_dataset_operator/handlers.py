@@ -10,8 +10,10 @@ import logging
 from typing import Any
 
 import kopf
+import prometheus_client
 
 from . import failures, naming, operations, reconcile
+from .metrics import METRICS
 from .settings import SETTINGS
 from .spec import API_GROUP, API_VERSION, PLURAL
 
@@ -32,6 +34,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.networking.request_timeout = 60
     settings.execution.max_workers = 16
     settings.batching.error_delays = [1, 2, 5, 10, 30]
+    if SETTINGS.metrics_port:
+        prometheus_client.start_http_server(SETTINGS.metrics_port, addr="0.0.0.0", registry=METRICS.registry)
 
 
 @kopf.daemon(API_GROUP, API_VERSION, PLURAL, cancellation_timeout=15.0)
@@ -50,6 +54,7 @@ async def pipeline(
             backoff = 1.0
         except Exception as e:  # API hiccups and bugs alike: log, back off, never kill the daemon
             logger.exception("reconcile failed: %s", e)
+            METRICS.error(type(e).__name__)
             result = operations.PassResult(requeue=min(backoff, 60.0))
             backoff *= 2
         for ev in result.events:
@@ -77,6 +82,7 @@ def cleanup(body: kopf.Body, spec: Any, logger: Any, **_: Any) -> None:
 
     Converter Jobs are garbage-collected through their ownerReferences either way.
     """
+    METRICS.forget(body.meta.get("namespace") or "", body.meta.get("name") or "")
     if spec.get("deletionPolicy", "Retain") != "Delete":
         logger.info("deletionPolicy Retain: shards and index kept in AIS")
         return

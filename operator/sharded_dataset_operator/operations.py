@@ -17,6 +17,7 @@ from . import builders, failures, naming, reconcile
 from .builders import ConverterDefaults, Owner
 from .clients import kube
 from .clients.ais import Ais, AisUnavailable, BucketNotFound, DsortRejected, ListingError
+from .metrics import METRICS
 from .model import DsortJob
 from .reconcile import Decision, Event, Observed
 from .settings import Settings
@@ -88,6 +89,11 @@ class ObjectCache:
         self.items: OrderedDict[tuple[str, str, str], tuple[str, dict[str, Any]]] = OrderedDict()
         self.reads = 0
 
+    def evict(self, ais: Ais, bucket: str, provider: str, names: tuple[str, ...]) -> None:
+        """Forget deleted objects (a sticky one would otherwise outlive its deletion)."""
+        for name in names:
+            self.items.pop((ais.endpoint, f"{provider}://{bucket}", name), None)
+
     def read(
         self, ais: Ais, bucket: str, provider: str, prefix: str, sticky: bool = False
     ) -> dict[str, dict[str, Any]]:
@@ -140,7 +146,7 @@ def observe(ais: Ais, spec: DatasetSpec, owner: Owner, previous: dict[str, Any])
     out = spec.output.bucket
     base = builders.converted_base(spec, owner)
     manifest = naming.plan_manifest_name(base)
-    obs.plan = CACHE.read(ais, out.name, out.provider, manifest).get(manifest)
+    obs.plan = CACHE.read(ais, out.name, out.provider, manifest, sticky=True).get(manifest)
     if obs.plan is None:
         obs.planner = kube.get_job(owner.namespace, naming.job_name(owner.name, gen, "plan"), gen)
         if obs.planner is None:
@@ -221,6 +227,7 @@ def execute(ais: Ais, decision: Decision, owner: Owner) -> None:
                 ais.put(bucket, name, json.dumps(body, indent=1, sort_keys=True).encode(), provider)
             case reconcile.DeleteObjects(bucket=bucket, provider=provider, names=names):
                 ais.delete_objects(bucket, list(names), provider)
+                CACHE.evict(ais, bucket, provider, names)
             case reconcile.DeletePrefix(bucket=bucket, provider=provider, prefix=prefix):
                 n = ais.delete_prefix(bucket, prefix, provider)
                 log.info("%s/%s: deleted %d objects under %s", owner.namespace, owner.name, n, prefix)
@@ -228,7 +235,11 @@ def execute(ais: Ais, decision: Decision, owner: Owner) -> None:
 
 def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
     obj = kube.get_dataset(namespace, name)
-    if obj is None or obj["metadata"].get("deletionTimestamp") or is_settled(obj):
+    if obj is None:
+        METRICS.forget(namespace, name)
+        return PassResult(requeue=None)
+    METRICS.seen(namespace, name, obj.get("status") or {})
+    if obj["metadata"].get("deletionTimestamp") or is_settled(obj):
         return PassResult(requeue=None)
     owner = owner_of(obj)
     previous = obj.get("status") or {}
@@ -263,6 +274,8 @@ def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
     status = decision.status.to_dict(previous.get("conditions") or [], now)
     if any(previous.get(k) != v for k, v in status.items()):  # unchanged: no write to the API server
         kube.patch_status(namespace, name, status)
+    METRICS.passed(previous, status, decision.events)
+    METRICS.seen(namespace, name, status)
     return PassResult(requeue=decision.requeue, events=decision.events)
 
 
@@ -277,7 +290,10 @@ def _fail_invalid(
         stalled=True,
         artifacts=previous.get("artifacts"),
     )
-    kube.patch_status(owner.namespace, owner.name, st.to_dict(previous.get("conditions") or [], now))
+    status = st.to_dict(previous.get("conditions") or [], now)
+    kube.patch_status(owner.namespace, owner.name, status)
+    METRICS.passed(previous, status, [])
+    METRICS.seen(owner.namespace, owner.name, status)
     return PassResult(requeue=None, events=[Event("Warning", reason, message)])
 
 
@@ -303,6 +319,8 @@ def _transient(
             "observedGeneration": gen,
         },
     )
+    METRICS.passes.inc()
+    METRICS.error(reason)
     events = [] if was.get("reason") == reason and was.get("status") == "True" else [Event("Warning", reason, message)]
     return PassResult(requeue=10.0, events=events)
 

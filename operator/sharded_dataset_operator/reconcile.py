@@ -289,7 +289,13 @@ def _planning(p: Pass) -> Decision | None:
         msg = f"planner Job {obs.planner.name} failed: {obs.planner.failed_message or obs.planner.failed_reason}"
         return p.failed(CONVERTED, "PlanningFailed", msg)
     if obs.planner.complete:
-        return p.failed(None, "PlanMissing", f"planner Job {obs.planner.name} completed but its plan is missing")
+        msg = f"planner Job {obs.planner.name} completed but its plan is missing"
+        if _seconds_since(obs.planner.completed_at, p.now) < failures.REPORT_GRACE_SECONDS:
+            # the AIS target that holds it may be down for a moment: not a verdict yet
+            decision = p.working(Phase.CONVERTING, "PlanPending", f"{msg} (waiting: AIS may be degraded)")
+            decision.requeue = 5.0
+            return decision
+        return p.failed(None, "PlanMissing", msg)
     return p.working(Phase.CONVERTING, "Planning", "listing the source and grouping it into samples")
 
 
@@ -415,7 +421,14 @@ def _verification(p: Pass) -> Decision:
     if problem is None and spec.shuffle is None and [s.name for s in tally.shards] != p.converted_shards:
         problem = f"hold {len(tally.shards)} shards, the converters reported {len(p.converted_shards)}"
     if problem is not None:
-        return p.failed(VERIFIED, "VerificationFailed", f"output shards under {verify_prefix} {problem}")
+        msg = f"output shards under {verify_prefix} {problem}"
+        if _condition_reason(p.prev, VERIFIED) != "VerificationRetrying":
+            # a listing taken while an AIS target was down is short: verify once more before judging
+            st.steps[VERIFIED] = StepState(False, "VerificationRetrying", msg)
+            decision = p.working(Phase.VERIFYING, "VerificationRetrying", f"{msg}; verifying again")
+            decision.requeue = failures.VERIFY_RETRY_SECONDS
+            return decision
+        return p.failed(VERIFIED, "VerificationFailed", msg)
     total = tally.samples
     st.steps[VERIFIED] = StepState(
         True,
@@ -460,6 +473,10 @@ def verification_prefix(spec: DatasetSpec, owner: Owner, attempt: int | None) ->
     if spec.shuffle is not None:
         return naming.attempt_base(builders.output_base(spec, owner), attempt or 1)
     return naming.shard_prefix(builders.converted_base(spec, owner))
+
+
+def _condition_reason(status: dict[str, Any], type_: str) -> str | None:
+    return next((c.get("reason") for c in status.get("conditions") or [] if c.get("type") == type_), None)
 
 
 def _seconds_since(then: float | None, now: str) -> float:

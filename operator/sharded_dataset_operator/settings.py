@@ -23,6 +23,7 @@ class Settings:
     liveness_endpoint: str = "http://0.0.0.0:8080/healthz"
     active_interval: float = 1.0
     idle_interval: float = 60.0
+    metrics_port: int = 8000  # 0: no metrics endpoint
 
 
 def _json_env(e: Mapping[str, str], name: str, kind: type[dict[str, Any]] | type[list[Any]]) -> Any:
@@ -56,6 +57,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         liveness_endpoint=e.get("SDS_LIVENESS_ENDPOINT", Settings.liveness_endpoint),
         active_interval=float(e.get("SDS_ACTIVE_INTERVAL", Settings.active_interval)),
         idle_interval=float(e.get("SDS_IDLE_INTERVAL", Settings.idle_interval)),
+        metrics_port=int(e.get("SDS_METRICS_PORT", Settings.metrics_port)),
     )
 
 

@@ -99,7 +99,7 @@ class Reads:
     """How converters read raw files from AIS: Get-Batch requests (`batch`) or one GET per file (`object`)."""
 
     mode: str = "batch"
-    batch_objects: int = 256
+    batch_objects: int = 2048
     batch_bytes: int = 8 * 1024 * 1024
 
 
@@ -142,7 +142,7 @@ def _reads(raw: dict[str, Any]) -> Reads:
     mode = str(raw.get("mode") or "batch")
     if mode not in ("batch", "object"):
         raise SpecError("spec.conversion.reads.mode: must be batch or object")
-    objects = int(raw.get("batchObjects") or 256)
+    objects = int(raw.get("batchObjects") or 2048)
     if not 1 <= objects <= 10_000:
         raise SpecError("spec.conversion.reads.batchObjects: must be within 1..10000")
     size = parse_size(raw["batchSize"], "spec.conversion.reads.batchSize") if raw.get("batchSize") else 8 * 1024 * 1024

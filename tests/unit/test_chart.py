@@ -86,7 +86,7 @@ def test_rbac_and_serviceaccount_can_be_disabled(helm: Helm) -> None:
     objs = render(
         helm, "--set", "rbac.create=false", "--set", "serviceAccount.create=false", "--set", "serviceAccount.name=ops"
     )
-    assert {o["kind"] for o in objs} == {"CustomResourceDefinition", "Deployment"}
+    assert {o["kind"] for o in objs} == {"CustomResourceDefinition", "Deployment", "Service"}  # Service: metrics
     assert _kind(objs, "Deployment")[0]["spec"]["template"]["spec"]["serviceAccountName"] == "ops"
 
 
@@ -205,3 +205,38 @@ def test_default_converter_settings(helm: Helm) -> None:
     assert s.converter_image == "localhost/sharded-dataset-operator:dev"
     assert s.converter_pull_policy == "IfNotPresent"
     assert (s.converter_resources, s.converter_node_selector, s.converter_tolerations) == ({}, {}, [])
+
+
+def test_metrics_service_and_service_monitor(helm: Helm, tmp_path: Path) -> None:
+    objs = render(helm)
+    (service,) = [o for o in _kind(objs, "Service") if o["metadata"]["name"].endswith("-metrics")]
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 8000, "targetPort": "metrics", "protocol": "TCP"}]
+    (dep,) = _kind(objs, "Deployment")
+    assert _env(dep)["SDS_METRICS_PORT"] == "8000"
+    ports = dep["spec"]["template"]["spec"]["containers"][0]["ports"]
+    assert {"name": "metrics", "containerPort": 8000, "protocol": "TCP"} in ports
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert all(pod_labels.get(k) == v for k, v in service["spec"]["selector"].items())
+    assert not _kind(objs, "ServiceMonitor")
+    assert "prometheus.io/scrape" not in (dep["spec"]["template"]["metadata"].get("annotations") or {})
+
+    on = render(helm, "-f", _values(tmp_path, {"metrics": {"serviceMonitor": {"enabled": True, "labels": {
+        "release": "kube-prometheus"}}, "podAnnotations": True}}))  # fmt: skip
+    (monitor,) = _kind(on, "ServiceMonitor")
+    (service,) = [o for o in _kind(on, "Service") if o["metadata"]["name"].endswith("-metrics")]
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus"
+    assert all(service["metadata"]["labels"].get(k) == v for k, v in monitor["spec"]["selector"]["matchLabels"].items())
+    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s"}]
+    (dep,) = _kind(on, "Deployment")
+    annotations = dep["spec"]["template"]["metadata"]["annotations"]
+    assert annotations == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "8000",
+        "prometheus.io/path": "/metrics",
+    }
+
+    off = render(helm, "--set", "metrics.port=0", "--set", "metrics.serviceMonitor.enabled=true")
+    assert not [o for o in off if o["kind"] in ("Service", "ServiceMonitor")]
+    (dep,) = _kind(off, "Deployment")
+    assert _env(dep)["SDS_METRICS_PORT"] == "0"
+    assert settings.from_env({"SDS_METRICS_PORT": "0"}).metrics_port == 0

@@ -62,6 +62,7 @@ def test_rendered_default_objects(helm: Helm) -> None:
             ("ClusterRoleBinding", "sharded-dataset-operator"),
             ("CustomResourceDefinition", "shardeddatasets.shardeddataset.dev"),
             ("Deployment", "sharded-dataset-operator"),
+            ("Service", "sharded-dataset-operator-metrics"),
             ("ServiceAccount", "sharded-dataset-operator"),
         ]
     )

@@ -126,6 +126,15 @@ def listing(shards: dict[str, list[str]], prefix: str = OUT, truncate: str = "")
     return tally
 
 
+def verify_twice(s: Any, obs: Observed) -> reconcile.Decision:
+    """A mismatch is checked once more before it fails the run: the first pass retries, the second judges."""
+    first = decide(s, OWNER, obs, DEFAULTS, NOW)
+    assert first.status.reason == "VerificationRetrying" and first.actions == [], first.status.message
+    assert first.requeue == 20.0
+    obs.previous = first.status.to_dict([], NOW)
+    return decide(s, OWNER, obs, DEFAULTS, NOW)
+
+
 def kinds(decision: reconcile.Decision) -> list[type]:
     return [type(a) for a in decision.actions]
 
@@ -313,7 +322,7 @@ def test_verification_catches_missing_truncated_and_foreign_samples(
     shards: dict[str, list[str]], truncate: str, problem: str
 ) -> None:
     obs = converted(dsort_attempts=dsort(), output=listing(shards, truncate=truncate))
-    d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
+    d = verify_twice(spec(), obs)
     assert d.status.phase == Phase.FAILED and d.status.reason == "VerificationFailed"
     assert problem in d.status.message
     assert WriteIndex not in kinds(d)
@@ -322,7 +331,7 @@ def test_verification_catches_missing_truncated_and_foreign_samples(
 def test_verification_catches_a_missing_member() -> None:
     tally = listing({"000000": ["a000", "a001", "a002", "b000"]})
     tally.add(f"{OUT}000000.tar/b001.cls", 1)  # b001 lost its image
-    d = decide(spec(), OWNER, converted(dsort_attempts=dsort(), output=tally), DEFAULTS, NOW)
+    d = verify_twice(spec(), converted(dsort_attempts=dsort(), output=tally))
     assert d.status.reason == "VerificationFailed" and "members" in d.status.message
 
 
@@ -348,7 +357,7 @@ def test_without_shuffle_the_converted_shards_are_verified_and_indexed() -> None
     # a shard nobody reported (left over from elsewhere) fails verification instead of being indexed
     obs.output = listing({"w0000-00000": ["a000", "a001", "a002"], "w0001-00000": ["b000", "b001"],
                           "w0009-00000": []}, BASE)  # fmt: skip
-    d = decide(s, OWNER, obs, DEFAULTS, NOW)
+    d = verify_twice(s, obs)
     assert d.status.reason == "VerificationFailed" and "3 shards" in d.status.message
 
 
@@ -461,3 +470,13 @@ def test_reports_missing_after_the_job_completed_wait_for_a_grace_period_then_fa
     old = JobState("pets-convert-g3", 3, succeeded=2, complete=True, completed_at=now - 600)
     d = decide(spec(), OWNER, Observed(previous={}, plan=plan(9), job=old, reports={0: report(0, 5)}), DEFAULTS, NOW)
     assert d.status.phase == Phase.FAILED and d.status.reason == "ReportMissing" and "[1]" in d.status.message
+
+
+def test_plan_missing_after_the_planner_completed_waits_a_grace_period_then_fails() -> None:
+    now = datetime(2026, 11, 23, 10, 0, 0, tzinfo=UTC).timestamp()
+    recent = JobState("pets-plan-g3", 3, succeeded=1, complete=True, completed_at=now - 10)
+    d = decide(spec(), OWNER, Observed(previous={}, planner=recent), DEFAULTS, NOW)
+    assert d.status.reason == "PlanPending" and d.actions == [] and d.status.phase == Phase.CONVERTING
+    old = JobState("pets-plan-g3", 3, succeeded=1, complete=True, completed_at=now - 600)
+    d = decide(spec(), OWNER, Observed(previous={}, planner=old), DEFAULTS, NOW)
+    assert d.status.phase == Phase.FAILED and d.status.reason == "PlanMissing"

@@ -146,7 +146,7 @@ def read_plan(config: dict[str, Any], limit: int | None) -> ReadPlan:
         readahead = max(MIN_READAHEAD, min(MAX_READAHEAD, spare // 2))
     if str(reads.get("mode") or READS_BATCH) == READS_BATCH:
         return ReadPlan(
-            batch_objects=int(reads.get("batchObjects") or 256),
+            batch_objects=int(reads.get("batchObjects") or 2048),
             batch_bytes=min(int(reads.get("batchBytes") or 8 * MiB), readahead),
             batches_in_flight=3,
             readahead_bytes=readahead,

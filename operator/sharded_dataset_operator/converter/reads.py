@@ -25,7 +25,7 @@ class MissingFile(Exception):
 class ReadPlan:
     """How to read: batch limits and concurrency."""
 
-    batch_objects: int = 256
+    batch_objects: int = 2048
     batch_bytes: int = 8 * 1024 * 1024
     batches_in_flight: int = 3
     readahead_bytes: int = 64 * 1024 * 1024
