@@ -836,6 +836,17 @@ def measure_resource(endpoint: str, raw: str, timeout: float, last: bool = True)
                         marks["job_done"] = now
                         marks["job_start_status"] = job.status.start_time.timestamp()
                         marks["job_completion_status"] = job.status.completion_time.timestamp()
+            if "plan_done" not in marks:
+                try:
+                    planner = batch.read_namespaced_job(f"{RESOURCE_NAME}-plan-g1", NAMESPACE)
+                except ApiException as e:
+                    if e.status != 404:
+                        raise
+                    planner = None
+                if planner is not None:
+                    marks.setdefault("plan_seen", now)
+                    if any(c.type == "Complete" and c.status == "True" for c in planner.status.conditions or []):
+                        marks["plan_done"] = now
             if (st.get("shuffle") or {}).get("dsortJobId"):
                 marks.setdefault("dsort_id_seen", now)
             if phase in ("Ready", "Failed"):
@@ -865,10 +876,13 @@ def measure_resource(endpoint: str, raw: str, timeout: float, last: bool = True)
 
     total = marks["ready"] - t_apply
     conv = (marks["job_seen"], marks["job_done"])
+    planning = (marks.get("plan_seen", conv[0]), marks.get("plan_done", conv[0]))
     dsort = (ds_start or marks["job_done"], ds_end or ds_start or marks["job_done"])
-    busy = _union([conv, dsort])
+    busy = _union([planning, conv, dsort])
     stages = {
-        "operator_react_s": conv[0] - t_apply,
+        "operator_react_s": planning[0] - t_apply,
+        "planning_job_s": planning[1] - planning[0],
+        "handoff_to_convert_s": max(0.0, conv[0] - planning[1]),
         "conversion_job_s": conv[1] - conv[0],
         "handoff_to_dsort_s": max(0.0, dsort[0] - conv[1]),
         "dsort_s": dsort[1] - dsort[0],
@@ -937,7 +951,7 @@ def chart(res: Result, path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [1.3, 1]})
     runs = (res.get("resource") or {}).get("runs") or []
     if runs:
-        colors = ["#999999", "#4c72b0", "#bbbbbb", "#dd8452", "#55a868"]
+        colors = ["#999999", "#8172b3", "#cccccc", "#4c72b0", "#bbbbbb", "#dd8452", "#55a868"]
         for y, rs in enumerate(runs):
             left = 0.0
             for (name, secs), color in zip(rs["stages_s"].items(), colors, strict=False):
