@@ -17,6 +17,7 @@ from sharded_dataset_operator.converter.common import PermanentError
 from sharded_dataset_operator.converter.main import MiB, convert, read_plan
 from sharded_dataset_operator.converter.planner import make_plan
 from sharded_dataset_operator.converter.sources import VolumeSource
+from sharded_dataset_operator.model import Entry
 from sharded_dataset_operator.samples import FieldRule, LabelRule, group_samples, parse_labels
 from sharded_dataset_operator.spec import parse_spec
 from sharded_dataset_operator.verify import OutputTally, Totals, compare
@@ -41,6 +42,10 @@ class MemoryStore:
 
     def stream_lines(self, bucket: str, name: str, provider: str = "ais") -> Iterator[str]:
         yield from self.objects[f"{bucket}/{name}"].decode().splitlines()
+
+    def list_objects(self, bucket: str, provider: str = "ais", prefix: str = "") -> list[Entry]:
+        full = f"{bucket}/{prefix}"
+        return [Entry(k.split("/", 1)[1], len(v)) for k, v in sorted(self.objects.items()) if k.startswith(full)]
 
     def delete_objects(self, bucket: str, names: list[str], provider: str = "ais") -> int:
         for n in names:
@@ -228,3 +233,53 @@ def test_read_ahead_follows_the_memory_limit_and_a_too_small_limit_is_permanent(
         read_plan(cfg, 100 * MiB)
     cfg["reads"]["mode"] = "object"
     assert read_plan(cfg, None).batches_in_flight > read_plan(config(), None).batches_in_flight
+
+
+def _planned(cfg: dict[str, Any], root: Path) -> MemoryStore:
+    store = MemoryStore()
+    make_plan(cfg, store, VolumeSource(str(root)))  # type: ignore[arg-type]
+    return store
+
+
+class Crashing(VolumeSource):
+    """A volume source whose reads fail after `budget` files (a pod killed mid-slice)."""
+
+    def __init__(self, root: str, budget: int) -> None:
+        super().__init__(root)
+        self.budget = budget
+
+    def read_many(self, paths: Any) -> list[bytes]:
+        if self.reads.files + len(paths) > self.budget:
+            raise RuntimeError("killed")
+        return super().read_many(paths)
+
+
+def test_a_retried_worker_resumes_after_its_finished_shards_and_writes_the_same_bytes(
+    dataset: tuple[Path, exampledata.Manifest],
+) -> None:
+    root, _ = dataset
+    cfg = config(workers=1, maxSamplesPerShard=10)
+    cfg["reads"]["batchObjects"] = 8  # small requests, so the crash comes after some shards
+    clean, _, (expected,) = run_all(root, cfg)
+    store = MemoryStore()
+    make_plan(cfg, store, VolumeSource(str(root)))  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="killed"):
+        convert(cfg, 0, store, Crashing(str(root), budget=120))  # type: ignore[arg-type]
+    progress = json.loads(store.objects[f"{BASE}progress-w0000.json"])
+    assert 2 <= len(progress["shards"]) < len(expected.shards)
+    again_source = VolumeSource(str(root))
+    again = convert(cfg, 0, store, again_source)  # type: ignore[arg-type]
+    assert again.resumed_shards == len(progress["shards"])
+    # only the samples after the finished shards were read again
+    full = VolumeSource(str(root))
+    convert(cfg, 0, _planned(cfg, root), full)  # type: ignore[arg-type]
+    resumed_samples = sum(sh["samples"] for sh in progress["shards"])
+    assert again_source.reads.files <= full.reads.files - resumed_samples
+    assert again.written == expected.written and again.shards == expected.shards
+    assert again.totals == expected.totals and again.total_bytes == expected.total_bytes
+    tars = {k: v for k, v in store.objects.items() if k.endswith(".tar")}
+    assert tars == {k: v for k, v in clean.objects.items() if k.endswith(".tar")}
+    # a finished shard that went missing is not trusted: the worker redoes the slice from there
+    del store.objects[f"{BASE}w0000-00001.tar"]
+    redo = convert(cfg, 0, store, VolumeSource(str(root)))  # type: ignore[arg-type]
+    assert redo.resumed_shards == 1 and redo.shards == expected.shards

@@ -64,6 +64,7 @@ class Report:
     object_requests: int = 0
     files_read: int = 0
     readahead_bytes: int = 0
+    resumed_shards: int = 0
     seconds: float = 0.0
 
     def to_json(self) -> bytes:
@@ -84,6 +85,7 @@ class Report:
                     "files": self.files_read,
                     "readaheadBytes": self.readahead_bytes,
                 },
+                "resumedShards": self.resumed_shards,
                 "seconds": round(self.seconds, 3),
             },
             sort_keys=True,
@@ -174,7 +176,8 @@ class Progress:
         self.name = naming.progress_name(str(out["base"]), worker)
         self.last = time.monotonic()
 
-    def tick(self, samples: int, nbytes: int, force: bool = False) -> None:
+    def tick(self, samples: int, nbytes: int, durable: list[dict[str, Any]], force: bool = False) -> None:
+        """`durable`: the shards uploaded so far (what a retried worker resumes after)."""
         now = time.monotonic()
         if not force and now - self.last < self.interval:
             return
@@ -185,11 +188,33 @@ class Progress:
             "partitionSamples": self.partition,
             "samples": samples,
             "bytes": nbytes,
+            "shards": durable,
         }
         try:
             self.ais.put(self.out["bucket"], self.name, json.dumps(body, sort_keys=True).encode(), self.out["provider"])
         except Exception as e:  # progress is best effort; the report is what counts
             log.warning("could not publish progress: %s", e)
+
+
+def resume_point(ais: Ais, out: dict[str, Any], worker: int, generation: int) -> list[dict[str, Any]]:
+    """The shards an earlier attempt of this worker finished: recorded in its progress object and present in
+    AIS with the recorded size, in sequence from the first. Shard boundaries depend only on the plan, so the
+    rerun continues after them and writes the same remaining shards."""
+    base = str(out["base"])
+    data = ais.get(out["bucket"], naming.progress_name(base, worker), out["provider"])
+    if not data:
+        return []
+    body = json.loads(data)
+    if int(body.get("generation", -1)) != generation:
+        return []
+    prefix = f"{naming.shard_prefix(base)}{worker:04d}-"
+    sizes = {e.name: e.size for e in ais.list_objects(out["bucket"], out["provider"], prefix)}
+    done: list[dict[str, Any]] = []
+    for i, shard in enumerate(body.get("shards") or []):
+        if shard.get("name") != naming.shard_name(base, worker, i) or sizes.get(shard["name"]) != shard.get("bytes"):
+            break
+        done.append(shard)
+    return done
 
 
 def load_manifest(ais: Ais, out: dict[str, Any], generation: int) -> dict[str, Any]:
@@ -245,21 +270,29 @@ def convert(
     cutter = ShardCutter(out.get("maxSamples"), out.get("maxBytes"))
     progress = Progress(ais, out, index, generation, report.partition, progress_interval)
     pending = Totals()  # members of the shard being built
-    pending_bytes = 0
+
+    def account(record: dict[str, Any]) -> None:
+        report.shards.append(record)
+        report.written += int(record["samples"])
+        report.total_bytes += int(record["bytes"])
+        report.totals.merge(Totals.from_dict(record))
 
     def emit(shard: FinishedShard, totals: Totals) -> None:
         name = naming.shard_name(base, index, len(report.shards))
-        sink.submit(name, shard.data)
-        report.shards.append(
-            {"name": name, "samples": shard.samples, "bytes": len(shard.data), "memberBytes": totals.member_bytes}
-        )
-        report.written += shard.samples
-        report.total_bytes += len(shard.data)
-        report.totals.merge(totals)
+        sink.submit(name, shard.data)  # returns once the previous shard's upload finished
+        durable = list(report.shards)
+        account({"name": name, "samples": shard.samples, "bytes": len(shard.data), **totals.to_dict()})
+        progress.tick(report.written, report.total_bytes, durable, force=True)
 
-    done = 0
+    for record in resume_point(ais, out, index, generation):
+        account(record)
+    report.resumed_shards = len(report.shards)
+    if report.resumed_shards:
+        log.info("worker %d: resuming after %d finished shards (%d samples)", index, len(report.shards), report.written)
+    done = report.written
+    pending_bytes = report.total_bytes
     try:
-        samples = plan.read_range(manifest, start, end, chunk_lines)
+        samples = plan.read_range(manifest, start + report.written, end, chunk_lines)
         for sample, members in read_samples(samples, source.read_many, rp):
             for (_, raw), (_, data) in zip(sample.files, members, strict=True):
                 if len(data) != raw.size:
@@ -280,7 +313,7 @@ def convert(
                 pending.add(f"{sample.key}.{name}", len(data))
             pending_bytes += len(encoded)
             done += 1
-            progress.tick(done, pending_bytes)
+            progress.tick(done, pending_bytes, report.shards[:-1])
         last = cutter.finish()
         if last is not None:
             emit(last, pending)
@@ -295,7 +328,7 @@ def convert(
         )
     report.read_mode = str(getattr(source, "mode", "file"))
     report.seconds = time.monotonic() - started
-    progress.tick(done, report.total_bytes, force=True)
+    progress.tick(done, report.total_bytes, report.shards, force=True)
     ais.put(out["bucket"], naming.report_name(base, index), report.to_json(), out["provider"])
     return report
 
