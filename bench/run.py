@@ -165,6 +165,18 @@ def _child_baseline(endpoint: str, src: str, dst: str, go: Any, q: Any) -> None:
     )
 
 
+def _timed_child(index: int, go: Any, q: Any, work: Callable[[], Result]) -> None:
+    """Report ready, wait for the common start, run `work`, report its result with time, CPU and memory."""
+    rss_ready = rss_now_mib()
+    q.put(("ready", index))
+    go.wait()
+    t0, c0 = time.time(), cpu_now()
+    result = work()
+    t1 = time.time()
+    q.put(("done", index, {"t0": t0, "t1": t1, "cpu_s": cpu_now() - c0, **result, "peak_rss_mib": rss_peak_mib(),
+                           "rss_before_mib": rss_ready}))  # fmt: skip
+
+
 def _child_plan(endpoint: str, config: dict[str, Any], index: int, go: Any, q: Any) -> None:
     """`make_plan()` exactly as the planner pod runs it: lists the source once and writes the plan."""
     from sharded_dataset_operator.clients.ais import Ais
@@ -173,30 +185,18 @@ def _child_plan(endpoint: str, config: dict[str, Any], index: int, go: Any, q: A
 
     ais = Ais(endpoint, attempts=5, pool=32)
     source = make_source(config, ais)
-    rss_ready = rss_now_mib()
-    q.put(("ready", index))
-    go.wait()
-    t0, c0 = time.time(), cpu_now()
-    manifest = make_plan(config, ais, source)
-    t1 = time.time()
-    q.put(
-        (
-            "done",
-            index,
-            {
-                "t0": t0,
-                "t1": t1,
-                "cpu_s": cpu_now() - c0,
-                "samples": manifest["samples"],
-                "files": manifest["filesListed"],
-                "list_pages": manifest["listPages"],
-                "sort_runs": manifest["sortRuns"],
-                "bytes": 0,
-                "peak_rss_mib": rss_peak_mib(),
-                "rss_before_mib": rss_ready,
-            },
-        )
-    )
+
+    def work() -> Result:
+        manifest = make_plan(config, ais, source)
+        return {
+            "samples": manifest["samples"],
+            "files": manifest["filesListed"],
+            "list_pages": manifest["listPages"],
+            "sort_runs": manifest["sortRuns"],
+            "bytes": 0,
+        }
+
+    _timed_child(index, go, q, work)
 
 
 def _child_convert(endpoint: str, config: dict[str, Any], index: int, go: Any, q: Any) -> None:
@@ -207,30 +207,18 @@ def _child_convert(endpoint: str, config: dict[str, Any], index: int, go: Any, q
 
     ais = Ais(endpoint, attempts=5, pool=32)
     source = make_source(config, ais)
-    rss_ready = rss_now_mib()
-    q.put(("ready", index))
-    go.wait()
-    t0, c0 = time.time(), cpu_now()
-    report = convert(config, index, ais, source)
-    t1 = time.time()
-    q.put(
-        (
-            "done",
-            index,
-            {
-                "t0": t0,
-                "t1": t1,
-                "cpu_s": cpu_now() - c0,
-                "samples": report.written,
-                "bytes": report.total_bytes,
-                "shards": len(report.shards),
-                "batch_requests": report.batch_requests,
-                "object_requests": report.object_requests,
-                "peak_rss_mib": rss_peak_mib(),
-                "rss_before_mib": rss_ready,
-            },
-        )
-    )
+
+    def work() -> Result:
+        report = convert(config, index, ais, source)
+        return {
+            "samples": report.written,
+            "bytes": report.total_bytes,
+            "shards": len(report.shards),
+            "batch_requests": report.batch_requests,
+            "object_requests": report.object_requests,
+        }
+
+    _timed_child(index, go, q, work)
 
 
 def _child_put(

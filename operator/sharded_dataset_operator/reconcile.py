@@ -189,6 +189,15 @@ class Pass:
     def working(self, phase: Phase, reason: str, message: str) -> Decision:
         return _working(self.decision, self.prev_step, phase, reason, message)
 
+    def missing_output(self, job: JobState, pending: str, missing: str, message: str) -> Decision:
+        """A completed Job whose objects are not visible: wait a grace period (an AIS target that holds them
+        may be down for a moment), then fail."""
+        if _seconds_since(job.completed_at, self.now) < failures.REPORT_GRACE_SECONDS:
+            decision = self.working(Phase.CONVERTING, pending, f"{message} (waiting: AIS may be degraded)")
+            decision.requeue = 5.0
+            return decision
+        return self.failed(None, missing, message)
+
     def failed(self, step: str | None, reason: str, message: str) -> Decision:
         if step is not None:
             self.st.steps[step] = StepState(False, reason, message)
@@ -290,12 +299,7 @@ def _planning(p: Pass) -> Decision | None:
         return p.failed(CONVERTED, "PlanningFailed", msg)
     if obs.planner.complete:
         msg = f"planner Job {obs.planner.name} completed but its plan is missing"
-        if _seconds_since(obs.planner.completed_at, p.now) < failures.REPORT_GRACE_SECONDS:
-            # the AIS target that holds it may be down for a moment: not a verdict yet
-            decision = p.working(Phase.CONVERTING, "PlanPending", f"{msg} (waiting: AIS may be degraded)")
-            decision.requeue = 5.0
-            return decision
-        return p.failed(None, "PlanMissing", msg)
+        return p.missing_output(obs.planner, "PlanPending", "PlanMissing", msg)
     return p.working(Phase.CONVERTING, "Planning", "listing the source and grouping it into samples")
 
 
@@ -321,12 +325,7 @@ def _conversion(p: Pass) -> Decision | None:
         if obs.job.complete:
             missing = sorted(set(range(spec.conversion.workers)) - set(p.reports))
             msg = f"converter Job completed but reports of worker(s) {missing} are missing"
-            if _seconds_since(obs.job.completed_at, p.now) < failures.REPORT_GRACE_SECONDS:
-                # an AIS target that holds them may be down for a moment: not a verdict yet
-                decision = p.working(Phase.CONVERTING, "ReportsPending", f"{msg} (waiting: AIS may be degraded)")
-                decision.requeue = 5.0
-                return decision
-            return p.failed(None, "ReportMissing", msg)
+            return p.missing_output(obs.job, "ReportsPending", "ReportMissing", msg)
         return p.working(
             Phase.CONVERTING,
             "Converting",

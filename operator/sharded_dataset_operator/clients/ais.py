@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
 import urllib3
@@ -26,6 +26,7 @@ from urllib3.util.retry import Retry
 from ..model import DsortJob, Entry
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class AisUnavailable(Exception):
@@ -232,17 +233,11 @@ class Ais:
         return out
 
     def exists(self, bucket: str, name: str, provider: str = "ais") -> bool:
-        try:
+        def head() -> bool:
             self._bucket(bucket, provider).object(name).head()
             return True
-        except (ErrObjNotFound, ErrBckNotFound):
-            return False
-        except AISError as e:
-            if e.status_code == 404:
-                return False
-            raise _unavailable(e) from e
-        except requests.RequestException as e:
-            raise AisUnavailable(f"AIS at {self.endpoint}: {e}") from e
+
+        return self._object_call(head, False)
 
     def stream_lines(self, bucket: str, name: str, provider: str = "ais") -> Iterator[str]:
         """An object's text lines (without line ends), read as a stream; nothing if the object is absent."""
@@ -271,14 +266,22 @@ class Ais:
         `direct` reads from the target that owns the object instead of being redirected there by the proxy
         (one HTTP round trip instead of two: what the converter does for every raw file).
         """
-        try:
+
+        def read() -> bytes | None:
             data: bytes = self._bucket(bucket, provider).object(name).get_reader(direct=direct).read_all()
             return data
+
+        return self._object_call(read, None)
+
+    def _object_call(self, fn: Callable[[], T], missing: T) -> T:
+        """`fn()`, with a missing object or bucket as `missing` and any other failure as AisUnavailable."""
+        try:
+            return fn()
         except (ErrObjNotFound, ErrBckNotFound):
-            return None
+            return missing
         except AISError as e:
             if e.status_code == 404:
-                return None
+                return missing
             raise _unavailable(e) from e
         except requests.RequestException as e:
             raise AisUnavailable(f"AIS at {self.endpoint}: {e}") from e
