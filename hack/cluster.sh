@@ -276,13 +276,20 @@ EOF
   done
 }
 
+has_image() { # has_image REF: the whole listing is read first; `ctr ... | grep -q` under pipefail fails
+  # whenever grep exits before ctr has written its last line (SIGPIPE), which once failed CI.
+  local names
+  names=$(ctr -n k8s.io images ls -q)
+  grep -qxF "$1" <<<"$names"
+}
+
 import_image() { # import_image ARCHIVE REF: skip when containerd already has that exact archive
   local archive=$1 ref=$2 sum marker
   sum=$(sha256sum "$archive" | cut -c1-16)
   marker="$CONTAINERD_ROOT/.imported-$(tr '/:' '__' <<<"$ref")"
-  if [[ "$(cat "$marker" 2>/dev/null)" == "$sum" ]] && ctr -n k8s.io images ls -q | grep -qx "$ref"; then return; fi
+  if [[ "$(cat "$marker" 2>/dev/null)" == "$sum" ]] && has_image "$ref"; then return; fi
   ctr -n k8s.io images import --no-unpack=false "$archive" >/dev/null
-  ctr -n k8s.io images ls -q | grep -qx "$ref" || die "image $ref missing after import of $archive"
+  has_image "$ref" || die "image $ref missing after import of $archive"
   echo "$sum" >"$marker"
   log "imported $ref"
 }

@@ -6,7 +6,7 @@ LOG_TAG=deps
 PACKAGES=(containerd runc buildah debootstrap containernetworking-plugins iptables conntrack
           openssl curl jq iproute2 procps psmisc lua5.4 ca-certificates)
 missing=()
-for p in "${PACKAGES[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
+for p in "${PACKAGES[@]}"; do [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" == *"ok installed"* ]] || missing+=("$p"); done
 if ((${#missing[@]})); then
   log "installing: ${missing[*]}"
   [[ $EUID -eq 0 ]] || die "need root to install packages"
