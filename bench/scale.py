@@ -24,6 +24,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +87,17 @@ class RssSampler(threading.Thread):
             self.stop.wait(0.25)
 
 
-def run_resource(endpoint: str, bucket: str, over: dict[str, Any] | None, workers: int, timeout: float) -> Result:
-    """apply -> Ready of a ShardedDataset over `bucket`; phase split from the status, operator RSS."""
+def run_resource(
+    endpoint: str,
+    bucket: str,
+    over: dict[str, Any] | None,
+    workers: int,
+    timeout: float,
+    during: Callable[[dict[str, Any]], None] | None = None,
+) -> Result:
+    """apply -> Ready of a ShardedDataset over `bucket`; phase split from the status, operator RSS.
+
+    `during` sees the status on every poll (e.g. to inject a fault)."""
     from kubernetes import client as k8s
     from kubernetes import config as kcfg
     from kubernetes.client.rest import ApiException
@@ -145,6 +155,8 @@ def run_resource(endpoint: str, bucket: str, over: dict[str, Any] | None, worker
                 marks[step] = time.time() - t0
             if status.get("phase") in ("Ready", "Failed"):
                 break
+            if during is not None:
+                during(status)
             time.sleep(0.2)
     finally:
         rss.stop.set()
@@ -158,6 +170,8 @@ def run_resource(endpoint: str, bucket: str, over: dict[str, Any] | None, worker
     from sharded_dataset_operator.clients.ais import Ais
 
     plan = json.loads(Ais(endpoint).get(OUT_BUCKET, f"{base_prefix}plan.json") or b"{}")
+    reports = [json.loads(Ais(endpoint).get(OUT_BUCKET, f"{base_prefix}report-w{i:04d}.json") or b"{}")
+               for i in range(workers)]  # fmt: skip
     # the status is not written between dSort's end and Ready (verification runs in the same pass): split the
     # shuffling stage with dSort's own start and finish times
     job_id = (status.get("shuffle") or {}).get("dsortJobId")
@@ -171,6 +185,7 @@ def run_resource(endpoint: str, bucket: str, over: dict[str, Any] | None, worker
         "stages_s": stages,
         "samples": status["samples"]["written"],
         "source_list_requests": plan.get("listPages"),
+        "resumed_shards": sum(int(r.get("resumedShards") or 0) for r in reports),
         "plan_s": plan.get("seconds"),
         "operator_rss_before_mib": round(rss_before, 1),
         "operator_rss_peak_mib": round(max(rss.peak, rss_before), 1),
@@ -229,6 +244,47 @@ def sweep(endpoint: str, small_bucket: str, oxford_bucket: str | None) -> Result
     return out
 
 
+class KillConverterAt:
+    """Delete the converter pods once, when the status shows `percent` of the conversion done (SIGTERM, as a
+    node drain would; the Job's retry resumes after the last uploaded shard)."""
+
+    def __init__(self, percent: float) -> None:
+        self.percent = percent
+        self.killed_at: float | None = None
+
+    def __call__(self, status: dict[str, Any]) -> None:
+        progress = status.get("progress") or {}
+        if self.killed_at is not None or status.get("phase") != "Converting" or "samplesPlanned" not in progress:
+            return
+        if float(progress.get("percent") or 0) < self.percent:
+            return
+        from kubernetes import client as k8s
+
+        core = k8s.CoreV1Api()
+        for pod in core.list_namespaced_pod(
+            NAMESPACE, label_selector=f"batch.kubernetes.io/job-name={NAME}-convert-g1"
+        ).items:
+            core.delete_namespaced_pod(pod.metadata.name, NAMESPACE)
+        self.killed_at = float(progress.get("percent") or 0)
+        base.log(f"converter pods deleted at {self.killed_at:.0f} % of the conversion")
+
+
+def measure_resume(endpoint: str, n: int, timeout: float) -> Result:
+    """apply -> Ready with one converter worker, without a fault and with its pod deleted at ~80 %."""
+    bucket, _ = ensure_small(endpoint, n)
+    clean = run_resource(endpoint, bucket, small_over(), 1, timeout)
+    kill = KillConverterAt(80.0)
+    killed = run_resource(endpoint, bucket, small_over(), 1, timeout, during=kill)
+    return {
+        "dataset": f"small-{n}",
+        "workers": 1,
+        "no_fault": clean,
+        "pod_deleted": {**killed, "deleted_at_percent": kill.killed_at},
+        "time_to_ready_ratio": round(killed["apply_to_ready_s"] / clean["apply_to_ready_s"], 3),
+        "converting_ratio": round(killed["stages_s"]["converting"] / clean["stages_s"]["converting"], 3),
+    }
+
+
 def chart(res: Result, path: Path) -> None:
     import matplotlib
 
@@ -266,6 +322,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", help="comma-separated small-file sample counts (overrides the defaults)")
     ap.add_argument("--skip-oxford", action="store_true")
     ap.add_argument("--sweep", action="store_true", help="also measure Get-Batch request limits (converter x1)")
+    ap.add_argument(
+        "--resume",
+        type=int,
+        metavar="N",
+        help="only measure apply -> Ready of the N-sample set with a converter pod deleted at 80 %% "
+        "against the same run without it (writes resume.json)",
+    )
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--out", type=Path, default=base.RESULTS)
     args = ap.parse_args(argv)
@@ -274,6 +337,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error('AIS_ENDPOINT is not set: eval "$(hack/cluster.sh env)" (make bench-scale does this)')
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else list(QUICK_SIZES if args.quick else SIZES)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.resume:
+        resumed = measure_resume(endpoint, args.resume, args.timeout)
+        (args.out / "resume.json").write_text(json.dumps(resumed, indent=1) + "\n")
+        print(json.dumps({k: resumed[k] for k in ("time_to_ready_ratio", "converting_ratio")}, indent=1))
+        return 0
     started = time.time()
     res: Result = {"host_cpus": os.cpu_count(), "sample_bytes": SAMPLE_BYTES, "sizes": sizes, "small": []}
     for i, n in enumerate(sizes):

@@ -16,6 +16,7 @@ CONVERTER_CONTAINER = "converter"
 ORDER_MEMBER = "__order__"
 CONFIG_ENV = "SDS_CONVERTER_CONFIG"
 EXIT_PERMANENT = 2  # converter exit code for errors a retry cannot fix (FailIndex)
+EXIT_UNAVAILABLE = 75  # AIS was unreachable (EX_TEMPFAIL): a fresh pod resumes, not counted against retries
 SOURCE_MOUNT = "/data"
 MiB = 1024 * 1024
 
@@ -232,6 +233,14 @@ def build_converter_job(
                             "containerName": CONVERTER_CONTAINER,
                             "operator": "In",
                             "values": [EXIT_PERMANENT],
+                        },
+                    },
+                    {
+                        "action": "Ignore",
+                        "onExitCodes": {
+                            "containerName": CONVERTER_CONTAINER,
+                            "operator": "In",
+                            "values": [EXIT_UNAVAILABLE],
                         },
                     },
                     {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},

@@ -9,7 +9,9 @@ records, input shards missing, a verification mismatch, no complete samples): th
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 TRANSIENT = "transient"
 PERMANENT = "permanent"
@@ -22,6 +24,8 @@ REPORT_GRACE_SECONDS = 180.0
 """How long a plan or reports may stay invisible after their Job completed before that is a failure."""
 VERIFY_RETRY_SECONDS = 20.0
 """A verification mismatch is checked once more after this long before the run fails."""
+STALL_AFTER_SECONDS = 120.0
+"""How long AIS (or a token Secret) may stay unreachable before the resource reports Stalled."""
 BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_MAX_SECONDS = 120.0
 
@@ -57,3 +61,19 @@ def backoff_seconds(failed_attempts: int) -> float:
     if failed_attempts < 1:
         return 0.0
     return float(min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2.0 ** (failed_attempts - 1)))
+
+
+def outage(
+    previous: Mapping[str, Any] | None, reason: str, now: str, stall_after: float
+) -> tuple[dict[str, str], bool]:
+    """The ongoing outage `{reason, since}` and whether it has lasted `stall_after` seconds (then: Stalled).
+
+    An outage with the same reason continues from its first pass; a new reason starts a new one. The first
+    pass that reaches AIS again clears it (the caller drops the record).
+    """
+    since = str(previous["since"]) if previous and previous.get("reason") == reason and previous.get("since") else now
+    return {"reason": reason, "since": since}, _parse(now) - _parse(since) >= stall_after
+
+
+def _parse(ts: str) -> float:
+    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from . import builders, failures, naming, reconcile
+from . import builders, failpoints, failures, naming, reconcile
 from .builders import ConverterDefaults, Owner
 from .clients import kube
 from .clients.ais import Ais, AisUnavailable, BucketNotFound, DsortRejected, ListingError
@@ -200,7 +200,7 @@ def cleanup_record(ais: Ais, record: dict[str, Any]) -> None:
         log.info("deleted %d objects under %s://%s/%s", n, loc.get("provider", "ais"), loc["bucket"], loc["prefix"])
 
 
-def execute(ais: Ais, decision: Decision, owner: Owner) -> None:
+def execute(ais: Ais, decision: Decision, owner: Owner, failpoint: failpoints.Failpoint = failpoints.none) -> None:
     for action in decision.actions:
         match action:
             case reconcile.CleanupArtifacts(record=record):
@@ -221,10 +221,12 @@ def execute(ais: Ais, decision: Decision, owner: Owner) -> None:
                 except DsortRejected as e:
                     reconcile.fail(decision, "ShuffleRejected", str(e))
                     return
-                decision.status.dsort_job_id = job_id
                 log.info("%s/%s: started dSort job %s", owner.namespace, owner.name, job_id)
+                failpoint(failpoints.AFTER_DSORT_START)
+                decision.status.dsort_job_id = job_id
             case reconcile.WriteIndex(bucket=bucket, provider=provider, name=name, body=body):
                 ais.put(bucket, name, json.dumps(body, indent=1, sort_keys=True).encode(), provider)
+                failpoint(failpoints.AFTER_INDEX_WRITE)
             case reconcile.DeleteObjects(bucket=bucket, provider=provider, names=names):
                 ais.delete_objects(bucket, list(names), provider)
                 CACHE.evict(ais, bucket, provider, names)
@@ -258,20 +260,24 @@ def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
     try:
         ais = ais_for(spec, namespace)
         obs = observe(ais, spec, owner, previous)
-        obs.retry_request = (obj["metadata"].get("annotations") or {}).get(failures.RETRY_ANNOTATION)
+        annotations = obj["metadata"].get("annotations") or {}
+        obs.retry_request = annotations.get(failures.RETRY_ANNOTATION)
         decision = reconcile.decide(spec, owner, obs, defaults, now)
         if decision.need_output:
             bucket = spec.shuffle.output_bucket if spec.shuffle else spec.output.bucket
             obs.output = tally_output(ais, bucket.name, bucket.provider, decision.output_prefix)
             decision = reconcile.decide(spec, owner, obs, defaults, now)
-        execute(ais, decision, owner)
+        mark = functools.partial(kube.annotate_dataset, namespace, name, failpoints.FIRED_ANNOTATION)
+        execute(ais, decision, owner, failpoints.for_dataset(settings.failpoints, annotations, mark))
     except LookupError as e:  # token Secret missing
-        return _transient(owner, previous, "SecretNotFound", str(e), now, stalled=True)
+        return _transient(owner, previous, "SecretNotFound", str(e), now, settings.stall_after, stalled=True)
     except (AisUnavailable, BucketNotFound) as e:
-        return _transient(owner, previous, "AISUnavailable", str(e), now)
+        return _transient(owner, previous, "AISUnavailable", str(e), now, settings.stall_after)
     except ListingError as e:
-        return _transient(owner, previous, "ListingIncomplete", str(e), now)
+        return _transient(owner, previous, "ListingIncomplete", str(e), now, settings.stall_after)
     status = decision.status.to_dict(previous.get("conditions") or [], now)
+    if previous.get("outage"):
+        status["outage"] = None  # AIS answered: the outage is over (a merge patch removes the field)
     if any(previous.get(k) != v for k, v in status.items()):  # unchanged: no write to the API server
         kube.patch_status(namespace, name, status)
     METRICS.passed(previous, status, decision.events)
@@ -298,10 +304,24 @@ def _fail_invalid(
 
 
 def _transient(
-    owner: Owner, previous: dict[str, Any], reason: str, message: str, now: str, stalled: bool = False
+    owner: Owner,
+    previous: dict[str, Any],
+    reason: str,
+    message: str,
+    now: str,
+    stall_after: float,
+    stalled: bool = False,
 ) -> PassResult:
-    """Keep the phase and counts, flag the problem in the conditions, and retry with backoff."""
+    """Keep the phase and counts, flag the problem in the conditions, and retry with backoff.
+
+    Reconciling while the outage is young; Stalled (same reason) once it has lasted `stall_after` seconds,
+    or at once when `stalled`. The pass that next reaches AIS clears the outage record.
+    """
     gen = owner.generation
+    record, long_enough = failures.outage(previous.get("outage"), reason, now, stall_after)
+    stalled = stalled or long_enough
+    if stalled and reason == "AISUnavailable":
+        message = f"{message} (unreachable since {record['since']}; resumes by itself when AIS answers)"
     conds = previous.get("conditions") or []
     was: dict[str, Any] = next((c for c in conds if c.get("type") == (STALLED if stalled else RECONCILING)), {})
     conds = set_condition(conds, RECONCILING, not stalled, reason, message, gen, now)
@@ -315,6 +335,7 @@ def _transient(
         {
             "conditions": conds,
             "message": message,
+            "outage": record,
             "phase": previous.get("phase") if previous.get("observedGeneration") == gen else Phase.PENDING,
             "observedGeneration": gen,
         },

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import failures
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -24,6 +26,8 @@ class Settings:
     active_interval: float = 1.0
     idle_interval: float = 60.0
     metrics_port: int = 8000  # 0: no metrics endpoint
+    stall_after: float = failures.STALL_AFTER_SECONDS  # AIS unreachable this long: the resource is Stalled
+    failpoints: bool = False  # honour the test-only failpoint annotation (never in production)
 
 
 def _json_env(e: Mapping[str, str], name: str, kind: type[dict[str, Any]] | type[list[Any]]) -> Any:
@@ -58,6 +62,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         active_interval=float(e.get("SDS_ACTIVE_INTERVAL", Settings.active_interval)),
         idle_interval=float(e.get("SDS_IDLE_INTERVAL", Settings.idle_interval)),
         metrics_port=int(e.get("SDS_METRICS_PORT", Settings.metrics_port)),
+        stall_after=float(e.get("SDS_STALL_AFTER_SECONDS", Settings.stall_after)),
+        failpoints=e.get("SDS_FAILPOINTS", "") == "1",
     )
 
 

@@ -1,22 +1,31 @@
-"""Faults as weather: an AIS target killed during dSort is retried into Ready with exact samples; with a budget
-of one attempt the run fails with the attempts in its message, and the retry annotation brings it to Ready."""
+"""Faults as weather. Each case injects one real fault into the local cluster (an AIS node process killed and
+restarted, a converter pod deleted or OOM-killed, the operator killed between an AIS side effect and the
+status write) and ends Ready with exactly the complete samples, read back byte for byte with webdataset, or
+Failed with the reason a user needs. Cases that do not share a fault run their datasets side by side.
+"""
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sharded_dataset_operator import failpoints, naming
 from sharded_dataset_operator.clients.ais import Ais
 
-from .conftest import Kube, unique, wait_until
+from .conftest import OPERATOR_NS, Kube, unique, wait_until
 from .faults import node_down
 from .test_operator import (
+    RawDataset,
     assert_complete_samples,
     check_index,
+    condition,
     dataset,
+    expected_skips,
     raw_dataset,
     read_shards,
     wait_phase,
@@ -24,6 +33,66 @@ from .test_operator import (
 )
 
 pytestmark = pytest.mark.e2e
+STALL_AFTER = 20  # the fault suite's operator reports Stalled after 20 s without AIS (default 120 s)
+SHUFFLE = {"algorithm": "shuffle", "seed": "2023", "outputShardSize": "8MiB"}
+
+
+@pytest.fixture(scope="module")
+def fault_operator(kube: Kube, operator: Any) -> Iterator[None]:
+    """The operator with failpoints armed and a short stall threshold; the previous settings restored after."""
+    dep = f"deployment/{operator['metadata']['name']}"
+
+    def set_env(*assignments: str) -> None:
+        kube.run("-n", OPERATOR_NS, "set", "env", dep, *assignments)
+        kube.run("-n", OPERATOR_NS, "rollout", "status", dep, "--timeout=180s")
+
+    set_env("SDS_FAILPOINTS=1", f"SDS_STALL_AFTER_SECONDS={STALL_AFTER}")
+    try:
+        yield
+    finally:
+        set_env("SDS_FAILPOINTS-", "SDS_STALL_AFTER_SECONDS=120")
+
+
+def spec_for(name: str, ns: str, raw: RawDataset, out: str, **over: Any) -> dict[str, Any]:
+    """A dataset whose converted and shuffled shards live under prefixes of its own in the shared bucket."""
+    output = {"bucket": out, "prefix": f"{name}-", "maxSamplesPerShard": 50, **over.pop("output", {})}
+    output = {k: v for k, v in output.items() if v is not None}
+    shuffle = {**SHUFFLE, "outputPrefix": f"{name}-shuffled-", **over.pop("shuffle", {})}
+    conversion = {"workers": 2, **over.pop("conversion", {})}
+    return dataset(name, ns, raw.bucket, out, output=output, shuffle=shuffle, conversion=conversion, **over)
+
+
+def assert_ready_exact(
+    kube: Kube, ais: Ais, ns: str, name: str, raw: RawDataset, out: str, tmp: Path, timeout: float = 600
+) -> dict[str, Any]:
+    """Ready, the counts exact, and the shards in the index hold every complete sample once, byte for byte."""
+    obj = wait_ready(kube, ns, name, timeout=timeout)
+    st = obj["status"]
+    assert st["samples"]["written"] == len(raw.manifest["complete"])
+    assert st["samples"]["skippedByReason"] == expected_skips(raw)
+    shards = check_index(ais, obj, out, f"{name}-shuffled-index.json")
+    (tmp / name).mkdir()
+    assert_complete_samples(raw, read_shards(ais, out, [s["url"] for s in shards], tmp / name))
+    assert condition(obj, "Stalled")["status"] == "False" and "outage" not in st
+    return obj
+
+
+def mark(what: str, since: float) -> None:
+    """A line for the fault table in the closing note (shown with `pytest -s`)."""
+    print(f"[faults] {what}: {time.monotonic() - since:.1f} s")
+
+
+def converted_shards(ais: Ais, bucket: str, name: str) -> list[str]:
+    if not ais.bucket_exists(bucket):  # the planner creates it
+        return []
+    return [e.name for e in ais.list_objects(bucket, prefix=f"{name}-") if "-w0" in e.name and e.name.endswith(".tar")]
+
+
+def wait_converting_with_shards(kube: Kube, ais: Ais, ns: str, name: str, out: str) -> str:
+    """Block until the first converted shard is in AIS; return the phase at that moment."""
+    wait_until(lambda: converted_shards(ais, out, name), 300, f"{name}'s first converted shard", interval=0.2)
+    phase: str = ((kube.get("sds", name, ns) or {}).get("status") or {}).get("phase", "")
+    return phase
 
 
 def wait_dsort_running(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
@@ -42,7 +111,7 @@ def test_target_killed_during_dsort_is_retried_to_ready_and_a_spent_budget_fails
     endpoint = cluster_env["AIS_ENDPOINT"]
     raw = raw_dataset(ais, cluster_env, 1500)
     out = unique("fault")
-    shuffle = {"algorithm": "shuffle", "seed": "2023", "outputPrefix": "shuffled-", "outputShardSize": "8MiB"}
+    shuffle = {**SHUFFLE, "outputPrefix": "shuffled-"}
 
     # 1. budget of 5 attempts: the fault costs an attempt, the run ends Ready with exact samples
     kube.apply(dataset("weather", namespace, raw.bucket, out, conversion={"workers": 2},
@@ -88,3 +157,163 @@ def test_target_killed_during_dsort_is_retried_to_ready_and_a_spent_budget_fails
     shards = check_index(ais, again, out, "strict-shuffled-index.json")
     assert_complete_samples(raw, read_shards(ais, out, [s["url"] for s in shards], tmp_path))
     assert "RetryRequested" in {e["reason"] for e in kube.events(namespace, "strict")}
+
+
+def test_target_killed_during_conversion_and_during_verification_ends_ready_with_exact_samples(
+    kube: Kube, namespace: str, ais: Ais, cluster_env: dict[str, str], operator: Any, tmp_path: Path
+) -> None:
+    endpoint = cluster_env["AIS_ENDPOINT"]
+    raw = raw_dataset(ais, cluster_env, 1500)
+    out = unique("weather")
+
+    # the same dataset without a fault, for the time to Ready
+    t0 = time.monotonic()
+    kube.apply(spec_for("calm", namespace, raw, out, output={"maxSamplesPerShard": 20}))
+    assert_ready_exact(kube, ais, namespace, "calm", raw, out, tmp_path)
+    mark("no fault: apply -> Ready", t0)
+
+    # conversion: the first shards are written, then a target goes away for 5 s (the Job retries the workers)
+    t0 = time.monotonic()
+    kube.apply(spec_for("conv", namespace, raw, out, output={"maxSamplesPerShard": 20}))
+    phase = wait_converting_with_shards(kube, ais, namespace, "conv", out)
+    t1 = time.monotonic()
+    with node_down(endpoint, "target", "target1"):
+        time.sleep(5)
+    mark("target killed during conversion: back in the cluster", t1)
+    assert phase == "Converting", phase
+    assert_ready_exact(kube, ais, namespace, "conv", raw, out, tmp_path)
+    mark("target killed during conversion: apply -> Ready", t0)
+
+    # verification: dSort has just finished; the operator counts the output while a target is missing
+    t0 = time.monotonic()
+    kube.apply(spec_for("verify", namespace, raw, out))
+
+    def dsort_done() -> bool:
+        st = (kube.get("sds", "verify", namespace) or {}).get("status") or {}
+        job_id = (st.get("shuffle") or {}).get("dsortJobId")
+        job = ais.dsort_job(job_id) if job_id else None
+        return bool(job and job.finished)
+
+    wait_until(dsort_done, 300, "verify's dSort job to finish", interval=0.1)
+    phase = ((kube.get("sds", "verify", namespace) or {}).get("status") or {}).get("phase")
+    with node_down(endpoint, "target", "target1"):
+        time.sleep(5)
+    assert phase == "Shuffling", phase  # not yet verified when the target went
+    assert_ready_exact(kube, ais, namespace, "verify", raw, out, tmp_path)
+    mark("target killed during verification: apply -> Ready", t0)
+
+
+def test_proxy_down_for_a_minute_stalls_then_resumes_by_itself(
+    kube: Kube, namespace: str, ais: Ais, cluster_env: dict[str, str], fault_operator: None, tmp_path: Path
+) -> None:
+    endpoint = cluster_env["AIS_ENDPOINT"]
+    raw = raw_dataset(ais, cluster_env, 1500)
+    out = unique("outage")
+    t0 = time.monotonic()
+    kube.apply(spec_for("outage", namespace, raw, out, output={"maxSamplesPerShard": 20}))
+    assert wait_converting_with_shards(kube, ais, namespace, "outage", out) == "Converting"
+    started = time.monotonic()
+    with node_down(endpoint, "proxy", "proxy0"):
+
+        def stalled() -> dict[str, Any] | None:
+            obj = kube.get("sds", "outage", namespace) or {}
+            stall = next((c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == "Stalled"), {})
+            return obj if stall.get("status") == "True" else None
+
+        obj = wait_until(stalled, 55, "the dataset to report Stalled while AIS is down")
+        assert condition(obj, "Stalled")["reason"] == "AISUnavailable"
+        assert obj["status"]["outage"]["reason"] == "AISUnavailable"
+        assert obj["status"]["phase"] == "Converting"  # kept, not Failed
+        time.sleep(max(0.0, 60 - (time.monotonic() - started)))
+    back = time.monotonic()
+    assert_ready_exact(kube, ais, namespace, "outage", raw, out, tmp_path)
+    mark("proxy down 60 s: proxy back -> Ready", back)
+    mark("proxy down 60 s: apply -> Ready", t0)
+    assert "AISUnavailable" in {e["reason"] for e in kube.events(namespace, "outage")}
+    job = kube.get("job", "outage-convert-g1", namespace) or {}
+    assert not (job.get("status") or {}).get("failedIndexes"), job.get("status")
+    pods = kube.list("pods", namespace, "batch.kubernetes.io/job-name=outage-convert-g1")
+    codes = [cs["state"]["terminated"]["exitCode"] for p in pods for cs in p["status"].get("containerStatuses") or []
+             if "terminated" in cs.get("state", {})]  # fmt: skip
+    print(f"[faults] proxy down 60 s: converter exit codes {sorted(codes)} (75: waited for AIS, not counted)")
+
+
+def test_converter_pod_deleted_mid_slice_resumes_and_an_oom_kill_fails_with_a_clear_reason(
+    kube: Kube, namespace: str, ais: Ais, cluster_env: dict[str, str], operator: Any, tmp_path: Path
+) -> None:
+    endpoint = cluster_env["AIS_ENDPOINT"]
+    big = raw_dataset(ais, cluster_env, 1200, sample_kib=400)  # ~490 MB: one worker needs several seconds
+    out = unique("pods")
+    # one sample whose image alone is larger than the OOM case's memory limit
+    small = RawDataset(ais, endpoint, 100, seed=77)
+    huge_key = sorted(small.manifest["complete"])[60]
+    ais.put(small.bucket, f"images/{huge_key}.jpg", b"\xff" * (320 << 20))
+
+    t0 = time.monotonic()
+    kube.apply(spec_for("resumed", namespace, big, out, conversion={"workers": 1},
+                        output={"maxShardSize": "16MiB", "maxSamplesPerShard": None}))  # fmt: skip
+    kube.apply(spec_for("oom", namespace, small, out,
+                        conversion={"workers": 1, "retries": 0, "resources": {"limits": {"memory": "192Mi"}}},
+                        output={"maxSamplesPerShard": 10, "maxShardSize": "4MiB"}))  # fmt: skip
+
+    # resumed: delete the worker's pod once its progress object records finished shards, mid-slice
+    progress_name = None
+
+    def progress() -> dict[str, Any] | None:
+        nonlocal progress_name
+        if progress_name is None and ais.bucket_exists(out):
+            names = [e.name for e in ais.list_objects(out, prefix="resumed-") if e.name.endswith("progress-w0000.json")]
+            progress_name = names[0] if names else None
+        body = json.loads(ais.get(out, progress_name) or b"{}") if progress_name else {}
+        done = int(body.get("samples") or 0)
+        return body if body.get("shards") and 0.3 * int(body["partitionSamples"]) <= done else None
+
+    at_kill = wait_until(progress, 300, "resumed's worker to record finished shards", interval=0.2)
+    pods = kube.list("pods", namespace, "batch.kubernetes.io/job-name=resumed-convert-g1")
+    assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
+    kube.run("-n", namespace, "delete", "pod", pods[0]["metadata"]["name"], "--wait=false")
+    obj = assert_ready_exact(kube, ais, namespace, "resumed", big, out, tmp_path)
+    mark(f"converter pod deleted at {at_kill['samples']}/{at_kill['partitionSamples']}: apply -> Ready", t0)
+    base = obj["status"]["artifacts"][0]["locations"][0]["prefix"]
+    report = json.loads(ais.get(out, naming.report_name(base, 0)) or b"{}")
+    assert report["resumedShards"] >= len(at_kill["shards"]) >= 1, (report["resumedShards"], at_kill)
+    assert 0 < at_kill["samples"] < at_kill["partitionSamples"]
+
+    # oom: the worker is OOM-killed reading the huge file; the run fails saying so, and counts nothing
+    failed = wait_phase(kube, namespace, "oom", ("Failed", "Ready"), timeout=300)
+    mark("converter OOM-killed: apply -> Failed", t0)
+    st = failed["status"]
+    assert st["phase"] == "Failed" and condition(failed, "Stalled")["reason"] == "ConversionFailed", st
+    assert "OOM-killed at its memory limit 192Mi" in st["message"], st["message"]
+    assert "spec.conversion.resources.limits.memory" in st["message"]
+    assert not (st.get("samples") or {}).get("written") and not st.get("indexObject"), st
+    assert ais.get(out, "oom-shuffled-index.json") is None
+
+
+def test_operator_killed_after_starting_dsort_and_after_writing_the_index_loses_nothing(
+    kube: Kube, namespace: str, ais: Ais, cluster_env: dict[str, str], fault_operator: None, tmp_path: Path
+) -> None:
+    raw = raw_dataset(ais, cluster_env, 1500)
+    out = unique("crash")
+    points = {"crash-dsort": failpoints.AFTER_DSORT_START, "crash-index": failpoints.AFTER_INDEX_WRITE}
+    restarts_before = operator_restarts(kube)
+    for name, point in points.items():
+        obj = spec_for(name, namespace, raw, out)
+        obj["metadata"]["annotations"] = {failpoints.ANNOTATION: point}
+        kube.apply(obj)
+    t0 = time.monotonic()
+    for name, point in points.items():
+        obj = assert_ready_exact(kube, ais, namespace, name, raw, out, tmp_path)
+        mark(f"operator killed {point}: apply -> Ready", t0)
+        assert obj["metadata"]["annotations"].get(failpoints.FIRED_ANNOTATION) == point  # the crash happened
+        # one dSort job: the restarted operator found the running one instead of starting another
+        desc = naming.dsort_description(namespace, name, obj["metadata"]["uid"], 1)
+        assert len(ais.dsort_find(naming.dsort_regex(desc))) == 1
+        assert obj["status"]["shuffle"]["attempt"] == 1
+    assert operator_restarts(kube) >= restarts_before + 2
+
+
+def operator_restarts(kube: Kube) -> int:
+    pods = kube.list("pods", OPERATOR_NS, "app.kubernetes.io/component=operator")
+    statuses = [cs for p in pods for cs in (p.get("status") or {}).get("containerStatuses") or []]
+    return sum(int(cs.get("restartCount") or 0) for cs in statuses)

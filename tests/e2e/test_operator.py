@@ -47,14 +47,14 @@ class RawDataset:
         }
 
 
-_datasets: dict[tuple[int, int], RawDataset] = {}
+_datasets: dict[tuple[int, int, int], RawDataset] = {}
 
 
-def raw_dataset(ais: Ais, env: dict[str, str], samples: int, seed: int = SEED) -> RawDataset:
+def raw_dataset(ais: Ais, env: dict[str, str], samples: int, seed: int = SEED, sample_kib: int = 40) -> RawDataset:
     """Raw datasets are immutable inputs: share them across tests."""
-    if (samples, seed) not in _datasets:
-        _datasets[(samples, seed)] = RawDataset(ais, env["AIS_ENDPOINT"], samples, seed)
-    return _datasets[(samples, seed)]
+    if (samples, seed, sample_kib) not in _datasets:
+        _datasets[(samples, seed, sample_kib)] = RawDataset(ais, env["AIS_ENDPOINT"], samples, seed, sample_kib)
+    return _datasets[(samples, seed, sample_kib)]
 
 
 def example_spec() -> dict[str, Any]:

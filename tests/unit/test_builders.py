@@ -126,7 +126,8 @@ def test_converter_job_is_an_indexed_restricted_job_owned_by_the_resource() -> N
     js = job["spec"]
     assert (js["completionMode"], js["completions"], js["parallelism"]) == ("Indexed", 4, 4)
     assert (js["backoffLimitPerIndex"], js["maxFailedIndexes"]) == (2, 0)
-    assert js["podFailurePolicy"]["rules"][0]["action"] == "FailIndex"
+    rules = [(r["action"], (r.get("onExitCodes") or {}).get("values")) for r in js["podFailurePolicy"]["rules"]]
+    assert rules == [("FailIndex", [2]), ("Ignore", [75]), ("Ignore", None)]  # permanent; AIS unreachable; disruption
     pod = js["template"]["spec"]
     assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
     assert (

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from sharded_dataset_operator import exampledata
-from sharded_dataset_operator.builders import Owner, converter_config
-from sharded_dataset_operator.converter.common import PermanentError
+from sharded_dataset_operator.builders import EXIT_UNAVAILABLE, Owner, converter_config
+from sharded_dataset_operator.converter.common import PermanentError, unreachable_exit
 from sharded_dataset_operator.converter.main import MiB, convert, read_plan
 from sharded_dataset_operator.converter.planner import make_plan
 from sharded_dataset_operator.converter.sources import VolumeSource
@@ -283,3 +283,44 @@ def test_a_retried_worker_resumes_after_its_finished_shards_and_writes_the_same_
     del store.objects[f"{BASE}w0000-00001.tar"]
     redo = convert(cfg, 0, store, VolumeSource(str(root)))  # type: ignore[arg-type]
     assert redo.resumed_shards == 1 and redo.shards == expected.shards
+
+
+def test_a_worker_that_lost_ais_waits_for_it_then_exits_with_the_ignored_code() -> None:
+    answers = iter([False, False, False, True])
+    clock = [0.0]
+
+    def sleep(s: float) -> None:
+        clock[0] += s
+
+    code = unreachable_exit(ConnectionError("refused"), lambda: next(answers), 120.0, sleep, lambda: clock[0])
+    assert code == EXIT_UNAVAILABLE and clock[0] == 6.0  # three failed health checks, 2 s apart
+
+    clock[0] = 0.0
+    code = unreachable_exit(ConnectionError("refused"), lambda: False, 10.0, sleep, lambda: clock[0])
+    assert code == EXIT_UNAVAILABLE and clock[0] == 10.0  # bounded: hands over to a fresh pod anyway
+
+
+def test_sigterm_stops_a_worker_at_once_with_its_own_exit_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+    import time
+
+    from sharded_dataset_operator.builders import CONFIG_ENV
+    from sharded_dataset_operator.converter.common import EXIT_TERMINATED, run_main
+
+    monkeypatch.setenv(CONFIG_ENV, "{}")
+    monkeypatch.setenv("AIS_ENDPOINT", "http://127.0.0.1:9")
+    reached: list[str] = []
+
+    def run(config: dict[str, Any], index: int, ais: Any) -> str:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        reached.append("after the signal")
+        return "done"
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        assert run_main(run) == EXIT_TERMINATED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert not reached

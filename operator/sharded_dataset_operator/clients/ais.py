@@ -97,6 +97,13 @@ class Ais:
     def _bucket(self, name: str, provider: str) -> Any:
         return self.client.bucket(name, provider=provider)
 
+    def reachable(self) -> bool:
+        """Whether the endpoint answers its health check now (one quick request, no retries)."""
+        try:
+            return self.session.get(f"{self.endpoint}/v1/health", timeout=(2.0, 5.0)).status_code == 200
+        except requests.RequestException:
+            return False
+
     def bucket_exists(self, name: str, provider: str = "ais") -> bool:
         try:
             self._bucket(name, provider).head()

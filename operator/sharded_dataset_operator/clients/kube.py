@@ -58,6 +58,11 @@ def patch_status(namespace: str, name: str, status: dict[str, Any]) -> None:
     custom().patch_namespaced_custom_object_status(API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": status})
 
 
+def annotate_dataset(namespace: str, name: str, key: str, value: str) -> None:
+    body = {"metadata": {"annotations": {key: value}}}
+    custom().patch_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, name, body)
+
+
 def _job_state(job: Any, generation: int) -> JobState:
     st = job.status
     complete = failed = False
@@ -114,12 +119,27 @@ def pod_failure_messages(namespace: str, job_name: str) -> str:
     pods = core().list_namespaced_pod(namespace, label_selector=f"batch.kubernetes.io/job-name={job_name}")
     messages = []
     for p in pods.items:
+        limits = {c.name: ((c.resources and c.resources.limits) or {}).get("memory") for c in p.spec.containers}
         for cs in p.status.container_statuses or []:
             term = cs.state.terminated if cs.state else None
             if term and term.exit_code not in (0, None):
                 idx = (p.metadata.annotations or {}).get("batch.kubernetes.io/job-completion-index", "?")
-                messages.append(f"[worker {idx}, exit {term.exit_code}] {(term.message or term.reason or '').strip()}")
+                limit = limits.get(cs.name)
+                messages.append(termination_summary(idx, term.exit_code, term.reason, term.message, limit))
     return " ".join(sorted(set(messages))[:3])
+
+
+def termination_summary(
+    index: str, exit_code: int, reason: str | None, message: str | None, memory_limit: str | None
+) -> str:
+    """One failed container in words; an OOM-kill names the limit and the field that raises it."""
+    if reason == "OOMKilled":
+        limit = f"its memory limit {memory_limit}" if memory_limit else "the node's memory"
+        return (
+            f"[worker {index}] OOM-killed at {limit}: a sample or shard did not fit; raise "
+            "spec.conversion.resources.limits.memory or lower spec.output.maxShardSize"
+        )
+    return f"[worker {index}, exit {exit_code}] {(message or reason or '').strip()}"
 
 
 def stale_jobs(namespace: str, owner: str, generation: int) -> list[str]:

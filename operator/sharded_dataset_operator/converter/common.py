@@ -5,15 +5,32 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
-from ..builders import CONFIG_ENV, EXIT_PERMANENT
+from ..builders import CONFIG_ENV, EXIT_PERMANENT, EXIT_UNAVAILABLE
 from ..clients.ais import Ais
 from .sources import READS_BATCH, AisSource, Source, VolumeSource
 
 log = logging.getLogger("sds.converter")
 TERMINATION_LOG = "/dev/termination-log"
+AIS_WAIT_SECONDS = 120.0  # how long a worker that lost AIS waits for it before handing over to a fresh pod
+
+
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process stopped by SIGTERM
+
+
+class Terminated(BaseException):
+    """SIGTERM (pod deleted, node drained): stop now; what was uploaded is already recorded for the next pod.
+
+    A BaseException, so that best-effort `except Exception` blocks on the way out do not swallow it.
+    """
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated(f"signal {signum}")
 
 
 class PermanentError(Exception):
@@ -48,16 +65,50 @@ def run_main(run: Callable[[dict[str, Any], int, Ais], str]) -> int:
         terminate(f"misconfigured: {e}")
         return EXIT_PERMANENT
     ais = Ais(endpoint, os.environ.get("AIS_AUTHN_TOKEN") or None, attempts=5, pool=32)
+    # The worker runs as PID 1 of its container, where SIGTERM is ignored unless handled: without this a
+    # deleted pod would keep converting until the grace period ends and SIGKILL arrives.
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         summary = run(config, index, ais)
+    except Terminated:
+        log.warning("terminated (SIGTERM): the next pod resumes after the last uploaded shard")
+        terminate("terminated by SIGTERM (pod deleted or node drained)")
+        return EXIT_TERMINATED
     except PermanentError as e:
         log.error("permanent failure: %s", e)
         terminate(str(e))
         return EXIT_PERMANENT
     except Exception as e:
         log.exception("failed")
+        if not ais.reachable():
+            return unreachable_exit(e, ais.reachable)
         terminate(f"{type(e).__name__}: {e}")
         return 1
     log.info(summary)
     terminate(summary)
     return 0
+
+
+def unreachable_exit(
+    error: Exception,
+    reachable: Callable[[], bool],
+    wait: float = AIS_WAIT_SECONDS,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> int:
+    """AIS went away under the worker: wait (bounded) until it answers again, then exit for a fresh pod.
+
+    The exit code is one the Job's podFailurePolicy ignores, so an outage never spends the per-index retry
+    budget; the next pod resumes after the last finished shard. While AIS stays down this repeats, one pod
+    per `wait` seconds, and the operator reports the resource Stalled (AISUnavailable).
+    """
+    deadline = clock() + wait
+    back = reachable()
+    while not back and clock() < deadline:
+        sleep(2.0)
+        back = reachable()
+    state = "is answering again" if back else f"is still unreachable after {wait:.0f}s"
+    message = f"AIS unreachable ({type(error).__name__}: {error}); it {state}: a fresh pod resumes"
+    log.warning(message)
+    terminate(message)
+    return EXIT_UNAVAILABLE

@@ -11,7 +11,8 @@ whatever the dataset size. Shard names and tar metadata are fixed, so a retried 
 byte-identical objects. Every few seconds the worker publishes a small progress object; it finishes by
 writing its report (what it wrote, with member totals for verification), which is what the operator counts.
 
-Exit codes: 0 done; 2 a permanent problem (the Job's podFailurePolicy fails the index at once); 1 anything
+Exit codes: 0 done; 2 a permanent problem (the Job's podFailurePolicy fails the index at once); 75 AIS was
+unreachable (ignored by the podFailurePolicy: a fresh pod resumes without spending a retry); 1 anything
 else (retried by the Job up to `backoffLimitPerIndex`).
 """
 
