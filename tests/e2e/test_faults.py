@@ -290,8 +290,10 @@ def test_converter_pod_deleted_mid_slice_resumes_and_an_oom_kill_fails_with_a_cl
     assert ais.get(out, "oom-shuffled-index.json") is None
 
 
-@pytest.mark.skip(reason="in CI the after-dsort-start failpoint did not fire once (no operator logs kept); "
-                  "re-enable with log capture (issue 9)")
+@pytest.mark.skip(
+    reason="in CI the after-dsort-start failpoint did not fire once (no operator logs kept); "
+    "re-enable with log capture (issue 9)"
+)
 def test_operator_killed_after_starting_dsort_and_after_writing_the_index_loses_nothing(
     kube: Kube, namespace: str, ais: Ais, cluster_env: dict[str, str], fault_operator: None, tmp_path: Path
 ) -> None:
