@@ -738,6 +738,15 @@ def measure_resource(endpoint: str, raw: str, timeout: float, last: bool = True)
                 return None
             raise
 
+    def read_job(name: str) -> Any:
+        """The Job, or None while it does not exist."""
+        try:
+            return batch.read_namespaced_job(name, NAMESPACE)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
     try:
         core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=NAMESPACE)))
     except ApiException as e:
@@ -810,12 +819,7 @@ def measure_resource(endpoint: str, raw: str, timeout: float, last: bool = True)
                     last_conds[c["type"]] = c["status"]
             job_name = (st.get("conversion") or {}).get("jobName") or job_name or f"{RESOURCE_NAME}-convert-g1"
             if "job_done" not in marks:
-                try:
-                    job = batch.read_namespaced_job(job_name, NAMESPACE)
-                except ApiException as e:
-                    if e.status != 404:
-                        raise
-                    job = None
+                job = read_job(job_name)
                 if job is not None:
                     marks.setdefault("job_seen", now)
                     if (job.status.active or 0) > 0:
@@ -825,12 +829,7 @@ def measure_resource(endpoint: str, raw: str, timeout: float, last: bool = True)
                         marks["job_start_status"] = job.status.start_time.timestamp()
                         marks["job_completion_status"] = job.status.completion_time.timestamp()
             if "plan_done" not in marks:
-                try:
-                    planner = batch.read_namespaced_job(f"{RESOURCE_NAME}-plan-g1", NAMESPACE)
-                except ApiException as e:
-                    if e.status != 404:
-                        raise
-                    planner = None
+                planner = read_job(f"{RESOURCE_NAME}-plan-g1")
                 if planner is not None:
                     marks.setdefault("plan_seen", now)
                     if any(c.type == "Complete" and c.status == "True" for c in planner.status.conditions or []):

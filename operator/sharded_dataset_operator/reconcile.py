@@ -198,6 +198,22 @@ class Pass:
             return decision
         return self.failed(None, missing, message)
 
+    def job_ended(
+        self, job: JobState, what: str, working: str, failed: str, missing: tuple[str, str, str]
+    ) -> Decision | None:
+        """A planner or converter Job that is going, failed, or completed without its objects; None while it runs.
+
+        `missing`: (pending reason, failure reason, message) for a completed Job whose objects are invisible.
+        """
+        if job.deleting:
+            return self.working(Phase.CONVERTING, working, f"waiting for the previous {what} Job to go")
+        if job.failed_reason:
+            msg = f"{what} Job {job.name} failed: {job.failed_message or job.failed_reason}"
+            return self.failed(CONVERTED, failed, msg)
+        if job.complete:
+            return self.missing_output(job, *missing)
+        return None
+
     def failed(self, step: str | None, reason: str, message: str) -> Decision:
         if step is not None:
             self.st.steps[step] = StepState(False, reason, message)
@@ -292,14 +308,10 @@ def _planning(p: Pass) -> Decision | None:
         p.decision.actions.append(EnsureBucket(p.spec.output.bucket.name, p.spec.output.bucket.provider))
         p.decision.actions.append(CreateJob(builders.build_planner_job(p.spec, p.owner, p.defaults)))
         return p.working(Phase.CONVERTING, "Planning", "starting the planner")
-    if obs.planner.deleting:
-        return p.working(Phase.CONVERTING, "Planning", "waiting for the previous planner Job to go")
-    if obs.planner.failed_reason:
-        msg = f"planner Job {obs.planner.name} failed: {obs.planner.failed_message or obs.planner.failed_reason}"
-        return p.failed(CONVERTED, "PlanningFailed", msg)
-    if obs.planner.complete:
-        msg = f"planner Job {obs.planner.name} completed but its plan is missing"
-        return p.missing_output(obs.planner, "PlanPending", "PlanMissing", msg)
+    msg = f"planner Job {obs.planner.name} completed but its plan is missing"
+    settled = p.job_ended(obs.planner, "planner", "Planning", "PlanningFailed", ("PlanPending", "PlanMissing", msg))
+    if settled is not None:
+        return settled
     return p.working(Phase.CONVERTING, "Planning", "listing the source and grouping it into samples")
 
 
@@ -317,15 +329,13 @@ def _conversion(p: Pass) -> Decision | None:
                 "Converting",
                 f"starting {spec.conversion.workers} converter worker(s) for {plan['samples']} samples",
             )
-        if obs.job.deleting:
-            return p.working(Phase.CONVERTING, "Converting", "waiting for the previous converter Job to go")
-        if obs.job.failed_reason:
-            msg = f"converter Job {obs.job.name} failed: {obs.job.failed_message or obs.job.failed_reason}"
-            return p.failed(CONVERTED, "ConversionFailed", msg)
-        if obs.job.complete:
-            missing = sorted(set(range(spec.conversion.workers)) - set(p.reports))
-            msg = f"converter Job completed but reports of worker(s) {missing} are missing"
-            return p.missing_output(obs.job, "ReportsPending", "ReportMissing", msg)
+        missing = sorted(set(range(spec.conversion.workers)) - set(p.reports))
+        msg = f"converter Job completed but reports of worker(s) {missing} are missing"
+        settled = p.job_ended(
+            obs.job, "converter", "Converting", "ConversionFailed", ("ReportsPending", "ReportMissing", msg)
+        )
+        if settled is not None:
+            return settled
         return p.working(
             Phase.CONVERTING,
             "Converting",
