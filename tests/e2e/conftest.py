@@ -13,7 +13,7 @@ import re
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,24 @@ def cluster_env() -> dict[str, str]:
         pytest.skip("no healthy local cluster (run `make cluster-up`, or set SDS_E2E=1 to require it)")
     os.environ.update(env)
     return env
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed e2e test carries the operator's log (and its previous container's, after a crash) in its
+    report: CI tears the cluster down right after, and the log is what explains a failure there.
+    """
+    report = yield
+    if report.when != "call" or not report.failed or "cluster_env" not in getattr(item, "fixturenames", ()):
+        return report
+    env = {**os.environ, **_cluster_env()}
+    for which in ("--previous", ""):
+        args = ["kubectl", "-n", OPERATOR_NS, "logs", "deployment/sharded-dataset-operator", "--tail=300"]
+        p = subprocess.run([*args, *([which] if which else [])], capture_output=True, text=True, env=env)
+        report.sections.append((f"operator log {which or '(current)'}", p.stdout or p.stderr))
+    return report
 
 
 class Kube:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import requests
 
+from sharded_dataset_operator.clients.ais import Ais
+
 LOGS = Path("/var/lib/sharded-dataset-operator/cluster/logs")
 
 
@@ -35,13 +37,16 @@ def node_pid(role: str, name: str) -> int:
 
 
 def cluster_healthy(endpoint: str, targets: int = 2) -> bool:
+    """The primary is ready and at least `targets` targets are in its map, each answering its own health check
+    (a killed target stays in the map until the proxy's keepalive notices, so the map alone is not enough).
+    """
     try:
         if requests.get(f"{endpoint}/v1/health?prr=true", timeout=2).status_code != 200:
             return False
-        smap = requests.get(f"{endpoint}/v1/daemon?what=smap", timeout=2).json()
-        return len(smap.get("tmap") or {}) >= targets
-    except (requests.RequestException, ValueError):
+    except requests.RequestException:
         return False
+    now = Ais(endpoint).membership()
+    return now is not None and now.answering == now.targets >= targets
 
 
 @contextlib.contextmanager

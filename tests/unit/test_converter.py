@@ -13,7 +13,13 @@ import pytest
 
 from sharded_dataset_operator import exampledata
 from sharded_dataset_operator.builders import EXIT_UNAVAILABLE, Owner, converter_config
-from sharded_dataset_operator.converter.common import PermanentError, unreachable_exit
+from sharded_dataset_operator.clients.ais import Membership
+from sharded_dataset_operator.converter.common import (
+    PermanentError,
+    cluster_disturbed,
+    cluster_whole,
+    unreachable_exit,
+)
 from sharded_dataset_operator.converter.main import MiB, convert, read_plan
 from sharded_dataset_operator.converter.planner import make_plan
 from sharded_dataset_operator.converter.sources import VolumeSource
@@ -298,6 +304,19 @@ def test_a_worker_that_lost_ais_waits_for_it_then_exits_with_the_ignored_code() 
     clock[0] = 0.0
     code = unreachable_exit(ConnectionError("refused"), lambda: False, 10.0, sleep, lambda: clock[0])
     assert code == EXIT_UNAVAILABLE and clock[0] == 10.0  # bounded: hands over to a fresh pod anyway
+
+
+def test_a_failure_is_the_clusters_when_ais_or_a_target_is_away_or_membership_moved() -> None:
+    start = Membership(version=7, targets=2, answering=2)
+    assert not cluster_disturbed(start, start)  # nothing changed: the worker's own failure, it counts
+    assert cluster_disturbed(start, None)  # proxy unreachable
+    assert cluster_disturbed(start, Membership(7, 2, 1))  # a target in the map does not answer (killed, not noticed)
+    assert cluster_disturbed(start, Membership(8, 1, 1))  # the proxy dropped a target
+    assert cluster_disturbed(start, Membership(9, 2, 2))  # it left and came back while the worker ran
+    assert cluster_disturbed(None, None) and not cluster_disturbed(None, Membership(3, 2, 2))
+    # waiting ends when every target is back, not merely when the proxy answers
+    assert not cluster_whole(start, Membership(8, 1, 1))
+    assert cluster_whole(start, Membership(9, 2, 2)) and cluster_whole(start, Membership(9, 3, 3))
 
 
 def test_sigterm_stops_a_worker_at_once_with_its_own_exit_code(monkeypatch: pytest.MonkeyPatch) -> None:

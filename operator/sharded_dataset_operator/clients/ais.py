@@ -11,6 +11,7 @@ import json
 import logging
 import tarfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -20,6 +21,7 @@ from aistore.sdk import Client
 from aistore.sdk.errors import AISError, ErrBckNotFound, ErrObjNotFound, ErrRemoteBckNotFound
 from aistore.sdk.list_object_flag import ListObjectFlag
 from aistore.sdk.retry_config import RetryConfig
+from aistore.sdk.types import Smap
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 from urllib3.util.retry import Retry
 
@@ -47,6 +49,15 @@ class BatchUnsupported(Exception):
 
 class MissingObject(Exception):
     """An object asked for in a Get-Batch request does not exist."""
+
+
+@dataclass(frozen=True)
+class Membership:
+    """The cluster as the proxy's map shows it now: its version, active targets, and how many of them answer."""
+
+    version: int
+    targets: int
+    answering: int
 
 
 MAX_EMPTY_PAGES = 100  # pages with no entries but a continuation token, in a row, before a listing is refused
@@ -101,6 +112,25 @@ class Ais:
         """Whether the endpoint answers its health check now (one quick request, no retries)."""
         try:
             return self.session.get(f"{self.endpoint}/v1/health", timeout=(2.0, 5.0)).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def membership(self) -> Membership | None:
+        """The proxy's cluster map, each active target probed on its own health endpoint; None if unreachable."""
+        try:
+            r = self.session.get(f"{self.endpoint}/v1/daemon", params={"what": "smap"}, timeout=(2.0, 5.0))
+            r.raise_for_status()
+            smap = Smap.model_validate(r.json())
+        except (requests.RequestException, ValueError) as e:
+            log.debug("cluster map unavailable: %s", e)
+            return None
+        active = [t for t in smap.tmap.values() if not t.in_maint_or_decomm()]
+        answering = sum(1 for t in active if t.public_net and self._answers(t.public_net.direct_url))
+        return Membership(version=smap.version, targets=len(active), answering=answering)
+
+    def _answers(self, url: str) -> bool:
+        try:
+            return self.session.get(f"{url.rstrip('/')}/v1/health", timeout=(2.0, 3.0)).status_code == 200
         except requests.RequestException:
             return False
 

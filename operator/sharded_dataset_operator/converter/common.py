@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..builders import CONFIG_ENV, EXIT_PERMANENT, EXIT_UNAVAILABLE
-from ..clients.ais import Ais
+from ..clients.ais import Ais, Membership
 from .sources import READS_BATCH, AisSource, Source, VolumeSource
 
 log = logging.getLogger("sds.converter")
@@ -65,6 +65,7 @@ def run_main(run: Callable[[dict[str, Any], int, Ais], str]) -> int:
         terminate(f"misconfigured: {e}")
         return EXIT_PERMANENT
     ais = Ais(endpoint, os.environ.get("AIS_AUTHN_TOKEN") or None, attempts=5, pool=32)
+    start = ais.membership()
     # The worker runs as PID 1 of its container, where SIGTERM is ignored unless handled: without this a
     # deleted pod would keep converting until the grace period ends and SIGKILL arrives.
     signal.signal(signal.SIGTERM, _on_sigterm)
@@ -80,13 +81,32 @@ def run_main(run: Callable[[dict[str, Any], int, Ais], str]) -> int:
         return EXIT_PERMANENT
     except Exception as e:
         log.exception("failed")
-        if not ais.reachable():
-            return unreachable_exit(e, ais.reachable)
+        now = ais.membership()
+        if cluster_disturbed(start, now):
+            log.warning("the cluster changed under the worker: was %s, now %s", start, now)
+            return unreachable_exit(e, lambda: cluster_whole(start, ais.membership()))
         terminate(f"{type(e).__name__}: {e}")
         return 1
     log.info(summary)
     terminate(summary)
     return 0
+
+
+def cluster_whole(start: Membership | None, now: Membership | None) -> bool:
+    """AIS answers, every active target answers, and none of the targets the worker started with is missing."""
+    if now is None or now.answering < now.targets:
+        return False
+    return start is None or now.targets >= start.targets
+
+
+def cluster_disturbed(start: Membership | None, now: Membership | None) -> bool:
+    """Whether a failure may be the cluster's rather than the worker's: AIS or a target is away, or one left
+    and came back (the map's version moved) while the worker ran. Such a failure hands over to a fresh pod
+    without spending a retry; any other failure is the worker's and counts.
+    """
+    if not cluster_whole(start, now):
+        return True
+    return start is not None and now is not None and now.version != start.version
 
 
 def unreachable_exit(
@@ -96,7 +116,8 @@ def unreachable_exit(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> int:
-    """AIS went away under the worker: wait (bounded) until it answers again, then exit for a fresh pod.
+    """AIS (or one of its targets) went away under the worker: wait (bounded) until the cluster is whole again,
+    then exit for a fresh pod.
 
     The exit code is one the Job's podFailurePolicy ignores, so an outage never spends the per-index retry
     budget; the next pod resumes after the last finished shard. While AIS stays down this repeats, one pod
@@ -107,8 +128,8 @@ def unreachable_exit(
     while not back and clock() < deadline:
         sleep(2.0)
         back = reachable()
-    state = "is answering again" if back else f"is still unreachable after {wait:.0f}s"
-    message = f"AIS unreachable ({type(error).__name__}: {error}); it {state}: a fresh pod resumes"
+    state = "is whole again" if back else f"is still not whole after {wait:.0f}s"
+    message = f"AIS cluster disturbed ({type(error).__name__}: {error}); it {state}: a fresh pod resumes"
     log.warning(message)
     terminate(message)
     return EXIT_UNAVAILABLE
