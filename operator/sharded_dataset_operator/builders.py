@@ -97,7 +97,17 @@ def converter_config(spec: DatasetSpec, owner: Owner) -> dict[str, Any]:
         },
         "generation": owner.generation,
         "orderSeed": spec.shuffle.seed if spec.shuffle and spec.shuffle.algorithm == "shuffle" else None,
+        "transform": spec.transform.to_config() if spec.transform else None,
     }
+
+
+def worker_image(spec: DatasetSpec, defaults: ConverterDefaults, component: str) -> str:
+    """Converters run the user's transform image when the spec names one (built FROM the project image);
+    the planner never runs user code."""
+    fn = spec.transform.function if spec.transform else None
+    if component == CONVERTER and fn is not None and fn.image:
+        return fn.image
+    return defaults.image
 
 
 def default_resources(spec: DatasetSpec) -> dict[str, Any]:
@@ -173,7 +183,7 @@ def build_converter_job(
         )
     container: dict[str, Any] = {
         "name": CONVERTER_CONTAINER,
-        "image": defaults.image,
+        "image": worker_image(spec, defaults, component),
         "imagePullPolicy": defaults.image_pull_policy,
         "args": [module],
         "env": env,

@@ -343,9 +343,16 @@ def _conversion(p: Pass) -> Decision | None:
             f"{st.progress['samples']}/{plan['samples']} samples",
         )
     st.steps[CONVERTED] = StepState(True, "Converted", f"{st.samples_written} samples in {st.shards_converted} shards")
-    if st.samples_written != int(plan.get("samples") or 0):
+    transformed_away = sum(int(n) for r in p.reports.values() for n in (r.get("skippedByReason") or {}).values())
+    if st.samples_written + transformed_away != int(plan.get("samples") or 0):
         msg = f"the converters wrote {st.samples_written} samples but the plan holds {plan['samples']}"
+        if transformed_away:
+            msg += f" ({transformed_away} skipped by the transform)"
         return p.failed(CONVERTED, "ConversionIncomplete", msg)
+    if st.samples_written == 0 and transformed_away:
+        errors = sorted(str(r.get("firstTransformError")) for r in p.reports.values() if r.get("firstTransformError"))
+        first = f"first error: sample {errors[0]}" if errors else "the function dropped every sample"
+        return p.failed(CONVERTED, "TransformFailed", f"the transform left no sample; {first}")
     p.converted_shards = sorted(s["name"] for r in p.reports.values() for s in r.get("shards") or [])
     for r in p.reports.values():
         p.written.merge(Totals.from_dict(r))
@@ -534,9 +541,12 @@ def _fill_counts(st: DatasetStatus, plan: dict[str, Any] | None, reports: dict[i
     st.samples_written = sum(int(r.get("written") or 0) for r in reports.values())
     plan = plan or {}
     st.skipped_by_reason = {str(k): int(v) for k, v in (plan.get("skipped") or {}).items()}
+    for r in reports.values():  # samples the transform dropped or failed on, counted by the workers
+        for reason, n in (r.get("skippedByReason") or {}).items():
+            st.skipped_by_reason[str(reason)] = st.skipped_by_reason.get(str(reason), 0) + int(n)
     st.rejected_files = {str(k): int(v) for k, v in (plan.get("rejectedFiles") or {}).items()}
     st.samples_skipped = sum(st.skipped_by_reason.values())
-    st.samples_total = int(plan.get("samples") or 0) + st.samples_skipped if plan else 0
+    st.samples_total = int(plan.get("samples") or 0) + sum(int(v) for v in (plan.get("skipped") or {}).values())
     st.shards_converted = sum(len(r.get("shards") or []) for r in reports.values())
     st.bytes_output = 0
 

@@ -124,6 +124,82 @@ class Shuffle:
     max_attempts: int = 3
 
 
+IMAGE_FORMATS = {"jpeg": "jpg", "png": "png", "webp": "webp"}  # format -> member extension
+_FUNCTION_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Resize:
+    """Built-in transform: fit one image member within `max_side` pixels (aspect kept, never upscaled) and
+    encode it as `format`; the member's extension follows the format (`image.jpg` -> `image.webp`)."""
+
+    member: str
+    max_side: int
+    format: str = "jpeg"
+    quality: int = 90
+
+    @property
+    def output_member(self) -> str:
+        stem = self.member.rsplit(".", 1)[0] if "." in self.member else self.member
+        return f"{stem}.{IMAGE_FORMATS[self.format]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Function:
+    """A user function `module:function` (members in, members out; None drops the sample), imported in the
+    converter from its image (`image`, or the converter image)."""
+
+    name: str
+    image: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Transform:
+    """Per-sample work in the converter: the user function first, then the resize."""
+
+    resize: Resize | None = None
+    function: Function | None = None
+
+    def to_config(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.function is not None:
+            out["function"] = {"name": self.function.name}
+        if self.resize is not None:
+            r = self.resize
+            out["resize"] = {"member": r.member, "maxSide": r.max_side, "format": r.format, "quality": r.quality}
+        return out
+
+
+def _transform(raw: dict[str, Any], members: list[str]) -> Transform | None:
+    if not raw:
+        return None
+    resize = function = None
+    if raw.get("resize"):
+        r = raw["resize"]
+        resize = Resize(
+            member=str(r.get("member") or ""),
+            max_side=int(r.get("maxSide") or 0),
+            format=str(r.get("format") or "jpeg").lower(),
+            quality=int(r.get("quality") or 90),
+        )
+        if resize.member not in members:
+            raise SpecError(f"spec.transform.resize.member: {resize.member!r} is not a member of the samples")
+        if not 1 <= resize.max_side <= 65535:
+            raise SpecError("spec.transform.resize.maxSide: must be within 1..65535")
+        if resize.format not in IMAGE_FORMATS:
+            raise SpecError("spec.transform.resize.format: must be jpeg, png or webp")
+        if not 1 <= resize.quality <= 100:
+            raise SpecError("spec.transform.resize.quality: must be within 1..100")
+    if raw.get("function"):
+        f = raw["function"]
+        function = Function(name=str(f.get("name") or ""), image=str(f["image"]) if f.get("image") else None)
+        if not _FUNCTION_RE.match(function.name):
+            raise SpecError("spec.transform.function.name: must be module:function, e.g. my_transforms:crop")
+    if resize is None and function is None:
+        return None
+    return Transform(resize=resize, function=function)
+
+
 @dataclass(frozen=True, slots=True)
 class DatasetSpec:
     ais: AisTarget
@@ -136,6 +212,7 @@ class DatasetSpec:
     shuffle: Shuffle | None
     deletion_policy: str
     extra: dict[str, Any] = field(default_factory=dict)
+    transform: Transform | None = None
 
 
 def _reads(raw: dict[str, Any]) -> Reads:
@@ -264,4 +341,5 @@ def parse_spec(spec: dict[str, Any], *, name: str, default_endpoint: str) -> Dat
         conversion=conversion,
         shuffle=shuffle,
         deletion_policy=policy,
+        transform=_transform(spec.get("transform") or {}, names),
     )

@@ -480,3 +480,19 @@ def test_plan_missing_after_the_planner_completed_waits_a_grace_period_then_fail
     old = JobState("pets-plan-g3", 3, succeeded=1, complete=True, completed_at=now - 600)
     d = decide(spec(), OWNER, Observed(previous={}, planner=old), DEFAULTS, NOW)
     assert d.status.phase == Phase.FAILED and d.status.reason == "PlanMissing"
+
+
+def test_transform_skips_count_with_the_plan_and_a_transform_that_left_nothing_fails() -> None:
+    skipped = {**report(1, 2), "skippedByReason": {"transform-dropped": 1, "transform-error:KeyError": 2}}
+    obs = converted(plan=plan(8), reports={0: report(0, 3), 1: skipped})
+    d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
+    assert d.status.phase == Phase.SHUFFLING, d.status.message  # 5 written + 3 skipped = the plan's 8
+    assert d.status.skipped_by_reason == {"missing:cls": 2, "transform-dropped": 1, "transform-error:KeyError": 2}
+    assert (d.status.samples_written, d.status.samples_skipped, d.status.samples_total) == (5, 5, 10)
+    d = decide(spec(), OWNER, converted(plan=plan(9), reports={0: report(0, 3), 1: skipped}), DEFAULTS, NOW)
+    assert d.status.reason == "ConversionIncomplete" and "3 skipped by the transform" in d.status.message
+    nothing = {**report(0, 0, shards=0), "skippedByReason": {"transform-error:OSError": 4},
+               "firstTransformError": "a001: OSError: truncated"}  # fmt: skip
+    d = decide(spec(), OWNER, converted(plan=plan(4), reports={0: nothing, 1: report(1, 0, shards=0)}), DEFAULTS, NOW)
+    assert d.status.phase == Phase.FAILED and d.status.reason == "TransformFailed"
+    assert d.status.message == "the transform left no sample; first error: sample a001: OSError: truncated"

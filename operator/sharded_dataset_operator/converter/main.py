@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from .common import PermanentError, make_source, run_main
 from .reads import ReadPlan, read_samples
 from .sources import READS_BATCH, Source
 from .tarshard import FinishedShard, ShardCutter, encode_sample
+from .transforms import DROPPED, Skip, Transformer
 
 log = logging.getLogger("sds.converter")
 
@@ -48,6 +50,8 @@ CGROUP_MEMORY_LIMITS = (
     Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),  # cgroup v1
 )
 UNLIMITED = 1 << 60
+SKIP_EXAMPLES = 5
+FAIL_FAST_SAMPLES = 100  # a transform that raised on each of a worker's first 100 samples is broken: stop
 
 
 @dataclass
@@ -56,6 +60,7 @@ class Report:
     workers: int
     generation: int
     partition: int = 0
+    consumed: int = 0  # plan samples done: written or skipped by the transform
     written: int = 0
     total_bytes: int = 0
     shards: list[dict[str, Any]] = field(default_factory=list)
@@ -66,7 +71,18 @@ class Report:
     files_read: int = 0
     readahead_bytes: int = 0
     resumed_shards: int = 0
+    resumed_consumed: int = 0
     seconds: float = 0.0
+    skipped: Counter[str] = field(default_factory=Counter)  # transform skips by reason
+    skip_examples: dict[str, list[str]] = field(default_factory=dict)
+    first_error: str = ""
+
+    def skip(self, reason: str, n: int = 1, key: str = "", detail: str = "") -> None:
+        self.skipped[reason] += n
+        if key and len(self.skip_examples.setdefault(reason, [])) < SKIP_EXAMPLES:
+            self.skip_examples[reason].append(key)
+        if detail and not self.first_error:
+            self.first_error = f"{key}: {detail}"[:500]
 
     def to_json(self) -> bytes:
         return json.dumps(
@@ -88,6 +104,10 @@ class Report:
                 },
                 "resumedShards": self.resumed_shards,
                 "seconds": round(self.seconds, 3),
+                "consumed": self.consumed,
+                "skippedByReason": dict(sorted(self.skipped.items())),
+                "skipExamples": self.skip_examples,
+                "firstTransformError": self.first_error,
             },
             sort_keys=True,
             indent=1,
@@ -266,34 +286,49 @@ def convert(
         return iter(data.decode("utf-8").splitlines())
 
     label_name = (config.get("labels") or {}).get("name")
+    transformer = Transformer.from_config(config.get("transform"))
     order_seed = config.get("orderSeed")
     sink = ShardSink(ais, out["bucket"], out["provider"])
     cutter = ShardCutter(out.get("maxSamples"), out.get("maxBytes"))
     progress = Progress(ais, out, index, generation, report.partition, progress_interval)
     pending = Totals()  # members of the shard being built
 
-    def account(record: dict[str, Any]) -> None:
+    def account(record: dict[str, Any], resumed: bool = False) -> None:
         report.shards.append(record)
         report.written += int(record["samples"])
+        report.consumed += int(record.get("consumed") or record["samples"])
+        for reason, n in (record.get("skipped") or {}).items() if resumed else ():
+            report.skip(reason, int(n))  # counted as they happened by the attempt that recorded the shard
         report.total_bytes += int(record["bytes"])
         report.totals.merge(Totals.from_dict(record))
 
+    # plan samples since the last cut (written or skipped) and their skips: recorded with the next shard, so
+    # that a resumed worker knows where in the plan to continue and keeps its skip counts
+    open_consumed, open_skips = 0, Counter[str]()
+
     def emit(shard: FinishedShard, totals: Totals) -> None:
+        nonlocal open_consumed, open_skips
         name = naming.shard_name(base, index, len(report.shards))
         sink.submit(name, shard.data)  # returns once the previous shard's upload finished
         durable = list(report.shards)
-        account({"name": name, "samples": shard.samples, "bytes": len(shard.data), **totals.to_dict()})
-        progress.tick(report.written, report.total_bytes, durable, force=True)
+        record: dict[str, Any] = {"name": name, "samples": shard.samples, "bytes": len(shard.data), **totals.to_dict()}
+        if transformer is not None:
+            record["consumed"], record["skipped"] = open_consumed, dict(sorted(open_skips.items()))
+        account(record)
+        open_consumed, open_skips = 0, Counter()
+        progress.tick(report.consumed, report.total_bytes, durable, force=True)
 
     for record in resume_point(ais, out, index, generation):
-        account(record)
+        account(record, resumed=True)
     report.resumed_shards = len(report.shards)
+    report.resumed_consumed = report.consumed
     if report.resumed_shards:
         log.info("worker %d: resuming after %d finished shards (%d samples)", index, len(report.shards), report.written)
-    done = report.written
+    done = report.consumed
     pending_bytes = report.total_bytes
+    transform_errors = 0
     try:
-        samples = plan.read_range(manifest, start + report.written, end, chunk_lines)
+        samples = plan.read_range(manifest, start + report.consumed, end, chunk_lines)
         for sample, members in read_samples(samples, source.read_many, rp):
             for (_, raw), (_, data) in zip(sample.files, members, strict=True):
                 if len(data) != raw.size:
@@ -303,6 +338,22 @@ def convert(
                     )
             if label_name is not None and sample.label is not None:
                 members.append((label_name, sample.label.encode()))
+            if transformer is not None:
+                outcome = transformer.apply(sample.key, members)
+                if isinstance(outcome, Skip):
+                    report.skip(outcome.reason, key=sample.key, detail=outcome.detail)
+                    open_skips[outcome.reason] += 1
+                    open_consumed += 1
+                    done += 1
+                    transform_errors += outcome.reason != DROPPED
+                    if transform_errors == done - report.resumed_consumed == FAIL_FAST_SAMPLES:
+                        raise PermanentError(
+                            f"the transform failed on each of the first {FAIL_FAST_SAMPLES} samples; first error "
+                            f"(sample {report.first_error})"
+                        )
+                    progress.tick(done, pending_bytes, report.shards[:-1])
+                    continue
+                members = outcome
             if order_seed is not None:
                 members.append((ORDER_MEMBER, str(order_rank(order_seed, sample.key)).encode()))
             encoded = encode_sample(sample.key, members)
@@ -313,13 +364,16 @@ def convert(
             for name, data in members:
                 pending.add(f"{sample.key}.{name}", len(data))
             pending_bytes += len(encoded)
+            open_consumed += 1
             done += 1
             progress.tick(done, pending_bytes, report.shards[:-1])
         last = cutter.finish()
         if last is not None:
             emit(last, pending)
+        report.consumed += open_consumed  # samples after the last shard, all skipped by the transform
     finally:
         sink.close()
+
     reads = getattr(source, "reads", None)
     if reads is not None:
         report.batch_requests, report.object_requests, report.files_read = (
