@@ -12,7 +12,7 @@ help: ## this list
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev,bench]'
+	$(VENV)/bin/pip install -q -e '.[dev,bench,train]'
 	touch $@
 
 .PHONY: venv
@@ -30,7 +30,7 @@ cluster-env: ## shell exports: eval "$$(make -s cluster-env)"
 
 .PHONY: image deploy undeploy
 image: ## build the project image (buildah) and import it into the local cluster
-	hack/build-images.sh project
+	hack/build-images.sh project transforms
 	hack/cluster.sh load-images
 
 deploy: image ## build, import and install/upgrade the CRD and the operator into the current cluster

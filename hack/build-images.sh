@@ -2,7 +2,7 @@
 # Build the container images without Docker or a registry, and save them as OCI archives under the
 # cache dir: the pause (sandbox) image and the project image (./Dockerfile, built with buildah from a
 # locally bootstrapped Debian base that stands in for the public debian image).
-# Usage: hack/build-images.sh [pause|base|project ...]   (default: all). Prints nothing on stdout.
+# Usage: hack/build-images.sh [pause|base|project|transforms ...]   (default: all). Prints nothing on stdout.
 LOG_TAG=images
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
@@ -57,5 +57,17 @@ build_project() {
   log "project image built: $PROJECT_IMAGE"
 }
 
-targets=("$@"); (( ${#targets[@]} )) || targets=(pause project)
+# The user-transform example (examples/transforms), built the way the README tells users to.
+build_transforms() {
+  local out="$IMAGE_CACHE/transforms.tar"
+  buildah bud --quiet --layers --isolation chroot --build-arg "BASE=$PROJECT_IMAGE" \
+    -f "$REPO_ROOT/examples/transforms/Dockerfile" -t "$TRANSFORMS_IMAGE" "$REPO_ROOT/examples/transforms" \
+    >"$CACHE_ROOT/transforms-build.log" 2>&1 \
+    || { tail -30 "$CACHE_ROOT/transforms-build.log" >&2; die "transforms image build failed"; }
+  rm -f "$out.tmp"
+  buildah push --quiet "$TRANSFORMS_IMAGE" "oci-archive:$out.tmp:$TRANSFORMS_IMAGE" >/dev/null && mv "$out.tmp" "$out"
+  log "transforms example image built: $TRANSFORMS_IMAGE"
+}
+
+targets=("$@"); (( ${#targets[@]} )) || targets=(pause project transforms)
 for t in "${targets[@]}"; do start=$SECONDS; "build_$t"; log "$t done in $((SECONDS - start))s"; done

@@ -297,6 +297,7 @@ import_image() { # import_image ARCHIVE REF: skip when containerd already has th
 import_images() {
   import_image "$IMAGE_CACHE/$PAUSE_IMAGE_FILE" "$PAUSE_IMAGE"
   import_image "$IMAGE_CACHE/project.tar" "$PROJECT_IMAGE"
+  if [[ -s "$IMAGE_CACHE/transforms.tar" ]]; then import_image "$IMAGE_CACHE/transforms.tar" "$TRANSFORMS_IMAGE"; fi
 }
 
 start_kubelet() {

@@ -40,3 +40,4 @@ DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 PAUSE_IMAGE="localhost/sdo-pause:1.0"
 PAUSE_IMAGE_FILE="pause-$(basename "$PAUSE_BIN").tar"
 PROJECT_IMAGE="${PROJECT_IMAGE:-localhost/sharded-dataset-operator:dev}"
+TRANSFORMS_IMAGE="localhost/sds-example-transforms:dev"  # examples/transforms, FROM the project image
