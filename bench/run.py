@@ -41,6 +41,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 EXAMPLE = REPO / "examples" / "01-oxford-pets.yaml"
+RESIZE_EXAMPLE = REPO / "examples" / "04-resize.yaml"
 MIB = 1024 * 1024
 
 FULL_SAMPLES = 7390
@@ -517,6 +518,39 @@ def measure_converter(
         f"peak RSS {max(out['peak_rss_mib_per_worker'])} MiB"
     )
     return out
+
+
+def measure_transforms(endpoint: str, raw: str, repeat: int, workers: Sequence[int]) -> Result:
+    """The converter without and with examples/04's resize, interleaved, the best of `repeat` runs of each."""
+    import yaml
+
+    transform = yaml.safe_load(RESIZE_EXAMPLE.read_text())["spec"]["transform"]
+    out: Result = {"transform": transform}
+    for w in workers:
+        plain: list[Result] = []
+        resized: list[Result] = []
+        for _ in range(max(1, repeat)):
+            plain.append(measure_converter(endpoint, raw, w))
+            resized.append(measure_converter(endpoint, raw, w, spec_over={"transform": transform}))
+        p, r = best(plain), best(resized)
+        ratio = round(r["samples_per_s"] / p["samples_per_s"], 3)
+        out[str(w)] = {"plain": p, "resize": r, "resize_vs_plain_samples_per_s": ratio}
+        log(f"converter x{w}: {p['samples_per_s']} samples/s plain, {r['samples_per_s']} with resize ({ratio:.2f}x)")
+    return out
+
+
+def transforms_table(res: Result) -> str:
+    lines = [f"transform: {json.dumps(res['transform'])}"]
+    for w, t in res.items():
+        if w == "transform":
+            continue
+        p, r = t["plain"], t["resize"]
+        lines.append(
+            f"converter x{w}: {p['samples_per_s']} samples/s plain ({p['mib_per_s']} MiB/s out, "
+            f"{p['client_cpu_ms_per_sample']} ms CPU/sample), {r['samples_per_s']} with resize ({r['mib_per_s']} "
+            f"MiB/s out, {r['client_cpu_ms_per_sample']} ms CPU/sample): {t['resize_vs_plain_samples_per_s']:.2f}x"
+        )
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------- profile
@@ -1005,6 +1039,8 @@ def table(res: Result) -> str:
         f"{res['converter_rss_by_samples_mib']} (target <= {t['rss_limit_mib']:.0f} MiB and size-independent: "
         f"{'PASS' if t['converter_rss_ok'] else 'FAIL'})",
     ]
+    if res.get("transforms"):
+        out.append(transforms_table(res["transforms"]))
     if res.get("resource"):
         for i, rs in enumerate(res["resource"]["runs"]):
             cpu = rs["operator_cpu"]
@@ -1036,6 +1072,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-profile", action="store_true")
     ap.add_argument("--timeout", type=float, default=900, help="seconds to wait for the resource to be Ready")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument(
+        "--transforms-only",
+        action="store_true",
+        help="only the converter without and with the resize transform (x1 and x2), into transforms.json",
+    )
     args = ap.parse_args(argv)
     raw = args.raw_bucket
     endpoint = os.environ.get("AIS_ENDPOINT", "").rstrip("/")
@@ -1047,6 +1088,15 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
 
     manifest = ensure_dataset(endpoint, raw, args.samples)
+    if args.transforms_only:
+        drop_bucket(endpoint, CONV_BUCKET)
+        only = {
+            "dataset": {"bucket": raw, "samples": args.samples},
+            **measure_transforms(endpoint, raw, args.repeat, (1, 2)),
+        }
+        (args.out / "transforms.json").write_text(json.dumps(only, indent=1) + "\n")
+        print(transforms_table({k: v for k, v in only.items() if k != "dataset"}))
+        return 0
     ensure_dataset(endpoint, SMALL_BUCKET, small_n)
     for b in (BASELINE_BUCKET, UPPER_BUCKET, CONV_BUCKET):
         drop_bucket(endpoint, b)
@@ -1114,6 +1164,8 @@ def main(argv: list[str] | None = None) -> int:
         str(args.samples): max(res["converter_x1_peak_rss_mib_all_runs"]),
         str(small_n): max(small_run["peak_rss_mib_per_worker"]),
     }
+
+    res["transforms"] = measure_transforms(endpoint, raw, args.repeat, (1, 2))
 
     if not args.skip_profile:
         log("profiling the 1-worker converter")

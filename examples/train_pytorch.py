@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(args.seed)
     model = DistributedDataParallel(nn.Sequential(nn.Flatten(), nn.Linear(3 * SIDE * SIDE, CLASSES)))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     report: dict[str, Any] = {"loader": args.loader, "ranks": world, "workers": args.workers, "indexed": total}
     report["epochs"] = []
     for epoch in range(args.epochs):

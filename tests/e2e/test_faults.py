@@ -114,12 +114,14 @@ def test_target_killed_during_dsort_is_retried_to_ready_and_a_spent_budget_fails
     shuffle = {**SHUFFLE, "outputPrefix": "shuffled-"}
 
     # 1. budget of 5 attempts: the fault costs an attempt, the run ends Ready with exact samples
+    t0 = time.monotonic()
     kube.apply(dataset("weather", namespace, raw.bucket, out, conversion={"workers": 2},
                        shuffle={**shuffle, "maxAttempts": 5}))  # fmt: skip
     wait_dsort_running(kube, namespace, "weather")
     with node_down(endpoint, "target", "target1"):
         time.sleep(5)
     obj = wait_ready(kube, namespace, "weather", timeout=600)
+    mark("target killed during dSort: apply -> Ready", t0)
     st = obj["status"]
     assert st["shuffle"]["attempt"] >= 2, st["shuffle"]
     assert st["samples"]["written"] == len(raw.manifest["complete"])
@@ -135,6 +137,7 @@ def test_target_killed_during_dsort_is_retried_to_ready_and_a_spent_budget_fails
     assert listed and all(f"-a{attempt}-" in n for n in listed), listed
 
     # 2. budget of 1: the same fault fails the run, saying so; a retry request then brings it to Ready
+    t0 = time.monotonic()
     kube.apply(dataset("strict", namespace, raw.bucket, out, conversion={"workers": 2},
                        output={"bucket": out, "prefix": "strict-", "maxSamplesPerShard": 100},
                        shuffle={**shuffle, "outputPrefix": "strict-shuffled-", "maxAttempts": 1}))  # fmt: skip
@@ -142,6 +145,7 @@ def test_target_killed_during_dsort_is_retried_to_ready_and_a_spent_budget_fails
     with node_down(endpoint, "target", "target1"):
         time.sleep(5)
     failed = wait_phase(kube, namespace, "strict", ("Failed", "Ready"), timeout=300)
+    mark("target killed during dSort, maxAttempts 1: apply -> Failed", t0)
     assert failed["status"]["phase"] == "Failed", failed["status"]
     assert failed["status"]["message"].startswith("dSort attempt 1/1"), failed["status"]["message"]
     kube.run("-n", namespace, "annotate", "sds", "strict", "shardeddataset.dev/retry=1")
@@ -152,6 +156,7 @@ def test_target_killed_during_dsort_is_retried_to_ready_and_a_spent_budget_fails
 
     wait_until(retry_handled, 60, "the retry request to be handled")
     again = wait_ready(kube, namespace, "strict", timeout=600)
+    mark("target killed during dSort, maxAttempts 1: apply -> Failed -> retry -> Ready", t0)
     assert again["status"]["retry"]["request"] == "1"
     assert again["status"]["samples"]["written"] == len(raw.manifest["complete"])
     shards = check_index(ais, again, out, "strict-shuffled-index.json")

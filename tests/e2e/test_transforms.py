@@ -90,7 +90,8 @@ def test_user_function_from_an_image_built_from_the_project_image_drops_and_edit
     spec.loader.exec_module(module)
     raw = raw_dataset(ais, cluster_env, SAMPLES)
     # what the function makes of each complete sample, computed here from the raw bytes
-    expected = {k: module.cats_with_foreground({"__key__": k, **raw.expected_members(k)}) for k in raw.manifest["complete"]}
+    transform = module.cats_with_foreground
+    expected = {k: transform({"__key__": k, **raw.expected_members(k)}) for k in raw.manifest["complete"]}
     kept = {k: m for k, m in expected.items() if m is not None}
     assert 0 < len(kept) < len(expected)  # the data has both cats and dogs
 
