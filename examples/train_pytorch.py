@@ -223,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(report, f)
     # Leave the process group together: every rank waits until all are done (rank 0 writes the report first),
     # then the DDP model, which holds its own reference to the gloo group, is freed before the group is
-    # destroyed. Without this a rank that finished first sometimes aborted on its way out ("terminate called
-    # without an active exception", about 1 run in 40 here, after both epochs had finished).
+    # destroyed. Before this, a rank that finished first now and then aborted on its way out ("terminate called
+    # without an active exception": once in CI, about 1 run in 100 locally, after both epochs had finished).
     dist.barrier()
     del model, optimizer, loader
     gc.collect()
