@@ -108,13 +108,6 @@ class Ais:
     def _bucket(self, name: str, provider: str) -> Any:
         return self.client.bucket(name, provider=provider)
 
-    def reachable(self) -> bool:
-        """Whether the endpoint answers its health check now (one quick request, no retries)."""
-        try:
-            return self.session.get(f"{self.endpoint}/v1/health", timeout=(2.0, 5.0)).status_code == 200
-        except requests.RequestException:
-            return False
-
     def membership(self) -> Membership | None:
         """The proxy's cluster map, each active target probed on its own health endpoint; None if unreachable."""
         try:
@@ -129,6 +122,7 @@ class Ais:
         return Membership(version=smap.version, targets=len(active), answering=answering)
 
     def _answers(self, url: str) -> bool:
+        """Whether the node at `url` answers its health check now (one quick request, no retries)."""
         try:
             return self.session.get(f"{url.rstrip('/')}/v1/health", timeout=(2.0, 3.0)).status_code == 200
         except requests.RequestException:

@@ -111,7 +111,7 @@ def cluster_disturbed(start: Membership | None, now: Membership | None) -> bool:
 
 def unreachable_exit(
     error: Exception,
-    reachable: Callable[[], bool],
+    whole: Callable[[], bool],
     wait: float = AIS_WAIT_SECONDS,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
@@ -124,10 +124,10 @@ def unreachable_exit(
     per `wait` seconds, and the operator reports the resource Stalled (AISUnavailable).
     """
     deadline = clock() + wait
-    back = reachable()
+    back = whole()
     while not back and clock() < deadline:
         sleep(2.0)
-        back = reachable()
+        back = whole()
     state = "is whole again" if back else f"is still not whole after {wait:.0f}s"
     message = f"AIS cluster disturbed ({type(error).__name__}: {error}); it {state}: a fresh pod resumes"
     log.warning(message)
