@@ -69,5 +69,15 @@ build_transforms() {
   log "transforms example image built: $TRANSFORMS_IMAGE"
 }
 
+# A rebuild re-tags the image and leaves the previous one untagged; with the vfs driver every such image is
+# full copies of its layers (~1 GB), so each `make image` used to leave ~1 GB behind (21 GB after a day of
+# builds, until AIS on the same disk passed its capacity high watermark). Untagged images nothing builds on
+# are dropped; the layer cache that tagged images build on stays.
+prune_untagged() {
+  local n; n=$(buildah images --quiet --filter dangling=true 2>/dev/null | wc -l)
+  (( n == 0 )) || { buildah rmi --prune >/dev/null; log "removed $n untagged image(s) of earlier builds"; }
+}
+
 targets=("$@"); (( ${#targets[@]} )) || targets=(pause project transforms)
 for t in "${targets[@]}"; do start=$SECONDS; "build_$t"; log "$t done in $((SECONDS - start))s"; done
+prune_untagged

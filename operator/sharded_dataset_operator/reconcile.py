@@ -41,6 +41,7 @@ class Observed:
     reports: dict[int, dict[str, Any]] = field(default_factory=dict)
     progress: dict[int, dict[str, Any]] = field(default_factory=dict)
     dsort_attempts: dict[int, DsortJob] = field(default_factory=dict)
+    capacity_problems: tuple[str, ...] = ()  # AIS targets' capacity errors, asked for when a dSort job is lost
     retry_request: str | None = None
     output: OutputTally | None = None
 
@@ -181,6 +182,7 @@ class Pass:
     reports: dict[int, dict[str, Any]] = field(default_factory=dict)
     written: Totals = field(default_factory=Totals)
     converted_shards: list[str] = field(default_factory=list)
+    dsort_attempts: dict[int, DsortJob] = field(default_factory=dict)  # observed, plus a lost one (see below)
 
     @property
     def st(self) -> DatasetStatus:
@@ -261,6 +263,10 @@ def decide(spec: DatasetSpec, owner: Owner, obs: Observed, defaults: ConverterDe
     _fill_counts(st, p.plan, p.reports)
     if obs.job is not None:
         st.workers_succeeded, st.workers_failed = obs.job.succeeded, obs.job.failed
+    p.dsort_attempts = dict(obs.dsort_attempts)
+    lost = lost_dsort_attempt(prev, gen, obs.dsort_attempts, obs.capacity_problems)
+    if lost is not None:
+        p.dsort_attempts[lost[0]] = lost[1]
 
     if prev_phase == Phase.FAILED and obs.retry_request and obs.retry_request != (st.retry or {}).get("request"):
         return _retry_requested(p)
@@ -283,7 +289,7 @@ def _retry_requested(p: Pass) -> Decision:
         )
     elif reason in ("ConversionFailed", "ReportMissing", "ConversionIncomplete"):
         p.decision.actions.append(DeleteJobs((naming.job_name(p.owner.name, gen),)))
-    p.st.retry = {"request": p.obs.retry_request, "shuffleAttemptBase": max(p.obs.dsort_attempts, default=0)}
+    p.st.retry = {"request": p.obs.retry_request, "shuffleAttemptBase": max(p.dsort_attempts, default=0)}
     p.decision.events.append(Event("Normal", "RetryRequested", f"retrying after {reason or 'the failure'}"))
     p.decision.requeue = ACTIVE_REQUEST_DELAY
     p.st.phase, p.st.reason, p.st.message = Phase.PENDING, "Retrying", f"retry requested after {reason}"
@@ -364,7 +370,7 @@ def _shuffle(p: Pass) -> Decision | None:
     spec, owner, st = p.spec, p.owner, p.st
     if spec.shuffle is None:
         return None
-    attempts = p.obs.dsort_attempts
+    attempts = p.dsort_attempts
     attempt = max(attempts, default=0)
     base = int((st.retry or {}).get("shuffleAttemptBase") or 0)
     budget = spec.shuffle.max_attempts
@@ -373,6 +379,9 @@ def _shuffle(p: Pass) -> Decision | None:
     start_next = job is None
     if job is not None:
         st.dsort_job_id, st.shuffle_attempt = job.id, attempt
+        recorded = p.prev.get("shuffle") or {}
+        if recorded.get("attempt") == attempt and p.prev.get("observedGeneration") == owner.generation:
+            st.shuffle_started_at = recorded.get("startedAt")
         st.output_template = naming.output_template(naming.attempt_base(builders.output_base(spec, owner), attempt))
         if job.aborted and attempt <= base:
             start_next = True  # aborted before the retry request: a fresh budget starts after it
@@ -413,11 +422,49 @@ def _shuffle(p: Pass) -> Decision | None:
                 builders.build_dsort_spec(spec, owner, p.converted_shards, p.written.member_bytes, tar_bytes, nxt)
             )
         )
-        st.shuffle_attempt = nxt
+        st.shuffle_attempt, st.shuffle_started_at = nxt, p.now
         st.output_template = naming.output_template(naming.attempt_base(out_base, nxt))
         st.steps[SHUFFLED] = StepState(False, "Shuffling", f"starting dSort attempt {nxt - base}/{budget}")
         return p.working(Phase.SHUFFLING, "Shuffling", f"starting dSort (attempt {nxt - base}/{budget})")
     return None
+
+
+def lost_dsort_attempt(
+    previous: dict[str, Any], generation: int, observed: dict[int, DsortJob], problems: tuple[str, ...] = ()
+) -> tuple[int, DsortJob] | None:
+    """The dSort attempt that status records as started but AIS no longer knows, as a job that ended.
+
+    AIS answers a dSort start with a job id even when its targets refused the job (a target above its
+    capacity high watermark refuses every new dSort), and a job is gone after every target that ran it
+    restarted. Without this the attempt would be started again under the same number, forever and outside
+    the budget. An attempt already recorded as shuffled counts as finished (its output is still verified).
+    """
+    shuffle = previous.get("shuffle") or {}
+    attempt, job_id = shuffle.get("attempt"), shuffle.get("dsortJobId")
+    if previous.get("observedGeneration") != generation or not attempt or not job_id:
+        return None
+    attempt = int(attempt)
+    if attempt in observed or attempt < max(observed, default=0):
+        return None
+    shuffled = any(c.get("type") == SHUFFLED and c.get("status") == "True" for c in previous.get("conditions") or [])
+    why = "AIS no longer knows the job (its targets refused it at the start, or restarted since)"
+    return attempt, DsortJob(
+        id=str(job_id),
+        description="",
+        finished=shuffled,
+        aborted=not shuffled,
+        errors=() if shuffled else (why, *problems),
+        extracted_records=0,
+        created_shards=0,
+        ended_at=_epoch(shuffle.get("startedAt")),
+    )
+
+
+def _epoch(ts: Any) -> float | None:
+    try:
+        return datetime.strptime(str(ts), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp() if ts else None
+    except ValueError:
+        return None
 
 
 def _verification(p: Pass) -> Decision:

@@ -102,6 +102,7 @@ class DatasetStatus:
     steps: dict[str, StepState] = field(default_factory=dict)
     progress: dict[str, Any] | None = None
     shuffle_attempt: int | None = None
+    shuffle_started_at: str | None = None
     shuffle_max_attempts: int | None = None
     retry: dict[str, Any] | None = None
 
@@ -159,6 +160,7 @@ class DatasetStatus:
                 "dsortJobId": self.dsort_job_id,
                 "outputTemplate": self.output_template,
                 "attempt": self.shuffle_attempt,
+                "startedAt": self.shuffle_started_at,
                 "maxAttempts": self.shuffle_max_attempts,
             },
             "progress": self.progress,  # None removes it (the status is merge-patched)

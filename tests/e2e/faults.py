@@ -1,7 +1,8 @@
-"""Fault injection on the local cluster: kill an AIS node process and start it again, as it was started.
+"""Fault injection on the local cluster: kill an AIS node process and start it again, as it was started, or
+push every target over its capacity high watermark.
 
 AIS nodes run on this host (hack/cluster.sh); a killed node is restarted with its own command line and
-environment, read from /proc before the kill, and the helper always restarts it, even when the test fails.
+environment, read from /proc before the kill, and the helpers always undo their fault, even when the test fails.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import requests
@@ -70,3 +71,33 @@ def node_down(endpoint: str, role: str, name: str) -> Iterator[None]:
         while not cluster_healthy(endpoint) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert cluster_healthy(endpoint), f"AIS {name} did not rejoin within 120 s"
+
+
+@contextlib.contextmanager
+def above_high_watermark(endpoint: str) -> Iterator[None]:
+    """Every target over its capacity high watermark, as on a disk that is filling up: the cluster's space
+    watermarks are set to 1 %. Targets then refuse new dSort jobs (and other new bucket-wide jobs) while reads
+    and writes go on. On exit the watermarks are restored and the targets' capacity errors have cleared.
+    """
+    space = requests.get(f"{endpoint}/v1/cluster", params={"what": "cluster_config"}, timeout=10).json()["space"]
+    ais = Ais(endpoint)
+    targets = ais.membership()
+    assert targets is not None
+
+    def set_space(cleanup: int, low: int, high: int) -> None:
+        values = {"space.cleanupwm": cleanup, "space.lowwm": low, "space.highwm": high}
+        requests.put(f"{endpoint}/v1/cluster/set-config", params=values, timeout=10).raise_for_status()
+
+    def wait(check: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 60  # a target refreshes its capacity on its stats tick (10 s)
+        while not check():
+            assert time.monotonic() < deadline, f"AIS targets: {what} within 60 s"
+            time.sleep(0.5)
+
+    set_space(1, 1, 1)
+    try:
+        wait(lambda: len(ais.capacity_problems()) == targets.targets, "no capacity error after the watermarks")
+        yield
+    finally:
+        set_space(int(space["cleanupwm"]), int(space["lowwm"]), int(space["highwm"]))
+        wait(lambda: not ais.capacity_problems(), "capacity errors left after restoring the watermarks")

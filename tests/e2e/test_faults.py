@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from sharded_dataset_operator import failpoints, naming
+from sharded_dataset_operator import failpoints, failures, naming
 from sharded_dataset_operator.clients.ais import Ais
 
 from .conftest import OPERATOR_NS, Kube, unique, wait_until
-from .faults import node_down
+from .faults import above_high_watermark, node_down
 from .test_operator import (
     RawDataset,
     assert_complete_samples,
@@ -105,6 +105,17 @@ def wait_dsort_running(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
     return obj
 
 
+def request_retry(kube: Kube, namespace: str, name: str, value: str) -> None:
+    """Ask for a retry of a Failed run the documented way, and wait until the operator has taken it."""
+    kube.run("-n", namespace, "annotate", "--overwrite", "sds", name, f"{failures.RETRY_ANNOTATION}={value}")
+
+    def handled() -> bool:
+        status = (kube.get("sds", name, namespace) or {}).get("status") or {}
+        return (status.get("retry") or {}).get("request") == value
+
+    wait_until(handled, 60, f"the retry request {value!r} to be handled")
+
+
 def test_target_killed_during_dsort_is_retried_to_ready_and_a_spent_budget_fails_until_retry_requested(
     kube: Kube, namespace: str, ais: Ais, cluster_env: dict[str, str], operator: Any, tmp_path: Path
 ) -> None:
@@ -148,13 +159,7 @@ def test_target_killed_during_dsort_is_retried_to_ready_and_a_spent_budget_fails
     mark("target killed during dSort, maxAttempts 1: apply -> Failed", t0)
     assert failed["status"]["phase"] == "Failed", failed["status"]
     assert failed["status"]["message"].startswith("dSort attempt 1/1"), failed["status"]["message"]
-    kube.run("-n", namespace, "annotate", "sds", "strict", "shardeddataset.dev/retry=1")
-
-    def retry_handled() -> bool:
-        status = (kube.get("sds", "strict", namespace) or {}).get("status") or {}
-        return (status.get("retry") or {}).get("request") == "1"
-
-    wait_until(retry_handled, 60, "the retry request to be handled")
+    request_retry(kube, namespace, "strict", "1")
     again = wait_ready(kube, namespace, "strict", timeout=600)
     mark("target killed during dSort, maxAttempts 1: apply -> Failed -> retry -> Ready", t0)
     assert again["status"]["retry"]["request"] == "1"
@@ -321,6 +326,36 @@ def test_operator_killed_after_starting_dsort_and_after_writing_the_index_loses_
         assert len(ais.dsort_find(naming.dsort_regex(desc))) == 1
         assert obj["status"]["shuffle"]["attempt"] == 1
     assert operator_restarts(kube) >= restarts_before + 2
+
+
+def test_targets_over_their_capacity_watermark_fail_the_shuffle_saying_why_and_a_retry_is_ready(
+    kube: Kube, namespace: str, ais: Ais, cluster_env: dict[str, str], operator: Any, tmp_path: Path
+) -> None:
+    """AIS answers a dSort start with a job id even when every target refused the job (here: over its capacity
+    high watermark) and then no longer knows that job. Each such attempt must count: the budget ends in
+    Failed, with the targets' own words, instead of a new dSort every second forever (seen in CI on a full
+    disk). Once space is back, the retry annotation brings the run to Ready with exact samples."""
+    raw = raw_dataset(ais, cluster_env, 300)
+    out = unique("full")
+    t0 = time.monotonic()
+    with above_high_watermark(cluster_env["AIS_ENDPOINT"]):
+        kube.apply(spec_for("full", namespace, raw, out, shuffle={"maxAttempts": 2}))
+        failed = wait_phase(kube, namespace, "full", ("Failed", "Ready"), timeout=300)
+        mark("targets over their high watermark: apply -> Failed", t0)
+        st = failed["status"]
+        assert st["phase"] == "Failed" and condition(failed, "Stalled")["reason"] == "ShuffleFailed", st
+        assert st["message"].startswith("dSort attempt 2/2 (job "), st["message"]
+        assert "AIS no longer knows the job" in st["message"] and "exceeded high watermark" in st["message"]
+        assert st["shuffle"]["attempt"] == 2 and st["samples"]["written"] == len(raw.manifest["complete"])
+        retries = [e["message"] for e in kube.events(namespace, "full") if e["reason"] == "ShuffleRetry"]
+        assert len(retries) == 1 and "dSort attempt 2/2 after: AIS no longer knows" in retries[0], retries
+        desc = naming.dsort_description(namespace, "full", failed["metadata"]["uid"], 1)
+        assert ais.dsort_find(naming.dsort_regex(desc)) == []  # the refused jobs left nothing behind
+    t1 = time.monotonic()
+    request_retry(kube, namespace, "full", "space-freed")
+    obj = assert_ready_exact(kube, ais, namespace, "full", raw, out, tmp_path)
+    mark("targets over their high watermark: watermarks restored, retry -> Ready", t1)
+    assert obj["status"]["shuffle"]["attempt"] == 3  # numbered after the refused ones: nothing is reused
 
 
 def terminated(kube: Kube, namespace: str, job: str) -> list[dict[str, Any]]:

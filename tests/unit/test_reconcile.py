@@ -422,6 +422,82 @@ def test_dsort_retries_stop_at_the_budget_and_on_permanent_errors() -> None:
     assert d.status.phase == Phase.FAILED and "attempt 1/1" in d.status.message
 
 
+def started(attempt: int, seconds_ago: float, **conditions: str) -> dict[str, Any]:
+    """A previous status that recorded starting dSort `attempt` (job srt-<attempt>) `seconds_ago`."""
+    at = datetime(2026, 11, 23, 10, 0, 0, tzinfo=UTC).timestamp() - seconds_ago
+    return {
+        "observedGeneration": 3,
+        "phase": "Shuffling",
+        "shuffle": {"dsortJobId": f"srt-{attempt}", "attempt": attempt,
+                    "startedAt": datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")},
+        "conditions": [{"type": t, "status": v} for t, v in conditions.items()],
+    }  # fmt: skip
+
+
+CAPACITY = "target t1: low on free space: used capacity 91% exceeded high watermark(90%)"
+
+
+def test_a_recorded_dsort_job_that_ais_no_longer_knows_is_an_ended_attempt() -> None:
+    obs = converted(previous=started(1, 10), capacity_problems=(CAPACITY,))
+    d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
+    assert kinds(d) == [DeletePrefix, StartDsort]
+    start = next(a for a in d.actions if isinstance(a, StartDsort)).spec
+    assert start["description"].endswith(":a2")
+    retry = d.events[0]
+    assert (retry.reason, retry.message.split(":")[0]) == ("ShuffleRetry", "dSort attempt 2/3 after")
+    assert "AIS no longer knows the job" in retry.message and CAPACITY in retry.message
+    assert (d.status.shuffle_attempt, d.status.shuffle_started_at) == (2, NOW)
+    # within its backoff (5 s after the first): wait, do not start again
+    d = decide(spec(), OWNER, converted(previous=started(1, 2)), DEFAULTS, NOW)
+    assert d.actions == [] and d.status.reason == "ShuffleRetrying" and d.requeue == pytest.approx(3.0)
+    # the last attempt of the budget: Failed, with what the targets said
+    obs = converted(previous=started(3, 60), dsort_attempts={1: aborted(1), 2: aborted(2)},
+                    capacity_problems=(CAPACITY,))  # fmt: skip
+    d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
+    assert d.status.phase == Phase.FAILED and d.status.reason == "ShuffleFailed"
+    assert d.status.message.startswith("dSort attempt 3/3 (job srt-3) aborted: AIS no longer knows the job")
+    assert CAPACITY in d.status.message
+    # a retry request starts a fresh budget after the lost attempt, not under its number
+    prev = d.status.to_dict([], NOW)
+    obs = converted(previous=prev, dsort_attempts={1: aborted(1), 2: aborted(2)}, retry_request="r1")
+    d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
+    assert d.status.retry == {"request": "r1", "shuffleAttemptBase": 3}
+
+
+def test_a_lost_record_is_only_the_latest_attempt_of_this_generation() -> None:
+    # the job is listed: nothing is lost
+    d = decide(spec(), OWNER, converted(previous=started(1, 10), dsort_attempts=dsort(finished=False)), DEFAULTS, NOW)
+    assert d.actions == [] and d.status.reason == "Shuffling"
+    assert d.status.shuffle_started_at == started(1, 10)["shuffle"]["startedAt"]  # carried while it runs
+    # a record of another generation says nothing about this one
+    other = {**started(1, 10), "observedGeneration": 2}
+    d = decide(spec(), OWNER, converted(previous=other), DEFAULTS, NOW)
+    assert kinds(d) == [StartDsort] and d.status.shuffle_attempt == 1 and not d.events[:-1]
+    # an attempt that had finished stays finished: its output is verified, not shuffled again
+    d = decide(spec(), OWNER, converted(previous=started(1, 10, Shuffled="True")), DEFAULTS, NOW)
+    assert d.actions == [] and d.need_output and d.output_prefix == f"{OUT}a1-"
+
+
+def test_a_dsort_that_ais_drops_on_every_start_spends_the_budget_then_fails() -> None:
+    """The loop seen with a full disk: AIS returns a job id, its targets refuse the job, nothing is listed."""
+    t0 = datetime(2026, 11, 23, 10, 0, 0, tzinfo=UTC).timestamp()
+    prev: dict[str, Any] = {"observedGeneration": 3, "phase": "Converting"}
+    starts, clock, d = 0, 0.0, None
+    for _ in range(200):
+        now = datetime.fromtimestamp(t0 + clock, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        d = decide(spec(), OWNER, converted(previous=prev, capacity_problems=(CAPACITY,)), DEFAULTS, now)
+        starts += sum(isinstance(a, StartDsort) for a in d.actions)
+        job_id = f"srt-{starts}" if any(isinstance(a, StartDsort) for a in d.actions) else prev["shuffle"]["dsortJobId"]
+        d.status.dsort_job_id = job_id  # what operations.execute records after AIS answered with an id
+        prev = d.status.to_dict(prev.get("conditions") or [], now)
+        if d.requeue is None:
+            break
+        clock += max(1.0, d.requeue)
+    assert d is not None and d.status.phase == Phase.FAILED and d.status.reason == "ShuffleFailed"
+    assert starts == 3 and 14 <= clock <= 20  # backoff 5 s, then 10 s
+    assert "dSort attempt 3/3" in d.status.message and CAPACITY in d.status.message
+
+
 def test_retry_annotation_restarts_the_failed_step_once() -> None:
     failed = decide(spec(), OWNER, converted(dsort_attempts={1: aborted(1, "duplicated record a000")}), DEFAULTS, NOW)
     prev = failed.status.to_dict([], NOW)

@@ -121,6 +121,34 @@ class Ais:
         answering = sum(1 for t in active if t.public_net and self._answers(t.public_net.direct_url))
         return Membership(version=smap.version, targets=len(active), answering=answering)
 
+    def capacity_problems(self) -> list[str]:
+        """Each target's capacity error (above its high watermark, out of space), as the target states it.
+
+        Best effort: asked for through the proxy only when AIS has dropped a dSort job without saying why.
+        """
+        try:
+            r = self.session.get(f"{self.endpoint}/v1/daemon", params={"what": "smap"}, timeout=(2.0, 5.0))
+            r.raise_for_status()
+            targets = sorted(Smap.model_validate(r.json()).tmap)
+        except (requests.RequestException, ValueError):
+            return []
+        problems: list[str] = []
+        for tid in targets:
+            try:
+                d = self.session.get(
+                    f"{self.endpoint}/v1/reverse/daemon",
+                    params={"what": "node_status"},
+                    headers={"ais-node-id": tid},
+                    timeout=(2.0, 5.0),
+                )
+                capacity = (d.json() or {}).get("capacity") or {} if d.status_code == 200 else {}
+                error = str(capacity.get("cs_err") or "")
+            except (requests.RequestException, ValueError):
+                continue
+            if error:
+                problems.append(f"target {tid}: {error}")
+        return problems
+
     def _answers(self, url: str) -> bool:
         """Whether the node at `url` answers its health check now (one quick request, no retries)."""
         try:
