@@ -168,6 +168,8 @@ def observe(ais: Ais, spec: DatasetSpec, owner: Owner, previous: dict[str, Any])
         obs.dsort_attempts = find_dsort_attempts(
             ais, naming.dsort_description(owner.namespace, owner.name, owner.uid, gen)
         )
+        # The proxy lists the jobs of the targets that answer. While a target in its map does not answer, the
+        # object listing above has already failed (the pass waits as an outage), so a job missing here is gone.
         if reconcile.lost_dsort_attempt(previous, gen, obs.dsort_attempts) is not None:
             obs.capacity_problems = tuple(ais.capacity_problems())
     return obs

@@ -53,24 +53,35 @@ def cluster_healthy(endpoint: str, targets: int = 2) -> bool:
 @contextlib.contextmanager
 def node_down(endpoint: str, role: str, name: str) -> Iterator[None]:
     """SIGKILL the node; on exit start it again exactly as it ran and wait until the cluster is whole."""
-    pid = node_pid(role, name)
-    proc = Path(f"/proc/{pid}")
-    cmd = [c.decode() for c in (proc / "cmdline").read_bytes().split(b"\0") if c]
-    env = dict(line.decode().split("=", 1) for line in (proc / "environ").read_bytes().split(b"\0") if b"=" in line)
-    cwd = os.readlink(proc / "cwd")
-    os.kill(pid, signal.SIGKILL)
+    with nodes_down(endpoint, [(role, name)]):
+        yield
+
+
+@contextlib.contextmanager
+def nodes_down(endpoint: str, nodes: list[tuple[str, str]]) -> Iterator[None]:
+    """SIGKILL the (role, name) nodes at once; on exit start each again exactly as it ran, then wait until the
+    cluster is whole."""
+    procs = []
+    for role, name in nodes:
+        proc = Path(f"/proc/{node_pid(role, name)}")
+        cmd = [c.decode() for c in (proc / "cmdline").read_bytes().split(b"\0") if c]
+        env = dict(line.decode().split("=", 1) for line in (proc / "environ").read_bytes().split(b"\0") if b"=" in line)
+        procs.append((name, proc, cmd, env, os.readlink(proc / "cwd")))
+    for _, proc, *_ in procs:
+        os.kill(int(proc.name), signal.SIGKILL)
     try:
         yield
     finally:
-        deadline = time.monotonic() + 30
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        with open(LOGS / f"ais-{name}.log", "ab") as log:
-            subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=log, start_new_session=True)
+        for name, proc, cmd, env, cwd in procs:
+            deadline = time.monotonic() + 30
+            while proc.exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            with open(LOGS / f"ais-{name}.log", "ab") as log:
+                subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + 120
         while not cluster_healthy(endpoint) and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert cluster_healthy(endpoint), f"AIS {name} did not rejoin within 120 s"
+        assert cluster_healthy(endpoint), f"AIS {', '.join(n for _, n in nodes)} did not rejoin within 120 s"
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from sharded_dataset_operator import failpoints, failures, naming
 from sharded_dataset_operator.clients.ais import Ais
 
 from .conftest import OPERATOR_NS, Kube, unique, wait_until
-from .faults import above_high_watermark, node_down
+from .faults import above_high_watermark, node_down, nodes_down
 from .test_operator import (
     RawDataset,
     assert_complete_samples,
@@ -167,6 +167,35 @@ def test_target_killed_during_dsort_is_retried_to_ready_and_a_spent_budget_fails
     shards = check_index(ais, again, out, "strict-shuffled-index.json")
     assert_complete_samples(raw, read_shards(ais, out, [s["url"] for s in shards], tmp_path))
     assert "RetryRequested" in {e["reason"] for e in kube.events(namespace, "strict")}
+
+
+def test_every_target_restarted_during_dsort_waits_for_them_then_counts_the_lost_job_and_ends_ready(
+    kube: Kube, namespace: str, ais: Ais, cluster_env: dict[str, str], fault_operator: None, tmp_path: Path
+) -> None:
+    """Both targets killed mid-dSort: while they are away the operator waits (AISUnavailable, the attempt kept);
+    once they are back without the job (a running job lives only in their memory, and the proxy lists no job
+    at all), that attempt counts as ended and the next one runs to Ready."""
+    endpoint = cluster_env["AIS_ENDPOINT"]
+    raw = raw_dataset(ais, cluster_env, 1500)
+    out = unique("restart")
+    t0 = time.monotonic()
+    kube.apply(spec_for("restart", namespace, raw, out))
+    first = wait_dsort_running(kube, namespace, "restart")["status"]["shuffle"]
+    with nodes_down(endpoint, [("target", "target1"), ("target", "target2")]):
+
+        def waiting() -> dict[str, Any] | None:
+            obj = kube.get("sds", "restart", namespace) or {}
+            conditions = (obj.get("status") or {}).get("conditions") or []
+            return obj if any(c.get("reason") == "AISUnavailable" for c in conditions) else None
+
+        during = wait_until(waiting, 30, "the operator to wait for the targets")["status"]
+        assert during["shuffle"]["attempt"] == 1 and during["phase"] == "Shuffling", during
+        time.sleep(5)
+    obj = assert_ready_exact(kube, ais, namespace, "restart", raw, out, tmp_path)
+    mark("every target restarted during dSort: apply -> Ready", t0)
+    assert obj["status"]["shuffle"]["attempt"] == 2 and obj["status"]["shuffle"]["dsortJobId"] != first["dsortJobId"]
+    retries = [e["message"] for e in kube.events(namespace, "restart") if e["reason"] == "ShuffleRetry"]
+    assert len(retries) == 1 and "dSort attempt 2/3 after: AIS no longer knows the job" in retries[0], retries
 
 
 def test_target_killed_during_conversion_and_during_verification_ends_ready_with_exact_samples(
