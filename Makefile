@@ -79,3 +79,7 @@ bench: venv cluster-up deploy ## benchmark (bench/README.md); writes bench/resul
 .PHONY: bench-scale
 bench-scale: venv cluster-up deploy ## growth benchmark at three dataset sizes (bench/README.md); writes bench/results/scale.json
 	$(ENV); $(PY) bench/scale.py $(BENCH_ARGS)
+
+.PHONY: bench-refresh
+bench-refresh: venv cluster-up deploy ## a refresh after +1 % samples vs the full run, at 200k samples (bench/README.md); writes bench/results/refresh.json
+	$(ENV); $(PY) bench/refresh.py $(BENCH_ARGS)

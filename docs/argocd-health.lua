@@ -4,6 +4,9 @@
 --   working       Ready=False  Reconciling=True   Stalled=False   -> Progressing
 --   done          Ready=True   Reconciling=False  Stalled=False   -> Healthy
 --   failed/stuck  Ready=False  Reconciling=False  Stalled=True    -> Degraded
+-- While a new version is built beside the published one, Ready stays True (reason Serving) with
+-- Reconciling=True (-> Progressing, like a Deployment rolling out); if that build fails, Stalled=True
+-- (-> Degraded) while the published version keeps serving.
 -- and status.observedGeneration: a status older than the spec says nothing about the spec yet.
 local hs = {}
 
@@ -50,7 +53,13 @@ if stalled ~= nil and stalled.status == "True" then
   return hs
 end
 
+local reconciling = condition(status, "Reconciling")
 local ready = condition(status, "Ready")
+if ready ~= nil and ready.status == "True" and reconciling ~= nil and reconciling.status == "True" then
+  hs.status = "Progressing"
+  hs.message = message(reconciling, "Building a new version")
+  return hs
+end
 if ready ~= nil and ready.status == "True" then
   hs.status = "Healthy"
   hs.message = message(ready, "Ready")

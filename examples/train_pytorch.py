@@ -46,8 +46,14 @@ CLASSES = 37  # Oxford-IIIT Pet breeds (cls 1..37)
 # ----------------------------------------------------------------------------------------- finding the data
 
 
-def index_url_of(namespace: str, name: str, endpoint: str | None) -> str:
-    """The HTTP URL of a Ready dataset's wids index, from its status (`ais://bucket/object`)."""
+def index_url_of(namespace: str, name: str, endpoint: str | None, pin: bool = False) -> str:
+    """The HTTP URL of a Ready dataset's wids index, from its status (`ais://bucket/object`).
+
+    By default the stable index, which names whatever version is published when it is read. With `pin`, the
+    published version's own index (`status.versions.published.index`), which never changes: a job that is
+    restarted or resumed later reads the same version, as long as that version is kept (the dataset's
+    `spec.output.retainPrevious` after a newer one is published).
+    """
     from kubernetes import client, config
 
     config.load_kube_config()
@@ -55,17 +61,23 @@ def index_url_of(namespace: str, name: str, endpoint: str | None) -> str:
         "shardeddataset.dev", "v1alpha1", namespace, "shardeddatasets", name
     )
     status = obj.get("status") or {}
-    if status.get("phase") != "Ready":
+    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+    if ready.get("status") != "True":
         raise SystemExit(f"{namespace}/{name} is {status.get('phase') or 'new'}, not Ready: {status.get('message')}")
-    bucket, _, index = status["indexObject"].removeprefix("ais://").partition("/")
+    published = (status.get("versions") or {}).get("published") or {}
+    where = published.get("index") if pin else status["indexObject"]
+    if not where:
+        raise SystemExit(f"{namespace}/{name} names no published version index")
+    print(f"reading version {published.get('version')} of {namespace}/{name} through {where}", flush=True)
+    bucket, _, index = where.removeprefix("ais://").partition("/")
     endpoint = endpoint or ((obj["spec"].get("ais") or {}).get("endpoint"))
     if not endpoint:
         raise SystemExit("the dataset uses the operator's default AIS endpoint: pass --endpoint")
     return f"{endpoint.rstrip('/')}/v1/objects/{bucket}/{index}"
 
 
-def shard_urls(index_url: str, token_header: str | None) -> tuple[list[str], int]:
-    """The shards' URLs (the index lists them relative to itself) and the number of samples."""
+def shard_urls(index_url: str, token_header: str | None) -> tuple[list[str], int, str]:
+    """The shards' URLs (the index lists them relative to itself), the number of samples, and the version."""
     import urllib.request
 
     request = urllib.request.Request(index_url, headers=_auth(token_header))
@@ -73,7 +85,7 @@ def shard_urls(index_url: str, token_header: str | None) -> tuple[list[str], int
         index = json.load(r)
     base = index_url.rsplit("/", 1)[0]
     urls = [s["url"] if "://" in s["url"] else f"{base}/{s['url']}" for s in index["shardlist"]]
-    return urls, sum(int(s["nsamples"]) for s in index["shardlist"])
+    return urls, sum(int(s["nsamples"]) for s in index["shardlist"]), str((index.get("info") or {}).get("version"))
 
 
 def _auth(token_header: str | None) -> dict[str, str]:
@@ -162,6 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--dataset", help="NAMESPACE/NAME of a Ready ShardedDataset")
     where.add_argument("--index-url", help="HTTP URL of a wids index in AIS")
+    p.add_argument(
+        "--pin",
+        action="store_true",
+        help="with --dataset: read the published version's own index (stays the same when a newer version is "
+        "published) instead of the stable index",
+    )
     p.add_argument("--endpoint", default=os.environ.get("AIS_ENDPOINT"), help="AIS proxy URL reachable from here")
     p.add_argument("--loader", choices=["wids", "webdataset"], default="wids")
     p.add_argument("--epochs", type=int, default=1)
@@ -182,10 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     token_header = token_header_file()
     if args.dataset:
         namespace, _, name = args.dataset.partition("/")
-        index_url = index_url_of(namespace, name, args.endpoint)
+        index_url = index_url_of(namespace, name, args.endpoint, args.pin)
     else:
         index_url = args.index_url
-    urls, total = shard_urls(index_url, token_header)
+    urls, total, version = shard_urls(index_url, token_header)
     if args.loader == "wids":
         loader = wids_loader(index_url, args, token_header)
     else:
@@ -194,7 +212,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     model = DistributedDataParallel(nn.Sequential(nn.Flatten(), nn.Linear(3 * SIDE * SIDE, CLASSES)))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    report: dict[str, Any] = {"loader": args.loader, "ranks": world, "workers": args.workers, "indexed": total}
+    report: dict[str, Any] = {
+        "loader": args.loader,
+        "ranks": world,
+        "workers": args.workers,
+        "indexed": total,
+        "version": version,
+    }
     report["epochs"] = []
     for epoch in range(args.epochs):
         if hasattr(loader.sampler, "set_epoch"):

@@ -23,12 +23,18 @@ MiB = 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class Owner:
-    """Identity of the ShardedDataset that owns what is built."""
+    """Identity of the ShardedDataset that owns what is built, and of the version being built: the generation,
+    plus the refresh annotation's value when one asked for a rebuild of the same spec."""
 
     name: str
     namespace: str
     uid: str
     generation: int
+    refresh: str = ""
+
+    @property
+    def version(self) -> str:
+        return naming.version_id(self.generation, self.refresh)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,16 +54,24 @@ class ConverterDefaults:
 
 
 def converted_base(spec: DatasetSpec, owner: Owner) -> str:
-    return naming.generation_base(spec.output.prefix, owner.uid, owner.generation)
+    return naming.generation_base(spec.output.prefix, owner.uid, owner.version)
 
 
 def output_base(spec: DatasetSpec, owner: Owner) -> str:
     assert spec.shuffle is not None
-    return naming.generation_base(spec.shuffle.output_prefix, owner.uid, owner.generation)
+    return naming.generation_base(spec.shuffle.output_prefix, owner.uid, owner.version)
 
 
-def converter_config(spec: DatasetSpec, owner: Owner) -> dict[str, Any]:
-    """What every converter worker needs; serialised into the pod's environment."""
+def unit_pool(spec: DatasetSpec, owner: Owner) -> str:
+    """Where the resource's converted shards are (named by unit, shared by its versions)."""
+    return naming.unit_pool(spec.output.prefix, owner.uid)
+
+
+def converter_config(spec: DatasetSpec, owner: Owner, workers: int | None = None) -> dict[str, Any]:
+    """What every converter worker needs; serialised into the pod's environment.
+
+    `workers`: how many converter pods share the units to convert (at most `spec.conversion.workers`).
+    """
     source: dict[str, Any]
     if spec.source.bucket is not None:
         source = {
@@ -86,18 +100,22 @@ def converter_config(spec: DatasetSpec, owner: Owner) -> dict[str, Any]:
             "bucket": spec.output.bucket.name,
             "provider": spec.output.bucket.provider,
             "base": converted_base(spec, owner),
+            "pool": unit_pool(spec, owner),
+            "versions": naming.uid_base(spec.output.prefix, owner.uid),
             "maxSamples": spec.output.max_samples,
             "maxBytes": spec.output.max_bytes,
         },
-        "workers": spec.conversion.workers,
+        "workers": workers or spec.conversion.workers,
         "reads": {
             "mode": spec.conversion.reads.mode,
             "batchObjects": spec.conversion.reads.batch_objects,
             "batchBytes": spec.conversion.reads.batch_bytes,
         },
         "generation": owner.generation,
+        "version": owner.version,
         "orderSeed": spec.shuffle.seed if spec.shuffle and spec.shuffle.algorithm == "shuffle" else None,
         "transform": spec.transform.to_config() if spec.transform else None,
+        "transformImage": spec.transform.function.image if spec.transform and spec.transform.function else None,
     }
 
 
@@ -138,6 +156,7 @@ def child_labels(owner: Owner, component: str) -> dict[str, str]:
         naming.LABEL_COMPONENT: component,
         naming.LABEL_NAME: owner.name,
         naming.LABEL_GENERATION: str(owner.generation),
+        naming.LABEL_VERSION: owner.version,
     }
 
 
@@ -155,13 +174,19 @@ def build_planner_job(spec: DatasetSpec, owner: Owner, defaults: ConverterDefaul
 
 
 def build_converter_job(
-    spec: DatasetSpec, owner: Owner, defaults: ConverterDefaults, component: str = CONVERTER
+    spec: DatasetSpec,
+    owner: Owner,
+    defaults: ConverterDefaults,
+    component: str = CONVERTER,
+    workers: int | None = None,
 ) -> dict[str, Any]:
-    """The Indexed Job whose pod N converts partition N of the plan (or, as `PLANNER`, writes the plan)."""
+    """The Indexed Job whose pod N converts its share of the plan's units to convert (or, as `PLANNER`, writes
+    the plan); `workers` pods (default `spec.conversion.workers`)."""
     step, module = _STEPS[component]
     labels = child_labels(owner, component)
+    workers = workers or spec.conversion.workers
     env: list[dict[str, Any]] = [
-        {"name": CONFIG_ENV, "value": json.dumps(converter_config(spec, owner), sort_keys=True)},
+        {"name": CONFIG_ENV, "value": json.dumps(converter_config(spec, owner, workers), sort_keys=True)},
         {"name": "AIS_ENDPOINT", "value": spec.ais.endpoint},
     ]
     if spec.ais.token_secret:
@@ -219,20 +244,20 @@ def build_converter_job(
     tolerations = spec.conversion.tolerations or defaults.tolerations
     if tolerations:
         pod_spec["tolerations"] = list(tolerations)
-    workers = spec.conversion.workers if component == CONVERTER else 1
+    completions = workers if component == CONVERTER else 1
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": naming.job_name(owner.name, owner.generation, step),
+            "name": naming.job_name(owner.name, owner.version, step),
             "namespace": owner.namespace,
             "labels": labels,
             "ownerReferences": [owner_reference(owner)],
         },
         "spec": {
             "completionMode": "Indexed",
-            "completions": workers,
-            "parallelism": workers,
+            "completions": completions,
+            "parallelism": completions,
             "backoffLimitPerIndex": spec.conversion.retries,
             "maxFailedIndexes": 0,
             "podFailurePolicy": {
@@ -304,7 +329,7 @@ def build_dsort_spec(
         "output_extension": ".tar",
         "output_shard_size": str(dsort_shard_size(spec.shuffle.output_shard_size, member_bytes, tar_bytes)),
         "algorithm": algorithm,
-        "description": naming.dsort_description(owner.namespace, owner.name, owner.uid, owner.generation, attempt),
+        "description": naming.dsort_description(owner.namespace, owner.name, owner.uid, owner.version, attempt),
         "Config": {"duplicated_records": "abort", "missing_shards": "abort"},
         # Explicit, so the proxy skips probing targets' memory (that probe is refused by AIS 5.0 targets).
         "dsorter_type": "dsort_general",
@@ -318,12 +343,14 @@ def order_rank(seed: str, key: str) -> int:
 
 
 def build_shard_index(
-    name: str, shards: list[tuple[Any, ...]], index_object: str, info: dict[str, Any]
+    name: str, shards: list[tuple[Any, ...]], index_object: str, info: dict[str, Any], keep_order: bool = False
 ) -> dict[str, Any]:
-    """wids shard index (`wids-shard-index-v1`); shard URLs are relative to the index object's location."""
+    """wids shard index (`wids-shard-index-v1`); shard URLs are relative to the index object's location.
+
+    Shards are listed by name, or in the given order with `keep_order` (converted shards in key order)."""
     directory = index_object.rsplit("/", 1)[0] + "/" if "/" in index_object else ""
     shardlist = []
-    for obj, n, size, *rest in sorted(shards):
+    for obj, n, size, *rest in shards if keep_order else sorted(shards):
         entry: dict[str, Any] = {
             "url": obj[len(directory) :] if obj.startswith(directory) else obj,
             "nsamples": n,

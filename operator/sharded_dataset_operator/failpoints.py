@@ -16,8 +16,9 @@ from collections.abc import Callable, Mapping
 ANNOTATION = "shardeddataset.dev/failpoint"
 FIRED_ANNOTATION = "shardeddataset.dev/failpoint-fired"
 AFTER_DSORT_START = "after-dsort-start"
-AFTER_INDEX_WRITE = "after-index-write"
-POINTS = (AFTER_DSORT_START, AFTER_INDEX_WRITE)
+AFTER_INDEX_WRITE = "after-index-write"  # the version's own index written, the stable one not yet
+AFTER_PUBLISH = "after-publish"  # the stable index switched, the replaced version not yet deleted
+POINTS = (AFTER_DSORT_START, AFTER_INDEX_WRITE, AFTER_PUBLISH)
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Any
 import kopf
 import prometheus_client
 
-from . import failures, naming, operations, reconcile
+from . import failures, naming, operations, reconcile, versions
 from .metrics import METRICS
 from .settings import SETTINGS
 from .spec import API_GROUP, API_VERSION, PLURAL
@@ -44,8 +44,8 @@ async def pipeline(
 ) -> None:
     """Level-triggered loop: reconcile, wait (short while work runs, long when settled), repeat.
 
-    A spec change (new metadata.generation) or a new retry request (the `shardeddataset.dev/retry`
-    annotation) cuts any wait short.
+    A spec change (new metadata.generation), a new retry request (the `shardeddataset.dev/retry` annotation)
+    or a new refresh request (`shardeddataset.dev/refresh`) cuts any wait short.
     """
     backoff = 1.0
     while not stopped:
@@ -72,8 +72,13 @@ async def pipeline(
             waited += 0.5
 
 
-def _trigger(body: kopf.Body) -> tuple[Any, Any]:
-    return body.meta.get("generation"), (body.meta.get("annotations") or {}).get(failures.RETRY_ANNOTATION)
+def _trigger(body: kopf.Body) -> tuple[Any, Any, Any]:
+    annotations = body.meta.get("annotations") or {}
+    return (
+        body.meta.get("generation"),
+        annotations.get(failures.RETRY_ANNOTATION),
+        annotations.get(versions.REFRESH_ANNOTATION),
+    )
 
 
 @kopf.on.delete(API_GROUP, API_VERSION, PLURAL, backoff=10.0)

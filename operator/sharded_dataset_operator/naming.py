@@ -1,16 +1,22 @@
-"""Deterministic names: every child object and every AIS object derives from (name, uid, generation).
+"""Deterministic names: every child object and every AIS object derives from (name, uid, version).
 
-Reruns of the same generation therefore overwrite the same objects (idempotent), and objects of different
-generations or of a deleted-and-recreated resource never collide. Layout in the output bucket::
+A *version* is one build of the dataset: the resource's generation, plus the refresh annotation's value when
+one asked for a rebuild of an unchanged spec (`version_id`: `g7`, or `g7r1a2b3c4d`). Reruns of the same version
+therefore overwrite the same objects (idempotent), and objects of different versions or of a
+deleted-and-recreated resource never collide. Layout in the output bucket (`<v>` the version id)::
 
-    <output.prefix><uid8>-g<gen>-plan.json            the plan: counts, skips, the chunk list (planner)
-    <output.prefix><uid8>-g<gen>-plan-000004.jsonl    plan chunk 4: complete samples 40,000-49,999, sorted
-    <output.prefix><uid8>-g<gen>-plan-run-00002       external-sort run 2 (planner; deleted when planned)
-    <output.prefix><uid8>-g<gen>-w0003-00012.tar      converted shard 12 of converter worker 3
-    <output.prefix><uid8>-g<gen>-progress-w0003.json  converter worker 3's progress, rewritten every few s
-    <output.prefix><uid8>-g<gen>-report-w0003.json    converter worker 3's report
-    <shuffle.outputPrefix><uid8>-g<gen>-000007.tar    shuffled output shard 7 (dSort)
-    <shuffle.outputPrefix>index.json                  wids shard index of the Ready generation
+    <output.prefix><uid8>-<v>-plan.json               the plan: counts, skips, the chunk lists (planner)
+    <output.prefix><uid8>-<v>-plan-000004.jsonl       plan chunk 4: complete samples 40,000-49,999, sorted
+    <output.prefix><uid8>-<v>-plan-units-000000.jsonl the plan's units (key ranges), each marked reused or not
+    <output.prefix><uid8>-<v>-plan-run-00002          external-sort run 2 (planner; deleted when planned)
+    <output.prefix><uid8>-<v>-reused.json             the converted shards this version takes over (planner)
+    <output.prefix><uid8>-<v>-progress-w0003.json     converter worker 3's progress, rewritten every few s
+    <output.prefix><uid8>-<v>-report-w0003.json       converter worker 3's report
+    <output.prefix><uid8>-u<unit id>-00.tar           a converted shard, named by its unit's identity and
+                                                      shared by every version that holds the unit
+    <shuffle.outputPrefix><uid8>-<v>-a1-000007.tar    shuffled output shard 7 (dSort attempt 1)
+    <shuffle.outputPrefix><uid8>-<v>-index.json       the version's own wids index, written once at publish
+    <shuffle.outputPrefix>index.json                  the stable index: a copy of the published version's
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ MAX_JOB_NAME = 52  # leaves room for the pod suffix "-<index>-xxxxx" within 63 c
 FINALIZER = "shardeddataset.dev/finalizer"
 LABEL_NAME = "shardeddataset.dev/name"
 LABEL_GENERATION = "shardeddataset.dev/generation"
+LABEL_VERSION = "shardeddataset.dev/version"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 
 
@@ -31,14 +38,50 @@ def uid8(uid: str) -> str:
     return uid.replace("-", "")[:8]
 
 
-def generation_base(prefix: str, uid: str, generation: int) -> str:
-    """Common object-name prefix of everything one generation writes under `prefix`."""
-    return f"{prefix}{uid8(uid)}-g{generation}-"
+def version_id(generation: int, refresh: str = "") -> str:
+    """`g<generation>`, or `g<generation>r<8 hex digits of the refresh value's hash>` for a refresh build."""
+    if not refresh:
+        return f"g{generation}"
+    return f"g{generation}r{hashlib.sha256(refresh.encode()).hexdigest()[:8]}"
+
+
+def _vid(version: str | int) -> str:
+    return version if isinstance(version, str) else f"g{version}"
+
+
+def generation_base(prefix: str, uid: str, version: str | int) -> str:
+    """Common object-name prefix of everything one version writes under `prefix` (an int: generation)."""
+    return f"{prefix}{uid8(uid)}-{_vid(version)}-"
 
 
 def uid_base(prefix: str, uid: str) -> str:
-    """Object-name prefix of everything any generation of this resource writes under `prefix`."""
+    """Object-name prefix of everything any version of this resource writes under `prefix` (not its units)."""
     return f"{prefix}{uid8(uid)}-g"
+
+
+def unit_pool(prefix: str, uid: str) -> str:
+    """Object-name prefix of every converted shard of this resource (shared by its versions)."""
+    return f"{prefix}{uid8(uid)}-u"
+
+
+def unit_shard_name(pool: str, unit_id: str, part: int) -> str:
+    return f"{pool}{unit_id}-{part:02d}.tar"
+
+
+def unit_of(pool: str, name: str) -> str | None:
+    """The unit id in a converted shard's name (None for anything else)."""
+    if not name.startswith(pool) or not name.endswith(".tar"):
+        return None
+    unit, sep, _ = name[len(pool) :].partition("-")
+    return unit if sep else None
+
+
+def plan_units_name(base: str, chunk: int) -> str:
+    return f"{base}plan-units-{chunk:06d}.jsonl"
+
+
+def reused_name(base: str) -> str:
+    return f"{base}reused.json"
 
 
 def shard_name(base: str, worker: int, seq: int) -> str:
@@ -76,12 +119,18 @@ def output_template(base: str) -> str:
 
 
 def index_name(prefix: str) -> str:
+    """The stable index: always the published version's shard list."""
     return f"{prefix}index.json"
 
 
-def job_name(name: str, generation: int, step: str = "convert") -> str:
-    """Name of the converter (or `step="plan"`: planner) Job of one generation (a valid, bounded DNS label)."""
-    suffix = f"-{step}-g{generation}"
+def versioned_index_name(prefix: str, uid: str, version: str) -> str:
+    """One version's own index, written once when the version is published and never rewritten."""
+    return f"{generation_base(prefix, uid, version)}index.json"
+
+
+def job_name(name: str, version: str | int, step: str = "convert") -> str:
+    """Name of the converter (or `step="plan"`: planner) Job of one version (a valid, bounded DNS label)."""
+    suffix = f"-{step}-{_vid(version)}"
     full = f"{name}{suffix}"
     if len(full) <= MAX_JOB_NAME:
         return full
@@ -90,12 +139,12 @@ def job_name(name: str, generation: int, step: str = "convert") -> str:
     return f"{name[:keep].rstrip('-.')}-{digest}{suffix}"
 
 
-def dsort_description(namespace: str, name: str, uid: str, generation: int, attempt: int | None = None) -> str:
+def dsort_description(namespace: str, name: str, uid: str, version: str | int, attempt: int | None = None) -> str:
     """Description stamped on a dSort job: lets the operator find its jobs again after a restart.
 
-    Without `attempt`: the generation's description, the common prefix of every attempt's.
+    Without `attempt`: the version's description, the common prefix of every attempt's.
     """
-    base = f"sds:{namespace}/{name}:{uid8(uid)}:g{generation}"
+    base = f"sds:{namespace}/{name}:{uid8(uid)}:{_vid(version)}"
     return base if attempt is None else f"{base}:a{attempt}"
 
 

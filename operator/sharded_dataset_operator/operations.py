@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from . import builders, failpoints, failures, naming, reconcile
+from . import builders, failpoints, failures, naming, reconcile, units, versions
 from .builders import ConverterDefaults, Owner
 from .clients import kube
 from .clients.ais import Ais, AisUnavailable, BucketNotFound, DsortRejected, ListingError
@@ -24,6 +24,7 @@ from .settings import Settings
 from .spec import DatasetSpec, SpecError, parse_spec
 from .status import RECONCILING, STALLED, DatasetStatus, Phase, set_condition
 from .verify import OutputTally
+from .versions import IndexInfo
 
 log = logging.getLogger("sds.operator")
 
@@ -38,9 +39,11 @@ def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def owner_of(obj: dict[str, Any]) -> Owner:
+def owner_of(obj: dict[str, Any], refresh: str = "") -> Owner:
     m = obj["metadata"]
-    return Owner(name=m["name"], namespace=m["namespace"], uid=m["uid"], generation=int(m.get("generation", 1)))
+    return Owner(
+        name=m["name"], namespace=m["namespace"], uid=m["uid"], generation=int(m.get("generation", 1)), refresh=refresh
+    )
 
 
 def ais_for(spec: DatasetSpec, namespace: str) -> Ais:
@@ -65,15 +68,26 @@ def find_dsort_attempts(ais: Ais, description: str) -> dict[int, DsortJob]:
 
 
 def is_settled(obj: dict[str, Any]) -> bool:
-    """Ready or Failed for the current generation, and no new retry request: nothing to do."""
+    """Nothing to do: the wanted version (generation and refresh request) is Ready, or Failed without a new
+    retry request, and no other version waits to be deleted."""
     status = obj.get("status") or {}
-    if status.get("observedGeneration") != obj["metadata"].get("generation"):
+    generation = int(obj["metadata"].get("generation") or 1)
+    if status.get("observedGeneration") != generation:
         return False
+    annotations = obj["metadata"].get("annotations") or {}
+    v = status.get("versions") or {}
+    published = v.get("published") or {}
+    if v.get("previous") or len(status.get("artifacts") or []) > (2 if v.get("building") else 1):
+        return False  # a previous version or a superseded build still to delete
+    served = IndexInfo(str(published.get("version") or ""), int(published.get("generation") or 0),
+                       str(published.get("refresh") or ""), "", 0, 0, 0, "") if published else None  # fmt: skip
+    wanted = naming.version_id(generation, versions.desired_refresh(
+        annotations.get(versions.REFRESH_ANNOTATION), generation, served))  # fmt: skip
     if status.get("phase") == Phase.READY:
-        return True
-    if status.get("phase") != Phase.FAILED:
+        return not v or published.get("version") == wanted
+    if status.get("phase") != Phase.FAILED or (v.get("building") or {}).get("version", wanted) != wanted:
         return False
-    request = (obj["metadata"].get("annotations") or {}).get(failures.RETRY_ANNOTATION)
+    request = annotations.get(failures.RETRY_ANNOTATION)
     return not request or request == (status.get("retry") or {}).get("request")
 
 
@@ -139,16 +153,57 @@ class ObjectCache:
 CACHE = ObjectCache()
 
 
+def read_json(ais: Ais, bucket: str, provider: str, name: str) -> dict[str, Any] | None:
+    """One JSON object (cached by its AIS checksum), or None when it does not exist."""
+    return CACHE.read(ais, bucket, provider, name).get(name)
+
+
+def read_published(ais: Ais, spec: DatasetSpec, uid: str) -> IndexInfo | None:
+    """The version the stable index names, when this resource wrote it."""
+    bucket, provider, name = reconcile.index_location(spec)
+    return IndexInfo.from_index(read_json(ais, bucket, provider, name), uid)
+
+
+def observe_versions(ais: Ais, spec: DatasetSpec, owner: Owner, obs: Observed) -> None:
+    """The published version, and every recorded version's own index (the versions that were published)."""
+    obs.published = read_published(ais, spec, owner.uid)
+    records = [*(obs.previous.get("artifacts") or []), reconcile.artifact_record(spec, owner)]
+    if obs.published is not None and obs.published.record:
+        records.append(obs.published.record)
+    for record in records:
+        index = record.get("index") or {}
+        if not index.get("versioned"):
+            continue
+        body = read_json(ais, str(index["bucket"]), str(index.get("provider") or "ais"), str(index["versioned"]))
+        info = IndexInfo.from_index(body, owner.uid)
+        if info is None:
+            continue
+        if info.version == owner.version:
+            obs.wanted_index = body
+        else:
+            obs.version_indexes[info.version] = info
+
+
 def observe(ais: Ais, spec: DatasetSpec, owner: Owner, previous: dict[str, Any]) -> Observed:
     obs = Observed(previous=previous)
     gen = owner.generation
-    obs.stale_jobs = kube.stale_jobs(owner.namespace, owner.name, gen)
+    observe_versions(ais, spec, owner, obs)
+    obs.stale_jobs = kube.stale_jobs(owner.namespace, owner.name, owner.version)
+    if obs.published is not None and obs.published.version == owner.version:
+        out = spec.output.bucket  # serving the wanted version: only the counts are read
+        base = builders.converted_base(spec, owner)
+        manifest = naming.plan_manifest_name(base)
+        obs.plan = CACHE.read(ais, out.name, out.provider, manifest, sticky=True).get(manifest)
+        for r in CACHE.read(ais, out.name, out.provider, f"{base}report-", sticky=True).values():
+            obs.reports[int(r["worker"])] = r
+        obs.reused = read_json(ais, out.name, out.provider, naming.reused_name(base))
+        return obs
     out = spec.output.bucket
     base = builders.converted_base(spec, owner)
     manifest = naming.plan_manifest_name(base)
     obs.plan = CACHE.read(ais, out.name, out.provider, manifest, sticky=True).get(manifest)
     if obs.plan is None:
-        obs.planner = kube.get_job(owner.namespace, naming.job_name(owner.name, gen, "plan"), gen)
+        obs.planner = kube.get_job(owner.namespace, naming.job_name(owner.name, owner.version, "plan"), gen)
         if obs.planner is None:
             if spec.source.bucket is not None:
                 b = spec.source.bucket
@@ -157,16 +212,18 @@ def observe(ais: Ais, spec: DatasetSpec, owner: Owner, previous: dict[str, Any])
             elif spec.source.claim_name:
                 obs.source_problem = kube.pvc_problem(owner.namespace, spec.source.claim_name)
         return obs
-    obs.job = kube.get_job(owner.namespace, naming.job_name(owner.name, gen), gen)
+    obs.job = kube.get_job(owner.namespace, naming.job_name(owner.name, owner.version), gen)
     for r in CACHE.read(ais, out.name, out.provider, f"{base}report-", sticky=True).values():
         obs.reports[int(r["worker"])] = r
-    converted = len(obs.reports) == spec.conversion.workers
+    reused = naming.reused_name(base)
+    obs.reused = CACHE.read(ais, out.name, out.provider, reused, sticky=True).get(reused)
+    converted = len(obs.reports) == reconcile.converter_workers(spec, obs.plan)
     if obs.job is not None and not converted:
         for p in CACHE.read(ais, out.name, out.provider, f"{base}progress-").values():
             obs.progress[int(p["worker"])] = p
     if converted and spec.shuffle is not None:
         obs.dsort_attempts = find_dsort_attempts(
-            ais, naming.dsort_description(owner.namespace, owner.name, owner.uid, gen)
+            ais, naming.dsort_description(owner.namespace, owner.name, owner.uid, owner.version)
         )
         # The proxy lists the jobs of the targets that answer. While a target in its map does not answer, the
         # object listing above has already failed (the pass waits as an outage), so a job missing here is gone.
@@ -175,16 +232,19 @@ def observe(ais: Ais, spec: DatasetSpec, owner: Owner, previous: dict[str, Any])
     return obs
 
 
-def tally_output(ais: Ais, bucket: str, provider: str, prefix: str) -> OutputTally:
-    """Stream the archive listing of the output shards into per-shard counters (never a list of members)."""
-    tally = OutputTally(prefix)
+def tally_output(ais: Ais, bucket: str, provider: str, prefix: str, only: frozenset[str] | None = None) -> OutputTally:
+    """Stream the archive listing of the output shards into per-shard counters (never a list of members).
+
+    `only`: the shards to count among others under the prefix (a version's converted shards, without shuffle).
+    """
+    tally = OutputTally(prefix, only)
     checksum_type = ais.checksum_type(bucket, provider)
     for page in ais.list_pages(bucket, provider, prefix, props="name,size,checksum", archives=True):
         for e in page:
             value = str(e.checksum or "")
             tally.add(str(e.name), int(e.size or 0), {"type": checksum_type, "value": value} if value else None)
     counted = ais.object_count(bucket, provider, prefix)
-    if counted != len(tally.shards):
+    if (counted != len(tally.shards)) if only is None else (counted < len(tally.shards)):
         raise ListingError(
             f"listing {provider}://{bucket}/{prefix} returned {len(tally.shards)} shards "
             f"but the cluster counts {counted}"
@@ -192,27 +252,86 @@ def tally_output(ais: Ais, bucket: str, provider: str, prefix: str) -> OutputTal
     return tally
 
 
-def cleanup_record(ais: Ais, record: dict[str, Any]) -> None:
-    """Abort the generation's dSort if it still runs, then delete everything under its prefixes."""
+def cleanup_record(ais: Ais, record: dict[str, Any], uid: str = "") -> None:
+    """Abort the version's dSort if it still runs, then delete everything under its prefixes, its own index
+    last (with it gone the version counts as never published), and a stable index that still names it (one
+    left at a location the spec no longer uses)."""
     desc = record.get("dsortDescription")
     if desc:
         for job in find_dsort_attempts(ais, str(desc)).values():
             if not job.finished and not job.aborted:
                 ais.dsort_abort(job.id)
+    index = record.get("index") or {}
+    versioned = str(index.get("versioned") or "")
     for loc in record.get("locations") or []:
-        n = ais.delete_prefix(loc["bucket"], loc["prefix"], loc.get("provider", "ais"))
-        log.info("deleted %d objects under %s://%s/%s", n, loc.get("provider", "ais"), loc["bucket"], loc["prefix"])
+        provider = loc.get("provider", "ais")
+        names = [e.name for e in ais.list_objects(loc["bucket"], provider, loc["prefix"]) if e.name != versioned]
+        ais.delete_objects(loc["bucket"], names, provider)
+        CACHE.evict(ais, loc["bucket"], provider, tuple(names))
+        log.info("deleted %d objects under %s://%s/%s", len(names), provider, loc["bucket"], loc["prefix"])
+    if not index.get("bucket"):
+        return
+    bucket, provider = str(index["bucket"]), str(index.get("provider") or "ais")
+    stable = str(index.get("stable") or "")
+    if uid and stable:
+        info = IndexInfo.from_index(read_json(ais, bucket, provider, stable), uid)
+        if info is not None and info.version == versions.record_version(record):
+            ais.delete_objects(bucket, [stable], provider)
+            CACHE.evict(ais, bucket, provider, (stable,))
+    if versioned:
+        ais.delete_objects(bucket, [versioned], provider)
+        CACHE.evict(ais, bucket, provider, (versioned,))
+
+
+def live_units(ais: Ais, records: tuple[dict[str, Any], ...]) -> set[str]:
+    """The unit ids the versions of `records` hold, from their plans' unit tables (streamed)."""
+    ids: set[str] = set()
+    for record in records:
+        pool = record.get("pool") or {}
+        if not record.get("plan") or not pool.get("bucket"):
+            continue
+        bucket, provider = str(pool["bucket"]), str(pool.get("provider") or "ais")
+        manifest = read_json(ais, bucket, provider, str(record["plan"]))
+        for chunk in ((manifest or {}).get("units") or {}).get("chunks") or []:
+            for line in ais.stream_lines(bucket, str(chunk), provider):
+                if line:
+                    ids.add(units.Unit.parse(line)[0].id)
+    return ids
+
+
+def sweep_units(ais: Ais, bucket: str, provider: str, pool: str, live: tuple[dict[str, Any], ...]) -> int:
+    """Delete the converted shards under `pool` whose unit no live version holds; returns how many."""
+    keep = live_units(ais, live)
+    doomed = [e.name for e in ais.list_objects(bucket, provider, pool) if naming.unit_of(pool, e.name) not in keep]
+    ais.delete_objects(bucket, doomed, provider)
+    return len(doomed)
 
 
 def execute(ais: Ais, decision: Decision, owner: Owner, failpoint: failpoints.Failpoint = failpoints.none) -> None:
     for action in decision.actions:
         match action:
             case reconcile.CleanupArtifacts(record=record):
-                if kube.converter_pods(owner.namespace, owner.name, int(record.get("generation", 0))):
+                if kube.converter_pods(owner.namespace, owner.name, versions.record_version(record)):
                     # an old converter could still write after the cleanup: keep the record, retry next pass
                     decision.status.artifacts = [*(decision.status.artifacts or []), record]
-                else:
-                    cleanup_record(ais, record)
+                    continue
+                try:
+                    cleanup_record(ais, record, owner.uid)
+                except (AisUnavailable, BucketNotFound, ListingError) as e:
+                    # never holds anything else back: the record stays, the next pass tries again
+                    decision.status.artifacts = [*(decision.status.artifacts or []), record]
+                    version = versions.record_version(record)
+                    decision.events.append(Event("Warning", "CleanupFailed", f"deleting version {version}: {e}"))
+                    log.warning("%s/%s: deleting version %s failed: %s", owner.namespace, owner.name, version, e)
+            case reconcile.SweepUnits(bucket=bucket, provider=provider, pool=pool, live=live, restore=restore):
+                try:
+                    n = sweep_units(ais, bucket, provider, pool, live)
+                    log.info("%s/%s: deleted %d converted shards no version holds", owner.namespace, owner.name, n)
+                except (AisUnavailable, BucketNotFound, ListingError) as e:
+                    kept = {versions.record_version(r) for r in decision.status.artifacts or []}
+                    back = [r for r in restore if versions.record_version(r) not in kept]
+                    decision.status.artifacts = [*(decision.status.artifacts or []), *back]
+                    decision.events.append(Event("Warning", "CleanupFailed", f"deleting converted shards: {e}"))
             case reconcile.DeleteJobs(names=names):
                 kube.delete_jobs(owner.namespace, names)
             case reconcile.EnsureBucket(bucket=bucket, provider=provider):
@@ -228,9 +347,10 @@ def execute(ais: Ais, decision: Decision, owner: Owner, failpoint: failpoints.Fa
                 log.info("%s/%s: started dSort job %s", owner.namespace, owner.name, job_id)
                 failpoint(failpoints.AFTER_DSORT_START)
                 decision.status.dsort_job_id = job_id
-            case reconcile.WriteIndex(bucket=bucket, provider=provider, name=name, body=body):
+            case reconcile.WriteIndex(bucket=bucket, provider=provider, name=name, body=body, publishes=publishes):
                 ais.put(bucket, name, json.dumps(body, indent=1, sort_keys=True).encode(), provider)
-                failpoint(failpoints.AFTER_INDEX_WRITE)
+                CACHE.evict(ais, bucket, provider, (name,))
+                failpoint(failpoints.AFTER_PUBLISH if publishes else failpoints.AFTER_INDEX_WRITE)
             case reconcile.DeleteObjects(bucket=bucket, provider=provider, names=names):
                 ais.delete_objects(bucket, list(names), provider)
                 CACHE.evict(ais, bucket, provider, names)
@@ -263,13 +383,17 @@ def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
     )
     try:
         ais = ais_for(spec, namespace)
-        obs = observe(ais, spec, owner, previous)
         annotations = obj["metadata"].get("annotations") or {}
+        refresh = versions.desired_refresh(
+            annotations.get(versions.REFRESH_ANNOTATION), owner.generation, read_published(ais, spec, owner.uid)
+        )
+        owner = owner_of(obj, refresh)
+        obs = observe(ais, spec, owner, previous)
         obs.retry_request = annotations.get(failures.RETRY_ANNOTATION)
         decision = reconcile.decide(spec, owner, obs, defaults, now)
         if decision.need_output:
             bucket = spec.shuffle.output_bucket if spec.shuffle else spec.output.bucket
-            obs.output = tally_output(ais, bucket.name, bucket.provider, decision.output_prefix)
+            obs.output = tally_output(ais, bucket.name, bucket.provider, decision.output_prefix, decision.output_only)
             decision = reconcile.decide(spec, owner, obs, defaults, now)
         mark = functools.partial(kube.annotate_dataset, namespace, name, failpoints.FIRED_ANNOTATION)
         execute(ais, decision, owner, failpoints.for_dataset(settings.failpoints, annotations, mark))
@@ -351,7 +475,7 @@ def _transient(
 
 
 def delete_everything(obj: dict[str, Any], settings: Settings) -> int:
-    """deletionPolicy Delete: remove every object any generation of this resource wrote in AIS."""
+    """deletionPolicy Delete: remove every object any version of this resource wrote in AIS."""
     owner = owner_of(obj)
     spec = parse_spec(obj.get("spec") or {}, name=owner.name, default_endpoint=settings.ais_endpoint)
     ais = ais_for(spec, owner.namespace)
@@ -362,11 +486,15 @@ def delete_everything(obj: dict[str, Any], settings: Settings) -> int:
     records.append(reconcile.artifact_record(spec, owner))
     deleted = 0
     for record in records:
-        cleanup_record(ais, record)
+        cleanup_record(ais, record, owner.uid)
+        pool = record.get("pool") or {}
+        if pool.get("prefix"):
+            ais.delete_prefix(str(pool["bucket"]), str(pool["prefix"]), str(pool.get("provider") or "ais"))
         deleted += 1
-    # Every generation of this uid, including ones whose records were lost.
+    # Every version of this uid, including ones whose records were lost.
     for bucket, prefix in {
         (spec.output.bucket, naming.uid_base(spec.output.prefix, owner.uid)),
+        (spec.output.bucket, naming.unit_pool(spec.output.prefix, owner.uid)),
         *(
             [(spec.shuffle.output_bucket, naming.uid_base(spec.shuffle.output_prefix, owner.uid))]
             if spec.shuffle

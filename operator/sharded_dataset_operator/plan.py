@@ -27,7 +27,7 @@ class PlanError(Exception):
 
 def encode_sample(sample: Sample) -> str:
     """One plan line (no newline)."""
-    files = [[name, raw.path, raw.size] for name, raw in sample.files]
+    files = [[name, raw.path, raw.size, *([raw.tag] if raw.tag else [])] for name, raw in sample.files]
     return json.dumps([sample.key, sample.label, files], ensure_ascii=False, separators=(",", ":"))
 
 
@@ -35,7 +35,7 @@ def decode_sample(line: str) -> Sample:
     key, label, files = json.loads(line)
     return Sample(
         key=str(key),
-        files=tuple((str(name), RawFile(str(path), int(size))) for name, path, size in files),
+        files=tuple((str(f[0]), RawFile(str(f[1]), int(f[2]), str(f[3]) if len(f) > 3 else "")) for f in files),
         label=None if label is None else str(label),
     )
 

@@ -1,11 +1,14 @@
 """The decision core: (spec, observed state) -> (actions, status, events). Pure: no I/O, no clock.
 
-The pipeline of one generation is derived entirely from what exists:
+The pipeline of one version is derived entirely from what exists:
 
-    converter Job + worker reports in AIS  ->  dSort job (found by its description)  ->  output listing
+    planner Job + plan -> converter Job + worker reports in AIS -> dSort job (found by its description)
+        -> output listing -> the version's own index -> the stable index (publishing)
 
-so the operator can be killed at any point and, on restart, continues from where the cluster is. Records of
-earlier generations' objects (`status.artifacts`) are what lets a new generation clean up after the old one.
+so the operator can be killed at any point and, on restart, continues from where the cluster is. A new
+version is built beside the published one, which stays readable until the new one is published and then
+for `spec.output.retainPrevious` (`versions.py`). Records of where each version wrote (`status.artifacts`,
+also kept in each version's own index) are what lets the operator delete a version it no longer needs.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from . import builders, failures, naming
+from . import builders, failures, naming, versions
 from .builders import ConverterDefaults, Owner
 from .model import DsortJob, JobState
 from .spec import DatasetSpec
 from .status import CONVERTED, SHUFFLED, VERIFIED, DatasetStatus, Phase, StepState
 from .verify import OutputTally, Totals, compare
+from .versions import IndexInfo
 
 ACTIVE_REQUEUE = 1.0  # while a step runs (the operator's SDS_ACTIVE_INTERVAL overrides it)
 STALLED_REQUEUE = 15.0
@@ -44,6 +48,10 @@ class Observed:
     capacity_problems: tuple[str, ...] = ()  # AIS targets' capacity errors, asked for when a dSort job is lost
     retry_request: str | None = None
     output: OutputTally | None = None
+    published: IndexInfo | None = None  # what the stable index names (when this resource wrote it)
+    version_indexes: dict[str, IndexInfo] = field(default_factory=dict)  # versions whose own index exists
+    wanted_index: dict[str, Any] | None = None  # the wanted version's own index, when already written
+    reused: dict[str, Any] | None = None  # the planner's record of the converted shards it reuses
 
 
 # ------------------------------------------------------------------------------------------ actions
@@ -67,9 +75,23 @@ class DeleteJobs:
 
 @dataclass(frozen=True, slots=True)
 class CleanupArtifacts:
-    """Abort an old generation's dSort and delete everything it wrote (by generation prefix)."""
+    """Abort an old version's dSort and delete everything it wrote (by version prefix): a previous version
+    whose retention is over (`retired`), or a build superseded before it was published."""
 
     record: dict[str, Any]
+    retired: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SweepUnits:
+    """Delete the converted shards under `pool` whose unit no version in `live` holds (by their plans).
+    If that fails, the `restore` records go back into the status, so that the deletion is tried again."""
+
+    bucket: str
+    provider: str
+    pool: str
+    live: tuple[dict[str, Any], ...]
+    restore: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +105,7 @@ class WriteIndex:
     provider: str
     name: str
     body: dict[str, Any]
+    publishes: bool = False  # the stable index: this PUT switches readers to the version
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +123,15 @@ class DeletePrefix:
 
 
 Action = (
-    EnsureBucket | CreateJob | DeleteJobs | CleanupArtifacts | StartDsort | WriteIndex | DeleteObjects | DeletePrefix
+    EnsureBucket
+    | CreateJob
+    | DeleteJobs
+    | CleanupArtifacts
+    | SweepUnits
+    | StartDsort
+    | WriteIndex
+    | DeleteObjects
+    | DeletePrefix
 )
 
 
@@ -118,6 +149,7 @@ class Decision:
     events: list[Event] = field(default_factory=list)
     need_output: bool = False
     output_prefix: str = ""
+    output_only: frozenset[str] | None = None
     requeue: float | None = ACTIVE_REQUEUE
 
 
@@ -125,7 +157,7 @@ class Decision:
 
 
 def artifact_record(spec: DatasetSpec, owner: Owner) -> dict[str, Any]:
-    """Where this generation writes: enough to clean it up later even if the spec changes."""
+    """Where this version writes: enough to delete it later even if the spec changes."""
     locations = [
         {
             "bucket": spec.output.bucket.name,
@@ -141,18 +173,36 @@ def artifact_record(spec: DatasetSpec, owner: Owner) -> dict[str, Any]:
                 "prefix": builders.output_base(spec, owner),
             }
         )
+    bucket, provider, stable = index_location(spec)
     return {
+        "version": owner.version,
         "generation": owner.generation,
+        "refresh": owner.refresh,
         "locations": locations,
-        "dsortDescription": naming.dsort_description(owner.namespace, owner.name, owner.uid, owner.generation),
+        "dsortDescription": naming.dsort_description(owner.namespace, owner.name, owner.uid, owner.version),
+        "plan": naming.plan_manifest_name(builders.converted_base(spec, owner)),
+        "pool": {
+            "bucket": spec.output.bucket.name,
+            "provider": spec.output.bucket.provider,
+            "prefix": builders.unit_pool(spec, owner),
+        },
+        "index": {
+            "bucket": bucket,
+            "provider": provider,
+            "stable": stable,
+            "versioned": naming.versioned_index_name(index_prefix(spec), owner.uid, owner.version),
+        },
     }
 
 
+def index_prefix(spec: DatasetSpec) -> str:
+    return spec.shuffle.output_prefix if spec.shuffle is not None else spec.output.prefix
+
+
 def index_location(spec: DatasetSpec) -> tuple[str, str, str]:
-    if spec.shuffle is not None:
-        b = spec.shuffle.output_bucket
-        return b.name, b.provider, naming.index_name(spec.shuffle.output_prefix)
-    return spec.output.bucket.name, spec.output.bucket.provider, naming.index_name(spec.output.prefix)
+    """(bucket, provider, name) of the stable index."""
+    b = spec.shuffle.output_bucket if spec.shuffle is not None else spec.output.bucket
+    return b.name, b.provider, naming.index_name(index_prefix(spec))
 
 
 def _examples(report: dict[str, Any]) -> str:
@@ -182,7 +232,10 @@ class Pass:
     reports: dict[int, dict[str, Any]] = field(default_factory=dict)
     written: Totals = field(default_factory=Totals)
     converted_shards: list[str] = field(default_factory=list)
+    key_order: list[str] = field(default_factory=list)  # the converted shards by their first key
     dsort_attempts: dict[int, DsortJob] = field(default_factory=dict)  # observed, plus a lost one (see below)
+    published_now: IndexInfo | None = None  # the wanted version, when this pass publishes it
+    reused: dict[str, Any] | None = None  # the converted shards the plan takes over from earlier versions
 
     @property
     def st(self) -> DatasetStatus:
@@ -223,52 +276,55 @@ class Pass:
 
 
 def decide(spec: DatasetSpec, owner: Owner, obs: Observed, defaults: ConverterDefaults, now: str) -> Decision:
-    """The whole pipeline of one generation, one phase function after the other; the first that is not
-    done decides the pass."""
+    """One pass over the wanted version (`owner.version`): serve it if it is published, else build it (one
+    phase function after the other; the first that is not done decides), then settle every other version."""
     prev = obs.previous or {}
     gen = owner.generation
-    same_gen = prev.get("observedGeneration") == gen
-    conds = prev.get("conditions") or [] if same_gen else []
+    same_version = prev.get("observedGeneration") == gen and _building_version(prev) in (None, owner.version)
+    conds = prev.get("conditions") or [] if same_version else []
     prev_stalled = next(
         (c.get("reason") for c in conds if c.get("type") == "Stalled" and c.get("status") == "True"), None
     )
     prev_reason = next((c.get("reason") for c in conds if c.get("type") == "Reconciling"), None)
-    prev_phase = prev.get("phase") if same_gen else None
+    prev_phase = prev.get("phase") if same_version else None
     record = artifact_record(spec, owner)
     actions: list[Action] = []
-
-    # Earlier generations: stop what still runs and delete what they wrote.
-    # Stop their converters first; the cleanup is deferred while their pods still run (see operations).
-    if obs.stale_jobs:
+    if obs.stale_jobs:  # Jobs of any other version: stop what still runs (results stay in AIS)
         actions.append(DeleteJobs(names=tuple(obs.stale_jobs)))
-    for r in prev.get("artifacts") or []:
-        if r.get("generation") != gen:
-            actions.append(CleanupArtifacts(record=r))
 
     st = DatasetStatus(
         phase=Phase.PENDING,
         observed_generation=gen,
         reason="Pending",
         message="",
-        job_name=naming.job_name(owner.name, gen),
+        job_name=naming.job_name(owner.name, owner.version),
         workers=spec.conversion.workers,
-        start_time=(prev.get("startTime") if same_gen else None) or now,
+        start_time=(prev.get("startTime") if same_version else None) or now,
         artifacts=[record],
-        retry=(prev.get("retry") if same_gen else None),
+        retry=(prev.get("retry") if same_version else None),
     )
     p = Pass(spec, owner, obs, defaults, now, Decision(status=st, actions=actions), prev, prev_phase,
              (prev_phase, prev_reason), prev_stalled)  # fmt: skip
     p.plan = obs.plan if obs.plan is not None and int(obs.plan.get("generation", -1)) == gen else None
     p.reports = {i: r for i, r in obs.reports.items() if int(r.get("generation", -1)) == gen}
-    _fill_counts(st, p.plan, p.reports)
+    p.reused = obs.reused if obs.reused is not None and int(obs.reused.get("generation", -1)) == gen else None
+    _fill_counts(st, p.plan, p.reports, p.reused)
     if obs.job is not None:
         st.workers_succeeded, st.workers_failed = obs.job.succeeded, obs.job.failed
     p.dsort_attempts = dict(obs.dsort_attempts)
-    lost = lost_dsort_attempt(prev, gen, obs.dsort_attempts, obs.capacity_problems)
+    lost = lost_dsort_attempt(prev, gen, obs.dsort_attempts, obs.capacity_problems) if same_version else None
     if lost is not None:
         p.dsort_attempts[lost[0]] = lost[1]
+    decision = _build(p)
+    _settle_versions(p, decision)
+    return decision
 
-    if prev_phase == Phase.FAILED and obs.retry_request and obs.retry_request != (st.retry or {}).get("request"):
+
+def _build(p: Pass) -> Decision:
+    if p.obs.published is not None and p.obs.published.version == p.owner.version:
+        return _serving(p)
+    retry = p.obs.retry_request
+    if p.prev_phase == Phase.FAILED and retry and retry != (p.st.retry or {}).get("request"):
         return _retry_requested(p)
     for phase in (_planning, _conversion, _shuffle, _verification):
         outcome = phase(p)
@@ -277,18 +333,157 @@ def decide(spec: DatasetSpec, owner: Owner, obs: Observed, defaults: ConverterDe
     raise AssertionError("verification always decides")  # pragma: no cover
 
 
+def _building_version(status: dict[str, Any]) -> str | None:
+    """The version the previous status was about: the one it was building, else the published one."""
+    v = status.get("versions") or {}
+    building = (v.get("building") or {}).get("version")
+    return str(building or (v.get("published") or {}).get("version") or "") or None
+
+
+def _serving(p: Pass) -> Decision:
+    """The wanted version is the published one: Ready, from what its index says (nothing is re-verified)."""
+    info = p.obs.published
+    assert info is not None
+    st = p.st
+    for step in (CONVERTED, SHUFFLED, VERIFIED) if p.spec.shuffle is not None else (CONVERTED, VERIFIED):
+        st.steps[step] = StepState(True, {CONVERTED: "Converted", SHUFFLED: "Shuffled", VERIFIED: "Verified"}[step])
+    st.shards_output, st.bytes_output = info.shards, info.bytes
+    bucket, provider, index = index_location(p.spec)
+    st.index_object = f"{provider}://{bucket}/{index}"
+    st.progress = conversion_progress(p.plan or {}, {}, p.reports, p.owner.generation, p.reused)
+    shuffle = p.prev.get("shuffle") or {} if p.prev_phase is not None else {}
+    st.dsort_job_id, st.output_template = shuffle.get("dsortJobId"), shuffle.get("outputTemplate")
+    st.shuffle_attempt, st.shuffle_started_at = shuffle.get("attempt"), shuffle.get("startedAt")
+    st.shuffle_max_attempts = p.spec.shuffle.max_attempts if p.spec.shuffle else None
+    st.completion_time = info.published_at or p.now
+    st.phase, st.reason = Phase.READY, "Succeeded"
+    st.message = _ready_message(info.version, info.samples, info.shards, info.bytes, st.samples_skipped)
+    p.decision.requeue = None
+    if p.prev_phase != Phase.READY:
+        p.decision.events.append(Event("Normal", "Ready", st.message))
+    return p.decision
+
+
+def _ready_message(version: str, samples: int, shards: int, nbytes: int, skipped: int) -> str:
+    return (
+        f"version {version}: {samples} samples in {shards} shards ({nbytes / 2**20:.1f} MiB); "
+        f"{skipped} incomplete samples skipped"
+    )
+
+
+def _settle_versions(p: Pass, d: Decision) -> None:
+    """Everything about versions other than the wanted one: serve the published one while the wanted one is
+    not, delete superseded builds at once and previous versions once their retention is over, and say all
+    of it in `status.versions`."""
+    st, obs, owner = d.status, p.obs, p.owner
+    published = p.published_now or obs.published
+    records = [*(p.prev.get("artifacts") or [])]
+    indexes = dict(obs.version_indexes)
+    if obs.published is not None:
+        if obs.published.record:  # known even if the status lost its record
+            records.append(obs.published.record)
+        if p.published_now is not None and obs.published.version != owner.version:
+            indexes.setdefault(obs.published.version, obs.published)  # replaced by this pass: previous now
+    retention = versions.plan_retention(owner.version, published, records, indexes, p.now, p.spec.output.retain_seconds)
+    st.artifacts = [_current_first(st.artifacts or [], owner.version), *retention.keep]
+    st.artifacts = _unique_records(st.artifacts)
+    cleanups: list[Action] = []
+    if not _may_sweep(p, d) and (retention.abandon or retention.retire):
+        # the wanted version's planner may be choosing converted shards to reuse: delete nothing now
+        st.artifacts = _unique_records([*st.artifacts, *retention.abandon, *retention.retire])
+        retention.abandon, retention.retire = [], []
+    for r in retention.abandon:
+        cleanups.append(CleanupArtifacts(record=r))
+        why = "superseded before it was published"
+        d.events.append(Event("Normal", "VersionAbandoned", f"deleting version {versions.record_version(r)}: {why}"))
+    for r in retention.retire:
+        cleanups.append(CleanupArtifacts(record=r, retired=True))
+        why = f"{p.spec.output.retain_seconds:.0f}s after it was replaced"
+        d.events.append(Event("Normal", "VersionDeleted", f"deleting version {versions.record_version(r)}: {why}"))
+    if p.published_now is not None and p.spec.shuffle is not None and p.spec.shuffle.delete_input:
+        # shuffle.deleteInput: the converted shards go once the shuffle is published (unless another version
+        # still holds them), so the next version has none to reuse
+        b = p.spec.output.bucket
+        others = tuple(r for r in st.artifacts if versions.record_version(r) != owner.version)
+        cleanups.append(SweepUnits(b.name, b.provider, builders.unit_pool(p.spec, owner), live=others))
+    if cleanups and any(isinstance(c, CleanupArtifacts) for c in cleanups):
+        # then the converted shards that no remaining version holds
+        gone = [*retention.abandon, *retention.retire]
+        pools = {pool for r in gone if (pool := _pool_of(r)) is not None}
+        for bucket, provider, prefix in sorted(pools):
+            cleanups.append(SweepUnits(bucket, provider, prefix, live=tuple(st.artifacts), restore=tuple(gone)))
+    d.actions.extend(cleanups)  # after publishing: a deletion that fails never holds a publication back
+    building = None
+    if published is None or published.version != owner.version:
+        building = {
+            "version": owner.version,
+            "generation": owner.generation,
+            "refresh": owner.refresh or None,
+            "phase": str(st.phase),
+            "reason": st.reason,
+        }
+    st.versions = {
+        "published": published.summary() if published is not None else None,
+        "building": building,
+        "previous": retention.previous,
+    }
+    if published is not None and published.version != owner.version:
+        what = f"version {published.version} ({published.samples} samples in {published.shards} shards)"
+        st.serving = f"serving {what}; version {owner.version}: {st.message}"
+        st.index_object = st.index_object or _stable_url(p.spec)
+    if retention.next_deadline is not None:
+        due = retention.next_deadline + 1.0
+        d.requeue = due if d.requeue is None else min(d.requeue, due)
+    if cleanups and (d.requeue is None or d.requeue > 30.0):
+        d.requeue = 30.0  # see that the deletions happened (a failed one is retried)
+
+
+def _may_sweep(p: Pass, d: Decision) -> bool:
+    """Whether versions may be deleted now: not while the wanted version's planner may still pick converted
+    shards to reuse (it lists them once), i.e. once its plan exists, it is published, or it failed."""
+    published = p.obs.published is not None and p.obs.published.version == p.owner.version
+    return published or p.published_now is not None or p.plan is not None or d.status.phase == Phase.FAILED
+
+
+def _pool_of(record: dict[str, Any]) -> tuple[str, str, str] | None:
+    pool = record.get("pool") or {}
+    if not pool.get("prefix"):
+        return None
+    return str(pool["bucket"]), str(pool.get("provider") or "ais"), str(pool["prefix"])
+
+
+def _stable_url(spec: DatasetSpec) -> str:
+    bucket, provider, index = index_location(spec)
+    return f"{provider}://{bucket}/{index}"
+
+
+def _current_first(records: list[dict[str, Any]], version: str) -> dict[str, Any]:
+    return next(r for r in records if versions.record_version(r) == version)
+
+
+def _unique_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen: set[str] = set()
+    out = []
+    for r in records:
+        v = versions.record_version(r)
+        if v not in seen:
+            seen.add(v)
+            out.append(r)
+    return out
+
+
 def _retry_requested(p: Pass) -> Decision:
     """A Failed run whose retry annotation has a new value: clear what the failed step left, start it again."""
     reason = next((c.get("reason") for c in p.prev.get("conditions") or [] if c.get("type") == "Stalled"), "")
-    gen = p.owner.generation
+    version = p.owner.version
     if reason in ("PlanningFailed", "PlanMissing", "NoSamples"):
-        p.decision.actions.append(DeleteJobs((naming.job_name(p.owner.name, gen, "plan"),)))
+        p.decision.actions.append(DeleteJobs((naming.job_name(p.owner.name, version, "plan"),)))
         b = p.spec.output.bucket
         p.decision.actions.append(
             DeleteObjects(b.name, b.provider, (naming.plan_manifest_name(builders.converted_base(p.spec, p.owner)),))
         )
     elif reason in ("ConversionFailed", "ReportMissing", "ConversionIncomplete"):
-        p.decision.actions.append(DeleteJobs((naming.job_name(p.owner.name, gen),)))
+        p.decision.actions.append(DeleteJobs((naming.job_name(p.owner.name, version),)))
     p.st.retry = {"request": p.obs.retry_request, "shuffleAttemptBase": max(p.dsort_attempts, default=0)}
     p.decision.events.append(Event("Normal", "RetryRequested", f"retrying after {reason or 'the failure'}"))
     p.decision.requeue = ACTIVE_REQUEST_DELAY
@@ -321,21 +516,29 @@ def _planning(p: Pass) -> Decision | None:
     return p.working(Phase.CONVERTING, "Planning", "listing the source and grouping it into samples")
 
 
+def converter_workers(spec: DatasetSpec, plan: dict[str, Any]) -> int:
+    """Converter pods for a plan: `spec.conversion.workers`, fewer when fewer units are left to convert."""
+    return min(spec.conversion.workers, int((plan.get("units") or {}).get("convert") or 0))
+
+
 def _conversion(p: Pass) -> Decision | None:
-    """The converter workers, each on its slice of the plan."""
+    """The converter workers, each on its share of the units the plan did not find converted already."""
     assert p.plan is not None
     spec, obs, st, plan = p.spec, p.obs, p.st, p.plan
-    if len(p.reports) < spec.conversion.workers:
+    workers = converter_workers(spec, plan)
+    st.workers = workers
+    if len(p.reports) < workers:
         st.steps[CONVERTED] = StepState(False, "Converting")
-        st.progress = conversion_progress(plan, obs.progress, p.reports, p.owner.generation)
+        st.progress = conversion_progress(plan, obs.progress, p.reports, p.owner.generation, p.reused)
+        todo = f"{(plan.get('units') or {}).get('convertSamples', plan['samples'])} samples"
+        if p.reused:
+            todo += f" ({int(p.reused.get('written') or 0)} more reused from an earlier version)"
         if obs.job is None:
-            p.decision.actions.append(CreateJob(builders.build_converter_job(spec, p.owner, p.defaults)))
-            return p.working(
-                Phase.CONVERTING,
-                "Converting",
-                f"starting {spec.conversion.workers} converter worker(s) for {plan['samples']} samples",
+            p.decision.actions.append(
+                CreateJob(builders.build_converter_job(spec, p.owner, p.defaults, workers=workers))
             )
-        missing = sorted(set(range(spec.conversion.workers)) - set(p.reports))
+            return p.working(Phase.CONVERTING, "Converting", f"starting {workers} converter worker(s) for {todo}")
+        missing = sorted(set(range(workers)) - set(p.reports))
         msg = f"converter Job completed but reports of worker(s) {missing} are missing"
         settled = p.job_ended(
             obs.job, "converter", "Converting", "ConversionFailed", ("ReportsPending", "ReportMissing", msg)
@@ -345,22 +548,27 @@ def _conversion(p: Pass) -> Decision | None:
         return p.working(
             Phase.CONVERTING,
             "Converting",
-            f"{len(p.reports)}/{spec.conversion.workers} converter workers done, "
-            f"{st.progress['samples']}/{plan['samples']} samples",
+            f"{len(p.reports)}/{workers} converter workers done, {st.progress['samples']}/{plan['samples']} samples",
         )
-    st.steps[CONVERTED] = StepState(True, "Converted", f"{st.samples_written} samples in {st.shards_converted} shards")
-    transformed_away = sum(int(n) for r in p.reports.values() for n in (r.get("skippedByReason") or {}).values())
+    done = [*p.reports.values(), *([p.reused] if p.reused else [])]
+    reused = f", {st.shards_reused} reused" if st.shards_reused else ""
+    st.steps[CONVERTED] = StepState(
+        True, "Converted", f"{st.samples_written} samples in {st.shards_converted} shards{reused}"
+    )
+    transformed_away = sum(int(n) for r in done for n in (r.get("skippedByReason") or {}).values())
     if st.samples_written + transformed_away != int(plan.get("samples") or 0):
         msg = f"the converters wrote {st.samples_written} samples but the plan holds {plan['samples']}"
         if transformed_away:
             msg += f" ({transformed_away} skipped by the transform)"
         return p.failed(CONVERTED, "ConversionIncomplete", msg)
     if st.samples_written == 0 and transformed_away:
-        errors = sorted(str(r.get("firstTransformError")) for r in p.reports.values() if r.get("firstTransformError"))
+        errors = sorted(str(r.get("firstTransformError")) for r in done if r.get("firstTransformError"))
         first = f"first error: sample {errors[0]}" if errors else "the function dropped every sample"
         return p.failed(CONVERTED, "TransformFailed", f"the transform left no sample; {first}")
-    p.converted_shards = sorted(s["name"] for r in p.reports.values() for s in r.get("shards") or [])
-    for r in p.reports.values():
+    records = [s for r in done for s in r.get("shards") or []]
+    p.converted_shards = sorted(s["name"] for s in records)
+    p.key_order = [s["name"] for s in sorted(records, key=lambda s: (str(s.get("firstKey") or ""), s.get("part") or 0))]
+    for r in done:
         p.written.merge(Totals.from_dict(r))
     return None
 
@@ -380,7 +588,11 @@ def _shuffle(p: Pass) -> Decision | None:
     if job is not None:
         st.dsort_job_id, st.shuffle_attempt = job.id, attempt
         recorded = p.prev.get("shuffle") or {}
-        if recorded.get("attempt") == attempt and p.prev.get("observedGeneration") == owner.generation:
+        same_version = p.prev.get("observedGeneration") == owner.generation and _building_version(p.prev) in (
+            None,
+            owner.version,
+        )
+        if recorded.get("attempt") == attempt and same_version:
             st.shuffle_started_at = recorded.get("startedAt")
         st.output_template = naming.output_template(naming.attempt_base(builders.output_base(spec, owner), attempt))
         if job.aborted and attempt <= base:
@@ -407,7 +619,7 @@ def _shuffle(p: Pass) -> Decision | None:
             return None
     if start_next:
         nxt = max(attempt, base) + 1
-        tar_bytes = sum(int(r.get("bytes") or 0) for r in p.reports.values())
+        tar_bytes = sum(int(r.get("bytes") or 0) for r in [*p.reports.values(), *([p.reused] if p.reused else [])])
         out_base = builders.output_base(spec, owner)
         if job is not None:  # an aborted attempt: its partial output must not be counted or left behind
             b = spec.shuffle.output_bucket
@@ -471,17 +683,19 @@ def _verification(p: Pass) -> Decision:
     """Count the output as it is listed, compare with what the converters wrote, index it, Ready."""
     spec, owner, obs, st = p.spec, p.owner, p.obs, p.st
     verify_prefix = verification_prefix(spec, owner, st.shuffle_attempt)
-    st.progress = conversion_progress(p.plan or {}, {}, p.reports, owner.generation)
+    st.progress = conversion_progress(p.plan or {}, {}, p.reports, owner.generation, p.reused)
     if obs.output is None:
         p.decision.need_output = True
         p.decision.output_prefix = verify_prefix
+        if spec.shuffle is None:  # the version's own converted shards, among other versions' in the pool
+            p.decision.output_only = frozenset(p.converted_shards)
         st.steps[VERIFIED] = StepState(False, "Verifying")
         return p.working(Phase.VERIFYING, "Verifying", "counting samples in the output shards")
     tally = obs.output
     st.shards_output = len(tally.shards)
     st.bytes_output = tally.bytes
     problem = compare(st.samples_written, p.written, tally)
-    if problem is None and spec.shuffle is None and [s.name for s in tally.shards] != p.converted_shards:
+    if problem is None and spec.shuffle is None and sorted(s.name for s in tally.shards) != p.converted_shards:
         problem = f"hold {len(tally.shards)} shards, the converters reported {len(p.converted_shards)}"
     if problem is not None:
         msg = f"output shards under {verify_prefix} {problem}"
@@ -498,44 +712,60 @@ def _verification(p: Pass) -> Decision:
         "Verified",
         f"{total} samples, {p.written.members} members, {p.written.member_bytes} bytes in {len(tally.shards)} shards",
     )
-    bucket, provider, index = index_location(spec)
-    info = {
-        "namespace": owner.namespace,
-        "resource": owner.name,
-        "uid": owner.uid,
-        "generation": owner.generation,
-        "bucket": bucket,
-        "provider": provider,
-        "samples": total,
-        "algorithm": spec.shuffle.algorithm if spec.shuffle else "none",
-        "seed": spec.shuffle.seed if spec.shuffle else None,
-    }
     shards = [(s.name, s.samples, s.size, s.checksum) for s in tally.shards]
-    p.decision.actions.append(
-        WriteIndex(bucket, provider, index, builders.build_shard_index(owner.name, shards, index, info))
-    )
-    if spec.shuffle is not None and spec.shuffle.delete_input:
-        b = spec.output.bucket
-        p.decision.actions.append(DeleteObjects(b.name, b.provider, tuple(p.converted_shards)))
-    st.index_object = f"{provider}://{bucket}/{index}"
+    if spec.shuffle is None:  # the converted shards themselves: listed in key order (they are key ranges)
+        position = {name: i for i, name in enumerate(p.key_order)}
+        shards.sort(key=lambda s: position.get(str(s[0]), len(position)))
+    _publish(p, total, shards)
+    st.index_object = _stable_url(spec)
     st.completion_time = (p.prev.get("completionTime") if p.prev_phase == Phase.READY else None) or p.now
     st.phase = Phase.READY
     st.reason = "Succeeded"
-    st.message = (
-        f"{total} samples in {len(tally.shards)} shards ({st.bytes_output / 2**20:.1f} MiB); "
-        f"{st.samples_skipped} incomplete samples skipped"
-    )
-    p.decision.requeue = None
+    st.message = _ready_message(owner.version, total, len(tally.shards), st.bytes_output, st.samples_skipped)
+    p.decision.requeue = ACTIVE_REQUEUE if obs.published is not None else None  # then: the replaced version
     if p.prev_phase != Phase.READY:
-        p.decision.events.append(Event("Normal", "Ready", st.message))
+        replaced = f"; replaces version {obs.published.version}" if obs.published is not None else ""
+        p.decision.events.append(Event("Normal", "Ready", st.message + replaced))
     return p.decision
+
+
+def _publish(p: Pass, samples: int, shards: list[tuple[Any, ...]]) -> None:
+    """Write the version's own index (once), then the stable index as a copy of it: the single PUT that
+    switches readers to this version. A pass that finds the version's index already written (the operator
+    stopped between the two PUTs) copies that one, so the publication time and content never change."""
+    spec, owner = p.spec, p.owner
+    bucket, provider, stable = index_location(spec)
+    record = p.st.artifacts[0] if p.st.artifacts else artifact_record(spec, owner)
+    versioned = record["index"]["versioned"]
+    body = p.obs.wanted_index
+    if body is None or IndexInfo.from_index(body, owner.uid) is None:
+        info = {
+            "namespace": owner.namespace,
+            "resource": owner.name,
+            "uid": owner.uid,
+            "generation": owner.generation,
+            "version": owner.version,
+            "refresh": owner.refresh,
+            "publishedAt": p.now,
+            "versionIndex": f"{provider}://{bucket}/{versioned}",
+            "artifacts": record,
+            "bucket": bucket,
+            "provider": provider,
+            "samples": samples,
+            "algorithm": spec.shuffle.algorithm if spec.shuffle else "none",
+            "seed": spec.shuffle.seed if spec.shuffle else None,
+        }
+        body = builders.build_shard_index(owner.name, shards, versioned, info, keep_order=spec.shuffle is None)
+        p.decision.actions.append(WriteIndex(bucket, provider, versioned, body))
+    p.decision.actions.append(WriteIndex(bucket, provider, stable, body, publishes=True))
+    p.published_now = IndexInfo.from_index(body, owner.uid)
 
 
 def verification_prefix(spec: DatasetSpec, owner: Owner, attempt: int | None) -> str:
     """Where the shards to verify are: the dSort attempt's output, or the converted shards without a shuffle."""
     if spec.shuffle is not None:
         return naming.attempt_base(builders.output_base(spec, owner), attempt or 1)
-    return naming.shard_prefix(builders.converted_base(spec, owner))
+    return builders.unit_pool(spec, owner)
 
 
 def _condition_reason(status: dict[str, Any], type_: str) -> str | None:
@@ -549,11 +779,17 @@ def _seconds_since(then: float | None, now: str) -> float:
 
 
 def conversion_progress(
-    plan: dict[str, Any], progress: dict[int, dict[str, Any]], reports: dict[int, dict[str, Any]], generation: int
+    plan: dict[str, Any],
+    progress: dict[int, dict[str, Any]],
+    reports: dict[int, dict[str, Any]],
+    generation: int,
+    reused: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Samples and bytes converted so far, from the workers' progress objects (a report counts as done)."""
+    """Samples and bytes converted so far, from the workers' progress objects (a report counts as done, and
+    so do the samples of reused shards)."""
     planned = int(plan.get("samples") or 0)
-    samples = nbytes = 0
+    samples = int((reused or {}).get("consumed") or 0)
+    nbytes = int((reused or {}).get("bytes") or 0)
     for worker, p in progress.items():
         if worker in reports or int(p.get("generation", -1)) != generation:
             continue
@@ -584,17 +820,25 @@ def dsort_progress(job: DsortJob) -> dict[str, Any]:
     return {"summary": summary, "percent": min(percent, 100)}
 
 
-def _fill_counts(st: DatasetStatus, plan: dict[str, Any] | None, reports: dict[int, dict[str, Any]]) -> None:
-    st.samples_written = sum(int(r.get("written") or 0) for r in reports.values())
+def _fill_counts(
+    st: DatasetStatus,
+    plan: dict[str, Any] | None,
+    reports: dict[int, dict[str, Any]],
+    reused: dict[str, Any] | None = None,
+) -> None:
+    done = [*reports.values(), *([reused] if reused else [])]
+    st.samples_written = sum(int(r.get("written") or 0) for r in done)
     plan = plan or {}
     st.skipped_by_reason = {str(k): int(v) for k, v in (plan.get("skipped") or {}).items()}
-    for r in reports.values():  # samples the transform dropped or failed on, counted by the workers
+    for r in done:  # samples the transform dropped or failed on, counted by the workers
         for reason, n in (r.get("skippedByReason") or {}).items():
             st.skipped_by_reason[str(reason)] = st.skipped_by_reason.get(str(reason), 0) + int(n)
     st.rejected_files = {str(k): int(v) for k, v in (plan.get("rejectedFiles") or {}).items()}
     st.samples_skipped = sum(st.skipped_by_reason.values())
     st.samples_total = int(plan.get("samples") or 0) + sum(int(v) for v in (plan.get("skipped") or {}).values())
-    st.shards_converted = sum(len(r.get("shards") or []) for r in reports.values())
+    st.shards_converted = sum(len(r.get("shards") or []) for r in done)
+    st.shards_reused = len((reused or {}).get("shards") or [])
+    st.samples_reused = int((reused or {}).get("written") or 0)
     st.bytes_output = 0
 
 

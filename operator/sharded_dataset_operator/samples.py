@@ -37,10 +37,12 @@ INVALID_KEY = "invalid-key"
 
 @dataclass(frozen=True, slots=True)
 class RawFile:
-    """A raw file: path relative to the dataset root ('/'-separated, no leading '/') and size in bytes."""
+    """A raw file: path relative to the dataset root ('/'-separated, no leading '/'), size in bytes, and a tag
+    of its content as the listing gives it (an AIS checksum, a file's modification time; "" when unknown)."""
 
     path: str
     size: int
+    tag: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +278,8 @@ class KeyGroup:
 
 def file_record(key: str, member_index: int, raw: RawFile) -> str:
     """Sortable record of an accepted field file (member by its index in the deduplicated field names)."""
-    return f"{key}{_SEP}f{member_index:02x}{_SEP}{raw.size}{_SEP}{json.dumps(raw.path, ensure_ascii=False)}"
+    path = json.dumps(raw.path, ensure_ascii=False)
+    return f"{key}{_SEP}f{member_index:02x}{_SEP}{raw.size}{_SEP}{json.dumps(raw.tag)}{_SEP}{path}"
 
 
 def label_record(key: str, value: str) -> str | None:
@@ -304,8 +307,9 @@ def groups_from_records(records: Iterable[str], names: Sequence[str]) -> Iterato
             if value not in group.labels:
                 group.labels.append(value)
         else:
-            size, _, path = payload.partition(_SEP)
-            group.files.setdefault(names[int(kind[1:], 16)], []).append(RawFile(json.loads(path), int(size)))
+            size, tag, path = payload.split(_SEP, 2)
+            raw = RawFile(json.loads(path), int(size), json.loads(tag))
+            group.files.setdefault(names[int(kind[1:], 16)], []).append(raw)
     if group is not None:
         yield group
 

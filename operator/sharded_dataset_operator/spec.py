@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .samples import FieldRule, LabelRule, default_required
+from .versions import DEFAULT_RETAIN_SECONDS, parse_duration
 
 API_GROUP = "shardeddataset.dev"
 API_VERSION = "v1alpha1"
@@ -80,6 +81,7 @@ class Source:
     prefix: str
     claim_name: str | None  # kind volume
     path: str
+    revision: str = ""  # free-form marker; changing it only changes the generation (a GitOps refresh)
 
     @property
     def kind(self) -> str:
@@ -92,6 +94,7 @@ class Output:
     prefix: str
     max_samples: int | None
     max_bytes: int | None
+    retain_seconds: float = DEFAULT_RETAIN_SECONDS  # how long a replaced version stays readable
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +246,7 @@ def parse_spec(spec: dict[str, Any], *, name: str, default_endpoint: str) -> Dat
     token = (str(token_ref["name"]), str(token_ref.get("key") or "token")) if token_ref else None
 
     src = spec.get("source") or {}
+    revision = str(src.get("revision") or "")
     if ("ais" in src) == ("volume" in src):
         raise SpecError("spec.source: exactly one of ais or volume must be set")
     if "ais" in src:
@@ -251,12 +255,19 @@ def parse_spec(spec: dict[str, Any], *, name: str, default_endpoint: str) -> Dat
             prefix=str(src["ais"].get("prefix") or ""),
             claim_name=None,
             path="",
+            revision=revision,
         )
     else:
         claim = src["volume"].get("claimName")
         if not claim:
             raise SpecError("spec.source.volume.claimName: required")
-        source = Source(bucket=None, prefix="", claim_name=str(claim), path=str(src["volume"].get("path") or "/"))
+        source = Source(
+            bucket=None,
+            prefix="",
+            claim_name=str(claim),
+            path=str(src["volume"].get("path") or "/"),
+            revision=revision,
+        )
 
     samples = spec.get("samples") or {}
     fields = tuple(FieldRule(pattern=str(f["pattern"]), name=str(f["name"])) for f in samples.get("fields") or [])
@@ -287,11 +298,16 @@ def parse_spec(spec: dict[str, Any], *, name: str, default_endpoint: str) -> Dat
     if max_samples is not None and int(max_samples) < 1:
         raise SpecError("spec.output.maxSamplesPerShard: must be at least 1")
     out_bucket = _bucket(out, "spec.output")
+    try:
+        retain = parse_duration(out.get("retainPrevious"))
+    except ValueError as e:
+        raise SpecError(str(e)) from e
     output = Output(
         bucket=out_bucket,
         prefix=str(out.get("prefix") if out.get("prefix") is not None else f"{name}-"),
         max_samples=int(max_samples) if max_samples is not None else None,
         max_bytes=max_bytes,
+        retain_seconds=retain,
     )
 
     conv = spec.get("conversion") or {}

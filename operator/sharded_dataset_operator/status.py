@@ -6,8 +6,11 @@ from the previous status are condition transition times and the record of where 
 
 kstatus contract (Flux, Argo CD via docs/argocd-health.lua, `kubectl wait --for=condition=Ready`):
   working          Ready=False  Reconciling=True   Stalled=False
-  done             Ready=True   Reconciling=False  Stalled=False
+  done             Ready=True   Reconciling=False  Stalled=False   UpToDate=True
   failed/stuck     Ready=False  Reconciling=False  Stalled=True
+`Ready` says that a verified version is published and readable; while a newer version is built beside it, or
+after that build failed, `Ready` stays True (reason `Serving`) and `UpToDate=False` says why the wanted
+version is not published yet (kstatus: Reconciling=True is in progress, Stalled=True is failed).
 Every condition carries `observedGeneration`, and so does the status itself.
 """
 
@@ -30,10 +33,11 @@ class Phase(StrEnum):
 READY = "Ready"
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
+UP_TO_DATE = "UpToDate"
 CONVERTED = "Converted"
 SHUFFLED = "Shuffled"
 VERIFIED = "Verified"
-CONDITION_ORDER = (READY, RECONCILING, STALLED, CONVERTED, SHUFFLED, VERIFIED)
+CONDITION_ORDER = (READY, RECONCILING, STALLED, UP_TO_DATE, CONVERTED, SHUFFLED, VERIFIED)
 
 
 def set_condition(
@@ -87,6 +91,8 @@ class DatasetStatus:
     skipped_by_reason: dict[str, int] = field(default_factory=dict)
     rejected_files: dict[str, int] = field(default_factory=dict)
     shards_converted: int = 0
+    shards_reused: int = 0  # of the converted shards, those taken over from an earlier version
+    samples_reused: int = 0
     shards_output: int = 0
     bytes_output: int = 0
     job_name: str | None = None
@@ -105,12 +111,18 @@ class DatasetStatus:
     shuffle_started_at: str | None = None
     shuffle_max_attempts: int | None = None
     retry: dict[str, Any] | None = None
+    serving: str | None = None  # an older version is published and readable: what it is (Ready's message)
+    versions: dict[str, Any] | None = None
 
     def conditions(self, previous: list[dict[str, Any]], now: str) -> list[dict[str, Any]]:
         gen = self.observed_generation
         ready = self.phase == Phase.READY
         conds = list(previous)
-        conds = set_condition(conds, READY, ready, "Succeeded" if ready else self.reason, self.message, gen, now)
+        if ready or self.serving is None:
+            conds = set_condition(conds, READY, ready, "Succeeded" if ready else self.reason, self.message, gen, now)
+        else:
+            conds = set_condition(conds, READY, True, "Serving", self.serving, gen, now)
+        conds = set_condition(conds, UP_TO_DATE, ready, "Published" if ready else self.reason, self.message, gen, now)
         reconciling = not ready and not self.stalled
         conds = set_condition(
             conds, RECONCILING, reconciling, self.reason if reconciling else "Done", self.message, gen, now
@@ -155,6 +167,8 @@ class DatasetStatus:
                 "workers": self.workers,
                 "succeeded": self.workers_succeeded,
                 "failed": self.workers_failed,
+                "reusedShards": self.shards_reused,
+                "reusedSamples": self.samples_reused,
             },
             "shuffle": {
                 "dsortJobId": self.dsort_job_id,
@@ -172,4 +186,6 @@ class DatasetStatus:
             status["artifacts"] = self.artifacts
         if self.retry is not None:
             status["retry"] = self.retry
+        if self.versions is not None:
+            status["versions"] = self.versions
         return status

@@ -66,6 +66,7 @@ class OutputTally:
     """Counts an archive listing (shards `x.tar` and members `x.tar/member`) as it streams by."""
 
     prefix: str
+    only: frozenset[str] | None = None  # count only these shards (others under the prefix are left out)
     shards: list[ShardCount] = field(default_factory=list)
     totals: Totals = field(default_factory=Totals)
     problems: list[str] = field(default_factory=list)
@@ -73,6 +74,11 @@ class OutputTally:
 
     def add(self, name: str, size: int, checksum: dict[str, str] | None = None) -> None:
         if not name.startswith(self.prefix):
+            return
+        if (
+            self.only is not None
+            and (name if ".tar/" not in name else name.partition(".tar/")[0] + ".tar") not in self.only
+        ):
             return
         if name.endswith(".tar") and ".tar/" not in name:
             self.shards.append(ShardCount(name=name, size=size, checksum=checksum))

@@ -85,7 +85,9 @@ def mark(what: str, since: float) -> None:
 def converted_shards(ais: Ais, bucket: str, name: str) -> list[str]:
     if not ais.bucket_exists(bucket):  # the planner creates it
         return []
-    return [e.name for e in ais.list_objects(bucket, prefix=f"{name}-") if "-w0" in e.name and e.name.endswith(".tar")]
+    # converted shards are named by unit: <prefix><uid8>-u<unit id>-<part>.tar
+    names = [e.name for e in ais.list_objects(bucket, prefix=f"{name}-") if e.name.endswith(".tar")]
+    return [n for n in names if n[len(name) + 1 :].partition("-")[2].startswith("u")]
 
 
 def wait_converting_with_shards(kube: Kube, ais: Ais, ns: str, name: str, out: str) -> str:
@@ -355,6 +357,41 @@ def test_operator_killed_after_starting_dsort_and_after_writing_the_index_loses_
         assert len(ais.dsort_find(naming.dsort_regex(desc))) == 1
         assert obj["status"]["shuffle"]["attempt"] == 1
     assert operator_restarts(kube) >= restarts_before + 2
+
+    # killed between publishing a new version and deleting the one it replaced (retainPrevious 0s): the next
+    # operator deletes the old version exactly once and never publishes again
+    obj = spec_for("crash-publish", namespace, raw, out, output={"retainPrevious": "0s"})
+    kube.apply(obj)
+    first = assert_ready_exact(kube, ais, namespace, "crash-publish", raw, out, tmp_path)
+    uid8 = first["metadata"]["uid"].replace("-", "")[:8]
+    obj["metadata"]["annotations"] = {failpoints.ANNOTATION: failpoints.AFTER_PUBLISH}
+    obj["spec"]["shuffle"]["outputShardSize"] = "4MiB"
+    t0 = time.monotonic()
+    kube.apply(obj)
+    (tmp_path / "again").mkdir()
+    wait_until(lambda: not [e for e in ais.list_objects(out, prefix=f"crash-publish-shuffled-{uid8}-g1-")], 300,
+               "g1 deleted after the crash")  # fmt: skip
+    second = wait_until(
+        lambda: (
+            (o := kube.get("sds", "crash-publish", namespace))
+            and o["status"].get("observedGeneration") == 2
+            and o["status"]["phase"] == "Ready"
+            and not o["status"]["versions"]["previous"]
+            and o
+        ),
+        120,
+        "g2 Ready without previous versions",
+    )
+    mark("operator killed after publishing: spec change -> old version deleted", t0)
+    assert second["metadata"]["annotations"].get(failpoints.FIRED_ANNOTATION) == failpoints.AFTER_PUBLISH
+    deleted = [e for e in kube.events(namespace, "crash-publish") if e["reason"] == "VersionDeleted"]
+    assert len(deleted) == 1 and sum(int(e.get("count") or 1) for e in deleted) == 1, deleted
+    stable = json.loads(ais.get(out, "crash-publish-shuffled-index.json") or b"{}")
+    own = json.loads(ais.get(out, f"crash-publish-shuffled-{uid8}-g2-index.json") or b"{}")
+    assert stable == own and stable["info"]["version"] == "g2"  # published once: the same body, same time
+    assert second["status"]["versions"]["published"]["publishedAt"] == own["info"]["publishedAt"]
+    shards = [s["url"] for s in stable["shardlist"]]
+    assert_complete_samples(raw, read_shards(ais, out, shards, tmp_path / "again"))
 
 
 def test_targets_over_their_capacity_watermark_fail_the_shuffle_saying_why_and_a_retry_is_ready(

@@ -179,8 +179,8 @@ def test_get_batch_and_one_get_per_file_write_byte_identical_shards(
     shards: dict[str, list[bytes]] = {}
     for name, mode in (("batched", "batch"), ("single", "object")):
         st = wait_ready(kube, namespace, name)["status"]
-        base = st["artifacts"][0]["locations"][0]["prefix"]
-        names = sorted(e.name for e in ais.list_objects(out, prefix=f"{base}w") if e.name.endswith(".tar"))
+        base, pool = st["artifacts"][0]["locations"][0]["prefix"], st["artifacts"][0]["pool"]["prefix"]
+        names = sorted(e.name for e in ais.list_objects(out, prefix=pool) if e.name.endswith(".tar"))
         assert len(names) == st["shards"]["converted"] > 2
         shards[mode] = [ais.get(out, n) or b"" for n in names]
         reads = [json.loads(ais.get(out, f"{base}report-w{w:04d}.json") or b"{}")["reads"] for w in range(2)]

@@ -113,7 +113,8 @@ def test_user_function_from_an_image_built_from_the_project_image_drops_and_edit
 def test_training_example_sees_every_sample_once_per_epoch_with_2_ranks_x_2_workers(
     kube: Kube, ais: Ais, cluster_env: dict[str, str], resized: dict[str, Any], tmp_path: Path, loader: str, check: bool
 ) -> None:
-    """With --check every key seen is gathered and compared; without it (as in real training) only counts."""
+    """With --check every key seen is gathered and compared; without it (as in real training) only counts, and
+    the run pins the published version's own index (--pin)."""
     obj = resized["obj"]
     ready = wait_ready(kube, obj["metadata"]["namespace"], obj["metadata"]["name"])
     report = tmp_path / "report.json"
@@ -122,13 +123,16 @@ def test_training_example_sees_every_sample_once_per_epoch_with_2_ranks_x_2_work
            "--dataset", f"{obj['metadata']['namespace']}/{obj['metadata']['name']}",
            "--endpoint", cluster_env["AIS_ENDPOINT"], "--loader", loader, "--workers", "2", "--epochs", "2",
            "--batch-size", "16", "--cache-dir", str(tmp_path / "cache"), "--report", str(report),
-           *(["--check"] if check else [])]  # fmt: skip
+           *(["--check"] if check else ["--pin"])]  # fmt: skip
     p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **cluster_env}, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr
     result = json.loads(report.read_text())
     written = ready["status"]["samples"]["written"]
     complete = sorted(resized["raw"].manifest["complete"])
     assert result["ranks"] == 2 and result["workers"] == 2 and result["indexed"] == written
+    assert result["version"] == ready["status"]["versions"]["published"]["version"] == "g1"
+    if not check:
+        assert "through ais://" in p.stdout and "-g1-index.json" in p.stdout  # the version's own index
     assert len(result["epochs"]) == 2
     for epoch in result["epochs"]:
         assert epoch["keys"] == complete if check else "keys" not in epoch, "a sample was missed or seen twice"

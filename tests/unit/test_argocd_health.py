@@ -135,6 +135,25 @@ def _obj(conditions: list[dict[str, Any]] | None, generation: int = 1, observed:
             _obj([{"type": "Ready", "status": "True", "message": "done"}, {"type": "Stalled", "status": "False"}]),
             ("Healthy", "done"),
         ),
+        (  # a new version builds while the published one serves: a rollout in progress
+            _obj(
+                [
+                    {"type": "Ready", "status": "True", "reason": "Serving", "message": "serving g1"},
+                    {"type": "Reconciling", "status": "True", "message": "converting g2"},
+                ]
+            ),
+            ("Progressing", "converting g2"),
+        ),
+        (  # that build failed: degraded, although the published version still serves
+            _obj(
+                [
+                    {"type": "Ready", "status": "True", "reason": "Serving", "message": "serving g1"},
+                    {"type": "Reconciling", "status": "False"},
+                    {"type": "Stalled", "status": "True", "message": "g2 failed"},
+                ]
+            ),
+            ("Degraded", "g2 failed"),
+        ),
         (
             _obj([{"type": "Ready", "status": "True", "message": "done"}], generation=5, observed=4),
             ("Progressing", "Waiting for the operator to observe generation 5"),

@@ -286,7 +286,7 @@ def test_a_retried_worker_resumes_after_its_finished_shards_and_writes_the_same_
     tars = {k: v for k, v in store.objects.items() if k.endswith(".tar")}
     assert tars == {k: v for k, v in clean.objects.items() if k.endswith(".tar")}
     # a finished shard that went missing is not trusted: the worker redoes the slice from there
-    del store.objects[f"{BASE}w0000-00001.tar"]
+    del store.objects[f"out/{expected.shards[1]['name']}"]
     redo = convert(cfg, 0, store, VolumeSource(str(root)))  # type: ignore[arg-type]
     assert redo.resumed_shards == 1 and redo.shards == expected.shards
 
@@ -343,3 +343,72 @@ def test_sigterm_stops_a_worker_at_once_with_its_own_exit_code(monkeypatch: pyte
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert not reached
+
+
+def _version_config(generation: int, workers: int = 2) -> dict[str, Any]:
+    owner = Owner(name=OWNER.name, namespace=OWNER.namespace, uid=OWNER.uid, generation=generation)
+    spec = {
+        "source": {"volume": {"claimName": "raw"}},
+        "samples": {
+            "fields": [
+                {"pattern": "images/*.jpg", "name": "image.jpg"},
+                {"pattern": "annotations/trimaps/*.png", "name": "trimap.png"},
+            ],
+            "labels": {"path": "annotations/list.txt", "name": "cls"},
+        },
+        "output": {"bucket": "out", "prefix": "s-", "maxSamplesPerShard": 10},
+        "conversion": {"workers": workers},
+        "shuffle": {"seed": "5"},
+    }
+    return converter_config(parse_spec(spec, name="pets", default_endpoint="http://ais:1"), owner)
+
+
+def _convert_version(store: MemoryStore, root: Path, cfg: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+    manifest = make_plan(cfg, store, VolumeSource(str(root)))  # type: ignore[arg-type]
+    workers = min(cfg["workers"], manifest["units"]["convert"])
+    cfg = {**cfg, "workers": workers}
+    reports = [convert(cfg, i, store, VolumeSource(str(root)), progress_interval=0) for i in range(workers)]  # type: ignore[arg-type]
+    return manifest, reports
+
+
+def test_a_new_version_converts_only_the_units_whose_samples_changed(
+    dataset: tuple[Path, exampledata.Manifest], tmp_path: Path
+) -> None:
+    import shutil
+
+    root = tmp_path / "src"
+    shutil.copytree(dataset[0], root)
+    store = MemoryStore()
+    first, _ = _convert_version(store, root, _version_config(1))
+    assert first["units"]["reused"] == 0 and first["units"]["convert"] == first["units"]["count"]
+    # the next version: three new samples after the last key, one sample relabelled
+    complete = sorted(dataset[1]["complete"])
+    donor, relabelled = complete[0], complete[len(complete) // 2]
+    for i in range(3):
+        shutil.copy(root / f"images/{donor}.jpg", root / f"images/zz_new_{i}.jpg")
+        shutil.copy(root / f"annotations/trimaps/{donor}.png", root / f"annotations/trimaps/zz_new_{i}.png")
+    lines = (root / "annotations/list.txt").read_text().splitlines()
+    lines = [(ln.replace(f"{relabelled} ", f"{relabelled} 99 ", 1) if ln.startswith(f"{relabelled} ") else ln)
+             for ln in lines]  # fmt: skip
+    lines += [f"zz_new_{i} 3 1 1" for i in range(3)]
+    (root / "annotations/list.txt").write_text("\n".join(lines) + "\n")
+    second, reports = _convert_version(store, root, _version_config(2))
+    u = second["units"]
+    assert u["reused"] >= u["count"] - 4 and 1 <= u["convert"] <= 4, u
+    reused = json.loads(store.objects["out/s-00000000-g2-reused.json"])
+    converted_keys = set()
+    for r in reports:
+        for shard in r.shards:
+            converted_keys |= set(members(store.objects[f"out/{shard['name']}"]))
+    changed = {relabelled, "zz_new_0", "zz_new_1", "zz_new_2"}
+    assert changed <= converted_keys  # every changed sample was converted again ...
+    assert len(converted_keys) <= 4 * 10 + 3  # ... and little else (the units holding them)
+    assert not {k for s in reused["shards"] for k in members(store.objects[f"out/{s['name']}"])} & changed
+    # exact: the reused and converted shards together are what a full conversion of the new source writes
+    fresh = MemoryStore()
+    _convert_version(fresh, root, _version_config(2))
+    names = sorted([s["name"] for s in reused["shards"]] + [s["name"] for r in reports for s in r.shards])
+    fresh_tars = {k.split("/", 1)[1]: v for k, v in fresh.objects.items() if k.endswith(".tar")}
+    assert names == sorted(fresh_tars)
+    assert all(store.objects[f"out/{n}"] == fresh_tars[n] for n in names)
+    assert sum(r.written for r in reports) + reused["written"] == second["samples"] == len(complete) + 3

@@ -14,11 +14,11 @@ from sharded_dataset_operator.reconcile import (
     CleanupArtifacts,
     CreateJob,
     DeleteJobs,
-    DeleteObjects,
     DeletePrefix,
     EnsureBucket,
     Observed,
     StartDsort,
+    SweepUnits,
     WriteIndex,
     conversion_progress,
     decide,
@@ -88,6 +88,7 @@ def plan(samples: int = 9, gen: int = 3) -> dict[str, Any]:
         "skipped": {"missing:cls": 2},
         "rejectedFiles": {"invalid-key": 1},
         "examples": {"missing:cls": ["a", "b"]},
+        "units": {"count": 4, "convert": 4, "convertSamples": samples, "reused": 0, "chunks": []},
     }
 
 
@@ -290,8 +291,14 @@ def test_finished_dsort_asks_for_the_output_listing_then_verifies_and_indexes() 
     obs.output = listing({"000000": ["a000", "b001", "a002"], "000001": ["b000", "a001"]})
     d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
     assert d.status.phase == Phase.READY and d.requeue is None, d.status.message
-    index = next(a for a in d.actions if isinstance(a, WriteIndex))
+    # published: the version's own index first, then the stable index, a copy of it (the switch)
+    versioned, index = [a for a in d.actions if isinstance(a, WriteIndex)]
+    assert (versioned.bucket, versioned.name) == ("out", f"{OUT}index.json")
     assert (index.bucket, index.name) == ("out", "shuffled-index.json")
+    assert index.body == versioned.body and kinds(d)[-2:] == [WriteIndex, WriteIndex]
+    info = index.body["info"]
+    assert (info["version"], info["publishedAt"], info["versionIndex"]) == ("g3", NOW, f"ais://out/{OUT}index.json")
+    assert info["artifacts"]["locations"][0]["prefix"] == BASE
     assert [(s["url"], s["nsamples"], s["checksum"]) for s in index.body["shardlist"]] == [
         (f"{OUT}000000.tar", 3, {"type": "xxhash2", "value": "c000000"}),
         (f"{OUT}000001.tar", 2, {"type": "xxhash2", "value": "c000001"}),
@@ -300,10 +307,11 @@ def test_finished_dsort_asks_for_the_output_listing_then_verifies_and_indexes() 
     assert d.status.shards_output == 2
     st = d.status.to_dict([], NOW)
     assert {c["type"]: c["status"] for c in st["conditions"]} == {
-        "Ready": "True", "Reconciling": "False", "Stalled": "False",
+        "Ready": "True", "Reconciling": "False", "Stalled": "False", "UpToDate": "True",
         "Converted": "True", "Shuffled": "True", "Verified": "True",
     }  # fmt: skip
     assert st["completionTime"] == NOW
+    assert st["versions"]["published"]["version"] == "g3" and st["versions"]["building"] is None
 
 
 @pytest.mark.parametrize(
@@ -339,8 +347,8 @@ def test_delete_input_removes_converted_shards_after_verification() -> None:
     s = spec(shuffle={"seed": "1", "outputPrefix": "shuffled-", "deleteInput": True})
     obs = converted(dsort_attempts=dsort(), output=listing({"000000": ["a000", "a001", "a002", "b000", "b001"]}))
     d = decide(s, OWNER, obs, DEFAULTS, NOW)
-    deletes = [a for a in d.actions if isinstance(a, DeleteObjects)]
-    assert len(deletes) == 1 and deletes[0].names == (f"{BASE}w0000-00000.tar", f"{BASE}w0001-00000.tar")
+    sweeps = [a for a in d.actions if isinstance(a, SweepUnits)]
+    assert [(x.pool, x.live) for x in sweeps] == [("samples-5f3a9c1e-u", ())]  # no other version holds them
 
 
 def test_without_shuffle_the_converted_shards_are_verified_and_indexed() -> None:
@@ -351,8 +359,8 @@ def test_without_shuffle_the_converted_shards_are_verified_and_indexed() -> None
     obs.output = listing({"w0000-00000": ["a000", "a001", "a002"], "w0001-00000": ["b000", "b001"]}, BASE)
     d = decide(s, OWNER, obs, DEFAULTS, NOW)
     assert d.status.phase == Phase.READY, d.status.message
-    index = next(a for a in d.actions if isinstance(a, WriteIndex))
-    assert index.name == "samples-index.json"
+    versioned, index = [a for a in d.actions if isinstance(a, WriteIndex)]
+    assert (versioned.name, index.name) == (f"{BASE}index.json", "samples-index.json")
     assert len(index.body["shardlist"]) == 2
     # a shard nobody reported (left over from elsewhere) fails verification instead of being indexed
     obs.output = listing({"w0000-00000": ["a000", "a001", "a002"], "w0001-00000": ["b000", "b001"],
@@ -361,14 +369,22 @@ def test_without_shuffle_the_converted_shards_are_verified_and_indexed() -> None
     assert d.status.reason == "VerificationFailed" and "3 shards" in d.status.message
 
 
-def test_new_generation_cleans_up_the_previous_ones() -> None:
+def test_a_new_generation_deletes_builds_that_were_never_published() -> None:
     old = {"generation": 2, "locations": [{"bucket": "out", "prefix": "samples-5f3a9c1e-g2-"}]}
-    obs = Observed(previous={"observedGeneration": 2, "phase": "Ready", "artifacts": [old]},
+    obs = Observed(previous={"observedGeneration": 2, "phase": "Converting", "artifacts": [old]},
                    stale_jobs=["pets-convert-g2"])  # fmt: skip
     d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
-    assert kinds(d)[:2] == [DeleteJobs, CleanupArtifacts]
-    assert d.status.artifacts is not None and [r["generation"] for r in d.status.artifacts] == [3]
+    # while the new version's planner may still pick converted shards to reuse, nothing is deleted
+    assert kinds(d)[0] == DeleteJobs and CleanupArtifacts not in kinds(d)
+    assert d.status.artifacts is not None and [r["generation"] for r in d.status.artifacts] == [3, 2]
     assert d.status.start_time == NOW
+    pooled = {**old, "pool": {"bucket": "out", "prefix": "samples-5f3a9c1e-u"}}
+    obs = Observed(previous={"observedGeneration": 3, "phase": "Converting", "artifacts": [pooled]}, plan=plan(9))
+    d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
+    assert kinds(d)[-2:] == [CleanupArtifacts, SweepUnits]
+    assert d.status.artifacts is not None and [r["generation"] for r in d.status.artifacts] == [3]
+    sweep = d.actions[-1]
+    assert isinstance(sweep, SweepUnits) and [r["generation"] for r in sweep.live] == [3]
 
 
 def test_no_complete_samples_fails_before_converting() -> None:

@@ -142,13 +142,18 @@ def termination_summary(
     return f"[worker {index}, exit {exit_code}] {(message or reason or '').strip()}"
 
 
-def stale_jobs(namespace: str, owner: str, generation: int) -> list[str]:
+def _version_label(labels: dict[str, str] | None) -> str:
+    labels = labels or {}
+    return labels.get(naming.LABEL_VERSION) or f"g{labels.get(naming.LABEL_GENERATION, '')}"
+
+
+def stale_jobs(namespace: str, owner: str, version: str) -> list[str]:
+    """The planner and converter Jobs of every other version of `owner` that are not being deleted yet."""
     jobs = batch().list_namespaced_job(namespace, label_selector=f"{naming.LABEL_NAME}={owner},{WRITERS}")
     return sorted(
         j.metadata.name
         for j in jobs.items
-        if (j.metadata.labels or {}).get(naming.LABEL_GENERATION) != str(generation)
-        and j.metadata.deletion_timestamp is None
+        if _version_label(j.metadata.labels) != version and j.metadata.deletion_timestamp is None
     )
 
 
@@ -169,10 +174,11 @@ def delete_jobs(namespace: str, names: tuple[str, ...]) -> None:
                 raise
 
 
-def converter_pods(namespace: str, owner: str, generation: int) -> list[str]:
-    """Names of the converter pods of one generation that still exist."""
-    selector = f"{naming.LABEL_NAME}={owner},{WRITERS},{naming.LABEL_GENERATION}={generation}"
-    return [p.metadata.name for p in core().list_namespaced_pod(namespace, label_selector=selector).items]
+def converter_pods(namespace: str, owner: str, version: str) -> list[str]:
+    """Names of the planner and converter pods of one version that still exist."""
+    selector = f"{naming.LABEL_NAME}={owner},{WRITERS}"
+    pods = core().list_namespaced_pod(namespace, label_selector=selector).items
+    return [p.metadata.name for p in pods if _version_label(p.metadata.labels) == version]
 
 
 def stop_converters(namespace: str, owner: str, timeout: float = 60.0) -> bool:

@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import naming, plan
+from .. import naming, plan, units
 from ..builders import ORDER_MEMBER, order_rank
 from ..clients.ais import Ais
+from ..samples import Sample
 from ..verify import Totals
 from .common import PermanentError, make_source, run_main
 from .reads import ReadPlan, read_samples
@@ -218,23 +219,27 @@ class Progress:
 
 
 def resume_point(ais: Ais, out: dict[str, Any], worker: int, generation: int) -> list[dict[str, Any]]:
-    """The shards an earlier attempt of this worker finished: recorded in its progress object and present in
-    AIS with the recorded size, in sequence from the first. Shard boundaries depend only on the plan, so the
-    rerun continues after them and writes the same remaining shards."""
-    base = str(out["base"])
-    data = ais.get(out["bucket"], naming.progress_name(base, worker), out["provider"])
+    """The shards an earlier attempt of this worker finished, as recorded in its progress object, that are
+    present in AIS with the recorded size, whole units only (a unit's last part says `last`). Unit
+    boundaries come from the plan, so the rerun skips those units and writes the same remaining shards."""
+    data = ais.get(out["bucket"], naming.progress_name(str(out["base"]), worker), out["provider"])
     if not data:
         return []
     body = json.loads(data)
     if int(body.get("generation", -1)) != generation:
         return []
-    prefix = f"{naming.shard_prefix(base)}{worker:04d}-"
-    sizes = {e.name: e.size for e in ais.list_objects(out["bucket"], out["provider"], prefix)}
+    sizes = {e.name: e.size for e in ais.list_objects(out["bucket"], out["provider"], str(out["pool"]))}
     done: list[dict[str, Any]] = []
-    for i, shard in enumerate(body.get("shards") or []):
-        if shard.get("name") != naming.shard_name(base, worker, i) or sizes.get(shard["name"]) != shard.get("bytes"):
+    unit: list[dict[str, Any]] = []
+    for shard in body.get("shards") or []:
+        if not shard.get("unit") or sizes.get(shard.get("name")) != shard.get("bytes"):
             break
-        done.append(shard)
+        if int(shard.get("part") or 0) != len(unit) or (unit and unit[0]["unit"] != shard["unit"]):
+            break
+        unit.append(shard)
+        if shard.get("last"):
+            done.extend(unit)
+            unit = []
     return done
 
 
@@ -250,6 +255,40 @@ def load_manifest(ais: Ais, out: dict[str, Any], generation: int) -> dict[str, A
     return manifest
 
 
+def my_units(ais: Ais, out: dict[str, Any], manifest: dict[str, Any], workers: int, index: int) -> list[units.Unit]:
+    """The units to convert that are this worker's share, in plan order (the unit table is streamed)."""
+    table = manifest.get("units") or {}
+    first, last = units.assigned(int(table.get("convert") or 0), workers, index)
+    mine: list[units.Unit] = []
+    position = 0
+    for name in table.get("chunks") or []:
+        data = ais.get(out["bucket"], name, out["provider"])
+        if data is None:
+            raise plan.PlanError(f"plan unit table {name} is missing")
+        for line in data.decode("utf-8").splitlines():
+            unit, reused = units.Unit.parse(line)
+            if reused:
+                continue
+            if first <= position < last:
+                mine.append(unit)
+            position += 1
+    if position != int(table.get("convert") or 0):
+        raise plan.PlanError(f"the unit table lists {position} units to convert, the manifest says {table['convert']}")
+    return mine
+
+
+def runs(todo: list[units.Unit]) -> Iterator[list[units.Unit]]:
+    """Units adjacent in the plan, grouped, so that each group is read as one stream."""
+    group: list[units.Unit] = []
+    for unit in todo:
+        if group and group[-1].start + group[-1].count != unit.start:
+            yield group
+            group = []
+        group.append(unit)
+    if group:
+        yield group
+
+
 def convert(
     config: dict[str, Any],
     index: int,
@@ -262,20 +301,20 @@ def convert(
     workers = int(config["workers"])
     generation = int(config["generation"])
     out = config["output"]
-    base = str(out["base"])
+    pool = str(out["pool"])
     report = Report(worker=index, workers=workers, generation=generation)
     rp = read_plan(config, limit)
     report.readahead_bytes = rp.readahead_bytes
     manifest = load_manifest(ais, out, generation)
-    start, end = plan.worker_range(manifest, workers, index)
-    report.partition = end - start
+    todo = my_units(ais, out, manifest, workers, index)
+    report.partition = sum(u.count for u in todo)
     log.info(
-        "worker %d/%d: samples [%d, %d) of %d; read-ahead %d MiB",
+        "worker %d/%d: %d units (%d samples) of %d to convert; read-ahead %d MiB",
         index,
         workers,
-        start,
-        end,
-        manifest["samples"],
+        len(todo),
+        report.partition,
+        int(manifest["units"]["convert"]),
         rp.readahead_bytes // MiB,
     )
 
@@ -289,102 +328,129 @@ def convert(
     transformer = Transformer.from_config(config.get("transform"))
     order_seed = config.get("orderSeed")
     sink = ShardSink(ais, out["bucket"], out["provider"])
-    cutter = ShardCutter(out.get("maxSamples"), out.get("maxBytes"))
     progress = Progress(ais, out, index, generation, report.partition, progress_interval)
-    pending = Totals()  # members of the shard being built
 
     def account(record: dict[str, Any], resumed: bool = False) -> None:
         report.shards.append(record)
         report.written += int(record["samples"])
-        report.consumed += int(record.get("consumed") or record["samples"])
+        report.consumed += int(record.get("consumed") or 0)
         for reason, n in (record.get("skipped") or {}).items() if resumed else ():
             report.skip(reason, int(n))  # counted as they happened by the attempt that recorded the shard
         report.total_bytes += int(record["bytes"])
         report.totals.merge(Totals.from_dict(record))
 
-    # plan samples since the last cut (written or skipped) and their skips: recorded with the next shard, so
-    # that a resumed worker knows where in the plan to continue and keeps its skip counts
-    open_consumed, open_skips = 0, Counter[str]()
-
-    def emit(shard: FinishedShard, totals: Totals) -> None:
-        nonlocal open_consumed, open_skips
-        name = naming.shard_name(base, index, len(report.shards))
-        sink.submit(name, shard.data)  # returns once the previous shard's upload finished
-        durable = list(report.shards)
-        record: dict[str, Any] = {"name": name, "samples": shard.samples, "bytes": len(shard.data), **totals.to_dict()}
-        if transformer is not None:
-            record["consumed"], record["skipped"] = open_consumed, dict(sorted(open_skips.items()))
-        account(record)
-        open_consumed, open_skips = 0, Counter()
-        progress.tick(report.consumed, report.total_bytes, durable, force=True)
-
+    finished_units = set()
     for record in resume_point(ais, out, index, generation):
         account(record, resumed=True)
+        finished_units.add(record["unit"])
     report.resumed_shards = len(report.shards)
     report.resumed_consumed = report.consumed
     if report.resumed_shards:
-        log.info("worker %d: resuming after %d finished shards (%d samples)", index, len(report.shards), report.written)
+        log.info("worker %d: resuming after %d finished units (%d samples)", index, len(finished_units), report.written)
+    todo = [u for u in todo if u.id not in finished_units]
     done = report.consumed
     pending_bytes = report.total_bytes
     transform_errors = 0
+
+    def emit(unit: units.Unit, part: int, shard: FinishedShard, totals: Totals, skips: Counter[str] | None) -> None:
+        """Upload part `part` of `unit`; `skips` (the unit's transform skips) only with its last part."""
+        name = naming.unit_shard_name(pool, unit.id, part)
+        sink.submit(name, shard.data)  # returns once the previous shard's upload finished
+        durable = list(report.shards)
+        last = skips is not None
+        record: dict[str, Any] = {
+            "name": name,
+            "unit": unit.id,
+            "part": part,
+            "last": last,
+            "samples": shard.samples,
+            "bytes": len(shard.data),
+            "consumed": unit.count if last else 0,
+            "firstKey": shard.keys[0],
+            "lastKey": shard.keys[-1],
+            **totals.to_dict(),
+        }
+        if transformer is not None:
+            record["skipped"] = dict(sorted((skips or {}).items()))
+        account(record)
+        progress.tick(report.consumed, report.total_bytes, durable, force=True)
+
+    def members_of(sample: Sample, members: list[tuple[str, bytes]]) -> list[tuple[str, bytes]] | Skip:
+        """The sample's members as they go into the shard (label, transform, order), or why it is skipped."""
+        for (_, raw), (_, data) in zip(sample.files, members, strict=True):
+            if len(data) != raw.size:
+                raise PermanentError(
+                    f"{raw.path} is {len(data)} bytes but was {raw.size} when the source was listed: the source "
+                    "changed during the run; change the spec (or recreate the resource) to rerun"
+                )
+        if label_name is not None and sample.label is not None:
+            members.append((label_name, sample.label.encode()))
+        if transformer is not None:
+            outcome = transformer.apply(sample.key, members)
+            if isinstance(outcome, Skip):
+                return outcome
+            members = outcome
+        if order_seed is not None:
+            members.append((ORDER_MEMBER, str(order_rank(order_seed, sample.key)).encode()))
+        return members
+
     try:
-        samples = plan.read_range(manifest, start + report.consumed, end, chunk_lines)
-        for sample, members in read_samples(samples, source.read_many, rp):
-            for (_, raw), (_, data) in zip(sample.files, members, strict=True):
-                if len(data) != raw.size:
-                    raise PermanentError(
-                        f"{raw.path} is {len(data)} bytes but was {raw.size} when the source was listed: the "
-                        "source changed during the run; change the spec (or recreate the resource) to rerun"
-                    )
-            if label_name is not None and sample.label is not None:
-                members.append((label_name, sample.label.encode()))
-            if transformer is not None:
-                outcome = transformer.apply(sample.key, members)
-                if isinstance(outcome, Skip):
-                    report.skip(outcome.reason, key=sample.key, detail=outcome.detail)
-                    open_skips[outcome.reason] += 1
-                    open_consumed += 1
+        for group in runs(todo):
+            reads = read_samples(
+                plan.read_range(manifest, group[0].start, group[-1].start + group[-1].count, chunk_lines),
+                source.read_many,
+                rp,
+            )
+            for unit in group:
+                cutter = ShardCutter(out.get("maxSamples"), out.get("maxBytes"))
+                pending, part, skips = Totals(), 0, Counter[str]()
+                for _ in range(unit.count):
+                    sample, raw_members = next(reads)
                     done += 1
-                    transform_errors += outcome.reason != DROPPED
-                    if transform_errors == done - report.resumed_consumed == FAIL_FAST_SAMPLES:
-                        raise PermanentError(
-                            f"the transform failed on each of the first {FAIL_FAST_SAMPLES} samples; first error "
-                            f"(sample {report.first_error})"
-                        )
+                    outcome = members_of(sample, raw_members)
+                    if isinstance(outcome, Skip):
+                        report.skip(outcome.reason, key=sample.key, detail=outcome.detail)
+                        skips[outcome.reason] += 1
+                        transform_errors += outcome.reason != DROPPED
+                        if transform_errors == done - report.resumed_consumed == FAIL_FAST_SAMPLES:
+                            raise PermanentError(
+                                f"the transform failed on each of the first {FAIL_FAST_SAMPLES} samples; first "
+                                f"error (sample {report.first_error})"
+                            )
+                        progress.tick(done, pending_bytes, report.shards[:-1])
+                        continue
+                    encoded = encode_sample(sample.key, outcome)
+                    finished = cutter.add(sample.key, encoded)
+                    if finished is not None:  # the unit outgrew a shard (a transform made it larger): a part
+                        emit(unit, part, finished, pending, None)
+                        part += 1
+                        pending = Totals()
+                    for name, data in outcome:
+                        pending.add(f"{sample.key}.{name}", len(data))
+                    pending_bytes += len(encoded)
                     progress.tick(done, pending_bytes, report.shards[:-1])
-                    continue
-                members = outcome
-            if order_seed is not None:
-                members.append((ORDER_MEMBER, str(order_rank(order_seed, sample.key)).encode()))
-            encoded = encode_sample(sample.key, members)
-            finished = cutter.add(sample.key, encoded)
-            if finished is not None:
-                emit(finished, pending)
-                pending = Totals()
-            for name, data in members:
-                pending.add(f"{sample.key}.{name}", len(data))
-            pending_bytes += len(encoded)
-            open_consumed += 1
-            done += 1
-            progress.tick(done, pending_bytes, report.shards[:-1])
-        last = cutter.finish()
-        if last is not None:
-            emit(last, pending)
-        report.consumed += open_consumed  # samples after the last shard, all skipped by the transform
+                tail = cutter.finish()
+                if tail is not None:
+                    emit(unit, part, tail, pending, skips)
+                else:  # the transform dropped every sample of the unit: nothing to keep or reuse
+                    report.consumed += unit.count
+            close = getattr(reads, "close", None)
+            if close is not None:
+                close()  # the group's stream is used up: let its read-ahead pool go
     finally:
         sink.close()
 
-    reads = getattr(source, "reads", None)
-    if reads is not None:
+    source_reads = getattr(source, "reads", None)
+    if source_reads is not None:
         report.batch_requests, report.object_requests, report.files_read = (
-            reads.batch_requests,
-            reads.object_requests,
-            reads.files,
+            source_reads.batch_requests,
+            source_reads.object_requests,
+            source_reads.files,
         )
     report.read_mode = str(getattr(source, "mode", "file"))
     report.seconds = time.monotonic() - started
     progress.tick(done, report.total_bytes, report.shards, force=True)
-    ais.put(out["bucket"], naming.report_name(base, index), report.to_json(), out["provider"])
+    ais.put(out["bucket"], naming.report_name(str(out["base"]), index), report.to_json(), out["provider"])
     return report
 
 

@@ -70,12 +70,12 @@ class AisSource:
     def files(self) -> Iterator[RawFile]:
         n = len(self.prefix)
         try:
-            for page in self.ais.list_pages(self.bucket, self.provider, self.prefix):
+            for page in self.ais.list_pages(self.bucket, self.provider, self.prefix, props="name,size,checksum"):
                 self.listing.pages += 1
                 for e in page:
                     self.listing.files += 1
                     if len(e.name) > n:
-                        yield RawFile(path=e.name[n:], size=int(e.size or 0))
+                        yield RawFile(path=e.name[n:], size=int(e.size or 0), tag=str(e.checksum or ""))
         except BucketNotFound as e:
             raise SourceError(f"source bucket {self.describe()} not found") from e
         # AIS 5.0's paged listing can skip objects when a directory has siblings named like it plus a
@@ -137,7 +137,8 @@ class VolumeSource:
                 if full.is_symlink() or not full.is_file():
                     continue
                 self.listing.files += 1
-                yield RawFile(path=full.relative_to(self.root).as_posix(), size=full.stat().st_size)
+                st = full.stat()
+                yield RawFile(path=full.relative_to(self.root).as_posix(), size=st.st_size, tag=str(st.st_mtime_ns))
 
     def read_many(self, paths: Sequence[str]) -> list[bytes]:
         out = []

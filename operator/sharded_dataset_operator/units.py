@@ -1,0 +1,161 @@
+"""Conversion units (pure): where the plan is cut into converted shards, and what a unit's identity is.
+
+The planner cuts the sorted sample stream into *units*, key ranges that each become one converted shard (or
+a few, when a transform makes a unit larger than `maxShardSize`). A cut depends on the samples themselves,
+not on their position: after a sample whose key hashes below a threshold (content-defined, like rsync's
+chunks), with a forced cut only where a unit would exceed `maxSamplesPerShard` or `maxShardSize`. Adding,
+removing or changing a sample therefore changes only the unit it falls in (and, after a forced cut, the
+units up to the next content-defined cut); every other unit keeps its samples.
+
+A unit's identity (`UnitHasher`) is a hash of everything that decides its bytes: the layout and conversion
+settings (`layout_digest`) and, per sample, the key, the label and each member's name, source path, size
+and content tag (the source's checksum or modification time). A later version whose unit has the same
+identity reuses the converted shard instead of converting it again; its shards are named by the identity
+(`naming.unit_shard_name`), so they are shared by every version of the resource that holds that unit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .samples import Sample
+
+UNIT_FORMAT = "sds-units-v1"
+TAR_BLOCK = 512
+CUT_SPACING = 2
+"""Content-defined cuts come on average every 1/CUT_SPACING of the limits, so forced cuts are rare
+(about e^-CUT_SPACING of the units, 14 %) and units stay about half full."""
+
+
+def layout_digest(config: dict[str, Any]) -> str:
+    """Hash of the converter settings that decide a converted shard's bytes (not the worker count)."""
+    out = config.get("output") or {}
+    relevant = {
+        "format": UNIT_FORMAT,
+        "fields": [f["name"] for f in config.get("fields") or []],
+        "label": (config.get("labels") or {}).get("name"),
+        "maxSamples": out.get("maxSamples"),
+        "maxBytes": out.get("maxBytes"),
+        "orderSeed": config.get("orderSeed"),
+        "transform": config.get("transform"),
+        "transformImage": config.get("transformImage"),
+    }
+    return hashlib.blake2b(json.dumps(relevant, sort_keys=True).encode(), digest_size=8).hexdigest()
+
+
+def _tar_bytes(size: int) -> int:
+    return TAR_BLOCK + -(-size // TAR_BLOCK) * TAR_BLOCK
+
+
+def estimated_tar_bytes(sample: Sample, with_order: bool) -> int:
+    """The sample's size in a converted shard before any transform: one header and padded data per member."""
+    total = sum(_tar_bytes(raw.size) for _, raw in sample.files)
+    if sample.label is not None:
+        total += _tar_bytes(len(sample.label.encode()))
+    if with_order:
+        total += _tar_bytes(19)
+    return total
+
+
+def _unit_float(key: str) -> float:
+    """A uniform number in [0, 1) from the key alone."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") / 2.0**64
+
+
+def natural_cut(key: str, tar_bytes: int, max_samples: int | None, max_bytes: int | None) -> bool:
+    """Whether a unit ends after this sample by content (the chance grows with the sample's share of a limit)."""
+    chance = 0.0
+    if max_samples:
+        chance = CUT_SPACING / max_samples
+    if max_bytes:
+        chance = max(chance, CUT_SPACING * tar_bytes / max_bytes)
+    return _unit_float(key) < chance
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """A key range of the plan: `count` samples from plan position `start`."""
+
+    id: str
+    start: int
+    count: int
+    first_key: str
+    last_key: str
+    tar_bytes: int
+
+    def line(self, reused: bool) -> str:
+        return json.dumps([self.id, self.start, self.count, self.first_key, self.last_key, self.tar_bytes,
+                           int(reused)], ensure_ascii=False, separators=(",", ":"))  # fmt: skip
+
+    @classmethod
+    def parse(cls, line: str) -> tuple[Unit, bool]:
+        uid, start, count, first, last, nbytes, reused = json.loads(line)
+        return cls(str(uid), int(start), int(count), str(first), str(last), int(nbytes)), bool(reused)
+
+
+class UnitHasher:
+    """Identity of one unit, fed sample by sample."""
+
+    def __init__(self, layout: str) -> None:
+        self._h = hashlib.blake2b(layout.encode(), digest_size=8)
+
+    def add(self, sample: Sample) -> None:
+        files = [[name, raw.path, raw.size, raw.tag] for name, raw in sample.files]
+        self._h.update(json.dumps([sample.key, sample.label, files], ensure_ascii=False).encode() + b"\n")
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+class UnitCutter:
+    """Cuts the sorted sample stream into units; `add` returns the unit a sample closed (if any)."""
+
+    def __init__(self, layout: str, max_samples: int | None, max_bytes: int | None, with_order: bool) -> None:
+        if not max_samples and not max_bytes:
+            raise ValueError("at least one of max_samples and max_bytes is required")
+        self.layout, self.max_samples, self.max_bytes, self.with_order = layout, max_samples, max_bytes, with_order
+        self.position = 0
+        self.units = 0
+        self._start = 0
+        self._count = 0
+        self._bytes = 0
+        self._first = self._last = ""
+        self._hasher = UnitHasher(layout)
+
+    def add(self, sample: Sample) -> list[Unit]:
+        """Feed the next sample; the units this closed, in order (a forced cut before it, a content cut after)."""
+        closed: list[Unit] = []
+        nbytes = estimated_tar_bytes(sample, self.with_order)
+        full = (self.max_samples is not None and self._count + 1 > self.max_samples) or (
+            self.max_bytes is not None and self._bytes + nbytes + 2 * TAR_BLOCK > self.max_bytes
+        )
+        if self._count and full:
+            closed.append(self._close())
+        if not self._count:
+            self._first = sample.key
+        self._hasher.add(sample)
+        self._count += 1
+        self._bytes += nbytes
+        self._last = sample.key
+        self.position += 1
+        if natural_cut(sample.key, nbytes, self.max_samples, self.max_bytes):
+            closed.append(self._close())
+        return closed
+
+    def finish(self) -> list[Unit]:
+        return [self._close()] if self._count else []
+
+    def _close(self) -> Unit:
+        unit = Unit(self._hasher.hexdigest(), self._start, self._count, self._first, self._last, self._bytes)
+        self.units += 1
+        self._start, self._count, self._bytes = self.position, 0, 0
+        self._hasher = UnitHasher(self.layout)
+        return unit
+
+
+def assigned(convert_units: int, workers: int, index: int) -> tuple[int, int]:
+    """[first, last) of the to-convert units (in plan order) that worker `index` of `workers` converts."""
+    return index * convert_units // workers, (index + 1) * convert_units // workers

@@ -1,0 +1,187 @@
+"""The version lifecycle (pure): which version is published, which one is built, which old ones are kept.
+
+A *version* is one complete build of the dataset (`naming.version_id`: the generation, plus the refresh
+annotation's value when one asked for a rebuild of an unchanged spec). Like a Deployment's ReplicaSets:
+
+    building ──verified──► published ──next version published──► previous ──retainPrevious──► deleted
+       │                                                    (readers of its own index keep working)
+       └── superseded before it was published (a newer spec or refresh value) ──► deleted at once
+
+What is published is observed, never remembered: it is the version the stable index
+(`<prefix>index.json`) names, and publishing is the single PUT of that object, the last step of a build.
+Each version also gets its own index (`<prefix><uid8>-<v>-index.json`), written once just before, which
+records when it was published and where the version wrote (its artifacts record). A previous version is
+kept until `retainPrevious` after the version that replaced it was published; the replacement time is the
+publish time of the next newer index that still exists, else the published version's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+REFRESH_ANNOTATION = "shardeddataset.dev/refresh"
+"""Set to any new value to build a new version from the current source without changing the spec."""
+
+DEFAULT_RETAIN_SECONDS = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class IndexInfo:
+    """What a version's index says about it (its `info` block)."""
+
+    version: str
+    generation: int
+    refresh: str
+    published_at: str
+    samples: int
+    shards: int
+    bytes: int
+    index: str  # URL of the version's own index, ais://bucket/name
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_index(cls, body: dict[str, Any] | None, uid: str) -> IndexInfo | None:
+        """The info of an index object written by this resource (`uid`); None for anything else."""
+        info = (body or {}).get("info") or {}
+        if not isinstance(info, dict) or info.get("uid") != uid:
+            return None
+        generation = int(info.get("generation") or 0)
+        shardlist = (body or {}).get("shardlist") or []
+        return cls(
+            version=str(info.get("version") or f"g{generation}"),
+            generation=generation,
+            refresh=str(info.get("refresh") or ""),
+            published_at=str(info.get("publishedAt") or ""),
+            samples=int(info.get("samples") or 0),
+            shards=len(shardlist),
+            bytes=sum(int(s.get("filesize") or 0) for s in shardlist),
+            index=str(info.get("versionIndex") or ""),
+            record=dict(info.get("artifacts") or {}),
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "generation": self.generation,
+            "refresh": self.refresh or None,
+            "index": self.index or None,
+            "samples": self.samples,
+            "shards": self.shards,
+            "bytes": self.bytes,
+            "publishedAt": self.published_at or None,
+        }
+
+
+def desired_refresh(annotation: str | None, generation: int, published: IndexInfo | None) -> str:
+    """The refresh value the wanted version is built for.
+
+    A new annotation value asks for a new version. An absent annotation asks for nothing: whatever is published
+    for this generation stays (removing the annotation while a refresh builds cancels that build).
+    """
+    if annotation:
+        return annotation
+    if published is not None and published.generation == generation:
+        return published.refresh
+    return ""
+
+
+@dataclass(slots=True)
+class Retention:
+    """What to do with every version that is neither wanted nor published."""
+
+    keep: list[dict[str, Any]] = field(default_factory=list)  # artifacts records that stay
+    retire: list[dict[str, Any]] = field(default_factory=list)  # previous versions whose time has come
+    abandon: list[dict[str, Any]] = field(default_factory=list)  # superseded before being published
+    previous: list[dict[str, Any]] = field(default_factory=list)  # status.versions.previous entries
+    next_deadline: float | None = None  # seconds until the earliest kept previous version is due
+
+
+def plan_retention(
+    wanted: str,
+    published: IndexInfo | None,
+    records: Iterable[dict[str, Any]],
+    indexes: dict[str, IndexInfo],
+    now: str,
+    retain_seconds: float,
+) -> Retention:
+    """Sort the artifacts records of every version into kept, retired (deleted now) and abandoned.
+
+    `indexes`: the versions whose own index exists (they were published at some point), by version id.
+    """
+    out = Retention()
+    now_t = _epoch(now)
+    published_times = sorted(
+        {_epoch(i.published_at) for i in [*indexes.values(), *([published] if published else [])] if i.published_at}
+    )
+    seen: set[str] = set()
+    for record in records:
+        version = record_version(record)
+        if version in seen:
+            continue
+        seen.add(version)
+        if version == wanted or (published is not None and version == published.version):
+            out.keep.append(record)
+            continue
+        info = indexes.get(version)
+        if info is None:
+            out.abandon.append(record)
+            continue
+        own = _epoch(info.published_at) if info.published_at else now_t
+        later = [t for t in published_times if t > own]
+        replaced = later[0] if later else (_epoch(published.published_at) if published else now_t)
+        due = max(own, replaced) + retain_seconds
+        entry = {
+            "version": version,
+            "generation": info.generation,
+            "index": info.index or None,
+            "deleteAfter": _iso(due),
+        }
+        if due <= now_t:
+            out.retire.append(record)
+            continue
+        out.keep.append(record)
+        out.previous.append(entry)
+        wait = due - now_t
+        out.next_deadline = wait if out.next_deadline is None else min(out.next_deadline, wait)
+    out.previous.sort(key=lambda e: str(e["version"]))
+    return out
+
+
+def record_version(record: dict[str, Any]) -> str:
+    """The version id of an artifacts record (records written before versions existed carry a generation)."""
+    return str(record.get("version") or f"g{int(record.get('generation') or 0)}")
+
+
+def parse_duration(value: str | int | float | None, field_path: str = "spec.output.retainPrevious") -> float:
+    """`1h`, `30m`, `90s`, `1h30m`, `0s` (Go/Kubernetes style; no days) -> seconds."""
+    if value is None or value == "":
+        return DEFAULT_RETAIN_SECONDS
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"{field_path}: must not be negative")
+        return float(value)
+    text = value.strip()
+    total, number, matched = 0.0, "", False
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0}
+    for ch in text:
+        if ch.isdigit() or ch == ".":
+            number += ch
+        elif ch in units and number:
+            total += float(number) * units[ch]
+            number, matched = "", True
+        else:
+            raise ValueError(f"{field_path}: {value!r} is not a duration such as 1h, 30m, 90s or 0s")
+    if number or not matched:
+        raise ValueError(f"{field_path}: {value!r} is not a duration such as 1h, 30m, 90s or 0s")
+    return total
+
+
+def _epoch(ts: str) -> float:
+    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+
+
+def _iso(t: float) -> str:
+    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=round(t))).strftime("%Y-%m-%dT%H:%M:%SZ")
