@@ -84,15 +84,6 @@ def reused_name(base: str) -> str:
     return f"{base}reused.json"
 
 
-def shard_name(base: str, worker: int, seq: int) -> str:
-    return f"{base}w{worker:04d}-{seq:05d}.tar"
-
-
-def shard_prefix(base: str) -> str:
-    """Prefix shared by every converted shard of a generation (and nothing else)."""
-    return f"{base}w"
-
-
 def report_name(base: str, worker: int) -> str:
     return f"{base}report-w{worker:04d}.json"
 

@@ -53,8 +53,9 @@ class ChunkWriter:
         self.members = 0
         self._lines: list[str] = []
 
-    def add(self, sample: Sample) -> None:
-        self._lines.append(encode_sample(sample))
+    def add(self, sample: Sample, line: str | None = None) -> None:
+        """Append a sample (`line`: its `encode_sample`, when the caller has it already)."""
+        self._lines.append(encode_sample(sample) if line is None else line)
         self.samples += 1
         self.members += len(sample.files)
         self.bytes += sum(raw.size for _, raw in sample.files)

@@ -387,32 +387,7 @@ def _settle_versions(p: Pass, d: Decision) -> None:
     retention = versions.plan_retention(owner.version, published, records, indexes, p.now, p.spec.output.retain_seconds)
     st.artifacts = [_current_first(st.artifacts or [], owner.version), *retention.keep]
     st.artifacts = _unique_records(st.artifacts)
-    cleanups: list[Action] = []
-    if not _may_sweep(p, d) and (retention.abandon or retention.retire):
-        # the wanted version's planner may be choosing converted shards to reuse: delete nothing now
-        st.artifacts = _unique_records([*st.artifacts, *retention.abandon, *retention.retire])
-        retention.abandon, retention.retire = [], []
-    for r in retention.abandon:
-        cleanups.append(CleanupArtifacts(record=r))
-        why = "superseded before it was published"
-        d.events.append(Event("Normal", "VersionAbandoned", f"deleting version {versions.record_version(r)}: {why}"))
-    for r in retention.retire:
-        cleanups.append(CleanupArtifacts(record=r, retired=True))
-        why = f"{p.spec.output.retain_seconds:.0f}s after it was replaced"
-        d.events.append(Event("Normal", "VersionDeleted", f"deleting version {versions.record_version(r)}: {why}"))
-    if p.published_now is not None and p.spec.shuffle is not None and p.spec.shuffle.delete_input:
-        # shuffle.deleteInput: the converted shards go once the shuffle is published (unless another version
-        # still holds them), so the next version has none to reuse
-        b = p.spec.output.bucket
-        others = tuple(r for r in st.artifacts if versions.record_version(r) != owner.version)
-        cleanups.append(SweepUnits(b.name, b.provider, builders.unit_pool(p.spec, owner), live=others))
-    if cleanups and any(isinstance(c, CleanupArtifacts) for c in cleanups):
-        # then the converted shards that no remaining version holds
-        gone = [*retention.abandon, *retention.retire]
-        pools = {pool for r in gone if (pool := _pool_of(r)) is not None}
-        for bucket, provider, prefix in sorted(pools):
-            cleanups.append(SweepUnits(bucket, provider, prefix, live=tuple(st.artifacts), restore=tuple(gone)))
-    d.actions.extend(cleanups)  # after publishing: a deletion that fails never holds a publication back
+    d.actions.extend(_deletions(p, d, retention))  # after publishing: a failed deletion never holds it back
     building = None
     if published is None or published.version != owner.version:
         building = {
@@ -434,8 +409,38 @@ def _settle_versions(p: Pass, d: Decision) -> None:
     if retention.next_deadline is not None:
         due = retention.next_deadline + 1.0
         d.requeue = due if d.requeue is None else min(d.requeue, due)
-    if cleanups and (d.requeue is None or d.requeue > 30.0):
+    if any(isinstance(a, CleanupArtifacts) for a in d.actions) and (d.requeue is None or d.requeue > 30.0):
         d.requeue = 30.0  # see that the deletions happened (a failed one is retried)
+
+
+def _deletions(p: Pass, d: Decision, retention: versions.Retention) -> list[Action]:
+    """Delete the versions `retention` gave up (their objects, then the converted shards no version holds),
+    once the wanted version's planner cannot pick any of them for reuse any more."""
+    st, owner = d.status, p.owner
+    cleanups: list[Action] = []
+    if not _may_sweep(p, d) and (retention.abandon or retention.retire):
+        # the wanted version's planner may be choosing converted shards to reuse: delete nothing now
+        st.artifacts = _unique_records([*(st.artifacts or []), *retention.abandon, *retention.retire])
+        retention.abandon, retention.retire = [], []
+    for r in retention.abandon:
+        cleanups.append(CleanupArtifacts(record=r))
+        why = "superseded before it was published"
+        d.events.append(Event("Normal", "VersionAbandoned", f"deleting version {versions.record_version(r)}: {why}"))
+    for r in retention.retire:
+        cleanups.append(CleanupArtifacts(record=r, retired=True))
+        why = f"{p.spec.output.retain_seconds:.0f}s after it was replaced"
+        d.events.append(Event("Normal", "VersionDeleted", f"deleting version {versions.record_version(r)}: {why}"))
+    live = tuple(st.artifacts or [])
+    if p.published_now is not None and p.spec.shuffle is not None and p.spec.shuffle.delete_input:
+        # shuffle.deleteInput: the converted shards go once the shuffle is published (unless another version
+        # still holds them), so the next version has none to reuse
+        b = p.spec.output.bucket
+        others = tuple(r for r in live if versions.record_version(r) != owner.version)
+        cleanups.append(SweepUnits(b.name, b.provider, builders.unit_pool(p.spec, owner), live=others))
+    gone = [*retention.abandon, *retention.retire]
+    for bucket, provider, prefix in sorted({pool for r in gone if (pool := _pool_of(r)) is not None}):
+        cleanups.append(SweepUnits(bucket, provider, prefix, live=live, restore=tuple(gone)))
+    return cleanups
 
 
 def _may_sweep(p: Pass, d: Decision) -> bool:

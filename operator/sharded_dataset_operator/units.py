@@ -8,10 +8,11 @@ removing or changing a sample therefore changes only the unit it falls in (and, 
 units up to the next content-defined cut); every other unit keeps its samples.
 
 A unit's identity (`UnitHasher`) is a hash of everything that decides its bytes: the layout and conversion
-settings (`layout_digest`) and, per sample, the key, the label and each member's name, source path, size
-and content tag (the source's checksum or modification time). A later version whose unit has the same
-identity reuses the converted shard instead of converting it again; its shards are named by the identity
-(`naming.unit_shard_name`), so they are shared by every version of the resource that holds that unit.
+settings (`layout_digest`) and its samples' plan lines (`plan.encode_sample`: the key, the label and each
+member's name, source path, size and content tag, the source's checksum or modification time). A later
+version whose unit has the same identity reuses the converted shard instead of converting it again; its
+shards are named by the identity (`naming.unit_shard_name`), so they are shared by every version of the
+resource that holds that unit.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from . import plan
 from .samples import Sample
 
 UNIT_FORMAT = "sds-units-v1"
@@ -102,9 +104,9 @@ class UnitHasher:
     def __init__(self, layout: str) -> None:
         self._h = hashlib.blake2b(layout.encode(), digest_size=8)
 
-    def add(self, sample: Sample) -> None:
-        files = [[name, raw.path, raw.size, raw.tag] for name, raw in sample.files]
-        self._h.update(json.dumps([sample.key, sample.label, files], ensure_ascii=False).encode() + b"\n")
+    def add(self, line: str) -> None:
+        """One sample's plan line."""
+        self._h.update(line.encode() + b"\n")
 
     def hexdigest(self) -> str:
         return self._h.hexdigest()
@@ -125,8 +127,9 @@ class UnitCutter:
         self._first = self._last = ""
         self._hasher = UnitHasher(layout)
 
-    def add(self, sample: Sample) -> list[Unit]:
-        """Feed the next sample; the units this closed, in order (a forced cut before it, a content cut after)."""
+    def add(self, sample: Sample, line: str | None = None) -> list[Unit]:
+        """Feed the next sample (`line`: its plan line, when the caller has it); the units this closed, in order
+        (a forced cut before it, a content cut after)."""
         closed: list[Unit] = []
         nbytes = estimated_tar_bytes(sample, self.with_order)
         full = (self.max_samples is not None and self._count + 1 > self.max_samples) or (
@@ -136,7 +139,7 @@ class UnitCutter:
             closed.append(self._close())
         if not self._count:
             self._first = sample.key
-        self._hasher.add(sample)
+        self._hasher.add(plan.encode_sample(sample) if line is None else line)
         self._count += 1
         self._bytes += nbytes
         self._last = sample.key

@@ -340,6 +340,10 @@ INVALID = [
     ("non-numeric seed", {"shuffle": {"seed": "abc"}}, "spec.shuffle.seed"),
     ("bad deletion policy", {"deletionPolicy": "Sometimes"}, "spec.deletionPolicy"),
     ("bad endpoint", {"ais": {"endpoint": "ais-proxy:51080"}}, "spec.ais.endpoint"),
+    ("retention in days", {"output": {"bucket": "o", "maxSamplesPerShard": 1, "retainPrevious": "1d"}},
+     "spec.output.retainPrevious"),
+    ("retention without a unit", {"output": {"bucket": "o", "maxSamplesPerShard": 1, "retainPrevious": "3600"}},
+     "spec.output.retainPrevious"),
 ]  # fmt: skip
 
 

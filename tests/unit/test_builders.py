@@ -96,7 +96,10 @@ def test_parse_spec_errors_name_the_field(patch: dict[str, Any], field: str) -> 
 def test_names_derive_from_name_uid_generation() -> None:
     base = naming.generation_base("samples-", OWNER.uid, 2)
     assert base == "samples-5f3a9c1e-g2-"
-    assert naming.shard_name(base, 3, 12) == "samples-5f3a9c1e-g2-w0003-00012.tar"
+    pool = naming.unit_pool("samples-", OWNER.uid)
+    assert naming.unit_shard_name(pool, "00ff", 1) == "samples-5f3a9c1e-u00ff-01.tar"
+    assert naming.unit_of(pool, "samples-5f3a9c1e-u00ff-01.tar") == "00ff"
+    assert naming.unit_of(pool, "samples-5f3a9c1e-g2-plan.json") is None
     assert naming.report_name(base, 3) == "samples-5f3a9c1e-g2-report-w0003.json"
     assert naming.output_template("shuffled-5f3a9c1e-g2-") == "shuffled-5f3a9c1e-g2-%06d"
     assert naming.job_name("oxford-pets", 2) == "oxford-pets-convert-g2"

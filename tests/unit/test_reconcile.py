@@ -32,7 +32,13 @@ UID = "5f3a9c1e-0000-4000-8000-000000000001"
 OWNER = Owner(name="pets", namespace="ml", uid=UID, generation=3)
 DEFAULTS = ConverterDefaults(image="img:dev")
 BASE = "samples-5f3a9c1e-g3-"
+POOL = "samples-5f3a9c1e-u"
 OUT = "shuffled-5f3a9c1e-g3-"
+
+
+def unit_shard(worker: int, i: int) -> str:
+    """A converted shard's name; unit ids sort against the key order (worker 0 holds the first keys)."""
+    return f"{POOL}{'f' if worker == 0 else '0'}{worker}{i:014d}-00.tar"
 
 
 def raw_spec(**over: Any) -> dict[str, Any]:
@@ -75,7 +81,10 @@ def report(worker: int, written: int, shards: int = 1, gen: int = 3) -> dict[str
         "generation": gen,
         "written": written,
         "bytes": 2048 * written,
-        "shards": [{"name": f"{BASE}w{worker:04d}-{i:05d}.tar", "samples": 1, "bytes": 10} for i in range(shards)],
+        "shards": [
+            {"name": unit_shard(worker, i), "samples": 1, "bytes": 10, "firstKey": f"{KEYS[worker]}{i:03d}"}
+            for i in range(shards)
+        ],
         **totals(keys_of(worker, written)).to_dict(),
     }
 
@@ -241,8 +250,7 @@ def test_completed_conversion_starts_dsort_with_the_reported_shards() -> None:
     d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
     assert kinds(d) == [StartDsort]
     dsort = next(a for a in d.actions if isinstance(a, StartDsort)).spec
-    assert dsort["input_format"]["objnames"] == [f"{BASE}w0000-00000.tar", f"{BASE}w0000-00001.tar",
-                                                 f"{BASE}w0001-00000.tar"]  # fmt: skip
+    assert dsort["input_format"]["objnames"] == sorted([unit_shard(0, 0), unit_shard(0, 1), unit_shard(1, 0)])
     assert dsort["description"] == "sds:ml/pets:5f3a9c1e:g3:a1"
     assert dsort["output_format"] == f"{OUT}a1-%06d"
     # 1 MiB of tar bytes asked for as member bytes: 9 samples hold 99 member bytes in 9 * 2048 tar bytes
@@ -356,15 +364,17 @@ def test_without_shuffle_the_converted_shards_are_verified_and_indexed() -> None
     obs = converted()
     d = decide(s, OWNER, obs, DEFAULTS, NOW)
     assert d.need_output and StartDsort not in kinds(d)
-    obs.output = listing({"w0000-00000": ["a000", "a001", "a002"], "w0001-00000": ["b000", "b001"]}, BASE)
+    assert d.output_prefix == POOL and d.output_only == {unit_shard(0, 0), unit_shard(1, 0)}
+    shard = {w: unit_shard(w, 0).removeprefix(POOL).removesuffix(".tar") for w in (0, 1)}
+    obs.output = listing({shard[1]: ["b000", "b001"], shard[0]: ["a000", "a001", "a002"]}, POOL)
     d = decide(s, OWNER, obs, DEFAULTS, NOW)
     assert d.status.phase == Phase.READY, d.status.message
     versioned, index = [a for a in d.actions if isinstance(a, WriteIndex)]
     assert (versioned.name, index.name) == (f"{BASE}index.json", "samples-index.json")
-    assert len(index.body["shardlist"]) == 2
-    # a shard nobody reported (left over from elsewhere) fails verification instead of being indexed
-    obs.output = listing({"w0000-00000": ["a000", "a001", "a002"], "w0001-00000": ["b000", "b001"],
-                          "w0009-00000": []}, BASE)  # fmt: skip
+    # the converted shards are key ranges: listed in key order, not by name
+    assert [s["url"] for s in index.body["shardlist"]] == [unit_shard(0, 0), unit_shard(1, 0)]
+    # a shard nobody reported fails verification instead of being indexed
+    obs.output = listing({shard[1]: ["b000", "b001"], shard[0]: ["a000", "a001", "a002"], "09": []}, POOL)
     d = verify_twice(s, obs)
     assert d.status.reason == "VerificationFailed" and "3 shards" in d.status.message
 

@@ -311,3 +311,13 @@ def test_partition_covers_every_key_once() -> None:
 def test_partition_validates(workers: int, index: int) -> None:
     with pytest.raises(ValueError):
         partition(["a"], workers, index)
+
+
+@pytest.mark.parametrize("path", ["images/a.jpg", 'images/q"uote.jpg', "images/back\\slash.jpg", "images/tab\t.jpg",
+                                  "images/ünï.jpg"])  # fmt: skip
+def test_file_records_carry_any_path_and_tag_through_the_sort(path: str) -> None:
+    from sharded_dataset_operator.samples import file_record, groups_from_records
+
+    raw = RawFile(path, 7, 'tag"\\1')
+    (group,) = groups_from_records([file_record("k", 0, raw)], ["image.jpg"])
+    assert group.files == {"image.jpg": [raw]}

@@ -11,6 +11,7 @@ import json
 import logging
 import tarfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -18,10 +19,11 @@ from typing import Any, TypeVar
 import requests
 import urllib3
 from aistore.sdk import Client
+from aistore.sdk.const import ACT_LIST, HEADER_ACCEPT, HTTP_METHOD_GET, MSGPACK_CONTENT_TYPE, URL_PATH_BUCKETS
 from aistore.sdk.errors import AISError, ErrBckNotFound, ErrObjNotFound, ErrRemoteBckNotFound
 from aistore.sdk.list_object_flag import ListObjectFlag
 from aistore.sdk.retry_config import RetryConfig
-from aistore.sdk.types import Smap
+from aistore.sdk.types import ActionMsg, BucketList, ListObjectsMsg, Smap
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 from urllib3.util.retry import Retry
 
@@ -201,43 +203,77 @@ class Ais:
         props: str = "name,size",
         archives: bool = False,
         page_size: int = 0,
+        ahead: bool = False,
     ) -> Iterator[list[Any]]:
         """The listing page by page (SDK `BucketEntry` lists), strictly: it must end with an empty
-        continuation token, and a run of empty pages that never ends is a `ListingError`."""
-        flags = [ListObjectFlag.ARCH_DIR] if archives else None
+        continuation token, and a run of empty pages that never ends is a `ListingError`.
+
+        `ahead`: ask for the next page while the caller works on this one (the planner: AIS takes about as long
+        to produce a page as the planner takes to classify it).
+        """
+        flags = [ListObjectFlag.ARCH_DIR] if archives else []
         bck = self._bucket(bucket, provider)
-        token, uuid, empty = "", "", 0
-        while True:
+
+        def fetch(token: str, uuid: str) -> BucketList:
             try:
-                page = bck.list_objects(
-                    prefix=prefix,
-                    props=props,
-                    page_size=page_size,
-                    uuid=uuid,
-                    continuation_token=token,
-                    flags=flags,
-                )
+                return self._list_page(bck, prefix, props, page_size, uuid, token, flags)
             except (ErrBckNotFound, ErrRemoteBckNotFound) as e:
                 raise BucketNotFound(f"bucket {provider}://{bucket} not found") from e
             except AISError as e:
                 raise _unavailable(e) from e
             except requests.RequestException as e:
                 raise AisUnavailable(f"AIS at {self.endpoint}: {e}") from e
-            entries = list(page.entries or [])
-            next_token = page.continuation_token or ""
-            uuid = page.uuid or uuid
-            if entries:
-                empty = 0
-                yield entries
-            elif next_token:
-                empty += 1
-                if empty > MAX_EMPTY_PAGES:
-                    raise ListingError(f"listing {provider}://{bucket}/{prefix} returned {empty} empty pages in a row")
-            if not next_token:
-                return
-            if next_token == token and not entries:
-                raise ListingError(f"listing {provider}://{bucket}/{prefix} does not advance past {token!r}")
-            token = next_token
+
+        pool = ThreadPoolExecutor(1, thread_name_prefix="list") if ahead else None
+        pending: Future[BucketList] | None = None
+        token, uuid, empty = "", "", 0
+        try:
+            while True:
+                page = pending.result() if pending is not None else fetch(token, uuid)
+                pending = None
+                entries = list(page.entries or [])
+                next_token = page.continuation_token or ""
+                uuid = page.uuid or uuid
+                if next_token and next_token == token and not entries:
+                    raise ListingError(f"listing {provider}://{bucket}/{prefix} does not advance past {token!r}")
+                if next_token and pool is not None:
+                    pending = pool.submit(fetch, next_token, uuid)
+                if entries:
+                    empty = 0
+                    yield entries
+                elif next_token:
+                    empty += 1
+                    if empty > MAX_EMPTY_PAGES:
+                        raise ListingError(
+                            f"listing {provider}://{bucket}/{prefix} returned {empty} empty pages in a row"
+                        )
+                if not next_token:
+                    return
+                token = next_token
+        finally:
+            if pool is not None:
+                if pending is not None:
+                    pending.cancel()
+                pool.shutdown(wait=True)
+
+    @staticmethod
+    def _list_page(
+        bck: Any, prefix: str, props: str, page_size: int, uuid: str, token: str, flags: list[ListObjectFlag]
+    ) -> BucketList:
+        """One page of a listing, as the SDK's `Bucket.list_objects` requests it, without the `Object` it builds
+        for every entry (25 µs each: 10 s of the planner's 37 s on 400 k files, measured with cProfile)."""
+        value = ListObjectsMsg(
+            prefix=prefix, page_size=page_size, uuid=uuid, props=props, continuation_token=token, flags=flags, target=""
+        ).as_dict()
+        page: BucketList = bck.client.request_deserialize(
+            HTTP_METHOD_GET,
+            path=f"{URL_PATH_BUCKETS}/{bck.name}",
+            headers={HEADER_ACCEPT: MSGPACK_CONTENT_TYPE},
+            res_model=BucketList,
+            json=ActionMsg(action=ACT_LIST, value=value).model_dump(),
+            params=bck.qparam,
+        )
+        return page
 
     def object_count(self, bucket: str, provider: str = "ais", prefix: str = "") -> int:
         """How many objects the bucket holds under `prefix`, counted by the targets (bucket summary)."""

@@ -199,8 +199,9 @@ def make_plan(
         for group in groups_from_records(sorter.sorted(), grouper.names):
             sample = grouper.judge(group)
             if sample is not None:
-                writer.add(sample)
-                for unit in cutter.add(sample):
+                line = plan.encode_sample(sample)
+                writer.add(sample, line)
+                for unit in cutter.add(sample, line):
                     table.add(unit)
         for unit in cutter.finish():
             table.add(unit)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -69,8 +70,25 @@ class AisSource:
 
     def files(self) -> Iterator[RawFile]:
         n = len(self.prefix)
+        # the bucket's own count, to check the listing against, asked for meanwhile (the summary is a job that
+        # takes seconds; both see the same bucket unless it changes during the listing, which fails either way)
+        with ThreadPoolExecutor(1, thread_name_prefix="count") as pool:
+            counting = pool.submit(self.ais.object_count, self.bucket, self.provider, self.prefix)
+            yield from self._listed(n)
+            counted = counting.result()
+        # AIS 5.0's paged listing can skip objects when a directory has siblings named like it plus a
+        # character sorting before '/' (e.g. `train/` next to `train.txt`): cross-check the count.
+        if counted != self.listing.files:
+            raise ListingError(
+                f"listing {self.describe()} returned {self.listing.files} objects but the cluster counts {counted}; "
+                "refusing to convert a partial listing (names such as 'd.txt' next to a directory 'd/' trigger "
+                "an AIS 5.0 paged-listing bug; renaming them avoids it)"
+            )
+
+    def _listed(self, n: int) -> Iterator[RawFile]:
         try:
-            for page in self.ais.list_pages(self.bucket, self.provider, self.prefix, props="name,size,checksum"):
+            pages = self.ais.list_pages(self.bucket, self.provider, self.prefix, props="name,size,checksum", ahead=True)
+            for page in pages:
                 self.listing.pages += 1
                 for e in page:
                     self.listing.files += 1
@@ -78,15 +96,6 @@ class AisSource:
                         yield RawFile(path=e.name[n:], size=int(e.size or 0), tag=str(e.checksum or ""))
         except BucketNotFound as e:
             raise SourceError(f"source bucket {self.describe()} not found") from e
-        # AIS 5.0's paged listing can skip objects when a directory has siblings named like it plus a
-        # character sorting before '/' (e.g. `train/` next to `train.txt`): cross-check the count.
-        counted = self.ais.object_count(self.bucket, self.provider, self.prefix)
-        if counted != self.listing.files:
-            raise ListingError(
-                f"listing {self.describe()} returned {self.listing.files} objects but the cluster counts {counted}; "
-                "refusing to convert a partial listing (names such as 'd.txt' next to a directory 'd/' trigger "
-                "an AIS 5.0 paged-listing bug; renaming them avoids it)"
-            )
 
     def read_many(self, paths: Sequence[str]) -> list[bytes]:
         names = [self.prefix + p for p in paths]
