@@ -168,9 +168,12 @@ _STEPS = {  # component -> (job-name step, module the pod runs)
 }
 
 
-def build_planner_job(spec: DatasetSpec, owner: Owner, defaults: ConverterDefaults) -> dict[str, Any]:
-    """The one-pod Job that lists the source once and writes the conversion plan."""
-    return build_converter_job(spec, owner, defaults, component=PLANNER)
+def build_planner_job(
+    spec: DatasetSpec, owner: Owner, defaults: ConverterDefaults, previous_plan: str | None = None
+) -> dict[str, Any]:
+    """The one-pod Job that lists the source once and writes the conversion plan; `previous_plan`: the plan
+    manifest of the version this one replaces (in the output bucket), whose intact units it takes over."""
+    return build_converter_job(spec, owner, defaults, component=PLANNER, previous_plan=previous_plan)
 
 
 def build_converter_job(
@@ -179,14 +182,18 @@ def build_converter_job(
     defaults: ConverterDefaults,
     component: str = CONVERTER,
     workers: int | None = None,
+    previous_plan: str | None = None,
 ) -> dict[str, Any]:
     """The Indexed Job whose pod N converts its share of the plan's units to convert (or, as `PLANNER`, writes
     the plan); `workers` pods (default `spec.conversion.workers`)."""
     step, module = _STEPS[component]
     labels = child_labels(owner, component)
     workers = workers or spec.conversion.workers
+    config = converter_config(spec, owner, workers)
+    if previous_plan:
+        config["output"]["previous"] = previous_plan
     env: list[dict[str, Any]] = [
-        {"name": CONFIG_ENV, "value": json.dumps(converter_config(spec, owner, workers), sort_keys=True)},
+        {"name": CONFIG_ENV, "value": json.dumps(config, sort_keys=True)},
         {"name": "AIS_ENDPOINT", "value": spec.ais.endpoint},
     ]
     if spec.ais.token_secret:

@@ -7,7 +7,10 @@ deleted-and-recreated resource never collide. Layout in the output bucket (`<v>`
 
     <output.prefix><uid8>-<v>-plan.json               the plan: counts, skips, the chunk lists (planner)
     <output.prefix><uid8>-<v>-plan-000004.jsonl       plan chunk 4: complete samples 40,000-49,999, sorted
-    <output.prefix><uid8>-<v>-plan-units-000000.jsonl the plan's units (key ranges), each marked reused or not
+    <output.prefix><uid8>-<v>-plan-units-000000.jsonl the plan's units, each marked converted, reused or taken over
+    <output.prefix><uid8>-<v>-plan-members-000004.jsonl which unit each sample of plan chunk 4 is in
+    <output.prefix><uid8>-<v>-plan-convert-000000.jsonl the samples to cut into new units, when a version takes
+                                                      units over from the one it replaces (else the plan)
     <output.prefix><uid8>-<v>-plan-run-00002          external-sort run 2 (planner; deleted when planned)
     <output.prefix><uid8>-<v>-reused.json             the converted shards this version takes over (planner)
     <output.prefix><uid8>-<v>-progress-w0003.json     converter worker 3's progress, rewritten every few s
@@ -78,6 +81,14 @@ def unit_of(pool: str, name: str) -> str | None:
 
 def plan_units_name(base: str, chunk: int) -> str:
     return f"{base}plan-units-{chunk:06d}.jsonl"
+
+
+def plan_convert_name(base: str, chunk: int) -> str:
+    return f"{base}plan-convert-{chunk:06d}.jsonl"
+
+
+def plan_members_name(base: str, chunk: int) -> str:
+    return f"{base}plan-members-{chunk:06d}.jsonl"
 
 
 def reused_name(base: str) -> str:

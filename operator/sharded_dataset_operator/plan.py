@@ -43,10 +43,16 @@ def decode_sample(line: str) -> Sample:
 class ChunkWriter:
     """Cuts the sorted sample stream into chunk objects; `put` is called with (object name, bytes)."""
 
-    def __init__(self, put: Callable[[str, bytes], None], base: str, chunk_samples: int = CHUNK_SAMPLES) -> None:
+    def __init__(
+        self,
+        put: Callable[[str, bytes], None],
+        base: str,
+        chunk_samples: int = CHUNK_SAMPLES,
+        name: Callable[[str, int], str] = naming.plan_chunk_name,
+    ) -> None:
         if chunk_samples < 1:
             raise ValueError("chunk_samples must be positive")
-        self.put, self.base, self.chunk_samples = put, base, chunk_samples
+        self.put, self.base, self.chunk_samples, self.name = put, base, chunk_samples, name
         self.chunks: list[str] = []
         self.samples = 0
         self.bytes = 0
@@ -63,7 +69,7 @@ class ChunkWriter:
             self._flush()
 
     def _flush(self) -> None:
-        name = naming.plan_chunk_name(self.base, len(self.chunks))
+        name = self.name(self.base, len(self.chunks))
         self.put(name, ("\n".join(self._lines) + "\n").encode())
         self.chunks.append(name)
         self._lines = []

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from . import builders, failures, naming, versions
+from . import builders, failures, naming, units, versions
 from .builders import ConverterDefaults, Owner
 from .model import DsortJob, JobState
 from .spec import DatasetSpec
@@ -512,13 +512,32 @@ def _planning(p: Pass) -> Decision | None:
         if obs.source_problem:
             return _stalled(p.decision, p.prev_stalled, Phase.PENDING, "SourceNotFound", obs.source_problem)
         p.decision.actions.append(EnsureBucket(p.spec.output.bucket.name, p.spec.output.bucket.provider))
-        p.decision.actions.append(CreateJob(builders.build_planner_job(p.spec, p.owner, p.defaults)))
+        previous = previous_plan(p.spec, p.owner, obs.published)
+        p.decision.actions.append(CreateJob(builders.build_planner_job(p.spec, p.owner, p.defaults, previous)))
         return p.working(Phase.CONVERTING, "Planning", "starting the planner")
     msg = f"planner Job {obs.planner.name} completed but its plan is missing"
     settled = p.job_ended(obs.planner, "planner", "Planning", "PlanningFailed", ("PlanPending", "PlanMissing", msg))
     if settled is not None:
         return settled
     return p.working(Phase.CONVERTING, "Planning", "listing the source and grouping it into samples")
+
+
+def previous_plan(spec: DatasetSpec, owner: Owner, published: IndexInfo | None) -> str | None:
+    """The plan manifest of the published version, when it is another version of this resource whose converted
+    shards are where this version writes its own (the new planner takes over its intact units)."""
+    if published is None or published.version == owner.version:
+        return None
+    record = published.record
+    pool = record.get("pool") or {}
+    b = spec.output.bucket
+    if (pool.get("bucket"), pool.get("provider") or "ais", pool.get("prefix")) != (
+        b.name,
+        b.provider,
+        builders.unit_pool(spec, owner),
+    ):
+        return None
+    plan = str(record.get("plan") or "")
+    return plan if plan.startswith(naming.uid_base(spec.output.prefix, owner.uid)) else None
 
 
 def converter_workers(spec: DatasetSpec, plan: dict[str, Any]) -> int:
@@ -565,6 +584,10 @@ def _conversion(p: Pass) -> Decision | None:
         msg = f"the converters wrote {st.samples_written} samples but the plan holds {plan['samples']}"
         if transformed_away:
             msg += f" ({transformed_away} skipped by the transform)"
+        return p.failed(CONVERTED, "ConversionIncomplete", msg)
+    covered = sum(int(r.get("planFingerprint") or 0) for r in done) % units.FINGERPRINT_MOD
+    if covered != int((plan.get("units") or {}).get("fingerprint") or 0):
+        msg = "the converted and reused units do not hold exactly the planned samples (unit fingerprints differ)"
         return p.failed(CONVERTED, "ConversionIncomplete", msg)
     if st.samples_written == 0 and transformed_away:
         errors = sorted(str(r.get("firstTransformError")) for r in done if r.get("firstTransformError"))

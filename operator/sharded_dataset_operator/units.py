@@ -12,7 +12,12 @@ settings (`layout_digest`) and its samples' plan lines (`plan.encode_sample`: th
 member's name, source path, size and content tag, the source's checksum or modification time). A later
 version whose unit has the same identity reuses the converted shard instead of converting it again; its
 shards are named by the identity (`naming.unit_shard_name`), so they are shared by every version of the
-resource that holds that unit.
+resource that holds that unit. A later version also takes over whole units of the version it replaces whose
+samples are all unchanged, wherever new samples fall between them (`reuse.py`); only the rest is cut again.
+
+A unit's *fingerprint* is the sum (mod 2^64) of its samples' `line_digest`s: the units a version converts
+and takes over must add up to the fingerprint of its whole plan, which proves they cover every planned
+sample exactly once.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from .samples import Sample
 
 UNIT_FORMAT = "sds-units-v1"
 TAR_BLOCK = 512
+FINGERPRINT_MOD = 1 << 64
 CUT_SPACING = 2
 """Content-defined cuts come on average every 1/CUT_SPACING of the limits, so forced cuts are rare
 (about e^-CUT_SPACING of the units, 14 %) and units stay about half full."""
@@ -46,6 +52,11 @@ def layout_digest(config: dict[str, Any]) -> str:
         "transformImage": config.get("transformImage"),
     }
     return hashlib.blake2b(json.dumps(relevant, sort_keys=True).encode(), digest_size=8).hexdigest()
+
+
+def line_digest(line: str) -> int:
+    """64-bit digest of one sample's plan line."""
+    return int.from_bytes(hashlib.blake2b(line.encode(), digest_size=8).digest(), "big")
 
 
 def _tar_bytes(size: int) -> int:
@@ -77,9 +88,16 @@ def natural_cut(key: str, tar_bytes: int, max_samples: int | None, max_bytes: in
     return _unit_float(key) < chance
 
 
+CONVERT, REUSED, TAKEN_OVER = 0, 1, 2
+"""How a version gets a unit (the unit table's last column): converted by its workers; cut like a new one but
+found converted already (same identity); or taken over whole from the version it replaces (`reuse.py`)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Unit:
-    """A key range of the plan: `count` samples from plan position `start`."""
+    """`count` samples with keys `first_key`..`last_key`. A unit this version cut holds the samples from
+    position `start` of its convert stream (the whole plan, or the samples not taken over); a taken-over unit
+    has `start` -1."""
 
     id: str
     start: int
@@ -87,15 +105,18 @@ class Unit:
     first_key: str
     last_key: str
     tar_bytes: int
+    fingerprint: int = 0
 
-    def line(self, reused: bool) -> str:
+    def line(self, kind: int) -> str:
         return json.dumps([self.id, self.start, self.count, self.first_key, self.last_key, self.tar_bytes,
-                           int(reused)], ensure_ascii=False, separators=(",", ":"))  # fmt: skip
+                           kind, self.fingerprint], ensure_ascii=False, separators=(",", ":"))  # fmt: skip
 
     @classmethod
-    def parse(cls, line: str) -> tuple[Unit, bool]:
-        uid, start, count, first, last, nbytes, reused = json.loads(line)
-        return cls(str(uid), int(start), int(count), str(first), str(last), int(nbytes)), bool(reused)
+    def parse(cls, line: str) -> tuple[Unit, int]:
+        """A unit-table line: the unit and how the version got it (`CONVERT`, `REUSED` or `TAKEN_OVER`)."""
+        uid, start, count, first, last, nbytes, kind, *rest = json.loads(line)
+        fingerprint = int(rest[0]) if rest else 0
+        return cls(str(uid), int(start), int(count), str(first), str(last), int(nbytes), fingerprint), int(kind)
 
 
 class UnitHasher:
@@ -113,7 +134,9 @@ class UnitHasher:
 
 
 class UnitCutter:
-    """Cuts the sorted sample stream into units; `add` returns the unit a sample closed (if any)."""
+    """Cuts the sorted sample stream into units; `add` returns the unit a sample closed (if any).
+
+    `joined`: the ordinal (0, 1, ...) of the unit the last added sample went into."""
 
     def __init__(self, layout: str, max_samples: int | None, max_bytes: int | None, with_order: bool) -> None:
         if not max_samples and not max_bytes:
@@ -125,7 +148,9 @@ class UnitCutter:
         self._count = 0
         self._bytes = 0
         self._first = self._last = ""
+        self._fingerprint = 0
         self._hasher = UnitHasher(layout)
+        self.joined = 0
 
     def add(self, sample: Sample, line: str | None = None) -> list[Unit]:
         """Feed the next sample (`line`: its plan line, when the caller has it); the units this closed, in order
@@ -139,7 +164,10 @@ class UnitCutter:
             closed.append(self._close())
         if not self._count:
             self._first = sample.key
-        self._hasher.add(plan.encode_sample(sample) if line is None else line)
+        line = plan.encode_sample(sample) if line is None else line
+        self._hasher.add(line)
+        self._fingerprint = (self._fingerprint + line_digest(line)) % FINGERPRINT_MOD
+        self.joined = self.units
         self._count += 1
         self._bytes += nbytes
         self._last = sample.key
@@ -152,9 +180,10 @@ class UnitCutter:
         return [self._close()] if self._count else []
 
     def _close(self) -> Unit:
-        unit = Unit(self._hasher.hexdigest(), self._start, self._count, self._first, self._last, self._bytes)
+        unit = Unit(self._hasher.hexdigest(), self._start, self._count, self._first, self._last, self._bytes,
+                    self._fingerprint)  # fmt: skip
         self.units += 1
-        self._start, self._count, self._bytes = self.position, 0, 0
+        self._start, self._count, self._bytes, self._fingerprint = self.position, 0, 0, 0
         self._hasher = UnitHasher(self.layout)
         return unit
 

@@ -107,6 +107,36 @@ def wait_dsort_running(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
     return obj
 
 
+def target_killed_during_dsort(kube: Kube, ais: Ais, endpoint: str, namespace: str, name: str) -> bool:
+    """Kill target1 for 5 s while the dataset's dSort job runs; False when the job had finished before the kill
+    could land (a small dSort can end within the status round trip), which leaves nothing to test."""
+    obj = wait_dsort_running(kube, namespace, name)
+    job_id = obj["status"]["shuffle"]["dsortJobId"]
+    job = ais.dsort_job(job_id)
+    if job is not None and job.finished and not job.aborted:
+        return False
+    with node_down(endpoint, "target", "target1"):
+        time.sleep(5)
+    return True
+
+
+def apply_with_dsort_fault(
+    kube: Kube, ais: Ais, endpoint: str, namespace: str, make: Any, tries: int = 3
+) -> tuple[str, str]:
+    """Apply `make(name, out)` and kill a target during its dSort; a run whose dSort ended before the kill is
+    deleted and done again under a new name (at most `tries` times). Returns (name, out) of the faulted run."""
+    for i in range(tries):
+        name, out = ("weather" if i == 0 else f"weather-{i}"), unique("fault")
+        obj = make(name, out)
+        name = obj["metadata"]["name"]
+        kube.apply(obj)
+        if target_killed_during_dsort(kube, ais, endpoint, namespace, name):
+            return name, out
+        print(f"[faults] {name}: dSort finished before the kill; again")
+        kube.run("delete", "sds", name, "-n", namespace, "--timeout=120s")
+    raise AssertionError(f"dSort finished before the target could be killed, {tries} times")
+
+
 def request_retry(kube: Kube, namespace: str, name: str, value: str) -> None:
     """Ask for a retry of a Failed run the documented way, and wait until the operator has taken it."""
     kube.run("-n", namespace, "annotate", "--overwrite", "sds", name, f"{failures.RETRY_ANNOTATION}={value}")
@@ -123,22 +153,21 @@ def test_target_killed_during_dsort_is_retried_to_ready_and_a_spent_budget_fails
 ) -> None:
     endpoint = cluster_env["AIS_ENDPOINT"]
     raw = raw_dataset(ais, cluster_env, 1500)
-    out = unique("fault")
     shuffle = {**SHUFFLE, "outputPrefix": "shuffled-"}
 
     # 1. budget of 5 attempts: the fault costs an attempt, the run ends Ready with exact samples
     t0 = time.monotonic()
-    kube.apply(dataset("weather", namespace, raw.bucket, out, conversion={"workers": 2},
-                       shuffle={**shuffle, "maxAttempts": 5}))  # fmt: skip
-    wait_dsort_running(kube, namespace, "weather")
-    with node_down(endpoint, "target", "target1"):
-        time.sleep(5)
-    obj = wait_ready(kube, namespace, "weather", timeout=600)
+    weather, out = apply_with_dsort_fault(
+        kube, ais, endpoint, namespace,
+        lambda name, out: dataset(name, namespace, raw.bucket, out, conversion={"workers": 2},
+                                  shuffle={**shuffle, "maxAttempts": 5}),
+    )  # fmt: skip
+    obj = wait_ready(kube, namespace, weather, timeout=600)
     mark("target killed during dSort: apply -> Ready", t0)
     st = obj["status"]
     assert st["shuffle"]["attempt"] >= 2, st["shuffle"]
     assert st["samples"]["written"] == len(raw.manifest["complete"])
-    events = kube.events(namespace, "weather")
+    events = kube.events(namespace, weather)
     retries = [e["message"] for e in events if e["reason"] == "ShuffleRetry"]
     assert retries and "dSort attempt 2/5 after:" in retries[0], retries
     shards = check_index(ais, obj, out, "shuffled-index.json")
@@ -154,9 +183,7 @@ def test_target_killed_during_dsort_is_retried_to_ready_and_a_spent_budget_fails
     kube.apply(dataset("strict", namespace, raw.bucket, out, conversion={"workers": 2},
                        output={"bucket": out, "prefix": "strict-", "maxSamplesPerShard": 100},
                        shuffle={**shuffle, "outputPrefix": "strict-shuffled-", "maxAttempts": 1}))  # fmt: skip
-    wait_dsort_running(kube, namespace, "strict")
-    with node_down(endpoint, "target", "target1"):
-        time.sleep(5)
+    assert target_killed_during_dsort(kube, ais, endpoint, namespace, "strict"), "dSort ended before the kill"
     failed = wait_phase(kube, namespace, "strict", ("Failed", "Ready"), timeout=300)
     mark("target killed during dSort, maxAttempts 1: apply -> Failed", t0)
     assert failed["status"]["phase"] == "Failed", failed["status"]

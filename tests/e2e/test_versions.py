@@ -274,18 +274,25 @@ def test_a_refresh_converts_only_the_changed_units_and_the_newest_request_wins(
     for name in [*converted, *(s["name"] for s in reused["shards"])]:
         with tarfile.open(fileobj=io.BytesIO(ais.get(out, name) or b"")) as tf:
             keys_of[name] = {m.name.split(".", 1)[0] for m in tf}
-    converted_keys = set().union(*(keys_of[n] for n in converted))
-    assert changed <= converted_keys, changed - converted_keys
-    converted_units = {s["unit"] for s in converted.values()}
-    for previous, unit in zip([None, *table], table, strict=False):
-        if unit[0] in converted_units:  # holds a changed key, or follows a converted unit (a forced cut moved)
-            holds = any(keys_of[n] & changed for n, s in converted.items() if s["unit"] == unit[0])
-            assert holds or (previous is not None and previous[0] in converted_units), unit
-    assert len(converted_units) <= 3 * len(changed)
+    # the units this refresh cut (converted by it, or by the superseded first refresh of the same source) hold
+    # the new samples and those of the first version's units that held a relabelled one: a new key breaks no
+    # unit, wherever it sorts. Every other unit of the first version was taken over whole, the very objects.
+    cut = {u[0] for u in table if u[6] in (0, 1)}
+    records = [*converted.values(), *reused["shards"]]
+    cut_keys = set().union(*(keys_of[r["name"]] for r in records if r["unit"] in cut))
+    assert changed <= cut_keys, changed - cut_keys
+    first_keys = {}
+    for name, data in before.items():
+        with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+            first_keys[name] = {m.name.split(".", 1)[0] for m in tf}
+    broken = {name for name, k in first_keys.items() if k & set(relabelled)}
+    assert cut_keys <= set(added).union(*(first_keys[n] for n in broken)), cut_keys - set(added)
+    taken = [r for r in reused["shards"] if r["unit"] not in cut]
+    assert sorted(r["name"] for r in taken) == sorted(set(before) - broken)
+    for r in taken:
+        assert before[r["name"]] == ais.get(out, r["name"])
+    assert len(cut) <= 3 * len(changed)
     assert sum(s["samples"] for s in converted.values()) < 0.25 * len(raw.manifest["complete"])
-    # a reused shard is the very object the first version wrote
-    for s in reused["shards"]:
-        assert before[s["name"]] == ais.get(out, s["name"])
 
     # the superseded refresh left nothing behind: no objects, no Jobs
     first_base = f"samples-{uid8}-{_version_of('first')}-"

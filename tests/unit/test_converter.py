@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -345,7 +346,7 @@ def test_sigterm_stops_a_worker_at_once_with_its_own_exit_code(monkeypatch: pyte
     assert not reached
 
 
-def _version_config(generation: int, workers: int = 2) -> dict[str, Any]:
+def _version_config(generation: int, workers: int = 2, previous: int | None = None) -> dict[str, Any]:
     owner = Owner(name=OWNER.name, namespace=OWNER.namespace, uid=OWNER.uid, generation=generation)
     spec = {
         "source": {"volume": {"claimName": "raw"}},
@@ -360,7 +361,10 @@ def _version_config(generation: int, workers: int = 2) -> dict[str, Any]:
         "conversion": {"workers": workers},
         "shuffle": {"seed": "5"},
     }
-    return converter_config(parse_spec(spec, name="pets", default_endpoint="http://ais:1"), owner)
+    cfg = converter_config(parse_spec(spec, name="pets", default_endpoint="http://ais:1"), owner)
+    if previous is not None:
+        cfg["output"]["previous"] = f"s-00000000-g{previous}-plan.json"
+    return cfg
 
 
 def _convert_version(store: MemoryStore, root: Path, cfg: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
@@ -368,47 +372,90 @@ def _convert_version(store: MemoryStore, root: Path, cfg: dict[str, Any]) -> tup
     workers = min(cfg["workers"], manifest["units"]["convert"])
     cfg = {**cfg, "workers": workers}
     reports = [convert(cfg, i, store, VolumeSource(str(root)), progress_interval=0) for i in range(workers)]  # type: ignore[arg-type]
+    reused = json.loads(store.objects[f"out/{cfg['output']['base']}reused.json"])
+    covered = (sum(r.plan_fingerprint for r in reports) + reused["planFingerprint"]) % 2**64
+    assert covered == manifest["units"]["fingerprint"]  # the operator's check: the units cover the plan exactly
     return manifest, reports
 
 
-def test_a_new_version_converts_only_the_units_whose_samples_changed(
-    dataset: tuple[Path, exampledata.Manifest], tmp_path: Path
-) -> None:
-    import shutil
+def _samples_of(store: MemoryStore, names: list[str]) -> dict[str, dict[str, bytes]]:
+    seen: dict[str, dict[str, bytes]] = {}
+    for name in names:
+        part = members(store.objects[f"out/{name}"])
+        assert not set(part) & set(seen), "a sample in two shards"
+        seen.update(part)
+    return seen
 
+
+def _change_source(root: Path, complete: list[str], added: list[str], relabelled: str) -> None:
+    donor = complete[0]
+    for key in added:
+        shutil.copy(root / f"images/{donor}.jpg", root / f"images/{key}.jpg")
+        shutil.copy(root / f"annotations/trimaps/{donor}.png", root / f"annotations/trimaps/{key}.png")
+    lines = (root / "annotations/list.txt").read_text().splitlines()
+    lines = [(ln.replace(f"{relabelled} ", f"{relabelled} 99 ", 1) if ln.startswith(f"{relabelled} ") else ln)
+             for ln in lines]  # fmt: skip
+    lines += [f"{key} 3 1 1" for key in added]
+    (root / "annotations/list.txt").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("where", ["appended", "scattered"])
+def test_a_new_version_converts_only_what_changed_and_takes_over_every_intact_unit(
+    dataset: tuple[Path, exampledata.Manifest], tmp_path: Path, where: str
+) -> None:
     root = tmp_path / "src"
     shutil.copytree(dataset[0], root)
     store = MemoryStore()
     first, _ = _convert_version(store, root, _version_config(1))
-    assert first["units"]["reused"] == 0 and first["units"]["convert"] == first["units"]["count"]
-    # the next version: three new samples after the last key, one sample relabelled
+    assert first["units"]["reused"] == 0 and first["units"]["convert"] == first["units"]["count"] >= 8
+    assert first["units"]["previous"] is None and first["units"]["members"]
+    # the next version: three new samples (after the last key, or sorting among the old keys), one relabelled
     complete = sorted(dataset[1]["complete"])
-    donor, relabelled = complete[0], complete[len(complete) // 2]
-    for i in range(3):
-        shutil.copy(root / f"images/{donor}.jpg", root / f"images/zz_new_{i}.jpg")
-        shutil.copy(root / f"annotations/trimaps/{donor}.png", root / f"annotations/trimaps/zz_new_{i}.png")
-    lines = (root / "annotations/list.txt").read_text().splitlines()
-    lines = [(ln.replace(f"{relabelled} ", f"{relabelled} 99 ", 1) if ln.startswith(f"{relabelled} ") else ln)
-             for ln in lines]  # fmt: skip
-    lines += [f"zz_new_{i} 3 1 1" for i in range(3)]
-    (root / "annotations/list.txt").write_text("\n".join(lines) + "\n")
-    second, reports = _convert_version(store, root, _version_config(2))
+    relabelled = complete[len(complete) // 2]
+    if where == "appended":
+        added = [f"zz_new_{i}" for i in range(3)]
+    else:  # right after keys spread over the whole range: each lands inside an old unit's key range
+        added = [f"{complete[i]}a" for i in (5, len(complete) // 3, 2 * len(complete) // 3)]
+    _change_source(root, complete, added, relabelled)
+    second, reports = _convert_version(store, root, _version_config(2, previous=1))
     u = second["units"]
-    assert u["reused"] >= u["count"] - 4 and 1 <= u["convert"] <= 4, u
+    changed = {relabelled, *added}
+    # only the relabelled sample's old unit is broken; every other old unit is taken over whole
+    assert u["previousBroken"] == 1 and u["takenOver"] == first["units"]["count"] - 1, u
+    assert u["convertSamples"] <= 10 + len(added) and 1 <= u["convert"] <= 3, u
+    assert u["stream"]["samples"] == u["convertSamples"]
     reused = json.loads(store.objects["out/s-00000000-g2-reused.json"])
-    converted_keys = set()
-    for r in reports:
-        for shard in r.shards:
-            converted_keys |= set(members(store.objects[f"out/{shard['name']}"]))
-    changed = {relabelled, "zz_new_0", "zz_new_1", "zz_new_2"}
-    assert changed <= converted_keys  # every changed sample was converted again ...
-    assert len(converted_keys) <= 4 * 10 + 3  # ... and little else (the units holding them)
-    assert not {k for s in reused["shards"] for k in members(store.objects[f"out/{s['name']}"])} & changed
-    # exact: the reused and converted shards together are what a full conversion of the new source writes
+    converted = _samples_of(store, [s["name"] for r in reports for s in r.shards])
+    assert changed <= set(converted)
+    taken = _samples_of(store, [s["name"] for s in reused["shards"]])
+    assert not set(taken) & changed and not set(taken) & set(converted)
+    # exact: the taken-over and converted shards hold what a full conversion of the new source holds
     fresh = MemoryStore()
     _convert_version(fresh, root, _version_config(2))
-    names = sorted([s["name"] for s in reused["shards"]] + [s["name"] for r in reports for s in r.shards])
-    fresh_tars = {k.split("/", 1)[1]: v for k, v in fresh.objects.items() if k.endswith(".tar")}
-    assert names == sorted(fresh_tars)
-    assert all(store.objects[f"out/{n}"] == fresh_tars[n] for n in names)
-    assert sum(r.written for r in reports) + reused["written"] == second["samples"] == len(complete) + 3
+    expected = _samples_of(fresh, [k.split("/", 1)[1] for k in fresh.objects if k.endswith(".tar")])
+    assert {**taken, **converted} == expected
+    assert sum(r.written for r in reports) + reused["written"] == second["samples"] == len(complete) + len(added)
+
+    # a third version from the second: the source unchanged, everything is taken over (chained)
+    third, reports = _convert_version(store, root, _version_config(3, previous=2))
+    assert third["units"]["convert"] == 0 and third["units"]["previousBroken"] == 0 and not reports
+    assert third["units"]["takenOver"] == second["units"]["count"]
+    # a removed sample breaks exactly its unit
+    gone = complete[-3]
+    (root / f"images/{gone}.jpg").unlink()
+    fourth, reports = _convert_version(store, root, _version_config(4, previous=3))
+    assert fourth["units"]["previousBroken"] == 1 and fourth["units"]["takenOver"] == third["units"]["count"] - 1
+    assert gone not in _samples_of(store, [s["name"] for r in reports for s in r.shards])
+    assert fourth["samples"] == third["samples"] - 1
+
+
+def test_a_previous_version_of_another_layout_is_not_taken_over(
+    dataset: tuple[Path, exampledata.Manifest], tmp_path: Path
+) -> None:
+    store = MemoryStore()
+    _convert_version(store, dataset[0], _version_config(1))
+    cfg = _version_config(2, previous=1)
+    cfg["output"]["maxSamples"] = 11
+    second, _ = _convert_version(store, dataset[0], cfg)
+    assert second["units"]["previous"] is None and second["units"]["takenOver"] == 0
+    assert second["units"]["convert"] == second["units"]["count"]

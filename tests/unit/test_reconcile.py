@@ -265,6 +265,18 @@ def test_converters_writing_less_than_the_plan_fail() -> None:
     assert d.status.phase == Phase.FAILED and d.status.reason == "ConversionIncomplete"
 
 
+def test_units_that_do_not_cover_the_plan_exactly_fail_even_with_the_right_count() -> None:
+    covering = plan(5)
+    covering["units"]["fingerprint"] = (2**64 - 5 + 9) % 2**64
+    reports = {0: {**report(0, 3), "planFingerprint": 2**64 - 5}, 1: {**report(1, 2), "planFingerprint": 9}}
+    d = decide(spec(), OWNER, converted(plan=covering, reports=reports), DEFAULTS, NOW)
+    assert d.status.phase == Phase.SHUFFLING  # the sum is taken mod 2^64
+    reports[1]["planFingerprint"] = 10  # e.g. a unit converted twice and another one left out: same count
+    d = decide(spec(), OWNER, converted(plan=covering, reports=reports), DEFAULTS, NOW)
+    assert d.status.phase == Phase.FAILED and d.status.reason == "ConversionIncomplete"
+    assert "do not hold exactly the planned samples" in d.status.message
+
+
 def test_job_gone_but_reports_complete_does_not_rerun_conversion() -> None:
     d = decide(spec(), OWNER, converted(dsort_attempts=dsort(finished=False, input_shards=4, extracted_shards=1)),
                DEFAULTS, NOW)  # fmt: skip

@@ -148,6 +148,28 @@ def test_while_a_new_version_builds_the_published_one_stays_ready() -> None:
     assert not [a for a in d.actions if isinstance(a, CleanupArtifacts | WriteIndex)]  # g2 is untouched
 
 
+def test_the_new_versions_planner_takes_over_from_the_published_version_only_where_its_shards_are() -> None:
+    import json
+
+    from sharded_dataset_operator.reconcile import CreateJob
+
+    def planner_config(obs: Observed, **over: Any) -> dict[str, Any]:
+        d = decide(spec(**over), OWNER, obs, DEFAULTS, NOW)
+        (job,) = [a.manifest for a in d.actions if isinstance(a, CreateJob)]
+        env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+        return dict(json.loads(next(e["value"] for e in env if e["name"] == "SDS_CONVERTER_CONFIG")))
+
+    out = planner_config(published_g2(plan=None, reports={}))["output"]
+    assert out["previous"] == "samples-5f3a9c1e-g2-plan.json"
+    assert "previous" not in planner_config(Observed(previous={}))["output"]  # nothing published yet
+    # the output moved to another bucket: the published version's shards are not where this one writes
+    moved = planner_config(
+        published_g2(plan=None, reports={}),
+        output={"bucket": "elsewhere", "prefix": "samples-", "maxSamplesPerShard": 10},
+    )
+    assert "previous" not in moved["output"]
+
+
 def test_a_failed_new_version_leaves_the_published_one_ready_and_says_both() -> None:
     obs = published_g2(plan={**converted().plan, "samples": 0})  # type: ignore[dict-item]
     d = decide(spec(), OWNER, obs, DEFAULTS, NOW)

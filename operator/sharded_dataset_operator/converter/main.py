@@ -52,6 +52,7 @@ CGROUP_MEMORY_LIMITS = (
 )
 UNLIMITED = 1 << 60
 SKIP_EXAMPLES = 5
+FP_MOD = units.FINGERPRINT_MOD
 FAIL_FAST_SAMPLES = 100  # a transform that raised on each of a worker's first 100 samples is broken: stop
 
 
@@ -77,6 +78,7 @@ class Report:
     skipped: Counter[str] = field(default_factory=Counter)  # transform skips by reason
     skip_examples: dict[str, list[str]] = field(default_factory=dict)
     first_error: str = ""
+    plan_fingerprint: int = 0  # of the units finished (`units.Unit.fingerprint`)
 
     def skip(self, reason: str, n: int = 1, key: str = "", detail: str = "") -> None:
         self.skipped[reason] += n
@@ -109,6 +111,7 @@ class Report:
                 "skippedByReason": dict(sorted(self.skipped.items())),
                 "skipExamples": self.skip_examples,
                 "firstTransformError": self.first_error,
+                "planFingerprint": self.plan_fingerprint,
             },
             sort_keys=True,
             indent=1,
@@ -266,8 +269,8 @@ def my_units(ais: Ais, out: dict[str, Any], manifest: dict[str, Any], workers: i
         if data is None:
             raise plan.PlanError(f"plan unit table {name} is missing")
         for line in data.decode("utf-8").splitlines():
-            unit, reused = units.Unit.parse(line)
-            if reused:
+            unit, kind = units.Unit.parse(line)
+            if kind != units.CONVERT:
                 continue
             if first <= position < last:
                 mine.append(unit)
@@ -277,8 +280,19 @@ def my_units(ais: Ais, out: dict[str, Any], manifest: dict[str, Any], workers: i
     return mine
 
 
+def convert_stream(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The samples the units to convert are cut from (the plan, or the samples not taken over), in the form
+    `plan.read_range` reads."""
+    stream = (manifest.get("units") or {}).get("stream") or {}
+    return {
+        "samples": int(stream.get("samples", manifest["samples"])),
+        "chunkSamples": manifest["chunkSamples"],
+        "chunks": stream.get("chunks", manifest["chunks"]),
+    }
+
+
 def runs(todo: list[units.Unit]) -> Iterator[list[units.Unit]]:
-    """Units adjacent in the plan, grouped, so that each group is read as one stream."""
+    """Units adjacent in the convert stream, grouped, so that each group is read as one stream."""
     group: list[units.Unit] = []
     for unit in todo:
         if group and group[-1].start + group[-1].count != unit.start:
@@ -307,6 +321,7 @@ def convert(
     report.readahead_bytes = rp.readahead_bytes
     manifest = load_manifest(ais, out, generation)
     todo = my_units(ais, out, manifest, workers, index)
+    stream = convert_stream(manifest)
     report.partition = sum(u.count for u in todo)
     log.info(
         "worker %d/%d: %d units (%d samples) of %d to convert; read-ahead %d MiB",
@@ -332,6 +347,8 @@ def convert(
 
     def account(record: dict[str, Any], resumed: bool = False) -> None:
         report.shards.append(record)
+        if record.get("last"):
+            report.plan_fingerprint = (report.plan_fingerprint + int(record.get("planFingerprint") or 0)) % FP_MOD
         report.written += int(record["samples"])
         report.consumed += int(record.get("consumed") or 0)
         for reason, n in (record.get("skipped") or {}).items() if resumed else ():
@@ -370,6 +387,8 @@ def convert(
             "lastKey": shard.keys[-1],
             **totals.to_dict(),
         }
+        if last:
+            record["planFingerprint"] = unit.fingerprint
         if transformer is not None:
             record["skipped"] = dict(sorted((skips or {}).items()))
         account(record)
@@ -397,7 +416,7 @@ def convert(
     try:
         for group in runs(todo):
             reads = read_samples(
-                plan.read_range(manifest, group[0].start, group[-1].start + group[-1].count, chunk_lines),
+                plan.read_range(stream, group[0].start, group[-1].start + group[-1].count, chunk_lines),
                 source.read_many,
                 rp,
             )
@@ -434,6 +453,7 @@ def convert(
                     emit(unit, part, tail, pending, skips)
                 else:  # the transform dropped every sample of the unit: nothing to keep or reuse
                     report.consumed += unit.count
+                    report.plan_fingerprint = (report.plan_fingerprint + unit.fingerprint) % FP_MOD
             close = getattr(reads, "close", None)
             if close is not None:
                 close()  # the group's stream is used up: let its read-ahead pool go

@@ -10,24 +10,29 @@ written in key order as plan chunks, then the manifest (`plan.py`). Memory is th
 whatever the dataset size. The manifest is written last, so its presence means the plan is complete; a
 rerun rewrites the same objects.
 
-On the way the samples are cut into units (`units.py`). A unit whose converted shards some earlier version
-of the resource already wrote (recorded in its reports, or in a worker's progress, and still present with
-the recorded size) is marked reused and its records go to `reused.json`; the converters convert the rest.
+Then every sample is put into a unit (`units.py`). When the version this one replaces (`output.previous`, its
+plan manifest) has the same layout, its units whose samples are all unchanged are taken over whole, and only
+the other samples (the *convert stream*, written beside the plan) are cut into new units (`reuse.py`: the
+plan is read back once for that). A cut unit whose converted shards some earlier version of the resource
+already wrote (recorded in its reports, or in a worker's progress, and still present with the recorded size)
+is marked reused. The records of every unit not converted go to `reused.json`; the converters convert the
+rest. The membership (which unit each sample is in) is written for the next version.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from .. import naming, plan, units
+from .. import naming, plan, reuse, units
 from ..clients.ais import Ais, ListingError
 from ..extsort import ExternalSorter
-from ..samples import FieldRule, Grouper, LabelRule, groups_from_records, label_entries, label_record
+from ..samples import FieldRule, Grouper, LabelRule, Sample, groups_from_records, label_entries, label_record
 from ..verify import Totals
 from .common import PermanentError, make_source, run_main
 from .sources import Source, SourceError
@@ -99,25 +104,43 @@ def reusable_units(ais: Ais, out: dict[str, Any]) -> dict[str, list[dict[str, An
 
 
 class UnitTable:
-    """Writes the plan's unit table and gathers the reused units' records."""
+    """Writes the plan's unit table and gathers the records of the units it does not convert."""
 
     def __init__(self, ais: Ais, out: dict[str, Any], known: dict[str, list[dict[str, Any]]]) -> None:
         self.ais, self.out, self.known = ais, out, known
         self.lines: list[str] = []
         self.chunks: list[str] = []
         self.count = self.convert = self.convert_samples = self.reused_samples = 0
+        self.taken_over = self.taken_over_samples = 0
+        self.fingerprint = 0  # of the units not converted
         self.reused: list[dict[str, Any]] = []
 
     def add(self, unit: units.Unit) -> None:
+        """A unit this version cut: reused if its identity was converted before, else to convert."""
         records = self.known.get(unit.id)
-        self.count += 1
         if records is None:
             self.convert += 1
             self.convert_samples += unit.count
+            self._line(unit.line(units.CONVERT))
         else:
-            self.reused.extend(records)
-            self.reused_samples += unit.count
-        self.lines.append(unit.line(records is not None))
+            self._reuse(unit, records)
+            self._line(unit.line(units.REUSED))
+
+    def take_over(self, unit: units.Unit) -> None:
+        """An intact unit of the version this one replaces (its shards exist: `known`)."""
+        self._reuse(unit, self.known[unit.id])
+        self.taken_over += 1
+        self.taken_over_samples += unit.count
+        self._line(dataclasses.replace(unit, start=-1).line(units.TAKEN_OVER))
+
+    def _reuse(self, unit: units.Unit, records: list[dict[str, Any]]) -> None:
+        self.reused.extend(records)
+        self.reused_samples += unit.count
+        self.fingerprint = (self.fingerprint + unit.fingerprint) % units.FINGERPRINT_MOD
+
+    def _line(self, line: str) -> None:
+        self.count += 1
+        self.lines.append(line)
         if len(self.lines) >= UNIT_CHUNK:
             self.flush()
 
@@ -145,9 +168,83 @@ class UnitTable:
             "written": sum(int(r.get("samples") or 0) for r in self.reused),
             "bytes": sum(int(r.get("bytes") or 0) for r in self.reused),
             "consumed": self.reused_samples,
+            "planFingerprint": self.fingerprint,
             "skippedByReason": dict(sorted(skipped.items())),
             **totals.to_dict(),
         }
+
+
+class LineChunks:
+    """Lines written as objects of `per_chunk` lines, named by `name(base, i)`."""
+
+    def __init__(self, ais: Ais, out: dict[str, Any], name: Callable[[str, int], str], per_chunk: int) -> None:
+        self.ais, self.out, self.name, self.per_chunk = ais, out, name, per_chunk
+        self.lines: list[str] = []
+        self.chunks: list[str] = []
+
+    def add(self, line: str) -> None:
+        self.lines.append(line)
+        if len(self.lines) >= self.per_chunk:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.lines:
+            name = self.name(str(self.out["base"]), len(self.chunks))
+            self.ais.put(self.out["bucket"], name, ("\n".join(self.lines) + "\n").encode(), self.out["provider"])
+            self.chunks.append(name)
+            self.lines = []
+
+
+class Assembler:
+    """Puts each planned sample into a unit: one taken over from the previous version, or one cut from the
+    convert stream (the samples not taken over, in key order); writes the membership and the unit table."""
+
+    def __init__(self, ais: Ais, out: dict[str, Any], config: dict[str, Any], layout: str,
+                 known: dict[str, list[dict[str, Any]]], convert_stream: plan.ChunkWriter | None) -> None:  # fmt: skip
+        self.table = UnitTable(ais, out, known)
+        self.members = LineChunks(ais, out, naming.plan_members_name, reuse.MEMBERS_CHUNK)
+        self.cutter = units.UnitCutter(
+            layout, out.get("maxSamples"), out.get("maxBytes"), config.get("orderSeed") is not None
+        )
+        self.stream = convert_stream  # None: the convert stream is the plan itself
+        self.taken: set[str] = set()
+
+    def convert(self, sample: Sample, line: str, digest: int) -> None:
+        if self.stream is not None:
+            self.stream.add(sample, line)
+        for unit in self.cutter.add(sample, line):
+            self.table.add(unit)
+        self.members.add(reuse.encode_member(sample.key, digest, self.cutter.joined))
+
+    def take_over(self, unit: units.Unit, key: str, digest: int) -> None:
+        if unit.id not in self.taken:
+            self.taken.add(unit.id)
+            self.table.take_over(unit)
+        self.members.add(reuse.encode_member(key, digest, unit.id))
+
+    def finish(self) -> None:
+        for unit in self.cutter.finish():
+            self.table.add(unit)
+        if self.stream is not None:
+            self.stream.finish()
+        self.table.flush()
+        self.members.flush()
+
+
+def previous_units(ais: Ais, out: dict[str, Any], layout: str) -> tuple[reuse.PreviousUnits, list[str]] | None:
+    """The unit table and membership chunks of the version this one replaces, if it has the same layout."""
+    name = out.get("previous")
+    if not name:
+        return None
+    data = ais.get(out["bucket"], str(name), out["provider"])
+    manifest = json.loads(data) if data else {}
+    table = manifest.get("units") or {}
+    if manifest.get("kind") != plan.PLAN_KIND or table.get("layout") != layout or "members" not in table:
+        return None
+    lines = (
+        line for chunk in table.get("chunks") or [] for line in ais.stream_lines(out["bucket"], chunk, out["provider"])
+    )
+    return reuse.PreviousUnits.from_lines(lines), [str(c) for c in table["members"]]
 
 
 def make_plan(
@@ -168,6 +265,20 @@ def make_plan(
     sorter = ExternalSorter(store, naming.plan_run_prefix(base), buffer_bytes=sort_buffer_bytes)
     digest = hashlib.sha256()
     malformed = 0
+    layout = units.layout_digest(config)
+    previous = previous_units(ais, out, layout)
+    known = reusable_units(ais, out)
+
+    def put(name: str, data: bytes) -> None:
+        ais.put(out["bucket"], name, data, out["provider"])
+
+    def old_members() -> Iterator[str]:
+        assert previous is not None
+        return (line for chunk in previous[1] for line in ais.stream_lines(out["bucket"], chunk, out["provider"]))
+
+    fingerprint = 0
+    walk = reuse.MembershipWalk(old_members(), previous[0]) if previous is not None else None
+    assembler = None if walk is not None else Assembler(ais, out, config, layout, known, None)
     try:
         try:
             for raw in source.files():
@@ -188,27 +299,43 @@ def make_plan(
                     malformed += 1
                 else:
                     sorter.add(record)
-        writer = plan.ChunkWriter(
-            lambda name, data: ais.put(out["bucket"], name, data, out["provider"]), base, chunk_samples
-        )
-        layout = units.layout_digest(config)
-        cutter = units.UnitCutter(
-            layout, out.get("maxSamples"), out.get("maxBytes"), config.get("orderSeed") is not None
-        )
-        table = UnitTable(ais, out, reusable_units(ais, out))
+        writer = plan.ChunkWriter(put, base, chunk_samples)
         for group in groups_from_records(sorter.sorted(), grouper.names):
             sample = grouper.judge(group)
             if sample is not None:
                 line = plan.encode_sample(sample)
                 writer.add(sample, line)
-                for unit in cutter.add(sample, line):
-                    table.add(unit)
-        for unit in cutter.finish():
-            table.add(unit)
+                line_digest = units.line_digest(line)
+                fingerprint = (fingerprint + line_digest) % units.FINGERPRINT_MOD
+                if walk is not None:  # first the old units' fate; the units are made below
+                    walk.match(sample.key, line_digest)
+                else:
+                    assert assembler is not None
+                    assembler.convert(sample, line, line_digest)
         writer.finish()
-        table.flush()
     finally:
         sorter.close()
+    broken = 0
+    if walk is not None:
+        assert previous is not None
+        broken = len(walk.finish())
+        intact = {u for u in previous[0].units if u not in walk.broken and u in known}
+        stream = plan.ChunkWriter(put, base, chunk_samples, naming.plan_convert_name) if intact else None
+        assembler = Assembler(ais, out, config, layout, known, stream)
+        again = reuse.MembershipWalk(old_members(), previous[0])
+        for chunk in writer.chunks:
+            for line in ais.stream_lines(out["bucket"], chunk, out["provider"]):
+                sample = plan.decode_sample(line)
+                line_digest = units.line_digest(line)
+                old = again.match(sample.key, line_digest)
+                if old is not None and old in intact:
+                    assembler.take_over(previous[0].units[old], sample.key, line_digest)
+                else:
+                    assembler.convert(sample, line, line_digest)
+    assert assembler is not None
+    assembler.finish()
+    table = assembler.table
+    stream = assembler.stream
     reused = table.reused_report(config)
     ais.put(out["bucket"], naming.reused_name(base), json.dumps(reused, sort_keys=True).encode(), out["provider"])
     result = grouper.finish()
@@ -239,6 +366,16 @@ def make_plan(
             "reused": table.count - table.convert,
             "reusedSamples": table.reused_samples,
             "reusedShards": len(table.reused),
+            "takenOver": table.taken_over,
+            "takenOverSamples": table.taken_over_samples,
+            "previous": out.get("previous") if previous is not None else None,
+            "previousBroken": broken,
+            "stream": {
+                "samples": stream.samples if stream is not None else writer.samples,
+                "chunks": stream.chunks if stream is not None else writer.chunks,
+            },
+            "members": assembler.members.chunks,
+            "fingerprint": fingerprint,
         },
         "sortRecords": sorter.records,
         "sortRuns": sorter.runs_written,
@@ -264,7 +401,8 @@ def run(config: dict[str, Any], index: int, ais: Ais) -> str:
     return (
         f"planned {manifest['samples']} samples from {manifest['filesListed']} files "
         f"({manifest['listPages']} listing pages, {sum(manifest['skipped'].values())} skipped) "
-        f"in {manifest['seconds']:.1f}s: {u['count']} units, {u['reused']} reused, {u['convert']} to convert"
+        f"in {manifest['seconds']:.1f}s: {u['count']} units, {u['reused']} reused ({u['takenOver']} taken over "
+        f"whole from the previous version), {u['convert']} to convert"
     )
 
 

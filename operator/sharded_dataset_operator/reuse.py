@@ -1,0 +1,114 @@
+"""Taking over the previous version's units (pure): which converted shards a new version needs not convert.
+
+Each version's planner writes, beside its plan, the plan's *membership*: one line per sample in key order,
+``[key, line digest, unit]``, where `unit` is the unit's id (a unit the version took over) or the ordinal of
+a unit it cut (`n`: the n-th cut unit of its unit table). A new version's planner walks the previous
+version's membership alongside its own sorted samples (`MembershipWalk`), twice:
+
+1. every old unit one of whose samples is gone or changed (another digest) is *broken*; the others are
+   intact, however many new samples sort between their keys;
+2. a sample of an intact unit (whose converted shards still exist) goes with its unit, taken over whole;
+   every other sample (new, changed, or of a broken unit) goes to the *convert stream*, which is cut into
+   new units exactly like a first version's plan (`units.UnitCutter`).
+
+So an added sample costs the unit it lands in, wherever it sorts; a removed or changed one costs its old
+unit. Memory is one old membership line and the set of broken units (per unit, not per sample).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from .units import CONVERT, REUSED, Unit
+
+MEMBERS_CHUNK = 10_000  # membership lines per object
+
+
+class MembershipError(Exception):
+    """The previous version's membership or unit table is inconsistent (not sorted, an unknown unit)."""
+
+
+def encode_member(key: str, digest: int, unit: str | int) -> str:
+    return json.dumps([key, f"{digest:016x}", unit], ensure_ascii=False, separators=(",", ":"))
+
+
+def decode_member(line: str) -> tuple[str, int, str | int]:
+    key, digest, unit = json.loads(line)
+    return str(key), int(digest, 16), unit if isinstance(unit, int) else str(unit)
+
+
+@dataclass(slots=True)
+class PreviousUnits:
+    """The previous version's unit table: its units by id, and the ids of the units it cut, in order."""
+
+    units: dict[str, Unit] = field(default_factory=dict)
+    cut: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_lines(cls, lines: Iterable[str]) -> PreviousUnits:
+        table = cls()
+        for line in lines:
+            if not line:
+                continue
+            unit, kind = Unit.parse(line)
+            table.units[unit.id] = unit
+            if kind in (CONVERT, REUSED):
+                table.cut.append(unit.id)
+        return table
+
+    def resolve(self, ref: str | int) -> str:
+        """The unit id a membership line names."""
+        if isinstance(ref, int):
+            if not 0 <= ref < len(self.cut):
+                raise MembershipError(f"membership names cut unit {ref}, the unit table has {len(self.cut)}")
+            return self.cut[ref]
+        if ref not in self.units:
+            raise MembershipError(f"membership names unit {ref}, which is not in the unit table")
+        return ref
+
+
+class MembershipWalk:
+    """Walks the previous version's membership (sorted by key) alongside the new plan's samples (sorted the
+    same way): `match` each new sample in order, then `finish`. `broken` collects the old units that lost
+    a sample or hold a changed one."""
+
+    def __init__(self, old: Iterable[str], previous: PreviousUnits) -> None:
+        self._lines: Iterator[str] = (line for line in old if line)
+        self._previous = previous
+        self._head: tuple[str, int, str] | None = None
+        self._last_key: str | None = None
+        self.broken: set[str] = set()
+        self._advance()
+
+    def _advance(self) -> None:
+        line = next(self._lines, None)
+        if line is None:
+            self._head = None
+            return
+        key, digest, ref = decode_member(line)
+        if self._last_key is not None and key <= self._last_key:
+            raise MembershipError(f"the previous membership is not sorted: {key!r} after {self._last_key!r}")
+        self._last_key = key
+        self._head = (key, digest, self._previous.resolve(ref))
+
+    def match(self, key: str, digest: int) -> str | None:
+        """The old unit that holds this very sample (same key, same plan line), if any."""
+        while self._head is not None and self._head[0] < key:
+            self.broken.add(self._head[2])  # gone from the source
+            self._advance()
+        if self._head is None or self._head[0] != key:
+            return None  # a new sample
+        _, old_digest, unit = self._head
+        self._advance()
+        if old_digest == digest:
+            return unit
+        self.broken.add(unit)  # changed
+        return None
+
+    def finish(self) -> set[str]:
+        while self._head is not None:
+            self.broken.add(self._head[2])
+            self._advance()
+        return self.broken
