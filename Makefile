@@ -35,6 +35,8 @@ image: ## build the project image (buildah) and import it into the local cluster
 
 deploy: image ## build, import and install/upgrade the CRD and the operator into the current cluster
 	$(ENV); kubectl apply --server-side --force-conflicts -k manifests/
+	@# the local cluster has no registry: user transform images are imported, never pulled (chart default: Always)
+	$(ENV); kubectl -n sharded-dataset-operator set env deployment/sharded-dataset-operator SDS_USER_IMAGE_PULL_POLICY=IfNotPresent
 	$(ENV); kubectl -n sharded-dataset-operator rollout restart deployment/sharded-dataset-operator
 	$(ENV); kubectl -n sharded-dataset-operator rollout status deployment/sharded-dataset-operator --timeout=180s
 
@@ -57,6 +59,8 @@ demo: venv cluster-up deploy ## the main job: cluster + operator + example datas
 	$(ENV); $(PY) examples/run_demo.py $(DEMO_ARGS)
 
 .PHONY: lint test test-unit test-e2e
+# The tests also bring up the AuthN-enabled AIS beside the plain one (the tenancy tests run on it).
+test test-e2e: export AIS_AUTH := 1
 lint: venv ## ruff + mypy --strict
 	$(VENV)/bin/ruff check operator tests bench examples
 	$(VENV)/bin/ruff format --check operator tests bench examples
@@ -66,11 +70,11 @@ test-unit: venv ## fast tests of the pure logic
 	$(VENV)/bin/pytest tests/unit -q
 
 test-e2e: venv cluster-up deploy ## end-to-end tests on the local cluster
-	$(ENV); SDS_E2E=1 SDS_REQUIRE_HELM=1 SDS_REQUIRE_LUA=1 $(VENV)/bin/pytest tests/e2e -v
+	$(ENV); SDS_E2E=1 SDS_REQUIRE_HELM=1 SDS_REQUIRE_LUA=1 SDS_REQUIRE_AUTH=1 $(VENV)/bin/pytest tests/e2e -v
 
 test: venv cluster-up deploy ## everything: lint, unit and end-to-end tests (what CI runs)
 	$(MAKE) lint
-	$(ENV); SDS_E2E=1 SDS_REQUIRE_HELM=1 SDS_REQUIRE_LUA=1 $(VENV)/bin/pytest tests -v --durations=15
+	$(ENV); SDS_E2E=1 SDS_REQUIRE_HELM=1 SDS_REQUIRE_LUA=1 SDS_REQUIRE_AUTH=1 $(VENV)/bin/pytest tests -v --durations=15
 
 .PHONY: bench
 bench: venv cluster-up deploy ## benchmark (bench/README.md); writes bench/results/latest.json

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build (or reuse from the cache) every binary the local cluster needs, at the versions pinned in
 # hack/versions.env: the Kubernetes components, etcd, aisnode (with dSort) and helm.
-# Usage: hack/build-binaries.sh [k8s|etcd|ais|helm ...]   (default: all)
+# Usage: hack/build-binaries.sh [k8s|etcd|ais|authn|helm ...]   (default: all but authn, built when AIS_AUTH=1)
 LOG_TAG=build
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 go_env
@@ -41,6 +41,16 @@ build_ais() {
     -ldflags "-s -w -X main.build=v$AIS_VERSION -X main.buildtime=1970-01-01T00:00:00Z" \
     -o "$tmp/aisnode" github.com/NVIDIA/aistore/cmd/aisnode)
   rm -rf "$AIS_BIN"; mv "$tmp" "$AIS_BIN"
+}
+
+build_authn() { # the AIS AuthN server (hack/cluster.sh with AIS_AUTH=1), same module and version as aisnode
+  if have "$AIS_BIN" authn; then log "authn v$AIS_VERSION: cached"; return; fi
+  log "building authn v$AIS_VERSION"
+  mkdir -p "$AIS_BIN"
+  (cd "$HACK_DIR/tools/ais" && go build -trimpath -tags mono \
+    -ldflags "-s -w -X main.build=v$AIS_VERSION -X main.buildtime=1970-01-01T00:00:00Z" \
+    -o "$AIS_BIN/authn.tmp" github.com/NVIDIA/aistore/cmd/authn)
+  mv "$AIS_BIN/authn.tmp" "$AIS_BIN/authn"
 }
 
 build_helm() {

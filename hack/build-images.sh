@@ -2,7 +2,7 @@
 # Build the container images without Docker or a registry, and save them as OCI archives under the
 # cache dir: the pause (sandbox) image and the project image (./Dockerfile, built with buildah from a
 # locally bootstrapped Debian base that stands in for the public debian image).
-# Usage: hack/build-images.sh [pause|base|project|transforms ...]   (default: all). Prints nothing on stdout.
+# Usage: hack/build-images.sh [pause|base|project|transforms|authn ...]   (default: all). Prints nothing on stdout.
 LOG_TAG=images
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
@@ -67,6 +67,20 @@ build_transforms() {
   rm -f "$out.tmp"
   buildah push --quiet "$TRANSFORMS_IMAGE" "oci-archive:$out.tmp:$TRANSFORMS_IMAGE" >/dev/null && mv "$out.tmp" "$out"
   log "transforms example image built: $TRANSFORMS_IMAGE"
+}
+
+# The AIS AuthN server (hack/cluster.sh with AIS_AUTH=1): its binary on the Debian base, run as nobody.
+build_authn() {
+  build_base
+  "$HACK_DIR/build-binaries.sh" authn
+  local out="$IMAGE_CACHE/authn.tar" c
+  c=$(buildah from "$BASE_IMAGE")
+  buildah copy --quiet --chmod 0755 "$c" "$AIS_BIN/authn" /usr/local/bin/authn >/dev/null
+  buildah config --cmd '' --entrypoint '["/usr/local/bin/authn"]' --user 65534:65534 "$c"
+  buildah commit --quiet --rm "$c" "$AUTHN_IMAGE" >/dev/null
+  rm -f "$out.tmp"
+  buildah push --quiet "$AUTHN_IMAGE" "oci-archive:$out.tmp:$AUTHN_IMAGE" >/dev/null && mv "$out.tmp" "$out"
+  log "authn image built: $AUTHN_IMAGE"
 }
 
 # A rebuild re-tags the image and leaves the previous one untagged; with the vfs driver every such image is

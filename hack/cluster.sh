@@ -34,6 +34,16 @@ AIS_PROXIES="${AIS_PROXIES:-1}"
 AIS_PROXY_PORT=51080
 AIS_ENDPOINT_URL="http://$NODE_IP:$AIS_PROXY_PORT"
 AIS_DATA="${SDO_AIS_DATA_DIR:-$STATE/ais}"
+# AIS_AUTH=1: a second AIS cluster (1 proxy + 1 target) that requires AuthN tokens, and the AuthN server as a
+# pod (docs/local-cluster.md); the e2e tenancy tests run on it. The first cluster stays without AuthN.
+AIS_AUTH="${AIS_AUTH:-0}"
+AIS_AUTH_PORT=56080
+AIS_AUTH_ENDPOINT_URL="http://$NODE_IP:$AIS_AUTH_PORT"
+AIS_AUTH_DATA="$STATE/ais-auth"
+AUTHN_DIR="$STATE/authn"
+AUTHN_PORT=52001
+OPERATOR_NS=sharded-dataset-operator
+ADMIN_SECRET=sharded-dataset-operator-ais-admin
 GUARD_CHAIN=SDO-GUARD
 
 kubectl() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
@@ -377,8 +387,9 @@ EOF
 
 # ---------------------------------------------------------------------------------------------- AIS
 
-ais_node_conf() { # ais_node_conf NAME ROLE INDEX PORT
-  local name=$1 role=$2 index=$3 port=$4 dir="$AIS_DATA/$1"
+ais_node_conf() { # ais_node_conf NAME ROLE INDEX PORT [DATA_ROOT]
+  local name=$1 role=$2 index=$3 port=$4 root=${5:-$AIS_DATA}
+  local dir="$root/$1"
   mkdir -p "$dir/conf" "$LOGS/ais-$name"
   cat >"$dir/local.json" <<EOF
 {
@@ -389,14 +400,14 @@ ais_node_conf() { # ais_node_conf NAME ROLE INDEX PORT
     "port": "$port", "port_intra_control": "$((port + 1000))", "port_intra_data": "$((port + 2000))"
   },
   "fspaths": {},
-  "test_fspaths": {"root": "$AIS_DATA/mountpaths/", "count": $([[ $role == target ]] && echo 1 || echo 0), "instance": $index}
+  "test_fspaths": {"root": "$root/mountpaths/", "count": $([[ $role == target ]] && echo 1 || echo 0), "instance": $index}
 }
 EOF
 }
 
-start_ais() {
-  mkdir -p "$AIS_DATA"
-  cat >"$AIS_DATA/cluster.json" <<EOF
+ais_cluster_conf() { # ais_cluster_conf FILE PRIMARY_URL AUTH_JSON
+  local file=$1 primary=$2 auth=$3
+  cat >"$file" <<EOF
 {
   "backend": {},
   "timeout": {
@@ -404,7 +415,7 @@ start_ais() {
     "startup_time": "30s", "join_startup_time": "1m", "send_file_time": "5m", "ec_streams_time": "10m",
     "object_md": "2h"
   },
-  "proxy": {"primary_url": "$AIS_ENDPOINT_URL", "original_url": "$AIS_ENDPOINT_URL", "discovery_url": "", "non_electable": false},
+  "proxy": {"primary_url": "$primary", "original_url": "$primary", "discovery_url": "", "non_electable": false},
   "space": {"cleanupwm": 65, "lowwm": 75, "highwm": 90, "out_of_space": 95, "batch_size": 32768, "dont_cleanup_time": "120m"},
   "resilver": {"enabled": true},
   "memsys": {"min_free": "2gb", "default_buf": "32kb", "to_gc": "4gb", "hk_time": "3m", "min_pct_total": 0, "min_pct_free": 0},
@@ -419,7 +430,7 @@ start_ais() {
     },
     "use_ipv6": false
   },
-  "auth": {},
+  "auth": $auth,
   "distributed_sort": {
     "duplicated_records": "ignore", "missing_shards": "ignore", "ekm_malformed_line": "abort",
     "ekm_missing_key": "abort", "default_max_mem_usage": "60%", "call_timeout": "10m",
@@ -427,6 +438,11 @@ start_ais() {
   }
 }
 EOF
+}
+
+start_ais() {
+  mkdir -p "$AIS_DATA"
+  ais_cluster_conf "$AIS_DATA/cluster.json" "$AIS_ENDPOINT_URL" '{}'
   local i port
   for ((i = 0; i < AIS_PROXIES; i++)); do
     port=$((AIS_PROXY_PORT + 10 + i)); ((i == 0)) && port=$AIS_PROXY_PORT
@@ -445,6 +461,122 @@ EOF
 }
 
 ais_ready() { curl -sf -o /dev/null "$AIS_ENDPOINT_URL/v1/health?prr=true"; }
+
+# ---------------------------------------------------------------------------------------------- AIS with AuthN
+
+auth_enabled() { [[ -s "$AUTHN_DIR/secret" ]]; }
+ais_auth_ready() { curl -sf -o /dev/null "$AIS_AUTH_ENDPOINT_URL/v1/health?prr=true"; }
+authn_url() { # the AuthN pod's address (from the host Service IPs do not route; pods use ais-authn.ais)
+  local ip
+  ip=$(kubectl -n ais get endpointslices -l kubernetes.io/service-name=ais-authn \
+    -o jsonpath='{.items[0].endpoints[0].addresses[0]}' 2>/dev/null) || true
+  echo "http://${ip:-0.0.0.0}:$AUTHN_PORT"
+}
+authn_ready() { curl -sf -o /dev/null "$(authn_url)/v1/clusters"; }
+
+start_ais_auth() { # the AIS cluster that requires tokens signed with the AuthN server's HMAC secret
+  mkdir -p "$AIS_AUTH_DATA" "$AUTHN_DIR"
+  # no trailing newline: the files become Secret values, read by AuthN byte for byte
+  [[ -s "$AUTHN_DIR/secret" ]] || (umask 077; printf %s "$(openssl rand -hex 32)" >"$AUTHN_DIR/secret")
+  [[ -s "$AUTHN_DIR/admin-pass" ]] || (umask 077; printf %s "$(openssl rand -hex 16)" >"$AUTHN_DIR/admin-pass")
+  local key; key=$(cat "$AUTHN_DIR/secret")
+  ais_cluster_conf "$AIS_AUTH_DATA/cluster.json" "$AIS_AUTH_ENDPOINT_URL" \
+    "{\"client_auth_required\": true, \"signature\": {\"method\": \"HS256\", \"key\": \"$key\"}}"
+  if ! proc_alive ais-auth-proxy0; then
+    ais_node_conf auth-proxy0 proxy 0 "$AIS_AUTH_PORT" "$AIS_AUTH_DATA"
+    start_proc ais-auth-proxy0 env -u KUBERNETES_SERVICE_HOST -u KUBERNETES_SERVICE_PORT \
+      AIS_PRIMARY_EP="$AIS_AUTH_ENDPOINT_URL" "$AIS_BIN/aisnode" -role=proxy -config="$AIS_AUTH_DATA/cluster.json" \
+      -local_config="$AIS_AUTH_DATA/auth-proxy0/local.json" -ntargets=1
+    sleep 1
+  fi
+  if ! proc_alive ais-auth-target1; then
+    ais_node_conf auth-target1 target 1 "$((AIS_AUTH_PORT + 21))" "$AIS_AUTH_DATA"
+    start_proc ais-auth-target1 env -u KUBERNETES_SERVICE_HOST -u KUBERNETES_SERVICE_PORT \
+      AIS_PRIMARY_EP="$AIS_AUTH_ENDPOINT_URL" "$AIS_BIN/aisnode" -role=target -config="$AIS_AUTH_DATA/cluster.json" \
+      -local_config="$AIS_AUTH_DATA/auth-target1/local.json"
+  fi
+}
+
+apply_authn() { # the AuthN server as a pod: in its own network namespace (it binds every interface it has)
+  mkdir -p "$AUTHN_DIR/conf"
+  cat >"$AUTHN_DIR/conf/authn.json" <<EOF
+{"auth": {"expiration_time": "24h"}, "log": {"dir": "/tmp", "level": "3"},
+ "net": {"http": {"port": $AUTHN_PORT, "use_https": false}}, "timeout": {"default_timeout": "30s"}}
+EOF
+  chown -R 65534:65534 "$AUTHN_DIR/conf"
+  kubectl -n ais create secret generic ais-authn --from-file=secret="$AUTHN_DIR/secret" \
+    --from-file=admin-pass="$AUTHN_DIR/admin-pass" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  kubectl apply -f - >/dev/null <<EOF
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: ais-authn, namespace: ais, labels: {app: ais-authn}}
+spec:
+  replicas: 1
+  strategy: {type: Recreate}
+  selector: {matchLabels: {app: ais-authn}}
+  template:
+    metadata: {labels: {app: ais-authn}}
+    spec:
+      automountServiceAccountToken: false
+      enableServiceLinks: false  # the Service's AIS_AUTHN_PORT=tcp://... variable would be read as AuthN's port
+      securityContext: {runAsUser: 65534, runAsGroup: 65534, runAsNonRoot: true}
+      containers:
+        - name: authn
+          image: $AUTHN_IMAGE
+          imagePullPolicy: Never
+          command: ["/usr/local/bin/authn", "-config=/etc/authn"]
+          env:
+            - {name: AIS_AUTHN_SECRET_KEY, valueFrom: {secretKeyRef: {name: ais-authn, key: secret}}}
+            - {name: AIS_AUTHN_SU_PASS, valueFrom: {secretKeyRef: {name: ais-authn, key: admin-pass}}}
+          ports: [{containerPort: $AUTHN_PORT}]
+          readinessProbe: {tcpSocket: {port: $AUTHN_PORT}, periodSeconds: 2}
+          securityContext: {allowPrivilegeEscalation: false}
+          volumeMounts: [{name: conf, mountPath: /etc/authn}, {name: tmp, mountPath: /tmp}]
+      volumes:
+        - {name: conf, hostPath: {path: $AUTHN_DIR/conf, type: Directory}}
+        - {name: tmp, emptyDir: {}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ais-authn, namespace: ais}
+spec:
+  selector: {app: ais-authn}
+  ports: [{name: http, port: $AUTHN_PORT, targetPort: $AUTHN_PORT, protocol: TCP}]
+---
+# the AuthN-enabled AIS cluster, for pods: http://ais-auth-proxy.ais:$AIS_AUTH_PORT
+apiVersion: v1
+kind: Service
+metadata: {name: ais-auth-proxy, namespace: ais}
+spec:
+  ports: [{name: http, port: $AIS_AUTH_PORT, targetPort: $AIS_AUTH_PORT, protocol: TCP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: ais-auth-proxy-host
+  namespace: ais
+  labels: {kubernetes.io/service-name: ais-auth-proxy, endpointslice.kubernetes.io/managed-by: sdo-cluster}
+addressType: IPv4
+ports: [{name: http, port: $AIS_AUTH_PORT, protocol: TCP}]
+endpoints: [{addresses: ["$NODE_IP"], conditions: {ready: true}}]
+EOF
+}
+
+auth_up() { # idempotent: AuthN, the AIS cluster that requires it, the registration and the operator's identity
+  local t0=$SECONDS
+  [[ -s "$IMAGE_CACHE/authn.tar" ]] || "$HACK_DIR/build-images.sh" authn
+  import_image "$IMAGE_CACHE/authn.tar" "$AUTHN_IMAGE"
+  start_ais_auth
+  apply_authn
+  wait_for "AIS (AuthN) ready" 120 ais_auth_ready || die "AIS with AuthN not ready; see $LOGS/ais-auth-*"
+  wait_for "AuthN server ready" 120 authn_ready || die "AuthN not ready: kubectl -n ais logs deploy/ais-authn"
+  kubectl create namespace "$OPERATOR_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  python3 "$HACK_DIR/ais_auth.py" --authn "$(authn_url)" --ais "$AIS_AUTH_ENDPOINT_URL" \
+    --admin-pass-file "$AUTHN_DIR/admin-pass" setup --token-file "$AUTHN_DIR/operator-token"
+  kubectl -n "$OPERATOR_NS" create secret generic "$ADMIN_SECRET" --from-file=token="$AUTHN_DIR/operator-token" \
+    --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  log "AIS with AuthN up in $((SECONDS - t0))s: $AIS_AUTH_ENDPOINT_URL, AuthN $(authn_url); the operator's AIS identity: Secret $OPERATOR_NS/$ADMIN_SECRET"
+}
 
 # ---------------------------------------------------------------------------------------------- in-cluster objects
 
@@ -481,12 +613,16 @@ EOF
 
 # ---------------------------------------------------------------------------------------------- commands
 
-all_healthy() { status >/dev/null 2>&1; }
+all_healthy() { status_base >/dev/null 2>&1; }
 
 cmd_up() {
   local t0=$SECONDS
   preflight
-  if [[ -f "$STATE/up" ]] && all_healthy; then log "cluster already up and healthy"; return 0; fi
+  if [[ -f "$STATE/up" ]] && all_healthy; then
+    log "cluster already up and healthy"
+    if [[ $AIS_AUTH == 1 ]] && ! auth_healthy; then auth_up; fi
+    return 0
+  fi
   cmd_down
   "$HACK_DIR/build-binaries.sh"
   "$HACK_DIR/build-images.sh" pause
@@ -509,6 +645,7 @@ cmd_up() {
   wait_for "serviceaccount default/default" 60 kubectl get serviceaccount default -n default
   wait_for "AIS cluster ready" 120 ais_ready || die "AIS not ready; see $LOGS/ais-*"
   wait_for "all components healthy" 60 all_healthy || { status; die "cluster unhealthy"; }
+  if [[ $AIS_AUTH == 1 ]]; then auth_up; fi
   touch "$STATE/up"
   log "cluster up in $((SECONDS - t0))s; kubeconfig: $KUBECONFIG_PATH; AIS: $AIS_ENDPOINT_URL"
   log "for a shell: eval \"\$(make -s cluster-env)\""
@@ -564,7 +701,16 @@ unmount_under() { # lazily unmount every mount point below the given directories
 
 status() { # prints one line per component; returns non-zero if any is unhealthy
   local bad=0
-  check() { local name=$1; shift; if "$@" >/dev/null 2>&1; then printf '%-24s ok\n' "$name"; else printf '%-24s FAILED\n' "$name"; bad=1; fi; }
+  status_base || bad=1
+  if auth_enabled; then status_auth || bad=1; fi
+  return $bad
+}
+
+# check NAME COMMAND...: one status line; sets the caller's `bad` when COMMAND fails
+check() { local name=$1; shift; if "$@" >/dev/null 2>&1; then printf '%-24s ok\n' "$name"; else printf '%-24s FAILED\n' "$name"; bad=1; fi; }
+
+status_base() {
+  local bad=0
   check etcd curl -sf "http://127.0.0.1:$ETCD_PORT/health"
   check kube-apiserver curl -sf --cacert "$PKI/ca.crt" "https://$NODE_IP:6443/readyz"
   check kube-controller-manager curl -skf https://127.0.0.1:10257/healthz
@@ -580,6 +726,16 @@ status() { # prints one line per component; returns non-zero if any is unhealthy
   return $bad
 }
 
+status_auth() {
+  local bad=0
+  check "ais with authn (prr)" ais_auth_ready
+  check "authn server" authn_ready
+  check "operator ais identity" kubectl -n "$OPERATOR_NS" get secret "$ADMIN_SECRET"
+  return $bad
+}
+
+auth_healthy() { auth_enabled && status_auth >/dev/null 2>&1; }
+
 cmd_status() { status; }
 
 cmd_env() {
@@ -588,6 +744,13 @@ export KUBECONFIG=$KUBECONFIG_PATH
 export AIS_ENDPOINT=$AIS_ENDPOINT_URL
 export PATH=$K8S_BIN:$HELM_BIN:\$PATH
 EOF
+  if auth_enabled; then
+    cat <<EOF
+export AIS_AUTH_ENDPOINT=$AIS_AUTH_ENDPOINT_URL
+export AIS_AUTHN_URL=$(authn_url 2>/dev/null || true)
+export AIS_AUTHN_ADMIN_PASS_FILE=$AUTHN_DIR/admin-pass
+EOF
+  fi
 }
 
 [[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0   # sourced (tests, debugging): functions only

@@ -41,3 +41,4 @@ PAUSE_IMAGE="localhost/sdo-pause:1.0"
 PAUSE_IMAGE_FILE="pause-$(basename "$PAUSE_BIN").tar"
 PROJECT_IMAGE="${PROJECT_IMAGE:-localhost/sharded-dataset-operator:dev}"
 TRANSFORMS_IMAGE="localhost/sds-example-transforms:dev"  # examples/transforms, FROM the project image
+AUTHN_IMAGE="localhost/sdo-ais-authn:$AIS_VERSION"  # the AIS AuthN server (AIS_AUTH=1), built from its Go module

@@ -37,12 +37,19 @@ class Owner:
         return naming.version_id(self.generation, self.refresh)
 
 
+CONTROL_PLANE_TAINTS = ("node-role.kubernetes.io/control-plane", "node-role.kubernetes.io/master")
+
+
 @dataclass(frozen=True, slots=True)
 class ConverterDefaults:
     """Operator-level settings that shape converter pods.
 
-    `resources`, `node_selector` and `tolerations` apply to datasets whose `spec.conversion` leaves the
-    field empty; a non-empty spec value replaces the default as a whole (no merging).
+    `resources` applies to datasets whose `spec.conversion.resources` is empty. Placement is the operator's
+    first: the pods get `node_selector` with the spec's keys added (the operator's win), and `tolerations` plus
+    the spec's, none of which may tolerate every taint or a key of `forbidden_toleration_keys`; with
+    `enforce_placement` a spec may not set either (`placement_problem`). User transform images are pulled with
+    `user_image_pull_policy` (default Always: a node's cached copy of another tenant's private image is not
+    reused without the registry's say).
     """
 
     image: str
@@ -51,6 +58,23 @@ class ConverterDefaults:
     resources: dict[str, Any] = field(default_factory=dict)
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
+    forbidden_toleration_keys: tuple[str, ...] = CONTROL_PLANE_TAINTS
+    enforce_placement: bool = False
+    user_image_pull_policy: str = "Always"
+
+
+def placement_problem(spec: DatasetSpec, defaults: ConverterDefaults) -> str | None:
+    """Why the spec's converter placement is not allowed by the operator's settings (None: it is)."""
+    conv = spec.conversion
+    if defaults.enforce_placement and (conv.node_selector or conv.tolerations):
+        return "spec.conversion.nodeSelector and tolerations: this operator places converter pods itself"
+    for i, t in enumerate(conv.tolerations):
+        key = str(t.get("key") or "")
+        if not key:
+            return f"spec.conversion.tolerations[{i}]: a toleration without a key tolerates every taint"
+        if key in defaults.forbidden_toleration_keys:
+            return f"spec.conversion.tolerations[{i}]: tolerating {key} is not allowed by this operator"
+    return None
 
 
 def converted_base(spec: DatasetSpec, owner: Owner) -> str:
@@ -216,7 +240,11 @@ def build_converter_job(
     container: dict[str, Any] = {
         "name": CONVERTER_CONTAINER,
         "image": worker_image(spec, defaults, component),
-        "imagePullPolicy": defaults.image_pull_policy,
+        "imagePullPolicy": (
+            defaults.user_image_pull_policy
+            if worker_image(spec, defaults, component) != defaults.image
+            else defaults.image_pull_policy
+        ),
         "args": [module],
         "env": env,
         "resources": spec.conversion.resources or defaults.resources or default_resources(spec),
@@ -245,12 +273,12 @@ def build_converter_job(
     }
     if defaults.service_account:
         pod_spec["serviceAccountName"] = defaults.service_account
-    node_selector = spec.conversion.node_selector or defaults.node_selector
+    node_selector = {**spec.conversion.node_selector, **defaults.node_selector}
     if node_selector:
-        pod_spec["nodeSelector"] = dict(node_selector)
-    tolerations = spec.conversion.tolerations or defaults.tolerations
+        pod_spec["nodeSelector"] = node_selector
+    tolerations = [*defaults.tolerations, *(t for t in spec.conversion.tolerations if t not in defaults.tolerations)]
     if tolerations:
-        pod_spec["tolerations"] = list(tolerations)
+        pod_spec["tolerations"] = tolerations
     completions = workers if component == CONVERTER else 1
     return {
         "apiVersion": "batch/v1",

@@ -475,13 +475,22 @@ def write_ais(
     seed: int = DEFAULT_SEED,
     sample_kib: int = DEFAULT_SAMPLE_KIB,
     incomplete_fraction: float = DEFAULT_INCOMPLETE_FRACTION,
+    token: str | None = None,
 ) -> Manifest:
-    """Upload the dataset to ``<provider>://<bucket>/<prefix>...`` (bucket created if missing)."""
+    """Upload the dataset to ``<provider>://<bucket>/<prefix>...`` (bucket created if missing; `token`: an
+    AIS AuthN token)."""
     from aistore.sdk import Client
 
     p = plan(n_samples, seed, sample_kib, incomplete_fraction)
-    bck = Client(endpoint).bucket(bucket, provider=provider)
-    bck.create(exist_ok=True)
+    from aistore.sdk.errors import AISError
+
+    bck = Client(endpoint, token=token).bucket(bucket, provider=provider)
+    try:
+        bck.head()  # creating needs a cluster-wide right (AIS with AuthN): only when the bucket is missing
+    except AISError as e:  # a HEAD's 404 has no body to tell ErrBckNotFound by
+        if e.status_code != 404:
+            raise
+        bck.create(exist_ok=True)
 
     def put(name: str, data: bytes) -> object:
         return bck.object(prefix + name).get_writer().put_content(data)

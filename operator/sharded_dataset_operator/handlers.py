@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
 import prometheus_client
 
 from . import failures, naming, operations, reconcile, versions
+from .clients.ais import redact
 from .metrics import METRICS
 from .settings import SETTINGS
 from .spec import API_GROUP, API_VERSION, PLURAL
@@ -38,6 +40,18 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         prometheus_client.start_http_server(SETTINGS.metrics_port, addr="0.0.0.0", registry=METRICS.registry)
 
 
+POOL = ThreadPoolExecutor(max_workers=SETTINGS.workers, thread_name_prefix="pass")
+_SLOTS: dict[str, asyncio.Semaphore] = {}
+
+
+def _slot(namespace: str) -> asyncio.Semaphore:
+    """The namespace's share of the pass threads: a tenant whose AIS stalls (or whose objects are slow to
+    read) holds at most `workers_per_namespace` of them, and every other namespace keeps running."""
+    if namespace not in _SLOTS:
+        _SLOTS[namespace] = asyncio.Semaphore(SETTINGS.workers_per_namespace)
+    return _SLOTS[namespace]
+
+
 @kopf.daemon(API_GROUP, API_VERSION, PLURAL, cancellation_timeout=15.0)
 async def pipeline(
     stopped: kopf.DaemonStopped, body: kopf.Body, name: str, namespace: str | None, logger: Any, **_: Any
@@ -50,7 +64,9 @@ async def pipeline(
     backoff = 1.0
     while not stopped:
         try:
-            result = await asyncio.to_thread(operations.reconcile_once, namespace or "", name, SETTINGS)
+            async with _slot(namespace or ""):
+                loop = asyncio.get_running_loop()
+                result = await loop.run_in_executor(POOL, operations.reconcile_once, namespace or "", name, SETTINGS)
             backoff = 1.0
         except Exception as e:  # API hiccups and bugs alike: log, back off, never kill the daemon
             logger.exception("reconcile failed: %s", e)
@@ -81,11 +97,14 @@ def _trigger(body: kopf.Body) -> tuple[Any, Any, Any]:
     )
 
 
-@kopf.on.delete(API_GROUP, API_VERSION, PLURAL, backoff=10.0)
-def cleanup(body: kopf.Body, spec: Any, logger: Any, **_: Any) -> None:
+@kopf.on.delete(API_GROUP, API_VERSION, PLURAL)
+def cleanup(body: kopf.Body, spec: Any, logger: Any, retry: int, **_: Any) -> None:
     """deletionPolicy Delete removes what the resource wrote in AIS; Retain keeps it.
 
-    Converter Jobs are garbage-collected through their ownerReferences either way.
+    A deletion that keeps failing (AIS refuses a revoked token, say) is tried `SDS_CLEANUP_ATTEMPTS` times,
+    then given up with a Warning Event that says what is left: the resource goes, its namespace can be
+    deleted, and the objects stay in AIS for an administrator. Converter Jobs are garbage-collected through
+    their ownerReferences either way.
     """
     METRICS.forget(body.meta.get("namespace") or "", body.meta.get("name") or "")
     if spec.get("deletionPolicy", "Retain") != "Delete":
@@ -94,6 +113,15 @@ def cleanup(body: kopf.Body, spec: Any, logger: Any, **_: Any) -> None:
     try:
         operations.delete_everything(dict(body), SETTINGS)
     except Exception as e:
-        kopf.warn(body, reason="CleanupFailed", message=f"could not delete the dataset's objects in AIS: {e}")
-        raise kopf.TemporaryError(f"cleanup failed: {e}", delay=10) from e
+        attempt = retry + 1
+        if attempt >= SETTINGS.cleanup_attempts:
+            kopf.warn(body, reason="CleanupAbandoned", message=(
+                f"gave up deleting the dataset's objects in AIS after {attempt} attempts; they are left in AIS: "
+                f"{operations.leftover_summary(dict(body), SETTINGS)} (last error: {redact(str(e))[:300]})"
+            )[:1000])  # fmt: skip
+            return
+        kopf.warn(body, reason="CleanupFailed",
+                  message=f"could not delete the dataset's objects in AIS (attempt {attempt}/"
+                          f"{SETTINGS.cleanup_attempts}): {redact(str(e))}"[:1000])  # fmt: skip
+        raise kopf.TemporaryError(f"cleanup failed: {redact(str(e))}", delay=SETTINGS.cleanup_retry_seconds) from e
     kopf.info(body, reason="Deleted", message="deleted every object this dataset wrote in AIS")

@@ -8,7 +8,20 @@ import sys
 import kopf
 
 from . import handlers  # noqa: F401  (registers the handlers)
+from .clients.ais import redact
 from .settings import SETTINGS
+
+
+class RedactTokens(logging.Filter):
+    """No bearer token in the operator's log, tracebacks included (AIS quotes a revoked token in its errors)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        record.exc_info = None if record.exc_text else record.exc_info
+        return True
 
 
 def run() -> None:
@@ -16,6 +29,8 @@ def run() -> None:
         level=getattr(logging, SETTINGS.log_level, logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactTokens())
     kopf.run(
         standalone=True,  # one replica; kopf peering is not used
         clusterwide=not SETTINGS.watch_namespaces,

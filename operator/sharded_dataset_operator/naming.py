@@ -5,20 +5,20 @@ one asked for a rebuild of an unchanged spec (`version_id`: `g7`, or `g7r1a2b3c4
 therefore overwrite the same objects (idempotent), and objects of different versions or of a
 deleted-and-recreated resource never collide. Layout in the output bucket (`<v>` the version id)::
 
-    <output.prefix><uid8>-<v>-plan.json               the plan: counts, skips, the chunk lists (planner)
-    <output.prefix><uid8>-<v>-plan-000004.jsonl       plan chunk 4: complete samples 40,000-49,999, sorted
-    <output.prefix><uid8>-<v>-plan-units-000000.jsonl the plan's units, each marked converted, reused or taken over
-    <output.prefix><uid8>-<v>-plan-members-000004.jsonl which unit each sample of plan chunk 4 is in
-    <output.prefix><uid8>-<v>-plan-convert-000000.jsonl the samples to cut into new units, when a version takes
+    <output.prefix><uid16>-<v>-plan.json              the plan: counts, skips, the chunk lists (planner)
+    <output.prefix><uid16>-<v>-plan-000004.jsonl       plan chunk 4: complete samples 40,000-49,999, sorted
+    <output.prefix><uid16>-<v>-plan-units-000000.jsonl the plan's units, each marked converted, reused or taken over
+    <output.prefix><uid16>-<v>-plan-members-000004.jsonl which unit each sample of plan chunk 4 is in
+    <output.prefix><uid16>-<v>-plan-convert-000000.jsonl the samples to cut into new units, when a version takes
                                                       units over from the one it replaces (else the plan)
-    <output.prefix><uid8>-<v>-plan-run-00002          external-sort run 2 (planner; deleted when planned)
-    <output.prefix><uid8>-<v>-reused.json             the converted shards this version takes over (planner)
-    <output.prefix><uid8>-<v>-progress-w0003.json     converter worker 3's progress, rewritten every few s
-    <output.prefix><uid8>-<v>-report-w0003.json       converter worker 3's report
-    <output.prefix><uid8>-u<unit id>-00.tar           a converted shard, named by its unit's identity and
+    <output.prefix><uid16>-<v>-plan-run-00002          external-sort run 2 (planner; deleted when planned)
+    <output.prefix><uid16>-<v>-reused.json             the converted shards this version takes over (planner)
+    <output.prefix><uid16>-<v>-progress-w0003.json     converter worker 3's progress, rewritten every few s
+    <output.prefix><uid16>-<v>-report-w0003.json       converter worker 3's report
+    <output.prefix><uid16>-u<unit id>-00.tar           a converted shard, named by its unit's identity and
                                                       shared by every version that holds the unit
-    <shuffle.outputPrefix><uid8>-<v>-a1-000007.tar    shuffled output shard 7 (dSort attempt 1)
-    <shuffle.outputPrefix><uid8>-<v>-index.json       the version's own wids index, written once at publish
+    <shuffle.outputPrefix><uid16>-<v>-a1-000007.tar    shuffled output shard 7 (dSort attempt 1)
+    <shuffle.outputPrefix><uid16>-<v>-index.json       the version's own wids index, written once at publish
     <shuffle.outputPrefix>index.json                  the stable index: a copy of the published version's
 """
 
@@ -36,9 +36,22 @@ LABEL_VERSION = "shardeddataset.dev/version"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 
 
-def uid8(uid: str) -> str:
-    """First 8 hex digits of the resource's uid."""
+UID_TAG_HEX = 16
+
+
+def uid_tag(uid: str) -> str:
+    """The resource's uid as it appears in object names and dSort descriptions: its first 16 hex digits (64 bits,
+    so that two resources sharing a bucket and a prefix practically never share a name)."""
+    return uid.replace("-", "")[:UID_TAG_HEX]
+
+
+def legacy_uid_tag(uid: str) -> str:
+    """The 32-bit uid tag of names written before 64-bit tags (records of such versions are still acted on)."""
     return uid.replace("-", "")[:8]
+
+
+def legacy_dsort_description(namespace: str, name: str, uid: str, version: str | int) -> str:
+    return f"sds:{namespace}/{name}:{legacy_uid_tag(uid)}:{_vid(version)}"
 
 
 def version_id(generation: int, refresh: str = "") -> str:
@@ -54,17 +67,17 @@ def _vid(version: str | int) -> str:
 
 def generation_base(prefix: str, uid: str, version: str | int) -> str:
     """Common object-name prefix of everything one version writes under `prefix` (an int: generation)."""
-    return f"{prefix}{uid8(uid)}-{_vid(version)}-"
+    return f"{prefix}{uid_tag(uid)}-{_vid(version)}-"
 
 
 def uid_base(prefix: str, uid: str) -> str:
     """Object-name prefix of everything any version of this resource writes under `prefix` (not its units)."""
-    return f"{prefix}{uid8(uid)}-g"
+    return f"{prefix}{uid_tag(uid)}-g"
 
 
 def unit_pool(prefix: str, uid: str) -> str:
     """Object-name prefix of every converted shard of this resource (shared by its versions)."""
-    return f"{prefix}{uid8(uid)}-u"
+    return f"{prefix}{uid_tag(uid)}-u"
 
 
 def unit_shard_name(pool: str, unit_id: str, part: int) -> str:
@@ -146,7 +159,7 @@ def dsort_description(namespace: str, name: str, uid: str, version: str | int, a
 
     Without `attempt`: the version's description, the common prefix of every attempt's.
     """
-    base = f"sds:{namespace}/{name}:{uid8(uid)}:{_vid(version)}"
+    base = f"sds:{namespace}/{name}:{uid_tag(uid)}:{_vid(version)}"
     return base if attempt is None else f"{base}:a{attempt}"
 
 

@@ -16,11 +16,11 @@ from typing import Any
 from . import builders, failpoints, failures, naming, reconcile, units, versions
 from .builders import ConverterDefaults, Owner
 from .clients import kube
-from .clients.ais import Ais, AisUnavailable, BucketNotFound, DsortRejected, ListingError
+from .clients.ais import AccessDenied, Ais, AisUnavailable, BucketNotFound, DsortRejected, ListingError
 from .metrics import METRICS
 from .model import DsortJob
 from .reconcile import Decision, Event, Observed
-from .settings import Settings
+from .settings import SETTINGS, Settings
 from .spec import DatasetSpec, SpecError, parse_spec
 from .status import RECONCILING, STALLED, DatasetStatus, Phase, set_condition
 from .verify import OutputTally
@@ -47,16 +47,72 @@ def owner_of(obj: dict[str, Any], refresh: str = "") -> Owner:
 
 
 def ais_for(spec: DatasetSpec, namespace: str) -> Ais:
+    """The dataset's own AIS access: its endpoint, with its token (from a Secret labelled as an AIS token)."""
     token = None
     if spec.ais.token_secret:
-        token = kube.read_secret_key(namespace, *spec.ais.token_secret)
+        token = kube.read_secret_key(namespace, *spec.ais.token_secret, label=kube.TOKEN_SECRET_LABEL)
     return _ais_client(spec.ais.endpoint, token)
+
+
+def dsort_for(spec: DatasetSpec, tenant: Ais, settings: Settings) -> Ais:
+    """Who starts, lists and aborts the dataset's dSort jobs: the operator's own AIS identity when one is
+    configured and the dataset uses a token (AIS with AuthN allows dSort to cluster admins only), else the
+    dataset's access. The admin token is used for nothing else and never leaves the operator."""
+    admin = settings.admin_token()
+    return _ais_client(spec.ais.endpoint, admin) if admin and tenant.token else tenant
+
+
+def check_buckets(ais: Ais, spec: DatasetSpec) -> None:
+    """Every bucket the spec names may be used with the dataset's token (its HEAD is allowed; a bucket that
+    does not exist is fine here). Raises AccessDenied naming the first bucket refused, before anything is read
+    from or written to any of them."""
+    buckets = [spec.output.bucket, *([spec.shuffle.output_bucket] if spec.shuffle else [])]
+    if spec.source.bucket is not None:
+        buckets.insert(0, spec.source.bucket)
+    for b in dict.fromkeys(buckets):
+        try:
+            ais.bucket_exists(b.name, b.provider)
+        except AccessDenied as e:
+            raise AccessDenied(f"the dataset's AIS token may not use {b.provider}://{b.name} ({e})") from e
+
+
+class OutputConflict(Exception):
+    """The stable index turned out to belong to another resource just before it was to be written."""
+
+
+def check_dsort_access(ais: Ais, spec: DatasetSpec, owner: Owner, shards: list[str]) -> None:
+    """Before the operator's identity starts a dSort for the dataset, prove with the dataset's own token that
+    it may read the input (list the converted shards, read one) and write the output (put and delete a probe
+    object). Raises AccessDenied naming the bucket and what was refused."""
+    assert spec.shuffle is not None
+    src, dst = spec.output.bucket, spec.shuffle.output_bucket
+    pool = builders.unit_pool(spec, owner)
+    steps: list[tuple[str, Any]] = [
+        (
+            f"list {src.provider}://{src.name}/{pool}",
+            lambda: next(iter(ais.list_objects(src.name, src.provider, pool)), None),
+        ),
+        (
+            f"read {src.provider}://{src.name}/{shards[0]}",
+            lambda: ais.read_first_byte(src.name, shards[0], src.provider),
+        ),
+    ]
+    probe = f"{builders.output_base(spec, owner)}access-probe"
+    steps += [
+        (f"write {dst.provider}://{dst.name}/{probe}", lambda: ais.put(dst.name, probe, b"", dst.provider)),
+        (f"delete {dst.provider}://{dst.name}/{probe}", lambda: ais.delete_objects(dst.name, [probe], dst.provider)),
+    ]
+    for what, step in steps:
+        try:
+            step()
+        except AccessDenied as e:
+            raise AccessDenied(f"the dataset's AIS token may not {what} ({e}); no dSort was started") from e
 
 
 @functools.lru_cache(maxsize=64)
 def _ais_client(endpoint: str, token: str | None) -> Ais:
     """One client (and connection pool) per endpoint and token, shared by every reconcile pass."""
-    return Ais(endpoint, token)
+    return Ais(endpoint, token, timeout=(5.0, SETTINGS.ais_timeout_seconds))
 
 
 def find_dsort_attempts(ais: Ais, description: str) -> dict[int, DsortJob]:
@@ -91,15 +147,26 @@ def is_settled(obj: dict[str, Any]) -> bool:
     return not request or request == (status.get("retry") or {}).get("request")
 
 
+class LimitExceeded(Exception):
+    """A dataset's objects in AIS (written by its pods, so by its tenant) are larger or more numerous than the
+    operator reads: a clear failure of that dataset, never an operator that runs out of memory."""
+
+
+MAX_OBJECT_BYTES = 64 * 1024 * 1024  # a plan manifest, report, progress object, reused.json or index
+MAX_OBJECTS = 10_000  # JSON objects under one prefix (reports and progress: one per worker)
+MAX_LISTED = 500_000  # output shards counted in a verification, units held by the versions in a sweep
+
+
 class ObjectCache:
     """JSON objects (plan, reports, progress) by name, re-read only when their AIS checksum changes.
 
     Bounded (least recently used first out), so the operator's memory does not grow with the number of
-    datasets or passes.
+    datasets or passes. What it reads is bounded too: an object is read only if the listing gives it at most
+    `max_bytes`, and at most `max_objects` under a prefix (`LimitExceeded` otherwise).
     """
 
-    def __init__(self, limit: int = 4096) -> None:
-        self.limit = limit
+    def __init__(self, limit: int = 4096, max_bytes: int = MAX_OBJECT_BYTES, max_objects: int = MAX_OBJECTS) -> None:
+        self.limit, self.max_bytes, self.max_objects = limit, max_bytes, max_objects
         self.items: OrderedDict[tuple[str, str, str], tuple[str, dict[str, Any]]] = OrderedDict()
         self.reads = 0
 
@@ -107,6 +174,12 @@ class ObjectCache:
         """Forget deleted objects (a sticky one would otherwise outlive its deletion)."""
         for name in names:
             self.items.pop((ais.endpoint, f"{provider}://{bucket}", name), None)
+
+    def evict_prefix(self, ais: Ais, bucket: str, provider: str, prefix: str, keep: str = "") -> None:
+        """Forget every object under `prefix` (but `keep`)."""
+        where = (ais.endpoint, f"{provider}://{bucket}")
+        for key in [k for k in self.items if k[:2] == where and k[2].startswith(prefix) and k[2] != keep]:
+            del self.items[key]
 
     def read(
         self, ais: Ais, bucket: str, provider: str, prefix: str, sticky: bool = False
@@ -122,35 +195,49 @@ class ObjectCache:
             for (endpoint, bck, name), (_, body) in self.items.items():
                 if (endpoint, bck) == where and name.startswith(prefix):
                     found[name] = body
+        entries: list[Any] = []
         try:
-            pages = list(ais.list_pages(bucket, provider, prefix, props="name,size,checksum"))
+            for page in ais.list_pages(bucket, provider, prefix, props="name,size,checksum"):
+                entries.extend(page)
+                if len(entries) > self.max_objects:
+                    raise LimitExceeded(
+                        f"more than {self.max_objects} objects under {provider}://{bucket}/{prefix}: the operator "
+                        "reads at most that many"
+                    )
         except BucketNotFound:
             return found
-        for page in pages:
-            for e in page:
-                key = (ais.endpoint, f"{provider}://{bucket}", str(e.name))
-                checksum = str(e.checksum or "") or f"size:{e.size}"
-                hit = self.items.get(key)
-                if hit is not None and hit[0] == checksum:
-                    self.items.move_to_end(key)
-                    found[e.name] = hit[1]
-                    continue
-                data = ais.get(bucket, e.name, provider)
-                self.reads += 1
-                if not data:
-                    continue
-                try:
-                    body = json.loads(data)
-                except ValueError:
-                    continue
-                self.items[key] = (checksum, body)
-                while len(self.items) > self.limit:
-                    self.items.popitem(last=False)
-                found[e.name] = body
+        for e in entries:
+            if int(e.size or 0) > self.max_bytes:
+                raise LimitExceeded(
+                    f"{provider}://{bucket}/{e.name} is {int(e.size)} bytes; the operator reads objects of at most "
+                    f"{self.max_bytes} bytes (it was not read)"
+                )
+        for e in entries:
+            key = (ais.endpoint, f"{provider}://{bucket}", str(e.name))
+            checksum = str(e.checksum or "") or f"size:{e.size}"
+            hit = self.items.get(key)
+            if hit is not None and hit[0] == checksum:
+                self.items.move_to_end(key)
+                found[e.name] = hit[1]
+                continue
+            data = ais.get(bucket, e.name, provider)
+            self.reads += 1
+            if not data:
+                continue
+            try:
+                body = json.loads(data)
+            except ValueError:
+                continue
+            if not isinstance(body, dict):
+                continue
+            self.items[key] = (checksum, body)
+            while len(self.items) > self.limit:
+                self.items.popitem(last=False)
+            found[e.name] = body
         return found
 
 
-CACHE = ObjectCache()
+CACHE = ObjectCache(max_bytes=SETTINGS.max_object_bytes)
 
 
 def read_json(ais: Ais, bucket: str, provider: str, name: str) -> dict[str, Any] | None:
@@ -166,7 +253,10 @@ def read_published(ais: Ais, spec: DatasetSpec, uid: str) -> IndexInfo | None:
 
 def observe_versions(ais: Ais, spec: DatasetSpec, owner: Owner, obs: Observed) -> None:
     """The published version, and every recorded version's own index (the versions that were published)."""
-    obs.published = read_published(ais, spec, owner.uid)
+    bucket, provider, name = reconcile.index_location(spec)
+    stable = read_json(ais, bucket, provider, name)
+    obs.output_conflict = versions.index_owner_conflict(stable, owner.namespace, owner.name, owner.uid)
+    obs.published = IndexInfo.from_index(stable, owner.uid)
     records = [*(obs.previous.get("artifacts") or []), reconcile.artifact_record(spec, owner)]
     if obs.published is not None and obs.published.record:
         records.append(obs.published.record)
@@ -184,18 +274,30 @@ def observe_versions(ais: Ais, spec: DatasetSpec, owner: Owner, obs: Observed) -
             obs.version_indexes[info.version] = info
 
 
-def observe(ais: Ais, spec: DatasetSpec, owner: Owner, previous: dict[str, Any]) -> Observed:
+def by_worker(objects: dict[str, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Reports or progress objects by their worker index; one without a valid index is not a worker's."""
+    out: dict[int, dict[str, Any]] = {}
+    for body in objects.values():
+        worker = body.get("worker") if isinstance(body, dict) else None
+        if isinstance(worker, int) and 0 <= worker < 100_000:
+            out[worker] = body
+    return out
+
+
+def observe(ais: Ais, spec: DatasetSpec, owner: Owner, previous: dict[str, Any], dsort: Ais | None = None) -> Observed:
+    """What exists for the wanted version; `dsort`: the access dSort jobs are listed with (default `ais`)."""
     obs = Observed(previous=previous)
     gen = owner.generation
     observe_versions(ais, spec, owner, obs)
+    if obs.output_conflict:
+        return obs
     obs.stale_jobs = kube.stale_jobs(owner.namespace, owner.name, owner.version)
     if obs.published is not None and obs.published.version == owner.version:
         out = spec.output.bucket  # serving the wanted version: only the counts are read
         base = builders.converted_base(spec, owner)
         manifest = naming.plan_manifest_name(base)
         obs.plan = CACHE.read(ais, out.name, out.provider, manifest, sticky=True).get(manifest)
-        for r in CACHE.read(ais, out.name, out.provider, f"{base}report-", sticky=True).values():
-            obs.reports[int(r["worker"])] = r
+        obs.reports = by_worker(CACHE.read(ais, out.name, out.provider, f"{base}report-", sticky=True))
         obs.reused = read_json(ais, out.name, out.provider, naming.reused_name(base))
         return obs
     out = spec.output.bucket
@@ -213,22 +315,20 @@ def observe(ais: Ais, spec: DatasetSpec, owner: Owner, previous: dict[str, Any])
                 obs.source_problem = kube.pvc_problem(owner.namespace, spec.source.claim_name)
         return obs
     obs.job = kube.get_job(owner.namespace, naming.job_name(owner.name, owner.version), gen)
-    for r in CACHE.read(ais, out.name, out.provider, f"{base}report-", sticky=True).values():
-        obs.reports[int(r["worker"])] = r
+    obs.reports = by_worker(CACHE.read(ais, out.name, out.provider, f"{base}report-", sticky=True))
     reused = naming.reused_name(base)
     obs.reused = CACHE.read(ais, out.name, out.provider, reused, sticky=True).get(reused)
     converted = len(obs.reports) == reconcile.converter_workers(spec, obs.plan)
     if obs.job is not None and not converted:
-        for p in CACHE.read(ais, out.name, out.provider, f"{base}progress-").values():
-            obs.progress[int(p["worker"])] = p
+        obs.progress = by_worker(CACHE.read(ais, out.name, out.provider, f"{base}progress-"))
     if converted and spec.shuffle is not None:
         obs.dsort_attempts = find_dsort_attempts(
-            ais, naming.dsort_description(owner.namespace, owner.name, owner.uid, owner.version)
+            dsort or ais, naming.dsort_description(owner.namespace, owner.name, owner.uid, owner.version)
         )
         # The proxy lists the jobs of the targets that answer. While a target in its map does not answer, the
         # object listing above has already failed (the pass waits as an outage), so a job missing here is gone.
         if reconcile.lost_dsort_attempt(previous, gen, obs.dsort_attempts) is not None:
-            obs.capacity_problems = tuple(ais.capacity_problems())
+            obs.capacity_problems = tuple((dsort or ais).capacity_problems())
     return obs
 
 
@@ -240,6 +340,8 @@ def tally_output(ais: Ais, bucket: str, provider: str, prefix: str, only: frozen
     tally = OutputTally(prefix, only)
     checksum_type = ais.checksum_type(bucket, provider)
     for page in ais.list_pages(bucket, provider, prefix, props="name,size,checksum", archives=True):
+        if len(tally.shards) > MAX_LISTED:
+            raise LimitExceeded(f"more than {MAX_LISTED} output shards under {provider}://{bucket}/{prefix}")
         for e in page:
             value = str(e.checksum or "")
             tally.add(str(e.name), int(e.size or 0), {"type": checksum_type, "value": value} if value else None)
@@ -252,23 +354,22 @@ def tally_output(ais: Ais, bucket: str, provider: str, prefix: str, only: frozen
     return tally
 
 
-def cleanup_record(ais: Ais, record: dict[str, Any], uid: str = "") -> None:
-    """Abort the version's dSort if it still runs, then delete everything under its prefixes, its own index
-    last (with it gone the version counts as never published), and a stable index that still names it (one
-    left at a location the spec no longer uses)."""
+def cleanup_record(ais: Ais, record: dict[str, Any], uid: str = "", dsort: Ais | None = None) -> None:
+    """Abort the version's dSort if it still runs (with `dsort`'s access), then delete everything under its
+    prefixes, its own index last (with it gone the version counts as never published), and a stable index
+    that still names it (one left at a location the spec no longer uses)."""
     desc = record.get("dsortDescription")
     if desc:
-        for job in find_dsort_attempts(ais, str(desc)).values():
+        for job in find_dsort_attempts(dsort or ais, str(desc)).values():
             if not job.finished and not job.aborted:
-                ais.dsort_abort(job.id)
+                (dsort or ais).dsort_abort(job.id)
     index = record.get("index") or {}
     versioned = str(index.get("versioned") or "")
     for loc in record.get("locations") or []:
         provider = loc.get("provider", "ais")
-        names = [e.name for e in ais.list_objects(loc["bucket"], provider, loc["prefix"]) if e.name != versioned]
-        ais.delete_objects(loc["bucket"], names, provider)
-        CACHE.evict(ais, loc["bucket"], provider, tuple(names))
-        log.info("deleted %d objects under %s://%s/%s", len(names), provider, loc["bucket"], loc["prefix"])
+        n = ais.delete_prefix(loc["bucket"], loc["prefix"], provider, keep=frozenset({versioned}))
+        CACHE.evict_prefix(ais, loc["bucket"], provider, loc["prefix"], keep=versioned)
+        log.info("deleted %d objects under %s://%s/%s", n, provider, loc["bucket"], loc["prefix"])
     if not index.get("bucket"):
         return
     bucket, provider = str(index["bucket"]), str(index.get("provider") or "ais")
@@ -296,18 +397,36 @@ def live_units(ais: Ais, records: tuple[dict[str, Any], ...]) -> set[str]:
             for line in ais.stream_lines(bucket, str(chunk), provider):
                 if line:
                     ids.add(units.Unit.parse(line)[0].id)
+                    if len(ids) > MAX_LISTED:
+                        raise LimitExceeded(f"the versions' unit tables list more than {MAX_LISTED} units")
     return ids
 
 
 def sweep_units(ais: Ais, bucket: str, provider: str, pool: str, live: tuple[dict[str, Any], ...]) -> int:
     """Delete the converted shards under `pool` whose unit no live version holds; returns how many."""
     keep = live_units(ais, live)
-    doomed = [e.name for e in ais.list_objects(bucket, provider, pool) if naming.unit_of(pool, e.name) not in keep]
-    ais.delete_objects(bucket, doomed, provider)
-    return len(doomed)
+    doomed: list[str] = []
+    deleted = 0
+    for e in ais.list_objects(bucket, provider, pool):
+        if naming.unit_of(pool, e.name) not in keep:
+            doomed.append(e.name)
+            if len(doomed) >= 10_000:  # a batch at a time: the names held stay bounded
+                deleted += ais.delete_objects(bucket, doomed, provider)
+                doomed = []
+    return deleted + ais.delete_objects(bucket, doomed, provider)
 
 
-def execute(ais: Ais, decision: Decision, owner: Owner, failpoint: failpoints.Failpoint = failpoints.none) -> None:
+def execute(
+    ais: Ais,
+    decision: Decision,
+    owner: Owner,
+    failpoint: failpoints.Failpoint = failpoints.none,
+    dsort: Ais | None = None,
+    spec: DatasetSpec | None = None,
+) -> None:
+    """Carry out the decision's actions with the dataset's access; dSort jobs with `dsort`'s (default `ais`),
+    started only after `check_dsort_access` (when `spec` is given)."""
+    dsort = dsort or ais
     for action in decision.actions:
         match action:
             case reconcile.CleanupArtifacts(record=record):
@@ -316,8 +435,8 @@ def execute(ais: Ais, decision: Decision, owner: Owner, failpoint: failpoints.Fa
                     decision.status.artifacts = [*(decision.status.artifacts or []), record]
                     continue
                 try:
-                    cleanup_record(ais, record, owner.uid)
-                except (AisUnavailable, BucketNotFound, ListingError) as e:
+                    cleanup_record(ais, record, owner.uid, dsort)
+                except (AisUnavailable, AccessDenied, BucketNotFound, ListingError) as e:
                     # never holds anything else back: the record stays, the next pass tries again
                     decision.status.artifacts = [*(decision.status.artifacts or []), record]
                     version = versions.record_version(record)
@@ -327,7 +446,7 @@ def execute(ais: Ais, decision: Decision, owner: Owner, failpoint: failpoints.Fa
                 try:
                     n = sweep_units(ais, bucket, provider, pool, live)
                     log.info("%s/%s: deleted %d converted shards no version holds", owner.namespace, owner.name, n)
-                except (AisUnavailable, BucketNotFound, ListingError) as e:
+                except (AisUnavailable, AccessDenied, BucketNotFound, ListingError) as e:
                     kept = {versions.record_version(r) for r in decision.status.artifacts or []}
                     back = [r for r in restore if versions.record_version(r) not in kept]
                     decision.status.artifacts = [*(decision.status.artifacts or []), *back]
@@ -338,9 +457,15 @@ def execute(ais: Ais, decision: Decision, owner: Owner, failpoint: failpoints.Fa
                 ais.ensure_bucket(bucket, provider)
             case reconcile.CreateJob(manifest=manifest):
                 kube.create_job(manifest)
-            case reconcile.StartDsort(spec=spec):
+            case reconcile.StartDsort(spec=request):
+                if spec is not None:
+                    try:
+                        check_dsort_access(ais, spec, owner, list(request["input_format"]["objnames"]))
+                    except AccessDenied as e:
+                        reconcile.stall(decision, "AccessDenied", str(e))
+                        return
                 try:
-                    job_id = ais.dsort_start(spec)
+                    job_id = dsort.dsort_start(request)
                 except DsortRejected as e:
                     reconcile.fail(decision, "ShuffleRejected", str(e))
                     return
@@ -348,6 +473,13 @@ def execute(ais: Ais, decision: Decision, owner: Owner, failpoint: failpoints.Fa
                 failpoint(failpoints.AFTER_DSORT_START)
                 decision.status.dsort_job_id = job_id
             case reconcile.WriteIndex(bucket=bucket, provider=provider, name=name, body=body, publishes=publishes):
+                if publishes:  # the last look before the PUT: never over another resource's index
+                    current = ais.get(bucket, name, provider)
+                    conflict = versions.index_owner_conflict(
+                        json.loads(current) if current else None, owner.namespace, owner.name, owner.uid
+                    )
+                    if conflict:
+                        raise OutputConflict(conflict)
                 ais.put(bucket, name, json.dumps(body, indent=1, sort_keys=True).encode(), provider)
                 CACHE.evict(ais, bucket, provider, (name,))
                 failpoint(failpoints.AFTER_PUBLISH if publishes else failpoints.AFTER_INDEX_WRITE)
@@ -380,15 +512,25 @@ def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
         resources=settings.converter_resources,
         node_selector=settings.converter_node_selector,
         tolerations=settings.converter_tolerations,
+        forbidden_toleration_keys=settings.converter_forbidden_toleration_keys,
+        enforce_placement=settings.converter_enforce_placement,
+        user_image_pull_policy=settings.user_image_pull_policy,
     )
+    if not settings.endpoint_allowed(spec.ais.endpoint):
+        msg = (f"spec.ais.endpoint {spec.ais.endpoint} is not one of the AIS endpoints this operator may use "
+               "(operator setting ais.allowedEndpoints)")  # fmt: skip
+        return _fail_invalid(owner, previous, msg, now, reason="EndpointNotAllowed")
     try:
         ais = ais_for(spec, namespace)
+        dsort = dsort_for(spec, ais, settings)
+        if ais.token:
+            check_buckets(ais, spec)
         annotations = obj["metadata"].get("annotations") or {}
         refresh = versions.desired_refresh(
             annotations.get(versions.REFRESH_ANNOTATION), owner.generation, read_published(ais, spec, owner.uid)
         )
         owner = owner_of(obj, refresh)
-        obs = observe(ais, spec, owner, previous)
+        obs = observe(ais, spec, owner, previous, dsort)
         obs.retry_request = annotations.get(failures.RETRY_ANNOTATION)
         decision = reconcile.decide(spec, owner, obs, defaults, now)
         if decision.need_output:
@@ -396,13 +538,26 @@ def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
             obs.output = tally_output(ais, bucket.name, bucket.provider, decision.output_prefix, decision.output_only)
             decision = reconcile.decide(spec, owner, obs, defaults, now)
         mark = functools.partial(kube.annotate_dataset, namespace, name, failpoints.FIRED_ANNOTATION)
-        execute(ais, decision, owner, failpoints.for_dataset(settings.failpoints, annotations, mark))
+        execute(ais, decision, owner, failpoints.for_dataset(settings.failpoints, annotations, mark), dsort, spec)
+    except kube.SecretNotAllowed as e:
+        return _transient(owner, previous, "SecretNotAllowed", str(e), now, settings.stall_after, stalled=True)
     except LookupError as e:  # token Secret missing
         return _transient(owner, previous, "SecretNotFound", str(e), now, settings.stall_after, stalled=True)
+    except AccessDenied as e:
+        msg = f"AIS denied this dataset's token: {e}"
+        return _transient(owner, previous, "AccessDenied", msg, now, settings.stall_after, stalled=True, retry=60.0)
+    except OutputConflict as e:
+        return _transient(owner, previous, "OutputConflict", str(e), now, settings.stall_after, stalled=True)
     except (AisUnavailable, BucketNotFound) as e:
         return _transient(owner, previous, "AISUnavailable", str(e), now, settings.stall_after)
     except ListingError as e:
         return _transient(owner, previous, "ListingIncomplete", str(e), now, settings.stall_after)
+    except LimitExceeded as e:
+        return _fail_invalid(owner, previous, str(e), now, reason="LimitExceeded")
+    conds: list[dict[str, Any]] = previous.get("conditions") or []
+    stalled_before: dict[str, Any] = next((c for c in conds if c.get("type") == STALLED), {})
+    if stalled_before.get("status") == "True" and stalled_before.get("message") == decision.status.message:
+        decision.events = [e for e in decision.events if e.reason != decision.status.reason]  # said already
     status = decision.status.to_dict(previous.get("conditions") or [], now)
     if previous.get("outage"):
         status["outage"] = None  # AIS answered: the outage is over (a merge patch removes the field)
@@ -439,6 +594,7 @@ def _transient(
     now: str,
     stall_after: float,
     stalled: bool = False,
+    retry: float = 10.0,
 ) -> PassResult:
     """Keep the phase and counts, flag the problem in the conditions, and retry with backoff.
 
@@ -471,22 +627,48 @@ def _transient(
     METRICS.passes.inc()
     METRICS.error(reason)
     events = [] if was.get("reason") == reason and was.get("status") == "True" else [Event("Warning", reason, message)]
-    return PassResult(requeue=10.0, events=events)
+    return PassResult(requeue=retry, events=events)
+
+
+def leftover_summary(obj: dict[str, Any], settings: Settings) -> str:
+    """Where a dataset whose deletion was given up wrote in AIS (bucket and prefix per location)."""
+    owner = owner_of(obj)
+    try:
+        spec = parse_spec(obj.get("spec") or {}, name=owner.name, default_endpoint=settings.ais_endpoint)
+    except (SpecError, KeyError, TypeError, ValueError):
+        return "unknown (the spec does not parse)"
+    places = {
+        f"{spec.output.bucket.provider}://{spec.output.bucket.name}/{naming.uid_base(spec.output.prefix, owner.uid)}*",
+        f"{spec.output.bucket.provider}://{spec.output.bucket.name}/{naming.unit_pool(spec.output.prefix, owner.uid)}*",
+    }
+    if spec.shuffle is not None:
+        b = spec.shuffle.output_bucket
+        places.add(f"{b.provider}://{b.name}/{naming.uid_base(spec.shuffle.output_prefix, owner.uid)}*")
+    bucket, provider, index = reconcile.index_location(spec)
+    places.add(f"{provider}://{bucket}/{index}")
+    return ", ".join(sorted(places))
 
 
 def delete_everything(obj: dict[str, Any], settings: Settings) -> int:
     """deletionPolicy Delete: remove every object any version of this resource wrote in AIS."""
     owner = owner_of(obj)
     spec = parse_spec(obj.get("spec") or {}, name=owner.name, default_endpoint=settings.ais_endpoint)
+    if not settings.endpoint_allowed(spec.ais.endpoint):
+        raise RuntimeError(f"spec.ais.endpoint {spec.ais.endpoint} is not an allowed AIS endpoint: nothing deleted")
     ais = ais_for(spec, owner.namespace)
+    dsort = dsort_for(spec, ais, settings)
     # Converters still running would write after the cleanup: stop them first.
     if not kube.stop_converters(owner.namespace, owner.name):
         raise RuntimeError("converter pods are still terminating")
-    records = list((obj.get("status") or {}).get("artifacts") or [])
+    records = [
+        r
+        for r in (obj.get("status") or {}).get("artifacts") or []
+        if versions.record_problem(r, owner.namespace, owner.name, owner.uid) is None
+    ]
     records.append(reconcile.artifact_record(spec, owner))
     deleted = 0
     for record in records:
-        cleanup_record(ais, record, owner.uid)
+        cleanup_record(ais, record, owner.uid, dsort)
         pool = record.get("pool") or {}
         if pool.get("prefix"):
             ais.delete_prefix(str(pool["bucket"]), str(pool["prefix"]), str(pool.get("provider") or "ais"))
@@ -506,8 +688,8 @@ def delete_everything(obj: dict[str, Any], settings: Settings) -> int:
     data = ais.get(bucket_name, index, provider)
     if data:
         try:
-            mine = json.loads(data).get("info", {}).get("uid") == owner.uid
-        except ValueError:
+            mine = (json.loads(data).get("info") or {}).get("uid") == owner.uid
+        except (ValueError, AttributeError):
             mine = False
         if mine:
             ais.delete_objects(bucket_name, [index], provider)

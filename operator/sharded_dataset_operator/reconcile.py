@@ -52,6 +52,7 @@ class Observed:
     version_indexes: dict[str, IndexInfo] = field(default_factory=dict)  # versions whose own index exists
     wanted_index: dict[str, Any] | None = None  # the wanted version's own index, when already written
     reused: dict[str, Any] | None = None  # the planner's record of the converted shards it reuses
+    output_conflict: str | None = None  # the stable index belongs to another resource: why, naming it
 
 
 # ------------------------------------------------------------------------------------------ actions
@@ -279,6 +280,17 @@ def decide(spec: DatasetSpec, owner: Owner, obs: Observed, defaults: ConverterDe
     """One pass over the wanted version (`owner.version`): serve it if it is published, else build it (one
     phase function after the other; the first that is not done decides), then settle every other version."""
     prev = obs.previous or {}
+    refused: list[Event] = []
+    if prev.get("artifacts"):
+        trusted = []
+        for r in prev["artifacts"]:
+            problem = versions.record_problem(r, owner.namespace, owner.name, owner.uid)
+            if problem is None:
+                trusted.append(r)
+            else:
+                msg = f"ignoring an artifacts record in the status that is not this resource's: {problem}"
+                refused.append(Event("Warning", "ArtifactsRefused", msg))
+        prev = {**prev, "artifacts": trusted}
     gen = owner.generation
     same_version = prev.get("observedGeneration") == gen and _building_version(prev) in (None, owner.version)
     conds = prev.get("conditions") or [] if same_version else []
@@ -315,8 +327,13 @@ def decide(spec: DatasetSpec, owner: Owner, obs: Observed, defaults: ConverterDe
     lost = lost_dsort_attempt(prev, gen, obs.dsort_attempts, obs.capacity_problems) if same_version else None
     if lost is not None:
         p.dsort_attempts[lost[0]] = lost[1]
-    decision = _build(p)
-    _settle_versions(p, decision)
+    if obs.output_conflict:  # nothing is written; the records of what this resource wrote are kept
+        st.artifacts = _unique_records([record, *(prev.get("artifacts") or [])])
+        decision = _stalled(p.decision, prev_stalled, Phase.PENDING, "OutputConflict", obs.output_conflict)
+    else:
+        decision = _build(p)
+        _settle_versions(p, decision)
+    decision.events[:0] = refused
     return decision
 
 
@@ -380,8 +397,9 @@ def _settle_versions(p: Pass, d: Decision) -> None:
     records = [*(p.prev.get("artifacts") or [])]
     indexes = dict(obs.version_indexes)
     if obs.published is not None:
-        if obs.published.record:  # known even if the status lost its record
-            records.append(obs.published.record)
+        record = obs.published.record
+        if record and versions.record_problem(record, owner.namespace, owner.name, owner.uid) is None:
+            records.append(record)  # known even if the status lost its record
         if p.published_now is not None and obs.published.version != owner.version:
             indexes.setdefault(obs.published.version, obs.published)  # replaced by this pass: previous now
     retention = versions.plan_retention(owner.version, published, records, indexes, p.now, p.spec.output.retain_seconds)
@@ -502,6 +520,9 @@ ACTIVE_REQUEST_DELAY = 2.0
 def _planning(p: Pass) -> Decision | None:
     """One pod lists the source and writes the plan."""
     obs, st = p.obs, p.st
+    placement = builders.placement_problem(p.spec, p.defaults)
+    if placement is not None:
+        return p.failed(None, "PlacementNotAllowed", placement)
     if p.plan is not None:
         if int(p.plan.get("samples") or 0) == 0 and p.spec.shuffle is not None:
             msg = "no complete samples to shuffle: " + (_examples(p.plan) or "the source is empty")
@@ -594,6 +615,11 @@ def _conversion(p: Pass) -> Decision | None:
         first = f"first error: sample {errors[0]}" if errors else "the function dropped every sample"
         return p.failed(CONVERTED, "TransformFailed", f"the transform left no sample; {first}")
     records = [s for r in done for s in r.get("shards") or []]
+    pool = builders.unit_pool(spec, p.owner)
+    foreign = [str(s.get("name")) for s in records if not str(s.get("name") or "").startswith(pool)]
+    if foreign:
+        msg = f"the reports list shards outside this resource's converted shards ({pool}*): {', '.join(foreign[:3])}"
+        return p.failed(CONVERTED, "ConversionIncomplete", msg)
     p.converted_shards = sorted(s["name"] for s in records)
     p.key_order = [s["name"] for s in sorted(records, key=lambda s: (str(s.get("firstKey") or ""), s.get("part") or 0))]
     for r in done:
@@ -883,6 +909,16 @@ def _stalled(d: Decision, prev_stalled: str | None, phase: Phase, reason: str, m
     d.requeue = STALLED_REQUEUE
     if prev_stalled != reason:
         d.events.append(Event("Warning", reason, message))
+    return d
+
+
+def stall(d: Decision, reason: str, message: str, requeue: float = 60.0) -> Decision:
+    """Turn a decision into a Stalled one discovered while carrying it out (e.g. the dataset's token may not
+    write the dSort output): nothing more is done this pass, the counts stay, it is tried again later."""
+    d.actions = []
+    d.status.reason, d.status.message, d.status.stalled = reason, message, True
+    d.requeue = requeue
+    d.events.append(Event("Warning", reason, message))
     return d
 
 

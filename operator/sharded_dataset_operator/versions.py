@@ -9,7 +9,7 @@ annotation's value when one asked for a rebuild of an unchanged spec). Like a De
 
 What is published is observed, never remembered: it is the version the stable index
 (`<prefix>index.json`) names, and publishing is the single PUT of that object, the last step of a build.
-Each version also gets its own index (`<prefix><uid8>-<v>-index.json`), written once just before, which
+Each version also gets its own index (`<prefix><uid16>-<v>-index.json`), written once just before, which
 records when it was published and where the version wrote (its artifacts record). A previous version is
 kept until `retainPrevious` after the version that replaced it was published; the replacement time is the
 publish time of the next newer index that still exists, else the published version's.
@@ -17,10 +17,13 @@ publish time of the next newer index that still exists, else the published versi
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from . import naming
 
 REFRESH_ANNOTATION = "shardeddataset.dev/refresh"
 """Set to any new value to build a new version from the current source without changing the spec."""
@@ -73,6 +76,30 @@ class IndexInfo:
             "bytes": self.bytes,
             "publishedAt": self.published_at or None,
         }
+
+
+def index_owner_conflict(body: dict[str, Any] | None, namespace: str, name: str, uid: str) -> str | None:
+    """Why this resource may not write the stable index `body` (None: it may; also when there is none).
+
+    An index written for another resource (another namespace or name) is never overwritten: two datasets
+    whose output prefixes meet would otherwise publish over each other, and each one's readers would read the
+    other's shards. An index of an earlier resource of the same namespace and name (deleted with
+    `deletionPolicy: Retain`, then created again) is taken over.
+    """
+    if body is None:
+        return None
+    raw = body.get("info")
+    info: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    if info.get("uid") == uid:
+        return None
+    owner_ns, owner_name = info.get("namespace"), info.get("resource")
+    if owner_ns == namespace and owner_name == name:
+        return None
+    if owner_ns and owner_name:
+        who = f"ShardedDataset {owner_ns}/{owner_name} (uid {info.get('uid')})"
+    else:
+        who = "something other than a ShardedDataset"
+    return f"the output's stable index is already written by {who}; choose another output prefix or bucket"
 
 
 def desired_refresh(annotation: str | None, generation: int, published: IndexInfo | None) -> str:
@@ -153,6 +180,54 @@ def plan_retention(
 def record_version(record: dict[str, Any]) -> str:
     """The version id of an artifacts record (records written before versions existed carry a generation)."""
     return str(record.get("version") or f"g{int(record.get('generation') or 0)}")
+
+
+_VERSION = re.compile(r"^g[0-9]+(r[0-9a-f]{8})?$")
+
+
+def record_problem(record: dict[str, Any], namespace: str, name: str, uid: str) -> str | None:
+    """Why an artifacts record may not be acted on for this resource (None: it may).
+
+    Records come back from `status.artifacts`, which anyone allowed to patch the status can write; the
+    operator deletes what they name with the dataset's token and aborts dSort jobs by their description. So a
+    record is trusted only if every name in it is one this resource's version would have: prefixes ending in
+    `<uid>-<version>-` (or `<uid>-u` for the converted-shard pool), its own index `<uid>-<version>-index.json`,
+    and the dSort description of this resource and version.
+    """
+    version = record_version(record)
+    if not _VERSION.match(version):
+        return f"version {version!r} is not a version id"
+    problems = [  # records written before 64-bit names are this resource's too
+        _names_problem(record, f"{uid_part}-{version}-", f"{uid_part}-u")
+        for uid_part in (naming.uid_tag(uid), naming.legacy_uid_tag(uid))
+    ]
+    if all(problems):
+        return problems[0]
+    desc = record.get("dsortDescription")
+    own = {
+        naming.dsort_description(namespace, name, uid, version),
+        naming.legacy_dsort_description(namespace, name, uid, version),
+    }
+    if desc and desc not in own:
+        return f"dSort description {desc!r} is not this resource's"
+    return None
+
+
+def _names_problem(record: dict[str, Any], tag: str, pool_tag: str) -> str | None:
+    for loc in record.get("locations") or []:
+        if not str(loc.get("prefix") or "").endswith(tag):
+            return f"location prefix {loc.get('prefix')!r} does not end in {tag!r}"
+    pool = record.get("pool") or {}
+    if pool.get("prefix") and not str(pool["prefix"]).endswith(pool_tag):
+        return f"pool prefix {pool['prefix']!r} does not end in {pool_tag!r}"
+    index = record.get("index") or {}
+    if index.get("versioned") and not str(index["versioned"]).endswith(f"{tag}index.json"):
+        return f"index {index['versioned']!r} is not this version's own index"
+    if index.get("stable") and not str(index["stable"]).endswith("index.json"):
+        return f"stable index {index['stable']!r} is not an index"
+    if record.get("plan") and not str(record["plan"]).endswith(f"{tag}plan.json"):
+        return f"plan {record['plan']!r} is not this version's plan"
+    return None
 
 
 def parse_duration(value: str | int | float | None, field_path: str = "spec.output.retainPrevious") -> float:

@@ -85,7 +85,7 @@ def mark(what: str, since: float) -> None:
 def converted_shards(ais: Ais, bucket: str, name: str) -> list[str]:
     if not ais.bucket_exists(bucket):  # the planner creates it
         return []
-    # converted shards are named by unit: <prefix><uid8>-u<unit id>-<part>.tar
+    # converted shards are named by unit: <prefix><uid16>-u<unit id>-<part>.tar
     names = [e.name for e in ais.list_objects(bucket, prefix=f"{name}-") if e.name.endswith(".tar")]
     return [n for n in names if n[len(name) + 1 :].partition("-")[2].startswith("u")]
 
@@ -171,7 +171,7 @@ def test_target_killed_during_dsort_is_retried_to_ready_and_a_spent_budget_fails
     retries = [e["message"] for e in events if e["reason"] == "ShuffleRetry"]
     assert retries and "dSort attempt 2/5 after:" in retries[0], retries
     shards = check_index(ais, obj, out, "shuffled-index.json")
-    assert all(s["url"].startswith(f"shuffled-{obj['metadata']['uid'].replace('-', '')[:8]}-g1-a") for s in shards)
+    assert all(s["url"].startswith(f"shuffled-{naming.uid_tag(obj['metadata']['uid'])}-g1-a") for s in shards)
     assert_complete_samples(raw, read_shards(ais, out, [s["url"] for s in shards], tmp_path))
     # nothing of the aborted attempt is left
     attempt = st["shuffle"]["attempt"]
@@ -390,13 +390,13 @@ def test_operator_killed_after_starting_dsort_and_after_writing_the_index_loses_
     obj = spec_for("crash-publish", namespace, raw, out, output={"retainPrevious": "0s"})
     kube.apply(obj)
     first = assert_ready_exact(kube, ais, namespace, "crash-publish", raw, out, tmp_path)
-    uid8 = first["metadata"]["uid"].replace("-", "")[:8]
+    tag = naming.uid_tag(first["metadata"]["uid"])
     obj["metadata"]["annotations"] = {failpoints.ANNOTATION: failpoints.AFTER_PUBLISH}
     obj["spec"]["shuffle"]["outputShardSize"] = "4MiB"
     t0 = time.monotonic()
     kube.apply(obj)
     (tmp_path / "again").mkdir()
-    wait_until(lambda: not [e for e in ais.list_objects(out, prefix=f"crash-publish-shuffled-{uid8}-g1-")], 300,
+    wait_until(lambda: not [e for e in ais.list_objects(out, prefix=f"crash-publish-shuffled-{tag}-g1-")], 300,
                "g1 deleted after the crash")  # fmt: skip
     second = wait_until(
         lambda: (
@@ -414,7 +414,7 @@ def test_operator_killed_after_starting_dsort_and_after_writing_the_index_loses_
     deleted = [e for e in kube.events(namespace, "crash-publish") if e["reason"] == "VersionDeleted"]
     assert len(deleted) == 1 and sum(int(e.get("count") or 1) for e in deleted) == 1, deleted
     stable = json.loads(ais.get(out, "crash-publish-shuffled-index.json") or b"{}")
-    own = json.loads(ais.get(out, f"crash-publish-shuffled-{uid8}-g2-index.json") or b"{}")
+    own = json.loads(ais.get(out, f"crash-publish-shuffled-{tag}-g2-index.json") or b"{}")
     assert stable == own and stable["info"]["version"] == "g2"  # published once: the same body, same time
     assert second["status"]["versions"]["published"]["publishedAt"] == own["info"]["publishedAt"]
     shards = [s["url"] for s in stable["shardlist"]]

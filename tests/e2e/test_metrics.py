@@ -64,8 +64,14 @@ def test_runs_are_counted_once_with_outcome_durations_and_samples(
     )
 
     # a run that fails is counted with its reason
-    nothing = dataset("empty", namespace, raw.bucket, out, output={"bucket": out, "prefix": "empty-",
-                                                                   "maxSamplesPerShard": 10})  # fmt: skip
+    nothing = dataset(
+        "empty",
+        namespace,
+        raw.bucket,
+        out,
+        output={"bucket": out, "prefix": "empty-", "maxSamplesPerShard": 10},
+        shuffle={"seed": "1", "outputPrefix": "empty-shuffled-"},
+    )  # its own stable index: a second dataset on the same index would be refused (OutputConflict)
     nothing["spec"]["samples"] = {"fields": [{"pattern": "nowhere/*.bin", "name": "bin"}]}
     kube.apply(nothing)
     failed = wait_phase(kube, namespace, "empty", ("Failed", "Ready"))

@@ -13,7 +13,7 @@ import pytest
 import webdataset as wds
 import yaml
 
-from sharded_dataset_operator import exampledata
+from sharded_dataset_operator import exampledata, naming
 from sharded_dataset_operator.builders import order_rank
 from sharded_dataset_operator.clients.ais import Ais
 
@@ -30,11 +30,20 @@ FULL_FLOW_SAMPLES = 600
 class RawDataset:
     """An Oxford-pets-shaped dataset uploaded to its own AIS bucket, with the bytes kept for comparison."""
 
-    def __init__(self, ais: Ais, endpoint: str, samples: int, seed: int = SEED, sample_kib: int = 40) -> None:
-        self.bucket = unique("raw")
+    def __init__(
+        self,
+        ais: Ais,
+        endpoint: str,
+        samples: int,
+        seed: int = SEED,
+        sample_kib: int = 40,
+        bucket: str | None = None,
+        token: str | None = None,
+    ) -> None:
+        self.bucket = bucket or unique("raw")
         self.plan = exampledata.plan(samples, seed=seed, sample_kib=sample_kib)
         self.manifest = exampledata.write_ais(
-            endpoint, self.bucket, n_samples=samples, seed=seed, sample_kib=sample_kib, workers=8
+            endpoint, self.bucket, n_samples=samples, seed=seed, sample_kib=sample_kib, workers=8, token=token
         )
         self.files = dict(exampledata.render(self.plan))
         self.ais = ais
@@ -408,7 +417,7 @@ def test_spec_change_reruns_once_and_cleans_up_the_old_generation(
     obj["spec"]["output"]["retainPrevious"] = "0s"  # the replaced version goes as soon as the new one is published
     kube.apply(obj)
     first = wait_ready(kube, namespace, "evolving")
-    uid8 = first["metadata"]["uid"].replace("-", "")[:8]
+    tag = naming.uid_tag(first["metadata"]["uid"])
     # re-applying the same object (client-side and server-side) changes nothing
     kube.apply(obj)
     kube.apply(obj, "--server-side", "--field-manager=gitops")
@@ -426,8 +435,8 @@ def test_spec_change_reruns_once_and_cleans_up_the_old_generation(
     assert second["metadata"]["generation"] == 2
     assert second["status"]["samples"]["written"] == first["status"]["samples"]["written"]
     assert second["status"]["shards"]["output"] > first["status"]["shards"]["output"]
-    wait_until(lambda: not [e for e in ais.list_objects(out) if f"{uid8}-g1-" in e.name], 60, "g1 objects deleted")
-    assert [e for e in ais.list_objects(out) if f"{uid8}-g2-" in e.name]
+    wait_until(lambda: not [e for e in ais.list_objects(out) if f"{tag}-g1-" in e.name], 60, "g1 objects deleted")
+    assert [e for e in ais.list_objects(out) if f"{tag}-g2-" in e.name]
     # only the shuffle changed: every converted shard is reused, so generation 2 runs no converter Job
     assert second["status"]["conversion"]["reusedShards"] == second["status"]["shards"]["converted"] > 0
     wait_until(lambda: sorted(j["metadata"]["name"] for j in kube.list("jobs", namespace))

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from sharded_dataset_operator import naming
 from sharded_dataset_operator.clients.ais import Ais
 
 from .conftest import Kube, unique, wait_until
@@ -78,7 +79,7 @@ def test_a_spec_change_builds_beside_the_published_version_and_its_readers_never
     obj["spec"]["shuffle"]["outputShardSize"] = "4MiB"
     kube.apply(obj)
     first = wait_ready(kube, namespace, "living")
-    uid8 = first["metadata"]["uid"].replace("-", "")[:8]
+    tag = naming.uid_tag(first["metadata"]["uid"])
     assert published(first) == "g1" and first["status"]["versions"].get("building") is None
     assert condition(first, "UpToDate")["status"] == "True"
 
@@ -118,14 +119,14 @@ def test_a_spec_change_builds_beside_the_published_version_and_its_readers_never
     # the stable index names only the new version's shards; the old one is kept until retainPrevious
     stable = json.loads(ais.get(out, "shuffled-index.json") or b"{}")
     assert stable["info"]["version"] == "g2"
-    assert all(f"{uid8}-g2-" in s["url"] for s in stable["shardlist"])
-    own = json.loads(ais.get(out, f"shuffled-{uid8}-g2-index.json") or b"{}")
+    assert all(f"{tag}-g2-" in s["url"] for s in stable["shardlist"])
+    own = json.loads(ais.get(out, f"shuffled-{tag}-g2-index.json") or b"{}")
     assert own == stable
     previous = second["status"]["versions"]["previous"]
     assert [p["version"] for p in previous] == ["g1"] and previous[0]["deleteAfter"]
-    assert ais.get(out, f"shuffled-{uid8}-g1-index.json") is not None
+    assert ais.get(out, f"shuffled-{tag}-g1-index.json") is not None
     # ... then deleted, with its own index; the new version's objects stay
-    wait_until(lambda: not [e for e in ais.list_objects(out) if f"{uid8}-g1-" in e.name], 90, "g1 deleted")
+    wait_until(lambda: not [e for e in ais.list_objects(out) if f"{tag}-g1-" in e.name], 90, "g1 deleted")
     final = wait_until(
         lambda: (o := kube.get("sds", "living", namespace)) and not o["status"]["versions"]["previous"] and o,
         60,
@@ -133,7 +134,7 @@ def test_a_spec_change_builds_beside_the_published_version_and_its_readers_never
     )
     assert [a["version"] for a in final["status"]["artifacts"]] == ["g2"]
     assert "VersionDeleted" in {e["reason"] for e in kube.events(namespace, "living")}
-    assert [e for e in ais.list_objects(out) if f"{uid8}-g2-" in e.name]
+    assert [e for e in ais.list_objects(out) if f"{tag}-g2-" in e.name]
 
     # deletionPolicy Delete still removes every version and the stable index
     kube.run("delete", "sds", "living", "-n", namespace, "--timeout=120s")
@@ -188,8 +189,8 @@ def test_a_refresh_converts_only_the_changed_units_and_the_newest_request_wins(
     obj["spec"]["output"] = {"bucket": out, "prefix": "samples-", "maxSamplesPerShard": 20, "retainPrevious": "0s"}
     kube.apply(obj)
     first = wait_ready(kube, namespace, "fresh")
-    uid8 = first["metadata"]["uid"].replace("-", "")[:8]
-    pool = f"samples-{uid8}-u"
+    tag = naming.uid_tag(first["metadata"]["uid"])
+    pool = f"samples-{tag}-u"
     before = {e.name: ais.get(out, e.name) for e in ais.list_objects(out, prefix=pool)}
     assert first["status"]["conversion"]["reusedShards"] == 0 and before
 
@@ -261,7 +262,7 @@ def test_a_refresh_converts_only_the_changed_units_and_the_newest_request_wins(
 
     # only the invalidated units were converted (from the reports and the plan's unit table)
     version = _version_of("second")
-    base = f"samples-{uid8}-{version}-"
+    base = f"samples-{tag}-{version}-"
     reports = [json.loads(ais.get(out, e.name) or b"{}") for e in ais.list_objects(out, prefix=f"{base}report-")]
     converted = {s["name"]: s for r in reports for s in r["shards"]}
     plan = json.loads(ais.get(out, f"{base}plan.json") or b"{}")
@@ -295,11 +296,11 @@ def test_a_refresh_converts_only_the_changed_units_and_the_newest_request_wins(
     assert sum(s["samples"] for s in converted.values()) < 0.25 * len(raw.manifest["complete"])
 
     # the superseded refresh left nothing behind: no objects, no Jobs
-    first_base = f"samples-{uid8}-{_version_of('first')}-"
+    first_base = f"samples-{tag}-{_version_of('first')}-"
     wait_until(lambda: not list(ais.list_objects(out, prefix=first_base)), 60, "the first refresh deleted")
     assert not [j for j in kube.list("jobs", namespace) if _version_of("first") in j["metadata"]["name"]]
-    assert not list(ais.list_objects(out, prefix=f"shuffled-{uid8}-{_version_of('first')}-"))
+    assert not list(ais.list_objects(out, prefix=f"shuffled-{tag}-{_version_of('first')}-"))
     # and the old version went at publish (retainPrevious: 0s), with every unit no version holds
-    wait_until(lambda: not list(ais.list_objects(out, prefix=f"samples-{uid8}-g1-")), 60, "g1 deleted")
+    wait_until(lambda: not list(ais.list_objects(out, prefix=f"samples-{tag}-g1-")), 60, "g1 deleted")
     held = set(converted) | {s["name"] for s in reused["shards"]}
     wait_until(lambda: {e.name for e in ais.list_objects(out, prefix=pool)} == held, 60, "only held units left")

@@ -95,13 +95,13 @@ def test_parse_spec_errors_name_the_field(patch: dict[str, Any], field: str) -> 
 
 def test_names_derive_from_name_uid_generation() -> None:
     base = naming.generation_base("samples-", OWNER.uid, 2)
-    assert base == "samples-5f3a9c1e-g2-"
+    assert base == "samples-5f3a9c1eaaaa4bbb-g2-"
     pool = naming.unit_pool("samples-", OWNER.uid)
-    assert naming.unit_shard_name(pool, "00ff", 1) == "samples-5f3a9c1e-u00ff-01.tar"
-    assert naming.unit_of(pool, "samples-5f3a9c1e-u00ff-01.tar") == "00ff"
-    assert naming.unit_of(pool, "samples-5f3a9c1e-g2-plan.json") is None
-    assert naming.report_name(base, 3) == "samples-5f3a9c1e-g2-report-w0003.json"
-    assert naming.output_template("shuffled-5f3a9c1e-g2-") == "shuffled-5f3a9c1e-g2-%06d"
+    assert naming.unit_shard_name(pool, "00ff", 1) == "samples-5f3a9c1eaaaa4bbb-u00ff-01.tar"
+    assert naming.unit_of(pool, "samples-5f3a9c1eaaaa4bbb-u00ff-01.tar") == "00ff"
+    assert naming.unit_of(pool, "samples-5f3a9c1eaaaa4bbb-g2-plan.json") is None
+    assert naming.report_name(base, 3) == "samples-5f3a9c1eaaaa4bbb-g2-report-w0003.json"
+    assert naming.output_template("shuffled-5f3a9c1eaaaa4bbb-g2-") == "shuffled-5f3a9c1eaaaa4bbb-g2-%06d"
     assert naming.job_name("oxford-pets", 2) == "oxford-pets-convert-g2"
     long = naming.job_name("a" * 80, 12)
     assert len(long) <= naming.MAX_JOB_NAME and long.endswith("-convert-g12")
@@ -144,7 +144,7 @@ def test_converter_job_is_an_indexed_restricted_job_owned_by_the_resource() -> N
     assert env["AIS_ENDPOINT"] == "http://ais-proxy.ais:51080"
     config = json.loads(env["SDS_CONVERTER_CONFIG"] or "{}")
     assert config == converter_config(s, OWNER)
-    assert config["output"]["base"] == "samples-5f3a9c1e-g2-" and config["orderSeed"] == "2023"
+    assert config["output"]["base"] == "samples-5f3a9c1eaaaa4bbb-g2-" and config["orderSeed"] == "2023"
     assert c["resources"]["limits"]["memory"] == "556Mi"  # 3 x 100 MiB shard + 256 MiB
     assert job["metadata"]["labels"]["shardeddataset.dev/generation"] == "2"
 
@@ -167,9 +167,9 @@ def test_dsort_spec_uses_current_field_names_and_a_seeded_order() -> None:
     assert d["input_bck"] == {"name": "pets", "provider": "ais"}
     assert d["input_format"] == {"objnames": ["a.tar", "b.tar"]}
     assert (d["input_extension"], d["output_extension"]) == (".tar", ".tar")
-    assert d["output_format"] == "shuffled-shard-5f3a9c1e-g2-a1-%06d"
-    assert d["description"] == "sds:ml/oxford-pets:5f3a9c1e:g2:a1"
-    assert build_dsort_spec(s, OWNER, ["a"], attempt=3)["output_format"] == "shuffled-shard-5f3a9c1e-g2-a3-%06d"
+    assert d["output_format"] == "shuffled-shard-5f3a9c1eaaaa4bbb-g2-a1-%06d"
+    assert d["description"] == "sds:ml/oxford-pets:5f3a9c1eaaaa4bbb:g2:a1"
+    assert build_dsort_spec(s, OWNER, ["a"], attempt=3)["output_format"] == "shuffled-shard-5f3a9c1eaaaa4bbb-g2-a3-%06d"
     assert d["output_shard_size"] == str(100 * 2**20)
     assert d["algorithm"] == {"kind": "content", "extension": ".__order__", "content_key_type": "int"}
     assert d["Config"] == {"duplicated_records": "abort", "missing_shards": "abort"}

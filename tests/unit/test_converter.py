@@ -30,7 +30,7 @@ from sharded_dataset_operator.spec import parse_spec
 from sharded_dataset_operator.verify import OutputTally, Totals, compare
 
 OWNER = Owner(name="pets", namespace="ml", uid="00000000-1111-4222-8333-444444444444", generation=1)
-BASE = "out/s-00000000-g1-"
+BASE = "out/s-0000000011114222-g1-"
 
 
 class MemoryStore:
@@ -363,7 +363,7 @@ def _version_config(generation: int, workers: int = 2, previous: int | None = No
     }
     cfg = converter_config(parse_spec(spec, name="pets", default_endpoint="http://ais:1"), owner)
     if previous is not None:
-        cfg["output"]["previous"] = f"s-00000000-g{previous}-plan.json"
+        cfg["output"]["previous"] = f"s-0000000011114222-g{previous}-plan.json"
     return cfg
 
 
@@ -424,7 +424,7 @@ def test_a_new_version_converts_only_what_changed_and_takes_over_every_intact_un
     assert u["previousBroken"] == 1 and u["takenOver"] == first["units"]["count"] - 1, u
     assert u["convertSamples"] <= 10 + len(added) and 1 <= u["convert"] <= 3, u
     assert u["stream"]["samples"] == u["convertSamples"]
-    reused = json.loads(store.objects["out/s-00000000-g2-reused.json"])
+    reused = json.loads(store.objects["out/s-0000000011114222-g2-reused.json"])
     converted = _samples_of(store, [s["name"] for r in reports for s in r.shards])
     assert changed <= set(converted)
     taken = _samples_of(store, [s["name"] for s in reused["shards"]])

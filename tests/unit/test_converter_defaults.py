@@ -71,17 +71,48 @@ def test_defaults_apply_when_spec_is_empty() -> None:
     assert pod["tolerations"] == TOLERATIONS
 
 
-def test_spec_wins_over_defaults() -> None:
+def test_spec_resources_win_and_placement_is_the_operators_with_the_specs_added() -> None:
     defaults = builders.ConverterDefaults(
         image="img:1", resources=RESOURCES, node_selector=NODE_SELECTOR, tolerations=TOLERATIONS
     )
     own_resources = {"limits": {"memory": "4Gi"}}
     own_tolerations = [{"key": "gpu", "operator": "Exists"}]
-    spec = _spec(resources=own_resources, nodeSelector={"pool": "mine"}, tolerations=own_tolerations)
+    spec = _spec(resources=own_resources, nodeSelector={"zone": "a", "pool": "mine"}, tolerations=own_tolerations)
+    assert builders.placement_problem(spec, defaults) is None
     pod = _pod(builders.build_converter_job(spec, OWNER, defaults))
     assert pod["containers"][0]["resources"] == own_resources
-    assert pod["nodeSelector"] == {"pool": "mine"}
-    assert pod["tolerations"] == own_tolerations
+    assert pod["nodeSelector"] == {"zone": "a", "pool": "batch"}  # the operator's keys win
+    assert pod["tolerations"] == [*TOLERATIONS, *own_tolerations]
+
+
+@pytest.mark.parametrize(
+    "tolerations, enforce, problem",
+    [
+        ([{"operator": "Exists"}], False, "tolerations[0]: a toleration without a key tolerates every taint"),
+        ([{"key": "gpu", "operator": "Exists"}, {"key": "node-role.kubernetes.io/control-plane",
+          "operator": "Exists"}], False, "tolerations[1]: tolerating node-role.kubernetes.io/control-plane"),
+        ([{"key": "gpu", "operator": "Exists"}], True, "this operator places converter pods itself"),
+    ],
+)  # fmt: skip
+def test_placement_the_operator_does_not_allow_is_refused_naming_the_field(
+    tolerations: list[dict[str, str]], enforce: bool, problem: str
+) -> None:
+    defaults = builders.ConverterDefaults(image="img:1", enforce_placement=enforce)
+    assert problem in (builders.placement_problem(_spec(tolerations=tolerations), defaults) or "")
+
+
+def test_user_images_are_pulled_always_and_the_operators_own_image_as_configured() -> None:
+    defaults = builders.ConverterDefaults(image="img:1", image_pull_policy="IfNotPresent")
+    plain = _pod(builders.build_converter_job(_spec(), OWNER, defaults))
+    assert plain["containers"][0]["imagePullPolicy"] == "IfNotPresent"
+    raw = yaml.safe_load((REPO / "examples" / "01-oxford-pets.yaml").read_text())["spec"]
+    raw["transform"] = {"function": {"name": "m:f", "image": "registry.example/team/fn:1"}}
+    spec = parse_spec(raw, name=OWNER.name, default_endpoint="http://ais:51080")
+    user = _pod(builders.build_converter_job(spec, OWNER, defaults))["containers"][0]
+    assert user["image"] == "registry.example/team/fn:1" and user["imagePullPolicy"] == "Always"
+    planner = _pod(builders.build_planner_job(spec, OWNER, defaults))["containers"][0]
+    assert planner["image"] == "img:1" and planner["imagePullPolicy"] == "IfNotPresent"
+    assert settings.from_env({"SDS_USER_IMAGE_PULL_POLICY": "IfNotPresent"}).user_image_pull_policy == "IfNotPresent"
 
 
 def test_no_defaults_keeps_the_computed_resources() -> None:

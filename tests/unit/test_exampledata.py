@@ -210,6 +210,12 @@ class _FakeBucket:
     def create(self, exist_ok: bool = False) -> None:
         self.created.append(exist_ok)
 
+    def head(self) -> None:  # the bucket does not exist yet: write_ais creates it
+        from aistore.sdk.errors import AISError
+
+        if not self.created:
+            raise AISError(404, "", "http://ais:51080/v1/buckets/raw", "")  # what a HEAD's 404 raises
+
     def object(self, name: str) -> _FakeObject:
         return _FakeObject(self.store, name)
 
@@ -222,7 +228,7 @@ def test_write_ais_with_fake_client(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[Any, ...]] = []
 
     class FakeClient:
-        def __init__(self, endpoint: str) -> None:
+        def __init__(self, endpoint: str, token: str | None = None) -> None:
             calls.append(("client", endpoint))
 
         def bucket(self, name: str, provider: str = "ais") -> _FakeBucket:

@@ -31,9 +31,9 @@ NOW = "2026-11-23T10:00:00Z"
 UID = "5f3a9c1e-0000-4000-8000-000000000001"
 OWNER = Owner(name="pets", namespace="ml", uid=UID, generation=3)
 DEFAULTS = ConverterDefaults(image="img:dev")
-BASE = "samples-5f3a9c1e-g3-"
-POOL = "samples-5f3a9c1e-u"
-OUT = "shuffled-5f3a9c1e-g3-"
+BASE = "samples-5f3a9c1e00004000-g3-"
+POOL = "samples-5f3a9c1e00004000-u"
+OUT = "shuffled-5f3a9c1e00004000-g3-"
 
 
 def unit_shard(worker: int, i: int) -> str:
@@ -111,7 +111,7 @@ def converted(**over: Any) -> Observed:
 def finished_dsort(**over: Any) -> DsortJob:
     fields: dict[str, Any] = dict(
         id="srt-1",
-        description="sds:ml/pets:5f3a9c1e:g3",
+        description="sds:ml/pets:5f3a9c1e00004000:g3",
         finished=True,
         aborted=False,
         errors=(),
@@ -123,7 +123,7 @@ def finished_dsort(**over: Any) -> DsortJob:
 
 
 def dsort(attempt: int = 1, **over: Any) -> dict[int, DsortJob]:
-    return {attempt: finished_dsort(description=f"sds:ml/pets:5f3a9c1e:g3:a{attempt}", **over)}
+    return {attempt: finished_dsort(description=f"sds:ml/pets:5f3a9c1e00004000:g3:a{attempt}", **over)}
 
 
 def listing(shards: dict[str, list[str]], prefix: str = OUT, truncate: str = "") -> OutputTally:
@@ -251,7 +251,7 @@ def test_completed_conversion_starts_dsort_with_the_reported_shards() -> None:
     assert kinds(d) == [StartDsort]
     dsort = next(a for a in d.actions if isinstance(a, StartDsort)).spec
     assert dsort["input_format"]["objnames"] == sorted([unit_shard(0, 0), unit_shard(0, 1), unit_shard(1, 0)])
-    assert dsort["description"] == "sds:ml/pets:5f3a9c1e:g3:a1"
+    assert dsort["description"] == "sds:ml/pets:5f3a9c1e00004000:g3:a1"
     assert dsort["output_format"] == f"{OUT}a1-%06d"
     # 1 MiB of tar bytes asked for as member bytes: 9 samples hold 99 member bytes in 9 * 2048 tar bytes
     assert dsort["output_shard_size"] == str(2**20 * 99 // (9 * 2048))
@@ -368,7 +368,7 @@ def test_delete_input_removes_converted_shards_after_verification() -> None:
     obs = converted(dsort_attempts=dsort(), output=listing({"000000": ["a000", "a001", "a002", "b000", "b001"]}))
     d = decide(s, OWNER, obs, DEFAULTS, NOW)
     sweeps = [a for a in d.actions if isinstance(a, SweepUnits)]
-    assert [(x.pool, x.live) for x in sweeps] == [("samples-5f3a9c1e-u", ())]  # no other version holds them
+    assert [(x.pool, x.live) for x in sweeps] == [("samples-5f3a9c1e00004000-u", ())]  # no other version holds them
 
 
 def test_without_shuffle_the_converted_shards_are_verified_and_indexed() -> None:
@@ -392,7 +392,7 @@ def test_without_shuffle_the_converted_shards_are_verified_and_indexed() -> None
 
 
 def test_a_new_generation_deletes_builds_that_were_never_published() -> None:
-    old = {"generation": 2, "locations": [{"bucket": "out", "prefix": "samples-5f3a9c1e-g2-"}]}
+    old = {"generation": 2, "locations": [{"bucket": "out", "prefix": "samples-5f3a9c1e00004000-g2-"}]}
     obs = Observed(previous={"observedGeneration": 2, "phase": "Converting", "artifacts": [old]},
                    stale_jobs=["pets-convert-g2"])  # fmt: skip
     d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
@@ -400,7 +400,7 @@ def test_a_new_generation_deletes_builds_that_were_never_published() -> None:
     assert kinds(d)[0] == DeleteJobs and CleanupArtifacts not in kinds(d)
     assert d.status.artifacts is not None and [r["generation"] for r in d.status.artifacts] == [3, 2]
     assert d.status.start_time == NOW
-    pooled = {**old, "pool": {"bucket": "out", "prefix": "samples-5f3a9c1e-u"}}
+    pooled = {**old, "pool": {"bucket": "out", "prefix": "samples-5f3a9c1e00004000-u"}}
     obs = Observed(previous={"observedGeneration": 3, "phase": "Converting", "artifacts": [pooled]}, plan=plan(9))
     d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
     assert kinds(d)[-2:] == [CleanupArtifacts, SweepUnits]
@@ -422,8 +422,8 @@ def test_fail_turns_a_decision_into_a_failure() -> None:
 
 
 def aborted(attempt: int, error: str = "recv-srt: unexpected EOF", ended_at: float | None = None) -> DsortJob:
-    return finished_dsort(id=f"srt-{attempt}", description=f"sds:ml/pets:5f3a9c1e:g3:a{attempt}", finished=False,
-                          aborted=True, errors=(error,), ended_at=ended_at)  # fmt: skip
+    return finished_dsort(id=f"srt-{attempt}", description=f"sds:ml/pets:5f3a9c1e00004000:g3:a{attempt}",
+                          finished=False, aborted=True, errors=(error,), ended_at=ended_at)  # fmt: skip
 
 
 def test_dsort_aborted_by_a_node_fault_is_retried_with_its_partial_output_deleted() -> None:

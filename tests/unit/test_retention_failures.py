@@ -8,7 +8,7 @@ import pytest
 
 from sharded_dataset_operator import operations
 from sharded_dataset_operator.builders import Owner
-from sharded_dataset_operator.clients.ais import AisUnavailable
+from sharded_dataset_operator.clients.ais import AccessDenied
 from sharded_dataset_operator.model import Entry
 from sharded_dataset_operator.reconcile import CleanupArtifacts, Decision, SweepUnits, WriteIndex
 from sharded_dataset_operator.status import DatasetStatus, Phase
@@ -17,8 +17,8 @@ OWNER = Owner(name="pets", namespace="ml", uid="5f3a9c1e-0000-4000-8000-00000000
 OLD = {
     "version": "g2",
     "generation": 2,
-    "locations": [{"bucket": "out", "provider": "ais", "prefix": "s-5f3a9c1e-g2-"}],
-    "index": {"bucket": "out", "provider": "ais", "stable": "i.json", "versioned": "s-5f3a9c1e-g2-index.json"},
+    "locations": [{"bucket": "out", "provider": "ais", "prefix": "s-5f3a9c1e00004000-g2-"}],
+    "index": {"bucket": "out", "provider": "ais", "stable": "i.json", "versioned": "s-5f3a9c1e00004000-g2-index.json"},
 }
 
 
@@ -29,7 +29,7 @@ class RefusingAis:
 
     def __init__(self, refuse: bool) -> None:
         self.refuse = refuse
-        self.objects = {"s-5f3a9c1e-g2-plan.json": b"{}", "s-5f3a9c1e-g2-index.json": b"{}"}
+        self.objects = {"s-5f3a9c1e00004000-g2-plan.json": b"{}", "s-5f3a9c1e00004000-g2-index.json": b"{}"}
         self.puts: list[str] = []
 
     def put(self, bucket: str, name: str, data: bytes, provider: str = "ais") -> None:
@@ -38,11 +38,18 @@ class RefusingAis:
 
     def list_objects(self, bucket: str, provider: str = "ais", prefix: str = "") -> list[Entry]:
         if self.refuse:
-            raise AisUnavailable("HTTP 401: token expired")
+            raise AccessDenied("HTTP 401: token expired")
         return [Entry(n, len(d)) for n, d in sorted(self.objects.items()) if n.startswith(prefix)]
+
+    def get(self, bucket: str, name: str, provider: str = "ais") -> bytes | None:
+        return self.objects.get(name)
 
     def list_pages(self, *a: Any, **kw: Any) -> list[list[Any]]:
         return []
+
+    def delete_prefix(self, bucket: str, prefix: str, provider: str = "ais", keep: frozenset[str] = frozenset()) -> int:
+        names = [e.name for e in self.list_objects(bucket, provider, prefix) if e.name not in keep]
+        return self.delete_objects(bucket, names, provider)
 
     def delete_objects(self, bucket: str, names: list[str], provider: str = "ais") -> int:
         for n in names:
@@ -60,7 +67,7 @@ def decision() -> Decision:
         actions=[
             WriteIndex("out", "ais", "i.json", {"info": {}}, publishes=True),
             CleanupArtifacts(record=OLD, retired=True),
-            SweepUnits("out", "ais", "s-5f3a9c1e-u", live=(), restore=(OLD,)),
+            SweepUnits("out", "ais", "s-5f3a9c1e00004000-u", live=(), restore=(OLD,)),
         ],
     )
 
@@ -85,4 +92,5 @@ def test_an_accepted_deletion_removes_the_version_and_its_own_index_last() -> No
     d = decision()
     operations.execute(ais, d, OWNER)  # type: ignore[arg-type]
     assert d.events == [] and [r.get("version") for r in d.status.artifacts or []] == [None]
-    assert "s-5f3a9c1e-g2-plan.json" not in ais.objects and "s-5f3a9c1e-g2-index.json" not in ais.objects
+    assert "s-5f3a9c1e00004000-g2-plan.json" not in ais.objects
+    assert "s-5f3a9c1e00004000-g2-index.json" not in ais.objects

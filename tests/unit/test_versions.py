@@ -33,7 +33,7 @@ def index_body(
             "refresh": refresh,
             "publishedAt": published_at,
             "samples": samples,
-            "versionIndex": f"ais://out/shuffled-5f3a9c1e-{version}-index.json",
+            "versionIndex": f"ais://out/shuffled-5f3a9c1e00004000-{version}-index.json",
             "artifacts": record,
         },
         "shardlist": [{"url": "a.tar", "nsamples": samples, "filesize": 100}],
@@ -59,7 +59,7 @@ def test_version_ids_derive_from_generation_and_refresh_value() -> None:
     assert refreshed.startswith("g4r") and len(refreshed) == 11
     assert refreshed == naming.version_id(4, "2026-12-01") != naming.version_id(4, "2026-12-02")
     assert Owner("pets", "ml", UID, 4, "2026-12-01").version == refreshed
-    assert naming.generation_base("s-", UID, refreshed) == f"s-5f3a9c1e-{refreshed}-"
+    assert naming.generation_base("s-", UID, refreshed) == f"s-5f3a9c1e00004000-{refreshed}-"
     assert naming.job_name("pets", refreshed, "plan") == f"pets-plan-{refreshed}"
 
 
@@ -160,7 +160,7 @@ def test_the_new_versions_planner_takes_over_from_the_published_version_only_whe
         return dict(json.loads(next(e["value"] for e in env if e["name"] == "SDS_CONVERTER_CONFIG")))
 
     out = planner_config(published_g2(plan=None, reports={}))["output"]
-    assert out["previous"] == "samples-5f3a9c1e-g2-plan.json"
+    assert out["previous"] == "samples-5f3a9c1e00004000-g2-plan.json"
     assert "previous" not in planner_config(Observed(previous={}))["output"]  # nothing published yet
     # the output moved to another bucket: the published version's shards are not where this one writes
     moved = planner_config(
@@ -190,7 +190,7 @@ def test_publishing_replaces_the_published_version_which_is_then_kept_for_its_re
     v = d.status.versions or {}
     assert v["published"]["version"] == "g3" and v["building"] is None
     assert v["previous"] == [
-        {"version": "g2", "generation": 2, "index": "ais://out/shuffled-5f3a9c1e-g2-index.json",
+        {"version": "g2", "generation": 2, "index": "ais://out/shuffled-5f3a9c1e00004000-g2-index.json",
          "deleteAfter": LATER},
     ]  # fmt: skip
     # the next pass: served from the stable index; g2 deleted once the 30 minutes are over

@@ -3,7 +3,10 @@ module sharded-dataset-operator.invalid/tools/ais
 
 go 1.26
 
-tool github.com/NVIDIA/aistore/cmd/aisnode
+tool (
+	github.com/NVIDIA/aistore/cmd/aisnode
+	github.com/NVIDIA/aistore/cmd/authn
+)
 
 require (
 	cel.dev/expr v0.25.2 // indirect

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import tarfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -39,6 +40,11 @@ class AisUnavailable(Exception):
 
 class BucketNotFound(Exception):
     """The bucket does not exist."""
+
+
+class AccessDenied(Exception):
+    """AIS refused the request for this token (HTTP 401: no or an invalid, expired or revoked token; 403: the
+    token's user may not do this). Not an outage: retrying with the same token does not help."""
 
 
 class ListingError(Exception):
@@ -114,6 +120,8 @@ class Ais:
         """The proxy's cluster map, each active target probed on its own health endpoint; None if unreachable."""
         try:
             r = self.session.get(f"{self.endpoint}/v1/daemon", params={"what": "smap"}, timeout=(2.0, 5.0))
+            if r.status_code in DENIED:  # AIS answers, but this token may not see the map (no SHOW-CLUSTER)
+                return Membership(version=0, targets=0, answering=0)
             r.raise_for_status()
             smap = Smap.model_validate(r.json())
         except (requests.RequestException, ValueError) as e:
@@ -362,6 +370,8 @@ class Ais:
         (one HTTP round trip instead of two: what the converter does for every raw file).
         """
 
+        direct = direct and not self.token  # with AuthN on, targets refuse requests that bypass the proxy
+
         def read() -> bytes | None:
             data: bytes = self._bucket(bucket, provider).object(name).get_reader(direct=direct).read_all()
             return data
@@ -381,6 +391,15 @@ class Ais:
         except requests.RequestException as e:
             raise AisUnavailable(f"AIS at {self.endpoint}: {e}") from e
 
+    def read_first_byte(self, bucket: str, name: str, provider: str = "ais") -> bool:
+        """Whether this token may read the object (one byte of it is read); False if it does not exist."""
+
+        def read() -> bool:
+            self._bucket(bucket, provider).object(name).get_reader(byte_range="bytes=0-0").read_all()
+            return True
+
+        return self._object_call(read, False)
+
     def put(self, bucket: str, name: str, data: bytes, provider: str = "ais") -> None:
         self._call(lambda: self._bucket(bucket, provider).object(name).get_writer().put_content(data))
 
@@ -398,15 +417,33 @@ class Ais:
                 raise AisUnavailable(f"AIS at {self.endpoint}: {e}") from e
         return len(names)
 
-    def delete_prefix(self, bucket: str, prefix: str, provider: str = "ais") -> int:
-        """Delete every object whose name starts with `prefix`; returns the count."""
+    def delete_prefix(
+        self, bucket: str, prefix: str, provider: str = "ais", keep: frozenset[str] = frozenset(), batch: int = 10_000
+    ) -> int:
+        """Delete every object whose name starts with `prefix` (but those in `keep`); returns the count.
+
+        At most `batch` names are held at a time: the listing is taken again after each batch is deleted.
+        """
         if not prefix:
             raise ValueError("refusing to delete a whole bucket")
-        try:
-            names = [e.name for e in self.list_objects(bucket, provider, prefix)]
-        except BucketNotFound:
-            return 0
-        return self.delete_objects(bucket, names, provider)
+        deleted = 0
+        previous: list[str] = []
+        while True:
+            names: list[str] = []
+            try:
+                for e in self.list_objects(bucket, provider, prefix):
+                    if e.name not in keep:
+                        names.append(e.name)
+                        if len(names) >= batch:
+                            break
+            except BucketNotFound:
+                return deleted
+            if not names:
+                return deleted
+            if names == previous:
+                raise AisUnavailable(f"objects under {provider}://{bucket}/{prefix} are still listed after deletion")
+            deleted += self.delete_objects(bucket, names, provider)
+            previous = names
 
     def _call(self, fn: Any) -> Any:
         try:
@@ -424,7 +461,9 @@ class Ais:
         except requests.RequestException as e:
             raise AisUnavailable(f"AIS at {self.endpoint}: {e}") from e
         if r.status_code >= 500 and r.status_code != 501:
-            raise AisUnavailable(f"AIS {method} {path}: HTTP {r.status_code}: {r.text[:300]}")
+            raise AisUnavailable(f"AIS {method} {path}: HTTP {r.status_code}: {redact(r.text)[:300]}")
+        if r.status_code in DENIED:
+            raise AccessDenied(f"{method} {path}: HTTP {r.status_code}: {redact(r.text)[:300]}")
         return r
 
     def dsort_start(self, spec: dict[str, Any]) -> str:
@@ -527,7 +566,19 @@ def _job_from_list(j: dict[str, Any]) -> DsortJob:
     )
 
 
+DENIED = (401, 403)
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+
+
+def redact(text: str) -> str:
+    """`text` without bearer tokens: AIS quotes a revoked token in its error, and errors reach Events and logs."""
+    return _JWT.sub("<token>", text)
+
+
 def _unavailable(e: AISError) -> Exception:
+    text = redact(str(e))
     if e.status_code in (404,):
-        return BucketNotFound(str(e))
-    return AisUnavailable(str(e))
+        return BucketNotFound(text)
+    if e.status_code in DENIED:
+        return AccessDenied(f"HTTP {e.status_code}: {text}")
+    return AisUnavailable(text)

@@ -210,13 +210,28 @@ def pvc_problem(namespace: str, claim: str) -> str | None:
     return None
 
 
-def read_secret_key(namespace: str, name: str, key: str) -> str:
+TOKEN_SECRET_LABEL = "shardeddataset.dev/ais-token"
+"""A Secret may be used as an AIS token only if it carries this label with the value "true": the operator can
+read every Secret of a namespace, and a dataset must not turn an unrelated one into a bearer token."""
+
+
+class SecretNotAllowed(LookupError):
+    """The Secret exists but is not marked as an AIS token (`TOKEN_SECRET_LABEL`)."""
+
+
+def read_secret_key(namespace: str, name: str, key: str, label: str | None = None) -> str:
+    """One key of a Secret; with `label`, only of a Secret labelled `<label>: "true"`."""
     try:
         secret = core().read_namespaced_secret(name, namespace)
     except ApiException as e:
         if e.status == 404:
             raise LookupError(f"Secret {namespace}/{name} not found") from e
         raise
+    if label is not None and ((secret.metadata.labels or {}).get(label) != "true"):
+        raise SecretNotAllowed(
+            f'Secret {namespace}/{name} is not labelled {label}: "true"; only Secrets so labelled are used as AIS '
+            "tokens (kubectl label secret NAME " + f"{label}=true)"
+        )
     data = (secret.data or {}).get(key)
     if data is None:
         raise LookupError(f"Secret {namespace}/{name} has no key {key!r}")

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..builders import CONFIG_ENV, EXIT_PERMANENT, EXIT_UNAVAILABLE
-from ..clients.ais import Ais, Membership
+from ..clients.ais import AccessDenied, Ais, Membership
 from .sources import READS_BATCH, AisSource, Source, VolumeSource
 
 log = logging.getLogger("sds.converter")
@@ -78,6 +78,10 @@ def run_main(run: Callable[[dict[str, Any], int, Ais], str]) -> int:
     except PermanentError as e:
         log.error("permanent failure: %s", e)
         terminate(str(e))
+        return EXIT_PERMANENT
+    except AccessDenied as e:  # the token may not do this: a retry with the same token cannot help
+        log.error("access denied: %s", e)
+        terminate(f"AIS denied access to this dataset's token: {e}")
         return EXIT_PERMANENT
     except Exception as e:
         log.exception("failed")

@@ -1,0 +1,310 @@
+"""Shared clusters, end to end on the AuthN-enabled AIS of the local cluster (`AIS_AUTH=1 hack/cluster.sh up`).
+
+Tenants are real AuthN users whose roles grant read-write on their own buckets and nothing else (no cluster
+rights, no dSort); the operator holds its own AIS identity (hack/ais_auth.py setup) and uses it for dSort
+only. Every assertion about another tenant's data is made with the AuthN admin's token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sharded_dataset_operator import naming
+from sharded_dataset_operator.clients.ais import AccessDenied, Ais
+
+from .conftest import OPERATOR_NS, REPO, Kube, unique, wait_until
+from .test_operator import (
+    RawDataset,
+    assert_complete_samples,
+    check_index,
+    condition,
+    dataset,
+    read_shards,
+    wait_ready,
+)
+
+sys.path.insert(0, str(REPO / "hack"))
+import ais_auth  # hack/ais_auth.py: standard library only
+
+pytestmark = pytest.mark.e2e
+AUTH_IN_CLUSTER = "http://ais-auth-proxy.ais:56080"  # the Service pods use (hack/cluster.sh)
+PLAIN_IN_CLUSTER = "http://ais-proxy.ais:51080"
+SAMPLES = 120
+
+
+@dataclass
+class AuthEnv:
+    endpoint: str  # the AuthN-enabled proxy, from the host
+    args: argparse.Namespace  # what hack/ais_auth.py's admin calls take
+    admin: Ais  # the AuthN admin's access, for checks
+    admin_token: str
+    operator_token: str
+
+
+@pytest.fixture(scope="module")
+def auth(cluster_env: dict[str, str]) -> AuthEnv:
+    if not cluster_env.get("AIS_AUTH_ENDPOINT"):
+        if os.environ.get("SDS_REQUIRE_AUTH") == "1":
+            pytest.fail("the local cluster has no AuthN-enabled AIS (AIS_AUTH=1 hack/cluster.sh up)")
+        pytest.skip("no AuthN-enabled AIS (AIS_AUTH=1 hack/cluster.sh up)")
+    args = argparse.Namespace(
+        authn=cluster_env["AIS_AUTHN_URL"],
+        ais=cluster_env["AIS_AUTH_ENDPOINT"],
+        admin_pass_file=cluster_env["AIS_AUTHN_ADMIN_PASS_FILE"],
+    )
+    token = ais_auth.login(args.authn, "admin", Path(args.admin_pass_file).read_text().strip())
+    operator_token = (Path(args.admin_pass_file).parent / "operator-token").read_text().strip()
+    return AuthEnv(args.ais, args, Ais(args.ais, token), token, operator_token)
+
+
+@pytest.fixture(scope="module")
+def tenancy_operator(kube: Kube, operator: Any, auth: AuthEnv) -> Iterator[None]:
+    """The operator allowed to use the AuthN-enabled AIS too, and giving up a failing deletion after 3 tries."""
+    dep = f"deployment/{operator['metadata']['name']}"
+
+    def set_env(*assignments: str) -> None:
+        kube.run("-n", OPERATOR_NS, "set", "env", dep, *assignments)
+        kube.run("-n", OPERATOR_NS, "rollout", "status", dep, "--timeout=180s")
+
+    set_env(f"SDS_ALLOWED_ENDPOINTS={PLAIN_IN_CLUSTER},{AUTH_IN_CLUSTER}", "SDS_CLEANUP_ATTEMPTS=3",
+            "SDS_CLEANUP_RETRY_SECONDS=3")  # fmt: skip
+    try:
+        yield
+    finally:
+        set_env("SDS_ALLOWED_ENDPOINTS=", "SDS_CLEANUP_ATTEMPTS=20", "SDS_CLEANUP_RETRY_SECONDS=30")
+
+
+@dataclass
+class Tenant:
+    name: str
+    namespace: str
+    raw: str
+    out: str
+    token: str
+    ais: Ais
+
+
+def tenant(
+    kube: Kube, auth: AuthEnv, namespace: str, buckets: tuple[str, str] | None = None, read_only: tuple[str, ...] = ()
+) -> Tenant:
+    """An AuthN user with read-write on its two buckets only (and read-only on `read_only`), and its token in a
+    labelled Secret."""
+    name = unique("tenant")
+    raw, out = buckets or (f"{name}-raw", f"{name}-out")
+    token = ais_auth.tenant_token(auth.args, name, [raw, out], read_only=read_only)
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "ais-token", "namespace": namespace, "labels": {"shardeddataset.dev/ais-token": "true"}},
+        "stringData": {"token": token},
+    }
+    kube.apply(secret)
+    return Tenant(name, namespace, raw, out, token, Ais(auth.endpoint, token))
+
+
+@pytest.fixture
+def second_namespace(kube: Kube, namespace: str) -> Iterator[str]:
+    name = f"{namespace[:50]}-b"
+    kube.run("create", "namespace", name)
+    wait_until(lambda: kube.get("serviceaccount", "default", name) is not None, 60, "default serviceaccount")
+    yield name
+    kube.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+def tenant_dataset(name: str, t: Tenant, raw_bucket: str, out_bucket: str, **over: Any) -> dict[str, Any]:
+    obj = dataset(name, t.namespace, raw_bucket, out_bucket, conversion={"workers": 2}, **over)
+    obj["spec"]["ais"] = {"endpoint": AUTH_IN_CLUSTER, "tokenSecretRef": {"name": "ais-token"}}
+    return obj
+
+
+def snapshot(auth: AuthEnv, *buckets: str) -> dict[str, tuple[int, str]]:
+    """Every object of the buckets with its size and AIS checksum (read with the admin's token)."""
+    out = {}
+    for b in buckets:
+        for page in auth.admin.list_pages(b, props="name,size,checksum"):
+            for e in page:
+                out[f"{b}/{e.name}"] = (int(e.size or 0), str(e.checksum or ""))
+    return out
+
+
+def stalled_reason(kube: Kube, ns: str, name: str, reason: str, timeout: float = 180) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        obj = kube.get("sds", name, ns) or {}
+        conds = {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
+        stalled = conds.get("Stalled") or {}
+        return obj if stalled.get("status") == "True" and stalled.get("reason") == reason else None
+
+    obj: dict[str, Any] = wait_until(check, timeout, f"{ns}/{name} Stalled with reason {reason}", interval=0.5)
+    return obj
+
+
+def test_a_tenant_converts_and_shuffles_its_own_buckets_with_a_non_admin_token(
+    kube: Kube, namespace: str, auth: AuthEnv, tenancy_operator: None, tmp_path: Path
+) -> None:
+    a = tenant(kube, auth, namespace)
+    raw = RawDataset(auth.admin, auth.endpoint, SAMPLES, seed=31, sample_kib=8, bucket=a.raw, token=a.token)
+    # the token really is a tenant's: no dSort, no cluster map, no other bucket
+    other = unique("not-a")
+    auth.admin.ensure_bucket(other)
+    for denied in (lambda: a.ais.dsort_find(".*"), lambda: a.ais.bucket_exists(other)):
+        with pytest.raises(AccessDenied):
+            denied()
+    kube.apply(tenant_dataset("pets", a, a.raw, a.out, deletionPolicy="Delete"))
+    obj = wait_ready(kube, namespace, "pets", timeout=300)
+    assert obj["status"]["samples"]["written"] == len(raw.manifest["complete"])
+    shards = check_index(auth.admin, obj, a.out, "shuffled-index.json")
+    assert_complete_samples(raw, read_shards(auth.admin, a.out, [s["url"] for s in shards], tmp_path))
+    # the operator's own identity ran the dSort, and it is nowhere the tenant can read it
+    assert obj["status"]["shuffle"]["dsortJobId"]
+    visible = json.dumps([obj, kube.list("jobs", namespace), kube.events(namespace, "pets")])
+    assert auth.operator_token not in visible and a.token not in visible
+    for job in kube.list("jobs", namespace):
+        env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+        refs = [e["valueFrom"]["secretKeyRef"]["name"] for e in env if e["name"] == "AIS_AUTHN_TOKEN"]
+        assert refs == ["ais-token"], env
+
+    # a forged status.artifacts record naming the tenant's raw data (which its token could delete) is refused
+    tag = naming.uid_tag(obj["metadata"]["uid"])
+    before = snapshot(auth, a.raw)
+    forged = {
+        "version": "g9",
+        "generation": 9,
+        "locations": [{"bucket": a.raw, "provider": "ais", "prefix": "images/"}],
+    }
+    artifacts = [*obj["status"]["artifacts"], forged]
+    kube.run("patch", "sds", "pets", "-n", namespace, "--subresource=status", "--type=merge",
+             "-p", json.dumps({"status": {"artifacts": artifacts}}))  # fmt: skip
+    wait_until(lambda: "ArtifactsRefused" in {e["reason"] for e in kube.events(namespace, "pets")}, 120,
+               "the forged record refused")  # fmt: skip
+    wait_until(lambda: all(r.get("version") != "g9" for r in (kube.get("sds", "pets", namespace) or {})
+                           .get("status", {}).get("artifacts", [])), 60, "the forged record gone")  # fmt: skip
+    assert snapshot(auth, a.raw) == before
+
+    # the token is revoked: deleting the resource (deletionPolicy Delete) gives up after 3 tries with an
+    # Event naming what is left, and the namespace is not held up by the finalizer
+    ais_auth.revoke(auth.args.authn, a.token)
+    wait_until(lambda: _denied(a.ais, a.out), 60, "the revocation to reach AIS")
+    kube.run("delete", "sds", "pets", "-n", namespace, "--wait=false")
+    wait_until(lambda: kube.get("sds", "pets", namespace) is None, 180, "the resource gone")
+    abandoned = [e["message"] for e in kube.events(namespace, "pets") if e["reason"] == "CleanupAbandoned"]
+    assert abandoned and "after 3 attempts" in abandoned[0] and f"{a.out}/shuffled-{tag}" in abandoned[0], abandoned
+    assert [e for e in auth.admin.list_objects(a.out) if tag in e.name]  # left in AIS, as the Event says
+
+
+def _denied(ais: Ais, bucket: str) -> bool:
+    try:
+        ais.bucket_exists(bucket)
+    except AccessDenied:
+        return True
+    return False
+
+
+def test_a_tenant_naming_another_tenants_buckets_is_denied_and_nothing_of_theirs_changes(
+    kube: Kube, namespace: str, second_namespace: str, auth: AuthEnv, tenancy_operator: None
+) -> None:
+    b = tenant(kube, auth, second_namespace)
+    published = unique("b-published")  # B publishes here; A may read it, not write it
+    a = tenant(kube, auth, namespace, read_only=(published,))
+    RawDataset(auth.admin, auth.endpoint, SAMPLES, seed=32, sample_kib=8, bucket=a.raw, token=a.token)
+    RawDataset(auth.admin, auth.endpoint, 40, seed=33, sample_kib=8, bucket=b.raw, token=b.token)
+    b.ais.put(b.out, "results/keep.txt", b"team b's")
+    auth.admin.put(published, "index.json", b"{}")
+    before = snapshot(auth, b.raw, b.out, published)
+
+    # A's source, or A's shuffle output, is B's bucket: refused at the first look, before any pod runs
+    kube.apply(tenant_dataset("steal", a, b.raw, a.out))
+    over = {"shuffle": {"algorithm": "shuffle", "seed": "1", "outputBucket": b.out, "outputShardSize": "8MiB"}}
+    kube.apply(tenant_dataset("spill", a, a.raw, a.out, **over))
+    for name, bucket in (("steal", b.raw), ("spill", b.out)):
+        obj = stalled_reason(kube, namespace, name, "AccessDenied")
+        assert f"may not use ais://{bucket} " in obj["status"]["message"], obj["status"]["message"]
+    assert not kube.list("jobs", namespace)
+
+    # A's shuffle output is a bucket A may only read: the operator's identity could write there, so the
+    # dataset's own token must prove it may, before any dSort; it may not
+    over = {"shuffle": {"algorithm": "shuffle", "seed": "1", "outputBucket": published, "outputShardSize": "8MiB"}}
+    kube.run("delete", "sds", "steal", "spill", "-n", namespace)
+    kube.apply(tenant_dataset("sneak", a, a.raw, a.out, **over))
+    obj = stalled_reason(kube, namespace, "sneak", "AccessDenied", timeout=300)
+    msg = obj["status"]["message"]
+    assert f"may not write ais://{published}/" in msg and "no dSort was started" in msg, msg
+    assert obj["status"]["samples"]["written"] > 0  # converted with A's token, into A's bucket
+    description = naming.dsort_description(namespace, "sneak", obj["metadata"]["uid"], "g1")
+    assert auth.admin.dsort_find(naming.dsort_regex(description)) == []
+    assert snapshot(auth, b.raw, b.out, published) == before
+
+
+def test_same_named_datasets_in_two_namespaces_sharing_an_output_bucket_the_second_is_refused(
+    kube: Kube, namespace: str, second_namespace: str, auth: AuthEnv, tenancy_operator: None
+) -> None:
+    shared = (unique("shared-raw"), unique("shared-out"))
+    a = tenant(kube, auth, namespace, shared)
+    b = tenant(kube, auth, second_namespace, shared)
+    RawDataset(auth.admin, auth.endpoint, SAMPLES, seed=34, sample_kib=8, bucket=a.raw, token=a.token)
+    kube.apply(tenant_dataset("pets", a, a.raw, a.out))
+    first = wait_ready(kube, namespace, "pets", timeout=300)
+    index = auth.admin.get(a.out, "shuffled-index.json")
+
+    kube.apply(tenant_dataset("pets", b, b.raw, b.out))
+    second = stalled_reason(kube, second_namespace, "pets", "OutputConflict")
+    assert f"ShardedDataset {namespace}/pets (uid {first['metadata']['uid']})" in second["status"]["message"]
+    assert "OutputConflict" in {e["reason"] for e in kube.events(second_namespace, "pets")}
+    # the first is untouched and still Ready; nothing of the second was written
+    assert auth.admin.get(a.out, "shuffled-index.json") == index
+    again = kube.get("sds", "pets", namespace) or {}
+    assert again["status"]["phase"] == "Ready" and again["status"]["versions"] == first["status"]["versions"]
+    tag = naming.uid_tag(second["metadata"]["uid"])
+    assert not [e.name for e in auth.admin.list_objects(a.out) if tag in e.name]
+    assert not kube.list("jobs", second_namespace)
+
+
+def operator_memory(kube: Kube) -> tuple[int, int, str]:
+    """(peak RSS in bytes of the operator process, its container's restart count, its last termination reason)."""
+    pod = kube.list("pods", OPERATOR_NS, "app.kubernetes.io/component=operator")[0]
+    name = pod["metadata"]["name"]
+    status = kube.run("-n", OPERATOR_NS, "exec", name, "--", "cat", "/proc/1/status")
+    peak = next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM:"))
+    cs = pod["status"]["containerStatuses"][0]
+    return peak, int(cs["restartCount"]), str(((cs.get("lastState") or {}).get("terminated") or {}).get("reason"))
+
+
+def test_an_oversized_object_fails_its_dataset_clearly_while_another_tenants_dataset_reaches_ready(
+    kube: Kube, namespace: str, second_namespace: str, auth: AuthEnv, tenancy_operator: None, tmp_path: Path
+) -> None:
+    a = tenant(kube, auth, namespace)
+    b = tenant(kube, auth, second_namespace)
+    raw_b = RawDataset(auth.admin, auth.endpoint, SAMPLES, seed=35, sample_kib=8, bucket=b.raw, token=b.token)
+    _, restarts, _ = operator_memory(kube)
+    limit = 512 * 2**20  # the chart's operator memory limit
+    # A's dataset waits for a source that does not exist yet; meanwhile A writes a plan manifest larger than
+    # the operator's whole memory limit where the operator reads its plan (A's own bucket, A's token)
+    kube.apply(tenant_dataset("big", a, unique("not-yet"), a.out))
+    obj = stalled_reason(kube, namespace, "big", "SourceNotFound")
+    plan = naming.plan_manifest_name(naming.generation_base("samples-", obj["metadata"]["uid"], "g1"))
+    a.ais.put(a.out, plan, b"{" + b" " * (600 * 2**20) + b"}")
+    try:
+        kube.apply(tenant_dataset("fine", b, b.raw, b.out))
+        failed = wait_until(
+            lambda: (o := kube.get("sds", "big", namespace)) and o["status"].get("phase") == "Failed" and o,
+            120,
+            "the dataset with the oversized plan to fail",
+        )
+        msg = failed["status"]["message"]
+        assert condition(failed, "Stalled")["reason"] == "LimitExceeded", failed["status"]["conditions"]
+        assert plan in msg and "is 629145602 bytes" in msg and "it was not read" in msg, msg
+        ready = wait_ready(kube, second_namespace, "fine", timeout=300)
+        shards = check_index(auth.admin, ready, b.out, "shuffled-index.json")
+        assert_complete_samples(raw_b, read_shards(auth.admin, b.out, [s["url"] for s in shards], tmp_path))
+        peak, restarted, reason = operator_memory(kube)
+        assert restarted == restarts and reason != "OOMKilled" and peak < limit, (peak, restarted, reason)
+    finally:
+        a.ais.delete_objects(a.out, [plan])
