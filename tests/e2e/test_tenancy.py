@@ -277,7 +277,7 @@ def operator_memory(kube: Kube) -> tuple[int, int, str]:
     return peak, int(cs["restartCount"]), str(((cs.get("lastState") or {}).get("terminated") or {}).get("reason"))
 
 
-def test_an_oversized_object_fails_its_dataset_clearly_while_another_tenants_dataset_reaches_ready(
+def test_an_oversized_report_fails_its_dataset_clearly_while_another_tenants_dataset_reaches_ready(
     kube: Kube, namespace: str, second_namespace: str, auth: AuthEnv, tenancy_operator: None, tmp_path: Path
 ) -> None:
     a = tenant(kube, auth, namespace)
@@ -285,26 +285,37 @@ def test_an_oversized_object_fails_its_dataset_clearly_while_another_tenants_dat
     raw_b = RawDataset(auth.admin, auth.endpoint, SAMPLES, seed=35, sample_kib=8, bucket=b.raw, token=b.token)
     _, restarts, _ = operator_memory(kube)
     limit = 512 * 2**20  # the chart's operator memory limit
-    # A's dataset waits for a source that does not exist yet; meanwhile A writes a plan manifest larger than
-    # the operator's whole memory limit where the operator reads its plan (A's own bucket, A's token)
-    kube.apply(tenant_dataset("big", a, unique("not-yet"), a.out))
+    # A's dataset waits for its source (the bucket A may use, not created yet); meanwhile A writes a worker report
+    # larger than the operator's whole memory limit where the operator reads its reports (A's own bucket)
+    destroy_bucket(auth, a.raw)
+    kube.apply(tenant_dataset("big", a, a.raw, a.out))
     obj = stalled_reason(kube, namespace, "big", "SourceNotFound")
-    plan = naming.plan_manifest_name(naming.generation_base("samples-", obj["metadata"]["uid"], "g1"))
-    a.ais.put(a.out, plan, b"{" + b" " * (600 * 2**20) + b"}")
+    report = naming.report_name(naming.generation_base("samples-", obj["metadata"]["uid"], "g1"), 99)
+    body = b'{"worker": 99, "pad": "' + b" " * (600 * 2**20) + b'"}'
+    a.ais.put(a.out, report, body)
     try:
+        RawDataset(auth.admin, auth.endpoint, SAMPLES, seed=36, sample_kib=8, bucket=a.raw, token=auth.admin_token)
         kube.apply(tenant_dataset("fine", b, b.raw, b.out))
         failed = wait_until(
             lambda: (o := kube.get("sds", "big", namespace)) and o["status"].get("phase") == "Failed" and o,
-            120,
-            "the dataset with the oversized plan to fail",
+            180,
+            "the dataset with the oversized report to fail",
         )
         msg = failed["status"]["message"]
         assert condition(failed, "Stalled")["reason"] == "LimitExceeded", failed["status"]["conditions"]
-        assert plan in msg and "is 629145602 bytes" in msg and "it was not read" in msg, msg
+        assert report in msg and f"is {len(body)} bytes" in msg and "it was not read" in msg, msg
         ready = wait_ready(kube, second_namespace, "fine", timeout=300)
         shards = check_index(auth.admin, ready, b.out, "shuffled-index.json")
         assert_complete_samples(raw_b, read_shards(auth.admin, b.out, [s["url"] for s in shards], tmp_path))
         peak, restarted, reason = operator_memory(kube)
         assert restarted == restarts and reason != "OOMKilled" and peak < limit, (peak, restarted, reason)
     finally:
-        a.ais.delete_objects(a.out, [plan])
+        a.ais.delete_objects(a.out, [report])
+
+
+def destroy_bucket(auth: AuthEnv, bucket: str) -> None:
+    import requests
+
+    r = requests.delete(f"{auth.endpoint}/v1/buckets/{bucket}", json={"action": "destroy-bck"},
+                        headers={"Authorization": f"Bearer {auth.admin_token}"}, timeout=30)  # fmt: skip
+    r.raise_for_status()
