@@ -5,6 +5,7 @@ Layout (relative paths)::
     images/<Breed>_<n>.jpg                 real JPEG photos (noise texture + an ellipse "pet")
     annotations/trimaps/<Breed>_<n>.png    8-bit grayscale trimaps, 1=pet 2=background 3=border
     annotations/list.txt                   Oxford's label list: ``<key> <class> <species> <breed id>``
+    annotations/trainval.txt, test.txt     Oxford's official split: the same lines, each key in one of them
 
 plus a few deliberately broken records (see :class:`Plan`) and a manifest ``expected.json`` that
 describes what a correct converter must produce. Speed comes from rendering a small pool of base
@@ -37,6 +38,13 @@ DEFAULT_SAMPLE_KIB = 110
 DEFAULT_INCOMPLETE_FRACTION = 0.01
 MANIFEST_NAME = "expected.json"
 LIST_PATH = "annotations/list.txt"
+SPLIT_PATHS = {"trainval": "annotations/trainval.txt", "test": "annotations/test.txt"}
+
+
+def split_of(key: str) -> str:
+    """Oxford's split of a key, imitated: odd image numbers of a breed are trainval, even ones test."""
+    return "trainval" if int(key.rsplit("_", 1)[1]) % 2 else "test"
+
 
 REASON_MISSING_TRIMAP = "missing:trimap.png"
 REASON_EMPTY_TRIMAP = "empty:trimap.png"
@@ -156,6 +164,7 @@ class Manifest(TypedDict):
     files: int
     seed: int
     sample_kib: int
+    splits: dict[str, list[str]]  # the complete keys of each official split (trainval.txt, test.txt)
 
 
 @dataclass(frozen=True)
@@ -179,6 +188,7 @@ class Plan:
     pool: tuple[_Base, ...]
     list_txt: bytes
     manifest: Manifest
+    split_txt: tuple[tuple[str, bytes], ...] = ()  # (path, bytes) of the split lists
 
 
 def sample_key(index: int) -> str:
@@ -356,8 +366,12 @@ def plan(
     labels.update({key: BREEDS[n_samples % len(BREEDS)] for key in orphans})
     lines = [f"{key} {b.class_id} {b.species} {b.breed_id}\n" for key, b in _sorted_items(labels)]
     list_txt = (LIST_HEADER + "".join(lines)).encode()
+    split_txt = tuple(
+        (path, "".join(line for line in lines if split_of(line.split(" ", 1)[0]) == name).encode())
+        for name, path in SPLIT_PATHS.items()
+    )
 
-    total, files = len(list_txt), 1
+    total, files = len(list_txt) + sum(len(b) for _, b in split_txt), 1 + len(split_txt)
     incomplete: dict[str, list[str]] = {r: [] for r in REASONS}
     complete: list[Sample] = []
     junk_files: list[str] = []
@@ -390,8 +404,11 @@ def plan(
         "files": files,
         "seed": seed,
         "sample_kib": sample_kib,
+        "splits": {name: [k for k in complete_keys if split_of(k) == name] for name in SPLIT_PATHS},
     }
-    return Plan(n_samples, seed, sample_kib, incomplete_fraction, tuple(samples), orphans, pool, list_txt, manifest)
+    return Plan(
+        n_samples, seed, sample_kib, incomplete_fraction, tuple(samples), orphans, pool, list_txt, manifest, split_txt
+    )
 
 
 def _sorted_items(labels: dict[str, Breed]) -> list[tuple[str, Breed]]:
@@ -401,6 +418,7 @@ def _sorted_items(labels: dict[str, Breed]) -> list[tuple[str, Breed]]:
 def render(p: Plan) -> Iterator[tuple[str, bytes]]:
     """Yield ``(relative path, bytes)`` for every dataset file (not ``expected.json``)."""
     yield LIST_PATH, p.list_txt
+    yield from p.split_txt
     for s in p.samples:
         comment = _comment(s, p.seed)
         base = p.pool[s.base]

@@ -96,8 +96,9 @@ def plan_units_name(base: str, chunk: int) -> str:
     return f"{base}plan-units-{chunk:06d}.jsonl"
 
 
-def plan_convert_name(base: str, chunk: int) -> str:
-    return f"{base}plan-convert-{chunk:06d}.jsonl"
+def plan_convert_name(base: str, chunk: int, stream: str = "") -> str:
+    """A chunk of a convert stream (`stream`: the split; "" without splits)."""
+    return f"{base}plan-convert-{stream + '-' if stream else ''}{chunk:06d}.jsonl"
 
 
 def plan_members_name(base: str, chunk: int) -> str:

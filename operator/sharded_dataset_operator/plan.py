@@ -26,17 +26,19 @@ class PlanError(Exception):
 
 
 def encode_sample(sample: Sample) -> str:
-    """One plan line (no newline)."""
+    """One plan line (no newline); the split, when there is one, is part of it (and so of its unit's identity)."""
     files = [[name, raw.path, raw.size, *([raw.tag] if raw.tag else [])] for name, raw in sample.files]
-    return json.dumps([sample.key, sample.label, files], ensure_ascii=False, separators=(",", ":"))
+    fields: list[object] = [sample.key, sample.label, files, *([sample.split] if sample.split is not None else [])]
+    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
 
 
 def decode_sample(line: str) -> Sample:
-    key, label, files = json.loads(line)
+    key, label, files, *split = json.loads(line)
     return Sample(
         key=str(key),
         files=tuple((str(f[0]), RawFile(str(f[1]), int(f[2]), str(f[3]) if len(f) > 3 else "")) for f in files),
         label=None if label is None else str(label),
+        split=str(split[0]) if split else None,
     )
 
 

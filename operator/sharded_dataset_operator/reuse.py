@@ -30,21 +30,28 @@ class MembershipError(Exception):
     """The previous version's membership or unit table is inconsistent (not sorted, an unknown unit)."""
 
 
-def encode_member(key: str, digest: int, unit: str | int) -> str:
+Ref = str | int | list[str | int]
+"""How a membership line names its unit: a unit id, the ordinal of a unit cut from the (only) convert stream,
+or [split, ordinal] for one cut from a split's convert stream."""
+
+
+def encode_member(key: str, digest: int, unit: Ref) -> str:
     return json.dumps([key, f"{digest:016x}", unit], ensure_ascii=False, separators=(",", ":"))
 
 
-def decode_member(line: str) -> tuple[str, int, str | int]:
+def decode_member(line: str) -> tuple[str, int, Ref]:
     key, digest, unit = json.loads(line)
-    return str(key), int(digest, 16), unit if isinstance(unit, int) else str(unit)
+    ref: Ref = unit if isinstance(unit, int | list) else str(unit)
+    return str(key), int(digest, 16), ref
 
 
 @dataclass(slots=True)
 class PreviousUnits:
-    """The previous version's unit table: its units by id, and the ids of the units it cut, in order."""
+    """The previous version's unit table: its units by id, and per convert stream the ids of the units it cut,
+    in order."""
 
     units: dict[str, Unit] = field(default_factory=dict)
-    cut: list[str] = field(default_factory=list)
+    cut: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def from_lines(cls, lines: Iterable[str]) -> PreviousUnits:
@@ -55,15 +62,17 @@ class PreviousUnits:
             unit, kind = Unit.parse(line)
             table.units[unit.id] = unit
             if kind in (CONVERT, REUSED):
-                table.cut.append(unit.id)
+                table.cut.setdefault(unit.stream, []).append(unit.id)
         return table
 
-    def resolve(self, ref: str | int) -> str:
+    def resolve(self, ref: Ref) -> str:
         """The unit id a membership line names."""
-        if isinstance(ref, int):
-            if not 0 <= ref < len(self.cut):
-                raise MembershipError(f"membership names cut unit {ref}, the unit table has {len(self.cut)}")
-            return self.cut[ref]
+        if isinstance(ref, int | list):
+            stream, n = ("", ref) if isinstance(ref, int) else (str(ref[0]), ref[1])
+            cut = self.cut.get(stream, [])
+            if not isinstance(n, int) or not 0 <= n < len(cut):
+                raise MembershipError(f"membership names cut unit {ref}, the unit table has {len(cut)} in that stream")
+            return cut[n]
         if ref not in self.units:
             raise MembershipError(f"membership names unit {ref}, which is not in the unit table")
         return ref

@@ -66,12 +66,29 @@ class LabelRule:
 
 
 @dataclass(frozen=True, slots=True)
+class SplitRule:
+    """Splits by list files: key `k` belongs to split `names[i]` when list file `paths[i]` names it (column
+    `key_column`); a key in no list goes to `rest`, or is skipped as `not-in-split` without one; a key in two
+    lists is an overlap (counted with examples; the planner refuses the run)."""
+
+    names: tuple[str, ...]
+    paths: tuple[str, ...]
+    key_column: int = 0
+    rest: str | None = None
+
+
+NOT_IN_SPLIT = "not-in-split"
+
+
+@dataclass(frozen=True, slots=True)
 class Sample:
-    """A complete sample: ``files`` is sorted by member name; ``label`` is None when absent or optional."""
+    """A complete sample: ``files`` is sorted by member name; ``label`` is None when absent or optional;
+    ``split`` is the split it belongs to (None without splits)."""
 
     key: str
     files: tuple[tuple[str, RawFile], ...]
     label: str | None
+    split: str | None = None
 
     def members(self) -> dict[str, RawFile]:
         """Member name -> raw file."""
@@ -97,6 +114,9 @@ class GroupResult:
     examples: dict[str, list[str]] = field(default_factory=dict)
     unmatched_files: int = 0
     labels_without_files: int = 0
+    split_keys_without_files: int = 0  # keys a split list names that have no field file
+    split_overlaps: int = 0  # keys named by more than one split list
+    overlap_examples: list[str] = field(default_factory=list)  # "key (split, split)", at most MAX_EXAMPLES
 
 
 def match_pattern(path: str, pattern: str) -> bool:
@@ -276,6 +296,7 @@ class KeyGroup:
     key: str
     files: dict[str, list[RawFile]] = field(default_factory=dict)
     labels: list[str] = field(default_factory=list)
+    splits: list[int] = field(default_factory=list)  # indexes of the split lists that name the key
 
 
 _NEEDS_ESCAPE = re.compile(r'[\x00-\x1f"\\]')
@@ -304,6 +325,13 @@ def label_record(key: str, value: str) -> str | None:
     return f"{key}{_SEP}l{_SEP}{json.dumps(value, ensure_ascii=False)}"
 
 
+def split_record(key: str, index: int) -> str | None:
+    """Sortable record of a split list's entry (the key belongs to split `index`)."""
+    if _SEP in key or "\n" in key or "\r" in key:
+        return None
+    return f"{key}{_SEP}s{_SEP}{index}"
+
+
 def groups_from_records(records: Iterable[str], names: Sequence[str]) -> Iterator[KeyGroup]:
     """Key groups from sorted records (identical adjacent records, i.e. a file listed twice, count once)."""
     group: KeyGroup | None = None
@@ -321,6 +349,9 @@ def groups_from_records(records: Iterable[str], names: Sequence[str]) -> Iterato
             value = json.loads(payload)
             if value not in group.labels:
                 group.labels.append(value)
+        elif kind == "s":
+            if int(payload) not in group.splits:
+                group.splits.append(int(payload))
         else:
             size, tag, path = payload.split(_SEP, 2)
             raw = RawFile(_unquote(path), int(size), _unquote(tag))
@@ -336,8 +367,16 @@ class Grouper:
     `judge` to whoever streams them). Memory is the counters plus 5 examples per reason.
     """
 
-    def __init__(self, fields: Sequence[FieldRule], label: LabelRule | None, required: Sequence[str]) -> None:
+    def __init__(
+        self,
+        fields: Sequence[FieldRule],
+        label: LabelRule | None,
+        required: Sequence[str],
+        splits: SplitRule | None = None,
+    ) -> None:
         self.names, self.required_set = _validate(fields, label, required)
+        self.splits = splits
+        self._list_files = set(splits.paths) if splits is not None else set()
         self.fields = list(fields)
         self.label = label
         self.required = list(required)
@@ -357,7 +396,7 @@ class Grouper:
 
     def classify(self, raw: RawFile) -> tuple[str, int] | str:
         """(key, member index) of an accepted file; else UNMATCHED, INVALID_KEY (counted) or LABEL_FILE."""
-        if self.label is not None and raw.path == self.label.path:
+        if (self.label is not None and raw.path == self.label.path) or raw.path in self._list_files:
             return LABEL_FILE
         rule = self._rule(raw.path)
         if rule is None:
@@ -382,6 +421,8 @@ class Grouper:
         if not group.files:
             if label is not None and group.labels:
                 self.result.labels_without_files += 1
+            if group.splits:
+                self.result.split_keys_without_files += 1
             return None
         found = group.files
         reason = next((f"duplicate:{n}" for n in self.names if len(found.get(n, ())) > 1), None)
@@ -404,6 +445,21 @@ class Grouper:
                         reason = f"empty:{name}"
                 if reason is not None:
                     break
+        split = None
+        if reason is None and self.splits is not None:
+            rule = self.splits
+            if len(group.splits) > 1:
+                self.result.split_overlaps += 1
+                if len(self.result.overlap_examples) < MAX_EXAMPLES:
+                    names = ", ".join(rule.names[i] for i in sorted(group.splits))
+                    self.result.overlap_examples.append(f"{group.key} ({names})")
+                return None
+            if group.splits:
+                split = rule.names[group.splits[0]]
+            elif rule.rest is not None:
+                split = rule.rest
+            else:
+                reason = NOT_IN_SPLIT
         if reason is not None:
             self._skipped.add(reason, group.key)
             return None
@@ -411,7 +467,7 @@ class Grouper:
         members = tuple((name, found[name][0]) for name in sorted(found) if found[name][0].size > 0)
         if label is not None and value == "" and label.name not in self.required_set:
             value = None
-        return Sample(key=group.key, files=members, label=value if label is not None else None)
+        return Sample(key=group.key, files=members, label=value if label is not None else None, split=split)
 
     def finish(self) -> GroupResult:
         """The counters and examples (call once every key was judged)."""

@@ -106,17 +106,20 @@ class Unit:
     last_key: str
     tar_bytes: int
     fingerprint: int = 0
+    stream: str = ""  # the split whose convert stream holds it ("" without splits)
 
     def line(self, kind: int) -> str:
         return json.dumps([self.id, self.start, self.count, self.first_key, self.last_key, self.tar_bytes,
-                           kind, self.fingerprint], ensure_ascii=False, separators=(",", ":"))  # fmt: skip
+                           kind, self.fingerprint, self.stream], ensure_ascii=False, separators=(",", ":"))  # fmt: skip
 
     @classmethod
     def parse(cls, line: str) -> tuple[Unit, int]:
         """A unit-table line: the unit and how the version got it (`CONVERT`, `REUSED` or `TAKEN_OVER`)."""
         uid, start, count, first, last, nbytes, kind, *rest = json.loads(line)
         fingerprint = int(rest[0]) if rest else 0
-        return cls(str(uid), int(start), int(count), str(first), str(last), int(nbytes), fingerprint), int(kind)
+        stream = str(rest[1]) if len(rest) > 1 else ""
+        unit = cls(str(uid), int(start), int(count), str(first), str(last), int(nbytes), fingerprint, stream)
+        return unit, int(kind)
 
 
 class UnitHasher:
@@ -138,10 +141,13 @@ class UnitCutter:
 
     `joined`: the ordinal (0, 1, ...) of the unit the last added sample went into."""
 
-    def __init__(self, layout: str, max_samples: int | None, max_bytes: int | None, with_order: bool) -> None:
+    def __init__(
+        self, layout: str, max_samples: int | None, max_bytes: int | None, with_order: bool, stream: str = ""
+    ) -> None:
         if not max_samples and not max_bytes:
             raise ValueError("at least one of max_samples and max_bytes is required")
         self.layout, self.max_samples, self.max_bytes, self.with_order = layout, max_samples, max_bytes, with_order
+        self.stream = stream
         self.position = 0
         self.units = 0
         self._start = 0
@@ -181,7 +187,7 @@ class UnitCutter:
 
     def _close(self) -> Unit:
         unit = Unit(self._hasher.hexdigest(), self._start, self._count, self._first, self._last, self._bytes,
-                    self._fingerprint)  # fmt: skip
+                    self._fingerprint, self.stream)  # fmt: skip
         self.units += 1
         self._start, self._count, self._bytes, self._fingerprint = self.position, 0, 0, 0
         self._hasher = UnitHasher(self.layout)

@@ -423,7 +423,7 @@ def test_a_new_version_converts_only_what_changed_and_takes_over_every_intact_un
     # only the relabelled sample's old unit is broken; every other old unit is taken over whole
     assert u["previousBroken"] == 1 and u["takenOver"] == first["units"]["count"] - 1, u
     assert u["convertSamples"] <= 10 + len(added) and 1 <= u["convert"] <= 3, u
-    assert u["stream"]["samples"] == u["convertSamples"]
+    assert u["streams"][""]["samples"] == u["convertSamples"]
     reused = json.loads(store.objects["out/s-0000000011114222-g2-reused.json"])
     converted = _samples_of(store, [s["name"] for r in reports for s in r.shards])
     assert changed <= set(converted)
@@ -459,3 +459,57 @@ def test_a_previous_version_of_another_layout_is_not_taken_over(
     second, _ = _convert_version(store, dataset[0], cfg)
     assert second["units"]["previous"] is None and second["units"]["takenOver"] == 0
     assert second["units"]["convert"] == second["units"]["count"]
+
+
+def _split_config(rest: str | None = None, workers: int = 2) -> dict[str, Any]:
+    cfg = _version_config(1, workers)
+    cfg["splits"] = {
+        "sets": [{"name": n, "listFile": p} for n, p in exampledata.SPLIT_PATHS.items()],
+        "rest": rest,
+        "keyColumn": 0,
+    }
+    return cfg
+
+
+def test_list_splits_put_every_complete_sample_in_its_lists_split_and_units_never_mix_splits(
+    dataset: tuple[Path, exampledata.Manifest],
+) -> None:
+    root, expected = dataset
+    store = MemoryStore()
+    manifest, reports = _convert_version(store, root, _split_config())
+    streams = manifest["units"]["streams"]
+    assert sorted(streams) == ["test", "trainval"]
+    assert sum(s["samples"] for s in streams.values()) == manifest["samples"] == len(expected["complete"])
+    by_split: dict[str, set[str]] = {}
+    for r in reports:
+        for shard in r.shards:
+            keys = set(members(store.objects[f"out/{shard['name']}"]))
+            by_split.setdefault(shard["split"], set()).update(keys)
+    assert by_split == {k: set(v) for k, v in expected["splits"].items()}
+    # the list files are not unmatched files, and every key of the lists that has files is planned
+    assert manifest["unmatchedFiles"] == 1  # expected.json; the list files are read, not unmatched
+    assert manifest["splitKeysWithoutFiles"] == 1  # the orphan key of list.txt is in a split list too
+
+
+def test_a_key_in_no_list_goes_to_the_rest_split_or_is_skipped_and_a_key_in_two_lists_fails_the_plan(
+    dataset: tuple[Path, exampledata.Manifest], tmp_path: Path
+) -> None:
+    root = tmp_path / "src"
+    shutil.copytree(dataset[0], root)
+    complete = dataset[1]["complete"]
+    alone, *twice = dataset[1]["splits"]["test"][:3]
+    test_list = root / exampledata.SPLIT_PATHS["test"]
+    kept = [ln for ln in test_list.read_text().splitlines() if ln.split(" ", 1)[0] != alone]
+    test_list.write_text("\n".join(kept) + "\n")  # `alone` (a test key) is now in no list
+    skipped = make_plan(_split_config(), MemoryStore(), VolumeSource(str(root)))  # type: ignore[arg-type]
+    assert skipped["skipped"]["not-in-split"] == 1 and skipped["samples"] == len(complete) - 1
+    assert skipped["examples"]["not-in-split"] == [alone]
+    rest = make_plan(_split_config(rest="other"), MemoryStore(), VolumeSource(str(root)))  # type: ignore[arg-type]
+    assert rest["samples"] == len(complete) and rest["units"]["streams"]["other"]["samples"] == 1
+    # two test keys are listed in trainval.txt too
+    trainval = root / exampledata.SPLIT_PATHS["trainval"]
+    trainval.write_text(trainval.read_text() + "".join(f"{k} 1 1 1\n" for k in twice))
+    with pytest.raises(
+        PermanentError, match=r"2 key\(s\) are in more than one split list, e\.g\. .*\(trainval, test\)"
+    ):
+        make_plan(_split_config(), MemoryStore(), VolumeSource(str(root)))  # type: ignore[arg-type]

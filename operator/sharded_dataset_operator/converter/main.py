@@ -280,22 +280,24 @@ def my_units(ais: Ais, out: dict[str, Any], manifest: dict[str, Any], workers: i
     return mine
 
 
-def convert_stream(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The samples the units to convert are cut from (the plan, or the samples not taken over), in the form
-    `plan.read_range` reads."""
-    stream = (manifest.get("units") or {}).get("stream") or {}
+def convert_stream(manifest: dict[str, Any], name: str = "") -> dict[str, Any]:
+    """The samples a unit of convert stream `name` (its split, "" without splits) is cut from (the plan, or the
+    samples not taken over), in the form `plan.read_range` reads."""
+    streams = (manifest.get("units") or {}).get("streams") or {}
+    if name not in streams:
+        raise plan.PlanError(f"the plan has no convert stream {name!r}")
     return {
-        "samples": int(stream.get("samples", manifest["samples"])),
+        "samples": int(streams[name]["samples"]),
         "chunkSamples": manifest["chunkSamples"],
-        "chunks": stream.get("chunks", manifest["chunks"]),
+        "chunks": streams[name]["chunks"],
     }
 
 
 def runs(todo: list[units.Unit]) -> Iterator[list[units.Unit]]:
-    """Units adjacent in the convert stream, grouped, so that each group is read as one stream."""
+    """Units adjacent in one convert stream, grouped, so that each group is read as one stream."""
     group: list[units.Unit] = []
     for unit in todo:
-        if group and group[-1].start + group[-1].count != unit.start:
+        if group and (group[-1].stream != unit.stream or group[-1].start + group[-1].count != unit.start):
             yield group
             group = []
         group.append(unit)
@@ -321,7 +323,6 @@ def convert(
     report.readahead_bytes = rp.readahead_bytes
     manifest = load_manifest(ais, out, generation)
     todo = my_units(ais, out, manifest, workers, index)
-    stream = convert_stream(manifest)
     report.partition = sum(u.count for u in todo)
     log.info(
         "worker %d/%d: %d units (%d samples) of %d to convert; read-ahead %d MiB",
@@ -389,6 +390,8 @@ def convert(
         }
         if last:
             record["planFingerprint"] = unit.fingerprint
+        if unit.stream:
+            record["split"] = unit.stream
         if transformer is not None:
             record["skipped"] = dict(sorted((skips or {}).items()))
         account(record)
@@ -416,7 +419,12 @@ def convert(
     try:
         for group in runs(todo):
             reads = read_samples(
-                plan.read_range(stream, group[0].start, group[-1].start + group[-1].count, chunk_lines),
+                plan.read_range(
+                    convert_stream(manifest, group[0].stream),
+                    group[0].start,
+                    group[-1].start + group[-1].count,
+                    chunk_lines,
+                ),
                 source.read_many,
                 rp,
             )

@@ -32,7 +32,17 @@ from typing import Any
 from .. import naming, plan, reuse, units
 from ..clients.ais import Ais, ListingError
 from ..extsort import ExternalSorter
-from ..samples import FieldRule, Grouper, LabelRule, Sample, groups_from_records, label_entries, label_record
+from ..samples import (
+    FieldRule,
+    Grouper,
+    LabelRule,
+    Sample,
+    SplitRule,
+    groups_from_records,
+    label_entries,
+    label_record,
+    split_record,
+)
 from ..verify import Totals
 from .common import PermanentError, make_source, run_main
 from .sources import Source, SourceError
@@ -65,6 +75,20 @@ def rules(config: dict[str, Any]) -> tuple[list[FieldRule], LabelRule | None, li
             path=lr["path"], key_column=int(lr["keyColumn"]), value_column=int(lr["valueColumn"]), name=lr["name"]
         )
     return fields, label, list(config["required"])
+
+
+def split_rule(config: dict[str, Any]) -> SplitRule | None:
+    """The split lists of the configuration (`builders.converter_config`), if the dataset has splits."""
+    sp = config.get("splits")
+    if not sp:
+        return None
+    sets = list(sp["sets"])
+    return SplitRule(
+        names=tuple(str(x["name"]) for x in sets),
+        paths=tuple(str(x["listFile"]) for x in sets),
+        key_column=int(sp.get("keyColumn") or 0),
+        rest=sp.get("rest") or None,
+    )
 
 
 REUSED_KIND = "sds-reused-v1"
@@ -196,25 +220,52 @@ class LineChunks:
 
 
 class Assembler:
-    """Puts each planned sample into a unit: one taken over from the previous version, or one cut from the
-    convert stream (the samples not taken over, in key order); writes the membership and the unit table."""
+    """Puts each planned sample into a unit: one taken over from the previous version, or one cut from its
+    convert stream (the samples not taken over, in key order; one stream per split); writes the membership and
+    the unit table.
+
+    `separate`: each stream's samples are written as chunks of their own (when units are taken over, or with
+    splits); otherwise the only stream is the plan itself (`plan_chunks`).
+    """
 
     def __init__(self, ais: Ais, out: dict[str, Any], config: dict[str, Any], layout: str,
-                 known: dict[str, list[dict[str, Any]]], convert_stream: plan.ChunkWriter | None) -> None:  # fmt: skip
+                 known: dict[str, list[dict[str, Any]]], separate: bool, chunk_samples: int) -> None:  # fmt: skip
+        self.ais, self.out, self.config, self.layout, self.separate = ais, out, config, layout, separate
+        self.chunk_samples = chunk_samples
         self.table = UnitTable(ais, out, known)
         self.members = LineChunks(ais, out, naming.plan_members_name, reuse.MEMBERS_CHUNK)
-        self.cutter = units.UnitCutter(
-            layout, out.get("maxSamples"), out.get("maxBytes"), config.get("orderSeed") is not None
-        )
-        self.stream = convert_stream  # None: the convert stream is the plan itself
+        self.cutters: dict[str, units.UnitCutter] = {}
+        self.writers: dict[str, plan.ChunkWriter] = {}
         self.taken: set[str] = set()
 
+    def _cutter(self, stream: str) -> units.UnitCutter:
+        cutter = self.cutters.get(stream)
+        if cutter is None:
+            out = self.out
+            cutter = self.cutters[stream] = units.UnitCutter(
+                self.layout, out.get("maxSamples"), out.get("maxBytes"), self.config.get("orderSeed") is not None,
+                stream,
+            )  # fmt: skip
+            if self.separate:
+
+                def name(base: str, chunk: int, stream: str = stream) -> str:
+                    return naming.plan_convert_name(base, chunk, stream)
+
+                self.writers[stream] = plan.ChunkWriter(
+                    lambda n, data: self.ais.put(out["bucket"], n, data, out["provider"]), str(out["base"]),
+                    self.chunk_samples, name,
+                )  # fmt: skip
+        return cutter
+
     def convert(self, sample: Sample, line: str, digest: int) -> None:
-        if self.stream is not None:
-            self.stream.add(sample, line)
-        for unit in self.cutter.add(sample, line):
+        stream = sample.split or ""
+        cutter = self._cutter(stream)
+        if self.separate:
+            self.writers[stream].add(sample, line)
+        for unit in cutter.add(sample, line):
             self.table.add(unit)
-        self.members.add(reuse.encode_member(sample.key, digest, self.cutter.joined))
+        ref: reuse.Ref = cutter.joined if not stream else [stream, cutter.joined]
+        self.members.add(reuse.encode_member(sample.key, digest, ref))
 
     def take_over(self, unit: units.Unit, key: str, digest: int) -> None:
         if unit.id not in self.taken:
@@ -223,12 +274,19 @@ class Assembler:
         self.members.add(reuse.encode_member(key, digest, unit.id))
 
     def finish(self) -> None:
-        for unit in self.cutter.finish():
-            self.table.add(unit)
-        if self.stream is not None:
-            self.stream.finish()
+        for stream in sorted(self.cutters):
+            for unit in self.cutters[stream].finish():
+                self.table.add(unit)
+        for writer in self.writers.values():
+            writer.finish()
         self.table.flush()
         self.members.flush()
+
+    def streams(self, plan_writer: plan.ChunkWriter) -> dict[str, dict[str, Any]]:
+        """The convert streams as the converters read them: samples and chunk names, by split."""
+        if not self.separate:
+            return {"": {"samples": plan_writer.samples, "chunks": plan_writer.chunks}}
+        return {name: {"samples": w.samples, "chunks": w.chunks} for name, w in sorted(self.writers.items())}
 
 
 def previous_units(ais: Ais, out: dict[str, Any], layout: str) -> tuple[reuse.PreviousUnits, list[str]] | None:
@@ -260,7 +318,8 @@ def make_plan(
     out = config["output"]
     base = str(out["base"])
     fields, label, required = rules(config)
-    grouper = Grouper(fields, label, required)
+    splits = split_rule(config)
+    grouper = Grouper(fields, label, required, splits)
     store = AisRunStore(ais, out["bucket"], out["provider"])
     sorter = ExternalSorter(store, naming.plan_run_prefix(base), buffer_bytes=sort_buffer_bytes)
     digest = hashlib.sha256()
@@ -278,7 +337,9 @@ def make_plan(
 
     fingerprint = 0
     walk = reuse.MembershipWalk(old_members(), previous[0]) if previous is not None else None
-    assembler = None if walk is not None else Assembler(ais, out, config, layout, known, None)
+    assembler = (
+        None if walk is not None else Assembler(ais, out, config, layout, known, splits is not None, chunk_samples)
+    )
     try:
         try:
             for raw in source.files():
@@ -299,6 +360,17 @@ def make_plan(
                     malformed += 1
                 else:
                     sorter.add(record)
+        rule = splits or SplitRule((), ())
+        for i, path in enumerate(rule.paths):
+            lines = source.lines(path)
+            if lines is None:
+                raise PermanentError(f"split list file {path} (split {rule.names[i]}) not found in {source.describe()}")
+            for entry in label_entries(lines, rule.key_column, rule.key_column):
+                record = None if entry is None else split_record(entry[0], i)
+                if record is None:
+                    malformed += 1
+                else:
+                    sorter.add(record)
         writer = plan.ChunkWriter(put, base, chunk_samples)
         for group in groups_from_records(sorter.sorted(), grouper.names):
             sample = grouper.judge(group)
@@ -315,13 +387,18 @@ def make_plan(
         writer.finish()
     finally:
         sorter.close()
+    if grouper.result.split_overlaps:
+        r = grouper.result
+        raise PermanentError(
+            f"{r.split_overlaps} key(s) are in more than one split list, e.g. {'; '.join(r.overlap_examples)}: a "
+            "sample belongs to exactly one split"
+        )
     broken = 0
     if walk is not None:
         assert previous is not None
         broken = len(walk.finish())
         intact = {u for u in previous[0].units if u not in walk.broken and u in known}
-        stream = plan.ChunkWriter(put, base, chunk_samples, naming.plan_convert_name) if intact else None
-        assembler = Assembler(ais, out, config, layout, known, stream)
+        assembler = Assembler(ais, out, config, layout, known, bool(intact) or splits is not None, chunk_samples)
         again = reuse.MembershipWalk(old_members(), previous[0])
         for chunk in writer.chunks:
             for line in ais.stream_lines(out["bucket"], chunk, out["provider"]):
@@ -335,7 +412,6 @@ def make_plan(
     assert assembler is not None
     assembler.finish()
     table = assembler.table
-    stream = assembler.stream
     reused = table.reused_report(config)
     ais.put(out["bucket"], naming.reused_name(base), json.dumps(reused, sort_keys=True).encode(), out["provider"])
     result = grouper.finish()
@@ -355,6 +431,7 @@ def make_plan(
         "examples": result.examples,
         "unmatchedFiles": result.unmatched_files,
         "labelsWithoutFiles": result.labels_without_files,
+        "splitKeysWithoutFiles": result.split_keys_without_files,
         "malformedLabelLines": malformed,
         "units": {
             "layout": layout,
@@ -370,10 +447,7 @@ def make_plan(
             "takenOverSamples": table.taken_over_samples,
             "previous": out.get("previous") if previous is not None else None,
             "previousBroken": broken,
-            "stream": {
-                "samples": stream.samples if stream is not None else writer.samples,
-                "chunks": stream.chunks if stream is not None else writer.chunks,
-            },
+            "streams": assembler.streams(writer),
             "members": assembler.members.chunks,
             "fingerprint": fingerprint,
         },
