@@ -46,13 +46,14 @@ CLASSES = 37  # Oxford-IIIT Pet breeds (cls 1..37)
 # ----------------------------------------------------------------------------------------- finding the data
 
 
-def index_url_of(namespace: str, name: str, endpoint: str | None, pin: bool = False) -> str:
+def index_url_of(namespace: str, name: str, endpoint: str | None, pin: bool = False, split: str | None = None) -> str:
     """The HTTP URL of a Ready dataset's wids index, from its status (`ais://bucket/object`).
 
     By default the stable index, which names whatever version is published when it is read. With `pin`, the
     published version's own index (`status.versions.published.index`), which never changes: a job that is
     restarted or resumed later reads the same version, as long as that version is kept (the dataset's
-    `spec.output.retainPrevious` after a newer one is published).
+    `spec.output.retainPrevious` after a newer one is published). With `split` (a dataset with `spec.splits`),
+    that split's index (`status.splits[split].index`, or its `versionIndex` with `pin`).
     """
     from kubernetes import client, config
 
@@ -66,6 +67,11 @@ def index_url_of(namespace: str, name: str, endpoint: str | None, pin: bool = Fa
         raise SystemExit(f"{namespace}/{name} is {status.get('phase') or 'new'}, not Ready: {status.get('message')}")
     published = (status.get("versions") or {}).get("published") or {}
     where = published.get("index") if pin else status["indexObject"]
+    if split is not None:
+        splits = status.get("splits") or {}
+        if split not in splits:
+            raise SystemExit(f"{namespace}/{name} has no split {split!r} (splits: {sorted(splits) or 'none'})")
+        where = splits[split].get("versionIndex" if pin else "index")
     if not where:
         raise SystemExit(f"{namespace}/{name} names no published version index")
     print(f"reading version {published.get('version')} of {namespace}/{name} through {where}", flush=True)
@@ -180,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         help="with --dataset: read the published version's own index (stays the same when a newer version is "
         "published) instead of the stable index",
     )
+    p.add_argument("--split", help="with --dataset: train on this split (spec.splits), e.g. trainval")
+    p.add_argument(
+        "--eval-split", help="with --dataset: after training, one evaluation pass over this split, e.g. test"
+    )
     p.add_argument("--endpoint", default=os.environ.get("AIS_ENDPOINT"), help="AIS proxy URL reachable from here")
     p.add_argument("--loader", choices=["wids", "webdataset"], default="wids")
     p.add_argument("--epochs", type=int, default=1)
@@ -200,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     token_header = token_header_file()
     if args.dataset:
         namespace, _, name = args.dataset.partition("/")
-        index_url = index_url_of(namespace, name, args.endpoint, args.pin)
+        index_url = index_url_of(namespace, name, args.endpoint, args.pin, args.split)
     else:
         index_url = args.index_url
     urls, total, version = shard_urls(index_url, token_header)
@@ -248,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
                 stats.update(distinct=len(set(keys)), keys=keys)
             print(f"{line} of {total} indexed, per rank {per_rank}, mean loss {mean:.3f}", flush=True)
             report["epochs"].append(stats)
+    if args.eval_split:
+        report["eval"] = evaluate(model, args, token_header, rank, world)
     if rank == 0 and args.report:
         with open(args.report, "w") as f:
             json.dump(report, f)
@@ -262,6 +274,45 @@ def main(argv: list[str] | None = None) -> int:
     if token_header:
         os.unlink(token_header)
     return 0
+
+
+def evaluate(
+    model: nn.Module, args: argparse.Namespace, token_header: str | None, rank: int, world: int
+) -> dict[str, Any]:
+    """One pass without gradients over `--eval-split` (every sample once across ranks and workers)."""
+    namespace, _, name = args.dataset.partition("/")
+    index_url = index_url_of(namespace, name, args.endpoint, args.pin, args.eval_split)
+    urls, total, _ = shard_urls(index_url, token_header)
+    loader = (
+        wids_loader(index_url, args, token_header)
+        if args.loader == "wids"
+        else webdataset_loader(urls, args, token_header)
+    )
+    correct, samples, seen = 0, 0, []
+    model.eval()
+    with torch.no_grad(), Join([model]):
+        for images, labels, keys in batches(loader):
+            correct += int((model(images).argmax(dim=1) == labels).sum())
+            samples += len(keys)
+            if args.check:
+                seen.extend(keys)
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, {"correct": correct, "samples": samples, "keys": seen})
+    out = {
+        "split": args.eval_split,
+        "indexed": total,
+        "samples": sum(g["samples"] for g in gathered),
+        "accuracy": sum(g["correct"] for g in gathered) / max(1, sum(g["samples"] for g in gathered)),
+    }
+    if args.check:
+        keys = sorted(k for g in gathered for k in g["keys"])
+        out.update(distinct=len(set(keys)), keys=keys)
+    if rank == 0:
+        print(
+            f"eval on {args.eval_split}: {out['samples']} of {total} samples, accuracy {out['accuracy']:.3f}",
+            flush=True,
+        )
+    return out
 
 
 if __name__ == "__main__":

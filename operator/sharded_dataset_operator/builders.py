@@ -81,9 +81,15 @@ def converted_base(spec: DatasetSpec, owner: Owner) -> str:
     return naming.generation_base(spec.output.prefix, owner.uid, owner.version)
 
 
-def output_base(spec: DatasetSpec, owner: Owner) -> str:
+def output_base(spec: DatasetSpec, owner: Owner, split: str | None = None) -> str:
+    """Prefix of the version's shuffled shards (of one split: `<outputPrefix><split>-<uid16>-<v>-`)."""
     assert spec.shuffle is not None
-    return naming.generation_base(spec.shuffle.output_prefix, owner.uid, owner.version)
+    return naming.generation_base(split_prefix(spec.shuffle.output_prefix, split), owner.uid, owner.version)
+
+
+def split_prefix(prefix: str, split: str | None) -> str:
+    """A split's objects are named like the dataset's, with the split after the prefix."""
+    return f"{prefix}{split}-" if split else prefix
 
 
 def unit_pool(spec: DatasetSpec, owner: Owner) -> str:
@@ -138,6 +144,15 @@ def converter_config(spec: DatasetSpec, owner: Owner, workers: int | None = None
         "generation": owner.generation,
         "version": owner.version,
         "orderSeed": spec.shuffle.seed if spec.shuffle and spec.shuffle.algorithm == "shuffle" else None,
+        "splits": (
+            {
+                "sets": [{"name": s.name, "listFile": s.list_file} for s in spec.splits.sets],
+                "rest": spec.splits.rest,
+                "keyColumn": spec.label.key_column if spec.label else 0,
+            }
+            if spec.splits
+            else None
+        ),
         "transform": spec.transform.to_config() if spec.transform else None,
         "transformImage": spec.transform.function.image if spec.transform and spec.transform.function else None,
     }
@@ -340,8 +355,9 @@ def build_dsort_spec(
     member_bytes: int = 0,
     tar_bytes: int = 0,
     attempt: int = 1,
+    split: str | None = None,
 ) -> dict[str, Any]:
-    """AIS dSort request: shuffle/sort the converted shards into `outputShardSize` shards.
+    """AIS dSort request: shuffle/sort the converted shards (of one split) into `outputShardSize` shards.
 
     Input is the exact list of shards the converters reported (never a prefix listing), records are keyed by
     the WebDataset key, and any missing input shard or duplicate record aborts the job instead of silently
@@ -360,11 +376,11 @@ def build_dsort_spec(
             "name": spec.shuffle.output_bucket.name,
             "provider": spec.shuffle.output_bucket.provider,
         },
-        "output_format": naming.output_template(naming.attempt_base(output_base(spec, owner), attempt)),
+        "output_format": naming.output_template(naming.attempt_base(output_base(spec, owner, split), attempt)),
         "output_extension": ".tar",
         "output_shard_size": str(dsort_shard_size(spec.shuffle.output_shard_size, member_bytes, tar_bytes)),
         "algorithm": algorithm,
-        "description": naming.dsort_description(owner.namespace, owner.name, owner.uid, owner.version, attempt),
+        "description": naming.dsort_description(owner.namespace, owner.name, owner.uid, owner.version, attempt, split),
         "Config": {"duplicated_records": "abort", "missing_shards": "abort"},
         # Explicit, so the proxy skips probing targets' memory (that probe is refused by AIS 5.0 targets).
         "dsorter_type": "dsort_general",

@@ -155,19 +155,24 @@ def job_name(name: str, version: str | int, step: str = "convert") -> str:
     return f"{name[:keep].rstrip('-.')}-{digest}{suffix}"
 
 
-def dsort_description(namespace: str, name: str, uid: str, version: str | int, attempt: int | None = None) -> str:
+def dsort_description(
+    namespace: str, name: str, uid: str, version: str | int, attempt: int | None = None, split: str | None = None
+) -> str:
     """Description stamped on a dSort job: lets the operator find its jobs again after a restart.
 
-    Without `attempt`: the version's description, the common prefix of every attempt's.
+    Without `attempt`: the common prefix of every attempt's; without `split` (a dataset with splits shuffles
+    each split by a job of its own, `:s-<split>`): the version's.
     """
     base = f"sds:{namespace}/{name}:{uid_tag(uid)}:{_vid(version)}"
+    if split:
+        base += f":s-{split}"
     return base if attempt is None else f"{base}:a{attempt}"
 
 
 def dsort_regex(description: str) -> str:
-    """POSIX regex matching `description` and any attempt of it (`<description>:a<n>`)."""
+    """POSIX regex matching `description` and any attempt of it (`<description>:a<n>`), of any split of it."""
     escaped = re.sub(r"([.^$*+?()\[\]{}|\\])", r"\\\1", description)
-    return f"^{escaped}(:a[0-9]+)?$"
+    return f"^{escaped}(:s-[a-z0-9-]+)?(:a[0-9]+)?$"
 
 
 def dsort_attempt(description: str) -> int:

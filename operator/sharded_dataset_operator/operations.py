@@ -321,7 +321,7 @@ def observe(ais: Ais, spec: DatasetSpec, owner: Owner, previous: dict[str, Any],
     converted = len(obs.reports) == reconcile.converter_workers(spec, obs.plan)
     if obs.job is not None and not converted:
         obs.progress = by_worker(CACHE.read(ais, out.name, out.provider, f"{base}progress-"))
-    if converted and spec.shuffle is not None:
+    if converted and spec.shuffle is not None and spec.splits is None:
         obs.dsort_attempts = find_dsort_attempts(
             dsort or ais, naming.dsort_description(owner.namespace, owner.name, owner.uid, owner.version)
         )
@@ -329,6 +329,14 @@ def observe(ais: Ais, spec: DatasetSpec, owner: Owner, previous: dict[str, Any],
         # object listing above has already failed (the pass waits as an outage), so a job missing here is gone.
         if reconcile.lost_dsort_attempt(previous, gen, obs.dsort_attempts) is not None:
             obs.capacity_problems = tuple((dsort or ais).capacity_problems())
+    elif converted and spec.shuffle is not None and spec.splits is not None:
+        for split in spec.splits.names:
+            desc = naming.dsort_description(owner.namespace, owner.name, owner.uid, owner.version, split=split)
+            obs.split_attempts[split] = find_dsort_attempts(dsort or ais, desc)
+            record = ((previous.get("splits") or {}).get(split) or {}).get("shuffle") or {}
+            lost = reconcile.lost_dsort_attempt(previous, gen, obs.split_attempts[split], record=record)
+            if lost is not None and not obs.capacity_problems:
+                obs.capacity_problems = tuple((dsort or ais).capacity_problems())
     return obs
 
 
@@ -373,8 +381,13 @@ def cleanup_record(ais: Ais, record: dict[str, Any], uid: str = "", dsort: Ais |
     if not index.get("bucket"):
         return
     bucket, provider = str(index["bucket"]), str(index.get("provider") or "ais")
-    stable = str(index.get("stable") or "")
-    if uid and stable:
+    stables = [
+        str(index.get("stable") or ""),
+        *(str((n or {}).get("stable") or "") for n in (index.get("splits") or {}).values()),
+    ]
+    for stable in stables if uid else ():
+        if not stable:
+            continue
         info = IndexInfo.from_index(read_json(ais, bucket, provider, stable), uid)
         if info is not None and info.version == versions.record_version(record):
             ais.delete_objects(bucket, [stable], provider)
@@ -472,8 +485,10 @@ def execute(
                 log.info("%s/%s: started dSort job %s", owner.namespace, owner.name, job_id)
                 failpoint(failpoints.AFTER_DSORT_START)
                 decision.status.dsort_job_id = job_id
-            case reconcile.WriteIndex(bucket=bucket, provider=provider, name=name, body=body, publishes=publishes):
-                if publishes:  # the last look before the PUT: never over another resource's index
+            case reconcile.WriteIndex(
+                bucket=bucket, provider=provider, name=name, body=body, publishes=publishes, guarded=guarded
+            ):
+                if publishes or guarded:  # the last look before the PUT: never over another resource's index
                     current = ais.get(bucket, name, provider)
                     conflict = versions.index_owner_conflict(
                         json.loads(current) if current else None, owner.namespace, owner.name, owner.uid
@@ -533,9 +548,12 @@ def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
         obs = observe(ais, spec, owner, previous, dsort)
         obs.retry_request = annotations.get(failures.RETRY_ANNOTATION)
         decision = reconcile.decide(spec, owner, obs, defaults, now)
-        if decision.need_output:
-            bucket = spec.shuffle.output_bucket if spec.shuffle else spec.output.bucket
-            obs.output = tally_output(ais, bucket.name, bucket.provider, decision.output_prefix, decision.output_only)
+        bucket = spec.shuffle.output_bucket if spec.shuffle else spec.output.bucket
+        for _ in range(len(spec.splits.names) if spec.splits else 1):  # one output (listing) per split
+            if not decision.need_output:
+                break
+            tally = tally_output(ais, bucket.name, bucket.provider, decision.output_prefix, decision.output_only)
+            obs.output = obs.outputs[decision.output_prefix] = tally
             decision = reconcile.decide(spec, owner, obs, defaults, now)
         mark = functools.partial(kube.annotate_dataset, namespace, name, failpoints.FIRED_ANNOTATION)
         execute(ais, decision, owner, failpoints.for_dataset(settings.failpoints, annotations, mark), dsort, spec)
@@ -641,9 +659,9 @@ def leftover_summary(obj: dict[str, Any], settings: Settings) -> str:
         f"{spec.output.bucket.provider}://{spec.output.bucket.name}/{naming.uid_base(spec.output.prefix, owner.uid)}*",
         f"{spec.output.bucket.provider}://{spec.output.bucket.name}/{naming.unit_pool(spec.output.prefix, owner.uid)}*",
     }
-    if spec.shuffle is not None:
-        b = spec.shuffle.output_bucket
-        places.add(f"{b.provider}://{b.name}/{naming.uid_base(spec.shuffle.output_prefix, owner.uid)}*")
+    for prefix in _output_prefixes(spec):
+        b = spec.shuffle.output_bucket if spec.shuffle else spec.output.bucket
+        places.add(f"{b.provider}://{b.name}/{naming.uid_base(prefix, owner.uid)}*")
     bucket, provider, index = reconcile.index_location(spec)
     places.add(f"{provider}://{bucket}/{index}")
     return ", ".join(sorted(places))
@@ -674,23 +692,35 @@ def delete_everything(obj: dict[str, Any], settings: Settings) -> int:
             ais.delete_prefix(str(pool["bucket"]), str(pool["prefix"]), str(pool.get("provider") or "ais"))
         deleted += 1
     # Every version of this uid, including ones whose records were lost.
+    shuffled = spec.shuffle.output_bucket if spec.shuffle else spec.output.bucket
     for bucket, prefix in {
         (spec.output.bucket, naming.uid_base(spec.output.prefix, owner.uid)),
         (spec.output.bucket, naming.unit_pool(spec.output.prefix, owner.uid)),
-        *(
-            [(spec.shuffle.output_bucket, naming.uid_base(spec.shuffle.output_prefix, owner.uid))]
-            if spec.shuffle
-            else []
-        ),
+        *((shuffled, naming.uid_base(prefix, owner.uid)) for prefix in _output_prefixes(spec)),
     }:
         ais.delete_prefix(bucket.name, prefix, bucket.provider)
     bucket_name, provider, index = reconcile.index_location(spec)
-    data = ais.get(bucket_name, index, provider)
-    if data:
-        try:
-            mine = (json.loads(data).get("info") or {}).get("uid") == owner.uid
-        except (ValueError, AttributeError):
-            mine = False
-        if mine:
-            ais.delete_objects(bucket_name, [index], provider)
+    indexes = [index]
+    if spec.splits:
+        indexes += [
+            naming.index_name(builders.split_prefix(reconcile.index_prefix(spec), s)) for s in spec.splits.names
+        ]
+    for name in indexes:
+        data = ais.get(bucket_name, name, provider)
+        if data:
+            try:
+                mine = (json.loads(data).get("info") or {}).get("uid") == owner.uid
+            except (ValueError, AttributeError):
+                mine = False
+            if mine:
+                ais.delete_objects(bucket_name, [name], provider)
     return deleted
+
+
+def _output_prefixes(spec: DatasetSpec) -> list[str]:
+    """The prefixes the shuffled shards of every version are written under (one per split)."""
+    if spec.shuffle is None:
+        return []
+    return [
+        builders.split_prefix(spec.shuffle.output_prefix, s) for s in (spec.splits.names if spec.splits else [None])
+    ]

@@ -45,9 +45,11 @@ class Observed:
     reports: dict[int, dict[str, Any]] = field(default_factory=dict)
     progress: dict[int, dict[str, Any]] = field(default_factory=dict)
     dsort_attempts: dict[int, DsortJob] = field(default_factory=dict)
+    split_attempts: dict[str, dict[int, DsortJob]] = field(default_factory=dict)  # with spec.splits, per split
     capacity_problems: tuple[str, ...] = ()  # AIS targets' capacity errors, asked for when a dSort job is lost
     retry_request: str | None = None
     output: OutputTally | None = None
+    outputs: dict[str, OutputTally] = field(default_factory=dict)  # with spec.splits: each split's, by prefix
     published: IndexInfo | None = None  # what the stable index names (when this resource wrote it)
     version_indexes: dict[str, IndexInfo] = field(default_factory=dict)  # versions whose own index exists
     wanted_index: dict[str, Any] | None = None  # the wanted version's own index, when already written
@@ -107,6 +109,7 @@ class WriteIndex:
     name: str
     body: dict[str, Any]
     publishes: bool = False  # the stable index: this PUT switches readers to the version
+    guarded: bool = False  # a split's stable index: like the stable index, never over another resource's
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,13 +170,14 @@ def artifact_record(spec: DatasetSpec, owner: Owner) -> dict[str, Any]:
         }
     ]
     if spec.shuffle is not None:
-        locations.append(
-            {
-                "bucket": spec.shuffle.output_bucket.name,
-                "provider": spec.shuffle.output_bucket.provider,
-                "prefix": builders.output_base(spec, owner),
-            }
-        )
+        for split in spec.splits.names if spec.splits else (None,):
+            locations.append(
+                {
+                    "bucket": spec.shuffle.output_bucket.name,
+                    "provider": spec.shuffle.output_bucket.provider,
+                    "prefix": builders.output_base(spec, owner, split),
+                }
+            )
     bucket, provider, stable = index_location(spec)
     return {
         "version": owner.version,
@@ -192,6 +196,21 @@ def artifact_record(spec: DatasetSpec, owner: Owner) -> dict[str, Any]:
             "provider": provider,
             "stable": stable,
             "versioned": naming.versioned_index_name(index_prefix(spec), owner.uid, owner.version),
+            **(
+                {
+                    "splits": {
+                        split: {
+                            "stable": naming.index_name(builders.split_prefix(index_prefix(spec), split)),
+                            "versioned": naming.versioned_index_name(
+                                builders.split_prefix(index_prefix(spec), split), owner.uid, owner.version
+                            ),
+                        }
+                        for split in spec.splits.names
+                    }
+                }
+                if spec.splits
+                else {}
+            ),
         },
     }
 
@@ -216,6 +235,18 @@ def _examples(report: dict[str, Any]) -> str:
 
 
 @dataclass(slots=True)
+class Track:
+    """What one output of the version is made of: the whole dataset, or one split of it (`split`)."""
+
+    split: str | None
+    shards: list[str]  # converted shard names, sorted
+    key_order: list[str]  # the same, by first key (the index order without a shuffle)
+    written: Totals
+    samples: int
+    tar_bytes: int
+
+
+@dataclass(slots=True)
 class Pass:
     """What every phase function of one pass shares: inputs, the decision being built, previous state."""
 
@@ -235,6 +266,8 @@ class Pass:
     converted_shards: list[str] = field(default_factory=list)
     key_order: list[str] = field(default_factory=list)  # the converted shards by their first key
     dsort_attempts: dict[int, DsortJob] = field(default_factory=dict)  # observed, plus a lost one (see below)
+    split_attempts: dict[str, dict[int, DsortJob]] = field(default_factory=dict)  # the same, per split
+    tracks: list[Track] = field(default_factory=list)  # one, or one per split
     published_now: IndexInfo | None = None  # the wanted version, when this pass publishes it
     reused: dict[str, Any] | None = None  # the converted shards the plan takes over from earlier versions
 
@@ -327,6 +360,13 @@ def decide(spec: DatasetSpec, owner: Owner, obs: Observed, defaults: ConverterDe
     lost = lost_dsort_attempt(prev, gen, obs.dsort_attempts, obs.capacity_problems) if same_version else None
     if lost is not None:
         p.dsort_attempts[lost[0]] = lost[1]
+    for split in spec.splits.names if spec.splits else ():
+        attempts = dict(obs.split_attempts.get(split) or {})
+        record = ((prev.get("splits") or {}).get(split) or {}).get("shuffle") or {}
+        lost = lost_dsort_attempt(prev, gen, attempts, obs.capacity_problems, record) if same_version else None
+        if lost is not None:
+            attempts[lost[0]] = lost[1]
+        p.split_attempts[split] = attempts
     if obs.output_conflict:  # nothing is written; the records of what this resource wrote are kept
         st.artifacts = _unique_records([record, *(prev.get("artifacts") or [])])
         decision = _stalled(p.decision, prev_stalled, Phase.PENDING, "OutputConflict", obs.output_conflict)
@@ -373,6 +413,8 @@ def _serving(p: Pass) -> Decision:
     st.shuffle_attempt, st.shuffle_started_at = shuffle.get("attempt"), shuffle.get("startedAt")
     st.shuffle_max_attempts = p.spec.shuffle.max_attempts if p.spec.shuffle else None
     st.completion_time = info.published_at or p.now
+    if info.splits:
+        st.splits = _split_status(info.splits, None)
     st.phase, st.reason = Phase.READY, "Succeeded"
     st.message = _ready_message(info.version, info.samples, info.shards, info.bytes, st.samples_skipped)
     p.decision.requeue = None
@@ -508,6 +550,8 @@ def _retry_requested(p: Pass) -> Decision:
     elif reason in ("ConversionFailed", "ReportMissing", "ConversionIncomplete"):
         p.decision.actions.append(DeleteJobs((naming.job_name(p.owner.name, version),)))
     p.st.retry = {"request": p.obs.retry_request, "shuffleAttemptBase": max(p.dsort_attempts, default=0)}
+    if p.split_attempts:
+        p.st.retry["shuffleAttemptBases"] = {k: max(v, default=0) for k, v in p.split_attempts.items()}
     p.decision.events.append(Event("Normal", "RetryRequested", f"retrying after {reason or 'the failure'}"))
     p.decision.requeue = ACTIVE_REQUEST_DELAY
     p.st.phase, p.st.reason, p.st.message = Phase.PENDING, "Retrying", f"retry requested after {reason}"
@@ -624,79 +668,136 @@ def _conversion(p: Pass) -> Decision | None:
     p.key_order = [s["name"] for s in sorted(records, key=lambda s: (str(s.get("firstKey") or ""), s.get("part") or 0))]
     for r in done:
         p.written.merge(Totals.from_dict(r))
+    if spec.splits is None:
+        tar_bytes = sum(int(r.get("bytes") or 0) for r in done)
+        p.tracks = [Track(None, p.converted_shards, p.key_order, p.written, st.samples_written, tar_bytes)]
+        return None
+    by_split: dict[str, list[dict[str, Any]]] = {name: [] for name in spec.splits.names}
+    for record in records:
+        by_split.setdefault(str(record.get("split") or ""), []).append(record)
+    unknown = sorted(k for k in by_split if k not in spec.splits.names)
+    if unknown:
+        return p.failed(CONVERTED, "ConversionIncomplete", f"the reports name splits the spec has not: {unknown}")
+    for name in spec.splits.names:
+        recs = by_split[name]
+        written = Totals()
+        for record in recs:
+            written.merge(Totals.from_dict(record))
+        samples = sum(int(r.get("samples") or 0) for r in recs)
+        if samples == 0:
+            return p.failed(CONVERTED, "SplitEmpty", f"split {name} holds no complete sample")
+        order = [r["name"] for r in sorted(recs, key=lambda r: (str(r.get("firstKey") or ""), r.get("part") or 0))]
+        tar_bytes = sum(int(r.get("bytes") or 0) for r in recs)
+        p.tracks.append(Track(name, sorted(r["name"] for r in recs), order, written, samples, tar_bytes))
+    st.splits = {t.split or "": {"samples": t.samples, "convertedShards": len(t.shards)} for t in p.tracks}
     return None
 
 
 def _shuffle(p: Pass) -> Decision | None:
-    """dSort, attempt after attempt while the failures are the cluster's weather and the budget lasts."""
-    spec, owner, st = p.spec, p.owner, p.st
-    if spec.shuffle is None:
+    """dSort for each output (one, or one per split, in spec order), attempt after attempt while the failures
+    are the cluster's weather and the budget lasts."""
+    if p.spec.shuffle is None:
         return None
-    attempts = p.dsort_attempts
+    for track in p.tracks:
+        decision = _shuffle_track(p, track)
+        if decision is not None:
+            return decision
+    return None
+
+
+def _shuffle_track(p: Pass, track: Track) -> Decision | None:
+    spec, owner, st = p.spec, p.owner, p.st
+    assert spec.shuffle is not None
+    split = track.split
+    attempts = p.dsort_attempts if split is None else p.split_attempts.get(split, {})
     attempt = max(attempts, default=0)
-    base = int((st.retry or {}).get("shuffleAttemptBase") or 0)
+    retry = st.retry or {}
+    base = int(
+        (retry.get("shuffleAttemptBase") if split is None else (retry.get("shuffleAttemptBases") or {}).get(split)) or 0
+    )
     budget = spec.shuffle.max_attempts
     st.shuffle_max_attempts = budget
+    same_version = p.prev.get("observedGeneration") == owner.generation and _building_version(p.prev) in (
+        None,
+        owner.version,
+    )
+    recorded = (
+        p.prev.get("shuffle") if split is None else ((p.prev.get("splits") or {}).get(split) or {}).get("shuffle")
+    ) or {}
+    what = "dSort" if split is None else f"dSort of split {split}"
+    out_base = builders.output_base(spec, owner, split)
+    state: dict[str, Any] = {}
     job = attempts.get(attempt)
     start_next = job is None
+    outcome: Decision | None = None
     if job is not None:
-        st.dsort_job_id, st.shuffle_attempt = job.id, attempt
-        recorded = p.prev.get("shuffle") or {}
-        same_version = p.prev.get("observedGeneration") == owner.generation and _building_version(p.prev) in (
-            None,
-            owner.version,
-        )
+        state = {"attempt": attempt, "dsortJobId": job.id}
         if recorded.get("attempt") == attempt and same_version:
-            st.shuffle_started_at = recorded.get("startedAt")
-        st.output_template = naming.output_template(naming.attempt_base(builders.output_base(spec, owner), attempt))
+            state["startedAt"] = recorded.get("startedAt")
+        state["outputTemplate"] = naming.output_template(naming.attempt_base(out_base, attempt))
         if job.aborted and attempt <= base:
             start_next = True  # aborted before the retry request: a fresh budget starts after it
         elif job.aborted:
             errors = "; ".join(job.errors) or "no error reported"
-            msg = f"dSort attempt {attempt - base}/{budget} (job {job.id}) aborted: {errors}"
+            msg = f"{what} attempt {attempt - base}/{budget} (job {job.id}) aborted: {errors}"
             if failures.classify_dsort_abort(job.errors) == failures.PERMANENT or attempt - base >= budget:
-                return p.failed(SHUFFLED, "ShuffleFailed", msg)
-            wait = failures.backoff_seconds(attempt - base) - _seconds_since(job.ended_at, p.now)
-            if wait > 0:
-                st.steps[SHUFFLED] = StepState(False, "ShuffleRetrying", msg)
-                decision = p.working(Phase.SHUFFLING, "ShuffleRetrying", f"{msg}; retrying in {wait:.0f}s")
-                decision.requeue = min(wait, 30.0)
-                return decision
-            start_next = True
+                outcome = p.failed(SHUFFLED, "ShuffleFailed", msg)
+            else:
+                wait = failures.backoff_seconds(attempt - base) - _seconds_since(job.ended_at, p.now)
+                if wait > 0:
+                    st.steps[SHUFFLED] = StepState(False, "ShuffleRetrying", msg)
+                    outcome = p.working(Phase.SHUFFLING, "ShuffleRetrying", f"{msg}; retrying in {wait:.0f}s")
+                    outcome.requeue = min(wait, 30.0)
+                else:
+                    start_next = True
         elif not job.finished:
             st.progress = dsort_progress(job)
-            running = f"dSort job {job.id} (attempt {attempt - base}/{budget}) running: {st.progress['summary']}"
+            running = f"{what} job {job.id} (attempt {attempt - base}/{budget}) running: {st.progress['summary']}"
             st.steps[SHUFFLED] = StepState(False, "Shuffling", running)
-            return p.working(Phase.SHUFFLING, "Shuffling", running)
+            outcome = p.working(Phase.SHUFFLING, "Shuffling", running)
         else:
-            st.steps[SHUFFLED] = StepState(True, "Shuffled", f"dSort job {job.id} finished")
-            return None
-    if start_next:
+            state["finished"] = True
+            st.steps[SHUFFLED] = StepState(True, "Shuffled", f"{what} job {job.id} finished")
+    if start_next and outcome is None:
         nxt = max(attempt, base) + 1
-        tar_bytes = sum(int(r.get("bytes") or 0) for r in [*p.reports.values(), *([p.reused] if p.reused else [])])
-        out_base = builders.output_base(spec, owner)
         if job is not None:  # an aborted attempt: its partial output must not be counted or left behind
             b = spec.shuffle.output_bucket
             p.decision.actions.append(DeletePrefix(b.name, b.provider, naming.attempt_base(out_base, attempt)))
             if attempt > base:
                 after = "; ".join(job.errors) or "an abort without an error"
                 p.decision.events.append(
-                    Event("Warning", "ShuffleRetry", f"dSort attempt {nxt - base}/{budget} after: {after}")
+                    Event("Warning", "ShuffleRetry", f"{what} attempt {nxt - base}/{budget} after: {after}")
                 )
         p.decision.actions.append(
             StartDsort(
-                builders.build_dsort_spec(spec, owner, p.converted_shards, p.written.member_bytes, tar_bytes, nxt)
+                builders.build_dsort_spec(
+                    spec, owner, track.shards, track.written.member_bytes, track.tar_bytes, nxt, split
+                )
             )
         )
-        st.shuffle_attempt, st.shuffle_started_at = nxt, p.now
-        st.output_template = naming.output_template(naming.attempt_base(out_base, nxt))
-        st.steps[SHUFFLED] = StepState(False, "Shuffling", f"starting dSort attempt {nxt - base}/{budget}")
-        return p.working(Phase.SHUFFLING, "Shuffling", f"starting dSort (attempt {nxt - base}/{budget})")
-    return None
+        state = {
+            "attempt": nxt,
+            "startedAt": p.now,
+            "outputTemplate": naming.output_template(naming.attempt_base(out_base, nxt)),
+        }
+        st.steps[SHUFFLED] = StepState(False, "Shuffling", f"starting {what} attempt {nxt - base}/{budget}")
+        outcome = p.working(Phase.SHUFFLING, "Shuffling", f"starting {what} (attempt {nxt - base}/{budget})")
+    if split is None or outcome is not None:  # the top-level fields show the output being shuffled
+        st.dsort_job_id = state.get("dsortJobId")
+        st.shuffle_attempt, st.shuffle_started_at = state.get("attempt"), state.get("startedAt")
+        st.output_template = state.get("outputTemplate")
+    if split is not None:
+        st.splits = st.splits or {}
+        st.splits.setdefault(split, {})["shuffle"] = {k: v for k, v in state.items() if v is not None}
+    return outcome
 
 
 def lost_dsort_attempt(
-    previous: dict[str, Any], generation: int, observed: dict[int, DsortJob], problems: tuple[str, ...] = ()
+    previous: dict[str, Any],
+    generation: int,
+    observed: dict[int, DsortJob],
+    problems: tuple[str, ...] = (),
+    record: dict[str, Any] | None = None,
 ) -> tuple[int, DsortJob] | None:
     """The dSort attempt that status records as started but AIS no longer knows, as a job that ended.
 
@@ -705,7 +806,7 @@ def lost_dsort_attempt(
     restarted. Without this the attempt would be started again under the same number, forever and outside
     the budget. An attempt already recorded as shuffled counts as finished (its output is still verified).
     """
-    shuffle = previous.get("shuffle") or {}
+    shuffle = (previous.get("shuffle") or {}) if record is None else record
     attempt, job_id = shuffle.get("attempt"), shuffle.get("dsortJobId")
     if previous.get("observedGeneration") != generation or not attempt or not job_id:
         return None
@@ -713,6 +814,7 @@ def lost_dsort_attempt(
     if attempt in observed or attempt < max(observed, default=0):
         return None
     shuffled = any(c.get("type") == SHUFFLED and c.get("status") == "True" for c in previous.get("conditions") or [])
+    shuffled = shuffled if record is None else bool(record.get("finished"))
     why = "AIS no longer knows the job (its targets refused it at the start, or restarted since)"
     return attempt, DsortJob(
         id=str(job_id),
@@ -734,48 +836,56 @@ def _epoch(ts: Any) -> float | None:
 
 
 def _verification(p: Pass) -> Decision:
-    """Count the output as it is listed, compare with what the converters wrote, index it, Ready."""
+    """Count each output as it is listed, compare with what the converters wrote, index it, Ready."""
     spec, owner, obs, st = p.spec, p.owner, p.obs, p.st
-    verify_prefix = verification_prefix(spec, owner, st.shuffle_attempt)
     st.progress = conversion_progress(p.plan or {}, {}, p.reports, owner.generation, p.reused)
-    if obs.output is None:
-        p.decision.need_output = True
-        p.decision.output_prefix = verify_prefix
-        if spec.shuffle is None:  # the version's own converted shards, among other versions' in the pool
-            p.decision.output_only = frozenset(p.converted_shards)
-        st.steps[VERIFIED] = StepState(False, "Verifying")
-        return p.working(Phase.VERIFYING, "Verifying", "counting samples in the output shards")
-    tally = obs.output
-    st.shards_output = len(tally.shards)
-    st.bytes_output = tally.bytes
-    problem = compare(st.samples_written, p.written, tally)
-    if problem is None and spec.shuffle is None and sorted(s.name for s in tally.shards) != p.converted_shards:
-        problem = f"hold {len(tally.shards)} shards, the converters reported {len(p.converted_shards)}"
-    if problem is not None:
-        msg = f"output shards under {verify_prefix} {problem}"
-        if _condition_reason(p.prev, VERIFIED) != "VerificationRetrying":
-            # a listing taken while an AIS target was down is short: verify once more before judging
-            st.steps[VERIFIED] = StepState(False, "VerificationRetrying", msg)
-            decision = p.working(Phase.VERIFYING, "VerificationRetrying", f"{msg}; verifying again")
-            decision.requeue = failures.VERIFY_RETRY_SECONDS
-            return decision
-        return p.failed(VERIFIED, "VerificationFailed", msg)
-    total = tally.samples
+    verified: list[tuple[Track, list[tuple[Any, ...]], OutputTally]] = []
+    for track in p.tracks:
+        attempt = st.shuffle_attempt
+        if track.split is not None and spec.shuffle is not None:
+            attempt = ((st.splits or {}).get(track.split) or {}).get("shuffle", {}).get("attempt")
+        verify_prefix = verification_prefix(spec, owner, attempt, track.split)
+        tally = obs.outputs.get(verify_prefix) if track.split is not None else obs.output
+        if tally is None:
+            p.decision.need_output = True
+            p.decision.output_prefix = verify_prefix
+            if spec.shuffle is None:  # the version's own converted shards, among other versions' in the pool
+                p.decision.output_only = frozenset(track.shards)
+            st.steps[VERIFIED] = StepState(False, "Verifying")
+            what = "counting samples in the output shards" + (f" of split {track.split}" if track.split else "")
+            return p.working(Phase.VERIFYING, "Verifying", what)
+        problem = compare(track.samples, track.written, tally)
+        if problem is None and spec.shuffle is None and sorted(s.name for s in tally.shards) != track.shards:
+            problem = f"hold {len(tally.shards)} shards, the converters reported {len(track.shards)}"
+        if problem is not None:
+            msg = f"output shards under {verify_prefix} {problem}"
+            if _condition_reason(p.prev, VERIFIED) != "VerificationRetrying":
+                # a listing taken while an AIS target was down is short: verify once more before judging
+                st.steps[VERIFIED] = StepState(False, "VerificationRetrying", msg)
+                decision = p.working(Phase.VERIFYING, "VerificationRetrying", f"{msg}; verifying again")
+                decision.requeue = failures.VERIFY_RETRY_SECONDS
+                return decision
+            return p.failed(VERIFIED, "VerificationFailed", msg)
+        shards = [(s.name, s.samples, s.size, s.checksum) for s in tally.shards]
+        if spec.shuffle is None:  # the converted shards themselves: listed in key order (they are key ranges)
+            position = {name: i for i, name in enumerate(track.key_order)}
+            shards.sort(key=lambda s: position.get(str(s[0]), len(position)))
+        verified.append((track, shards, tally))
+    total = sum(t.samples for t, _, _ in verified)
+    nshards = sum(len(tally.shards) for _, _, tally in verified)
+    st.shards_output = nshards
+    st.bytes_output = sum(tally.bytes for _, _, tally in verified)
     st.steps[VERIFIED] = StepState(
         True,
         "Verified",
-        f"{total} samples, {p.written.members} members, {p.written.member_bytes} bytes in {len(tally.shards)} shards",
+        f"{total} samples, {p.written.members} members, {p.written.member_bytes} bytes in {nshards} shards",
     )
-    shards = [(s.name, s.samples, s.size, s.checksum) for s in tally.shards]
-    if spec.shuffle is None:  # the converted shards themselves: listed in key order (they are key ranges)
-        position = {name: i for i, name in enumerate(p.key_order)}
-        shards.sort(key=lambda s: position.get(str(s[0]), len(position)))
-    _publish(p, total, shards)
+    _publish(p, total, verified)
     st.index_object = _stable_url(spec)
     st.completion_time = (p.prev.get("completionTime") if p.prev_phase == Phase.READY else None) or p.now
     st.phase = Phase.READY
     st.reason = "Succeeded"
-    st.message = _ready_message(owner.version, total, len(tally.shards), st.bytes_output, st.samples_skipped)
+    st.message = _ready_message(owner.version, total, nshards, st.bytes_output, st.samples_skipped)
     p.decision.requeue = ACTIVE_REQUEUE if obs.published is not None else None  # then: the replaced version
     if p.prev_phase != Phase.READY:
         replaced = f"; replaces version {obs.published.version}" if obs.published is not None else ""
@@ -783,43 +893,87 @@ def _verification(p: Pass) -> Decision:
     return p.decision
 
 
-def _publish(p: Pass, samples: int, shards: list[tuple[Any, ...]]) -> None:
+def _publish(p: Pass, samples: int, verified: list[tuple[Track, list[tuple[Any, ...]], OutputTally]]) -> None:
     """Write the version's own index (once), then the stable index as a copy of it: the single PUT that
     switches readers to this version. A pass that finds the version's index already written (the operator
-    stopped between the two PUTs) copies that one, so the publication time and content never change."""
+    stopped between the two PUTs) copies that one, so the publication time and content never change.
+
+    With splits, each split's own index and stable index (`<outputPrefix><split>-index.json`) come first; the
+    version's index then lists no shards but names the splits' indexes (`info.splits`)."""
     spec, owner = p.spec, p.owner
     bucket, provider, stable = index_location(spec)
     record = p.st.artifacts[0] if p.st.artifacts else artifact_record(spec, owner)
     versioned = record["index"]["versioned"]
+    info_common = {
+        "namespace": owner.namespace,
+        "resource": owner.name,
+        "uid": owner.uid,
+        "generation": owner.generation,
+        "version": owner.version,
+        "refresh": owner.refresh,
+        "publishedAt": p.now,
+        "bucket": bucket,
+        "provider": provider,
+        "algorithm": spec.shuffle.algorithm if spec.shuffle else "none",
+        "seed": spec.shuffle.seed if spec.shuffle else None,
+    }
+    splits: dict[str, Any] = {}
     body = p.obs.wanted_index
     if body is None or IndexInfo.from_index(body, owner.uid) is None:
+        shards: list[tuple[Any, ...]] = []
+        if spec.splits is None:
+            shards = verified[0][1]
+        for track, split_shards, tally in verified if spec.splits is not None else ():
+            assert track.split is not None
+            names = record["index"]["splits"][track.split]
+            info = {
+                **info_common,
+                "split": track.split,
+                "versionIndex": f"{provider}://{bucket}/{names['versioned']}",
+                "samples": track.samples,
+            }
+            split_body = builders.build_shard_index(
+                f"{owner.name}-{track.split}", split_shards, names["versioned"], info, keep_order=spec.shuffle is None
+            )
+            p.decision.actions.append(WriteIndex(bucket, provider, names["versioned"], split_body))
+            p.decision.actions.append(WriteIndex(bucket, provider, names["stable"], split_body, guarded=True))
+            splits[track.split] = {
+                "index": f"{provider}://{bucket}/{names['stable']}",
+                "versionIndex": f"{provider}://{bucket}/{names['versioned']}",
+                "samples": track.samples,
+                "shards": len(tally.shards),
+                "bytes": tally.bytes,
+            }
         info = {
-            "namespace": owner.namespace,
-            "resource": owner.name,
-            "uid": owner.uid,
-            "generation": owner.generation,
-            "version": owner.version,
-            "refresh": owner.refresh,
-            "publishedAt": p.now,
+            **info_common,
             "versionIndex": f"{provider}://{bucket}/{versioned}",
             "artifacts": record,
-            "bucket": bucket,
-            "provider": provider,
             "samples": samples,
-            "algorithm": spec.shuffle.algorithm if spec.shuffle else "none",
-            "seed": spec.shuffle.seed if spec.shuffle else None,
+            **({"splits": splits} if splits else {}),
         }
         body = builders.build_shard_index(owner.name, shards, versioned, info, keep_order=spec.shuffle is None)
         p.decision.actions.append(WriteIndex(bucket, provider, versioned, body))
     p.decision.actions.append(WriteIndex(bucket, provider, stable, body, publishes=True))
     p.published_now = IndexInfo.from_index(body, owner.uid)
+    if spec.splits is not None:
+        p.st.splits = _split_status((body.get("info") or {}).get("splits") or {}, p.st.splits)
 
 
-def verification_prefix(spec: DatasetSpec, owner: Owner, attempt: int | None) -> str:
+def verification_prefix(spec: DatasetSpec, owner: Owner, attempt: int | None, split: str | None = None) -> str:
     """Where the shards to verify are: the dSort attempt's output, or the converted shards without a shuffle."""
     if spec.shuffle is not None:
-        return naming.attempt_base(builders.output_base(spec, owner), attempt or 1)
+        return naming.attempt_base(builders.output_base(spec, owner, split), attempt or 1)
     return builders.unit_pool(spec, owner)
+
+
+def _split_status(published: dict[str, Any], building: dict[str, Any] | None) -> dict[str, Any]:
+    """`status.splits`: per split what its published index says, with what is known of its build."""
+    out: dict[str, Any] = {}
+    for name, s in published.items():
+        out[name] = {k: s.get(k) for k in ("samples", "shards", "bytes", "index", "versionIndex")}
+        if building and (building.get(name) or {}).get("shuffle"):
+            out[name]["shuffle"] = building[name]["shuffle"]
+    return out
 
 
 def _condition_reason(status: dict[str, Any], type_: str) -> str | None:

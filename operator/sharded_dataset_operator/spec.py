@@ -204,6 +204,27 @@ def _transform(raw: dict[str, Any], members: list[str]) -> Transform | None:
 
 
 @dataclass(frozen=True, slots=True)
+class SplitSet:
+    """One named split: the keys its list file names (key column as in `spec.samples.labels`)."""
+
+    name: str
+    list_file: str
+
+
+@dataclass(frozen=True, slots=True)
+class Splits:
+    """`spec.splits`: every complete sample goes to the split whose list names its key, or to `rest`."""
+
+    sets: tuple[SplitSet, ...]
+    rest: str | None = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every split a sample can be in, in spec order (`rest` last)."""
+        return (*(s.name for s in self.sets), *([self.rest] if self.rest else []))
+
+
+@dataclass(frozen=True, slots=True)
 class DatasetSpec:
     ais: AisTarget
     source: Source
@@ -216,6 +237,7 @@ class DatasetSpec:
     deletion_policy: str
     extra: dict[str, Any] = field(default_factory=dict)
     transform: Transform | None = None
+    splits: Splits | None = None
 
 
 def _reads(raw: dict[str, Any]) -> Reads:
@@ -358,4 +380,31 @@ def parse_spec(spec: dict[str, Any], *, name: str, default_endpoint: str) -> Dat
         shuffle=shuffle,
         deletion_policy=policy,
         transform=_transform(spec.get("transform") or {}, names),
+        splits=_splits(spec.get("splits")),
     )
+
+
+SPLIT_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+
+
+def _splits(raw: dict[str, Any] | None) -> Splits | None:
+    """`spec.splits` (the CRD checks the same; this names the field for a spec that bypassed it)."""
+    if not raw:
+        return None
+    sets = tuple(
+        SplitSet(name=str(x.get("name") or ""), list_file=str(x.get("listFile") or "")) for x in raw.get("sets") or []
+    )
+    if not 2 <= len(sets) <= 8:
+        raise SpecError("spec.splits.sets: between 2 and 8 splits")
+    rest = str(raw["rest"]) if raw.get("rest") else None
+    names = [s.name for s in sets] + ([rest] if rest else [])
+    for i, n in enumerate(names):
+        if not SPLIT_NAME.match(n) or len(n) > 32:
+            where = f"spec.splits.sets[{i}].name" if i < len(sets) else "spec.splits.rest"
+            raise SpecError(f"{where}: {n!r} is not a split name (lowercase letters, digits and '-', at most 32)")
+    if len(set(names)) != len(names):
+        raise SpecError("spec.splits: split names must be unique (rest included)")
+    files = [s.list_file for s in sets]
+    if any(not f or f.startswith("/") for f in files) or len(set(files)) != len(files):
+        raise SpecError("spec.splits.sets[].listFile: a relative path, one per split")
+    return Splits(sets=sets, rest=rest)

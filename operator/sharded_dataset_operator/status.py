@@ -113,6 +113,7 @@ class DatasetStatus:
     retry: dict[str, Any] | None = None
     serving: str | None = None  # an older version is published and readable: what it is (Ready's message)
     versions: dict[str, Any] | None = None
+    splits: dict[str, dict[str, Any]] | None = None  # per split: samples, shards, bytes, index, shuffle
 
     def conditions(self, previous: list[dict[str, Any]], now: str) -> list[dict[str, Any]]:
         gen = self.observed_generation
@@ -188,4 +189,5 @@ class DatasetStatus:
             status["retry"] = self.retry
         if self.versions is not None:
             status["versions"] = self.versions
+        status["splits"] = self.splits  # None removes it (a spec without splits any more)
         return status

@@ -44,6 +44,7 @@ class IndexInfo:
     bytes: int
     index: str  # URL of the version's own index, ais://bucket/name
     record: dict[str, Any] = field(default_factory=dict)
+    splits: dict[str, Any] = field(default_factory=dict)  # per split: index, versionIndex, samples, shards, bytes
 
     @classmethod
     def from_index(cls, body: dict[str, Any] | None, uid: str) -> IndexInfo | None:
@@ -53,16 +54,22 @@ class IndexInfo:
             return None
         generation = int(info.get("generation") or 0)
         shardlist = (body or {}).get("shardlist") or []
+        raw_splits = info.get("splits")
+        splits: dict[str, Any] = raw_splits if isinstance(raw_splits, dict) else {}
+        shards = len(shardlist) + sum(int((s or {}).get("shards") or 0) for s in splits.values())
+        nbytes = sum(int(s.get("filesize") or 0) for s in shardlist)
+        nbytes += sum(int((s or {}).get("bytes") or 0) for s in splits.values())
         return cls(
             version=str(info.get("version") or f"g{generation}"),
             generation=generation,
             refresh=str(info.get("refresh") or ""),
             published_at=str(info.get("publishedAt") or ""),
             samples=int(info.get("samples") or 0),
-            shards=len(shardlist),
-            bytes=sum(int(s.get("filesize") or 0) for s in shardlist),
+            shards=shards,
+            bytes=nbytes,
             index=str(info.get("versionIndex") or ""),
             record=dict(info.get("artifacts") or {}),
+            splits=dict(splits),
         )
 
     def summary(self) -> dict[str, Any]:
@@ -227,6 +234,11 @@ def _names_problem(record: dict[str, Any], tag: str, pool_tag: str) -> str | Non
         return f"stable index {index['stable']!r} is not an index"
     if record.get("plan") and not str(record["plan"]).endswith(f"{tag}plan.json"):
         return f"plan {record['plan']!r} is not this version's plan"
+    for split, names in (index.get("splits") or {}).items():
+        if not str((names or {}).get("versioned") or "").endswith(f"{split}-{tag}index.json"):
+            return f"split index {names!r} is not this version's own index of split {split}"
+        if not str((names or {}).get("stable") or "").endswith(f"{split}-index.json"):
+            return f"split index {names!r} is not split {split}'s stable index"
     return None
 
 
