@@ -146,9 +146,14 @@ def converter_config(spec: DatasetSpec, owner: Owner, workers: int | None = None
         "orderSeed": spec.shuffle.seed if spec.shuffle and spec.shuffle.algorithm == "shuffle" else None,
         "splits": (
             {
-                "sets": [{"name": s.name, "listFile": s.list_file} for s in spec.splits.sets],
+                "sets": [
+                    {"name": s.name, **({"listFile": s.list_file} if s.list_file else {"fraction": s.fraction})}
+                    for s in spec.splits.sets
+                ],
                 "rest": spec.splits.rest,
                 "keyColumn": spec.label.key_column if spec.label else 0,
+                "seed": spec.splits.seed,
+                "stratifyBy": spec.splits.stratify_by,
             }
             if spec.splits
             else None

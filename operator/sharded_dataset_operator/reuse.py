@@ -35,14 +35,40 @@ Ref = str | int | list[str | int]
 or [split, ordinal] for one cut from a split's convert stream."""
 
 
-def encode_member(key: str, digest: int, unit: Ref) -> str:
-    return json.dumps([key, f"{digest:016x}", unit], ensure_ascii=False, separators=(",", ":"))
+def encode_member(key: str, digest: int, unit: Ref, split: str | None = None) -> str:
+    fields: list[object] = [key, f"{digest:016x}", unit, *([split] if split is not None else [])]
+    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
 
 
 def decode_member(line: str) -> tuple[str, int, Ref]:
-    key, digest, unit = json.loads(line)
+    key, digest, unit, *_ = json.loads(line)
     ref: Ref = unit if isinstance(unit, int | list) else str(unit)
     return str(key), int(digest, 16), ref
+
+
+class PreviousSplits:
+    """The split each sample of the previous version was in, looked up in key order (its membership)."""
+
+    def __init__(self, lines: Iterable[str]) -> None:
+        self._lines: Iterator[str] = (line for line in lines if line)
+        self._head: tuple[str, str | None] | None = None
+        self._advance()
+
+    def _advance(self) -> None:
+        line = next(self._lines, None)
+        if line is None:
+            self._head = None
+            return
+        key, _, _, *split = json.loads(line)
+        self._head = (str(key), str(split[0]) if split else None)
+
+    def split_of(self, key: str) -> str | None:
+        """The previous split of `key` (keys asked for in increasing order), None if it had none."""
+        while self._head is not None and self._head[0] < key:
+            self._advance()
+        if self._head is not None and self._head[0] == key:
+            return self._head[1]
+        return None
 
 
 @dataclass(slots=True)

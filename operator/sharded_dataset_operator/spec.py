@@ -205,18 +205,27 @@ def _transform(raw: dict[str, Any], members: list[str]) -> Transform | None:
 
 @dataclass(frozen=True, slots=True)
 class SplitSet:
-    """One named split: the keys its list file names (key column as in `spec.samples.labels`)."""
+    """One named split: the keys its list file names (key column as in `spec.samples.labels`), or a fraction
+    of the samples (`fractions.py`)."""
 
     name: str
-    list_file: str
+    list_file: str | None = None
+    fraction: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Splits:
-    """`spec.splits`: every complete sample goes to the split whose list names its key, or to `rest`."""
+    """`spec.splits`: by list files (every complete sample goes to the split whose list names its key, or to
+    `rest`), or by fractions (by a seeded hash of the key, per label with `stratify_by`)."""
 
     sets: tuple[SplitSet, ...]
     rest: str | None = None
+    seed: str = "0"
+    stratify_by: str | None = None
+
+    @property
+    def by_fraction(self) -> bool:
+        return self.sets[0].fraction is not None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -380,22 +389,47 @@ def parse_spec(spec: dict[str, Any], *, name: str, default_endpoint: str) -> Dat
         shuffle=shuffle,
         deletion_policy=policy,
         transform=_transform(spec.get("transform") or {}, names),
-        splits=_splits(spec.get("splits")),
+        splits=_splits(spec.get("splits"), label),
     )
 
 
 SPLIT_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
 
-def _splits(raw: dict[str, Any] | None) -> Splits | None:
+def _splits(raw: dict[str, Any] | None, label: LabelRule | None) -> Splits | None:
     """`spec.splits` (the CRD checks the same; this names the field for a spec that bypassed it)."""
     if not raw:
         return None
     sets = tuple(
-        SplitSet(name=str(x.get("name") or ""), list_file=str(x.get("listFile") or "")) for x in raw.get("sets") or []
+        SplitSet(
+            name=str(x.get("name") or ""),
+            list_file=str(x["listFile"]) if x.get("listFile") else None,
+            fraction=float(x["fraction"]) if x.get("fraction") is not None else None,
+        )
+        for x in raw.get("sets") or []
     )
     if not 2 <= len(sets) <= 8:
         raise SpecError("spec.splits.sets: between 2 and 8 splits")
+    by_list = [s.list_file is not None and s.fraction is None for s in sets]
+    by_fraction = [s.fraction is not None and s.list_file is None for s in sets]
+    if not (all(by_list) or all(by_fraction)):
+        raise SpecError("spec.splits.sets: every split has a listFile, or every split a fraction (not both)")
+    seed = str(raw.get("seed") or "0")
+    stratify = str(raw["stratifyBy"]) if raw.get("stratifyBy") else None
+    if all(by_fraction):
+        fractions = [s.fraction or 0.0 for s in sets]
+        if any(not 0 < f <= 1 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-9:
+            raise SpecError(
+                f"spec.splits.sets[].fraction: each in (0, 1], summing to 1 (they sum to {sum(fractions):g})"
+            )
+        if raw.get("rest"):
+            raise SpecError("spec.splits.rest: only with list files (fractions place every sample)")
+        if not seed.isdigit():
+            raise SpecError("spec.splits.seed: must be a decimal number")
+        if stratify is not None and (label is None or stratify != label.name):
+            raise SpecError(f"spec.splits.stratifyBy: {stratify!r} is not the label (spec.samples.labels.name)")
+    elif stratify is not None:
+        raise SpecError("spec.splits.stratifyBy: only with fractions")
     rest = str(raw["rest"]) if raw.get("rest") else None
     names = [s.name for s in sets] + ([rest] if rest else [])
     for i, n in enumerate(names):
@@ -404,7 +438,9 @@ def _splits(raw: dict[str, Any] | None) -> Splits | None:
             raise SpecError(f"{where}: {n!r} is not a split name (lowercase letters, digits and '-', at most 32)")
     if len(set(names)) != len(names):
         raise SpecError("spec.splits: split names must be unique (rest included)")
-    files = [s.list_file for s in sets]
+    if all(by_fraction):
+        return Splits(sets=sets, seed=seed, stratify_by=stratify)
+    files = [s.list_file or "" for s in sets]
     if any(not f or f.startswith("/") for f in files) or len(set(files)) != len(files):
         raise SpecError("spec.splits.sets[].listFile: a relative path, one per split")
-    return Splits(sets=sets, rest=rest)
+    return Splits(sets=sets, rest=rest, seed=seed)

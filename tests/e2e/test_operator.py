@@ -353,6 +353,20 @@ INVALID = [
      "spec.output.retainPrevious"),
     ("retention without a unit", {"output": {"bucket": "o", "maxSamplesPerShard": 1, "retainPrevious": "3600"}},
      "spec.output.retainPrevious"),
+    ("fractions not summing to 1", {"splits": {"sets": [{"name": "train", "fraction": 0.8},
+                                                       {"name": "test", "fraction": 0.1}]}},
+     "spec.splits.sets[].fraction: the fractions must sum to 1"),
+    ("lists and fractions mixed", {"splits": {"sets": [{"name": "train", "fraction": 0.5},
+                                                      {"name": "test", "listFile": "test.txt"}]}},
+     "every split has a listFile, or every split a fraction"),
+    ("the same list for two splits", {"splits": {"sets": [{"name": "a", "listFile": "l.txt"},
+                                                         {"name": "b", "listFile": "l.txt"}]}},
+     "each split needs a list file of its own"),
+    ("stratified by no label", {"splits": {"stratifyBy": "breed", "sets": [{"name": "train", "fraction": 0.5},
+                                                                          {"name": "test", "fraction": 0.5}]}},
+     "spec.splits.stratifyBy must be the label"),
+    ("bad split name", {"splits": {"sets": [{"name": "Train", "listFile": "a.txt"},
+                                           {"name": "test", "listFile": "b.txt"}]}}, "spec.splits.sets[0].name"),
 ]  # fmt: skip
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -97,3 +98,82 @@ def test_a_key_in_two_split_lists_fails_the_plan_saying_which_and_nothing_is_wri
     names = [e.name for e in ais.list_objects(out)] if ais.bucket_exists(out) else []
     assert not [n for n in names if n.endswith(".tar") or n.endswith("index.json")], names
     wait_until(lambda: not kube.list("pods", namespace, "app.kubernetes.io/component=converter"), 60, "no converters")
+
+
+FRACTIONS = {
+    "seed": "17",
+    "stratifyBy": "cls",
+    "sets": [{"name": "train", "fraction": 0.8}, {"name": "val", "fraction": 0.1}, {"name": "test", "fraction": 0.1}],
+}
+
+
+def split_keys(ais: Ais, out: str, obj: dict[str, Any]) -> dict[str, str]:
+    """key -> split of the published version, from each split's index and the shards it lists."""
+    import io
+    import tarfile
+
+    found: dict[str, str] = {}
+    for split, entry in obj["status"]["splits"].items():
+        index = json.loads(ais.get(out, entry["index"].removeprefix(f"ais://{out}/")) or b"{}")
+        for shard in index["shardlist"]:
+            with tarfile.open(fileobj=io.BytesIO(ais.get(out, shard["url"]) or b"")) as tf:
+                for key in {m.name.split(".", 1)[0] for m in tf}:
+                    assert key not in found, f"{key} in {found.get(key)} and {split}"
+                    found[key] = split
+    return found
+
+
+def test_fraction_splits_per_label_within_one_sample_the_same_again_and_no_old_sample_moves_on_refresh(
+    kube: Kube, namespace: str, ais: Ais, cluster_env: dict[str, str], operator: Any
+) -> None:
+    raw = RawDataset(ais, cluster_env["AIS_ENDPOINT"], 400, seed=43, sample_kib=8)  # its own: it grows
+    out = unique("fractions")
+    obj = example_07(namespace, raw.bucket, out)
+    obj["spec"]["splits"] = FRACTIONS
+    kube.apply(obj)
+    first = wait_ready(kube, namespace, "oxford-pets-splits", timeout=300)
+    assigned = split_keys(ais, out, first)
+    assert sorted(assigned) == sorted(raw.manifest["complete"])
+    classes = raw.manifest["classes"]
+    for cls in set(classes.values()):
+        keys = [k for k in assigned if classes[k] == cls]
+        for split in FRACTIONS["sets"]:
+            n = sum(assigned[k] == split["name"] for k in keys)
+            assert abs(n - split["fraction"] * len(keys)) < 1, (cls, len(keys), split, n)
+    for split in FRACTIONS["sets"]:  # and overall
+        n = sum(v == split["name"] for v in assigned.values())
+        assert abs(n - split["fraction"] * len(assigned)) < 1, (split, n)
+        assert first["status"]["splits"][split["name"]]["samples"] == n
+
+    # the same spec and seed, another resource: every key in the same split
+    again = copy.deepcopy(obj)
+    again["metadata"]["name"] = "again"
+    again["spec"]["output"]["bucket"] = out2 = unique("fractions")
+    kube.apply(again)
+    assert split_keys(ais, out2, wait_ready(kube, namespace, "again", timeout=300)) == assigned
+
+    # 3 % new samples, then a refresh: no old sample moves
+    complete = sorted(raw.manifest["complete"])
+    added = [f"{complete[i]}n" for i in range(0, len(complete), 33)]
+    lines = (ais.get(raw.bucket, "annotations/list.txt") or b"").decode()
+    for i, key in enumerate(added):
+        donor = complete[i]
+        ais.put(raw.bucket, f"images/{key}.jpg", (ais.get(raw.bucket, f"images/{donor}.jpg") or b"") + key.encode())
+        ais.put(
+            raw.bucket, f"annotations/trimaps/{key}.png", ais.get(raw.bucket, f"annotations/trimaps/{donor}.png") or b""
+        )
+        lines += f"{key} {classes[donor]} 1 1\n"
+    ais.put(raw.bucket, "annotations/list.txt", lines.encode())
+    kube.run("annotate", "sds", "oxford-pets-splits", "-n", namespace, "shardeddataset.dev/refresh=grown")
+    grown = wait_until(
+        lambda: (
+            (o := kube.get("sds", "oxford-pets-splits", namespace))
+            and (o["status"].get("versions") or {}).get("published", {}).get("refresh") == "grown"
+            and o
+        ),
+        300,
+        "the refresh published",
+    )
+    now = split_keys(ais, out, grown)
+    assert sorted(now) == sorted([*complete, *added])
+    assert {k: now[k] for k in assigned} == assigned  # every old sample kept its split

@@ -513,3 +513,59 @@ def test_a_key_in_no_list_goes_to_the_rest_split_or_is_skipped_and_a_key_in_two_
         PermanentError, match=r"2 key\(s\) are in more than one split list, e\.g\. .*\(trainval, test\)"
     ):
         make_plan(_split_config(), MemoryStore(), VolumeSource(str(root)))  # type: ignore[arg-type]
+
+
+def _fraction_config(generation: int = 1, previous: int | None = None) -> dict[str, Any]:
+    cfg = _version_config(generation, previous=previous)
+    cfg["splits"] = {
+        "sets": [
+            {"name": "train", "fraction": 0.8},
+            {"name": "val", "fraction": 0.1},
+            {"name": "test", "fraction": 0.1},
+        ],
+        "rest": None,
+        "keyColumn": 0,
+        "seed": "11",
+        "stratifyBy": "cls",
+    }
+    return cfg
+
+
+def _splits_of(store: MemoryStore, manifest: dict[str, Any]) -> dict[str, str]:
+    """key -> split, from the plan chunks."""
+    from sharded_dataset_operator.plan import decode_sample
+
+    out = {}
+    for chunk in manifest["chunks"]:
+        for line in store.objects[f"out/{chunk}"].decode().splitlines():
+            sample = decode_sample(line)
+            assert sample.split is not None
+            out[sample.key] = sample.split
+    return out
+
+
+def test_fraction_splits_keep_each_labels_shares_within_one_sample_and_a_refresh_moves_no_old_sample(
+    dataset: tuple[Path, exampledata.Manifest], tmp_path: Path
+) -> None:
+    root = tmp_path / "src"
+    shutil.copytree(dataset[0], root)
+    classes = dataset[1]["classes"]
+    store = MemoryStore()
+    first, reports = _convert_version(store, root, _fraction_config(1))
+    assigned = _splits_of(store, first)
+    assert sorted(assigned) == sorted(dataset[1]["complete"])
+    for cls in set(classes.values()):
+        keys = [k for k in assigned if classes[k] == cls]
+        for split, share in (("train", 0.8), ("val", 0.1), ("test", 0.1)):
+            assert abs(sum(assigned[k] == split for k in keys) - share * len(keys)) < 1, (cls, split)
+    assert {s["split"] for r in reports for s in r.shards} == {"train", "val", "test"}
+    assert not [k for k in store.objects if "plan-run-" in k]  # the sort runs are gone
+    # the same source again: the same split for every sample
+    again = MemoryStore()
+    assert _splits_of(again, _convert_version(again, root, _fraction_config(1))[0]) == assigned
+    # three new samples: every old one keeps its split
+    complete = sorted(dataset[1]["complete"])
+    _change_source(root, complete, [f"{complete[i]}a" for i in (3, 30, 60)], complete[0])
+    second, _ = _convert_version(store, root, _fraction_config(2, previous=1))
+    now = _splits_of(store, second)
+    assert all(now[k] == v for k, v in assigned.items()) and len(now) == len(assigned) + 3

@@ -26,10 +26,11 @@ import hashlib
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .. import naming, plan, reuse, units
+from .. import fractions, naming, plan, reuse, units
 from ..clients.ais import Ais, ListingError
 from ..extsort import ExternalSorter
 from ..samples import (
@@ -78,9 +79,9 @@ def rules(config: dict[str, Any]) -> tuple[list[FieldRule], LabelRule | None, li
 
 
 def split_rule(config: dict[str, Any]) -> SplitRule | None:
-    """The split lists of the configuration (`builders.converter_config`), if the dataset has splits."""
+    """The split lists of the configuration (`builders.converter_config`), if the dataset has list splits."""
     sp = config.get("splits")
-    if not sp:
+    if not sp or fraction_splits(config) is not None:
         return None
     sets = list(sp["sets"])
     return SplitRule(
@@ -89,6 +90,79 @@ def split_rule(config: dict[str, Any]) -> SplitRule | None:
         key_column=int(sp.get("keyColumn") or 0),
         rest=sp.get("rest") or None,
     )
+
+
+def fraction_splits(config: dict[str, Any]) -> dict[str, Any] | None:
+    """The fraction splits of the configuration, if the dataset has those."""
+    sp = config.get("splits")
+    return sp if sp and sp["sets"] and sp["sets"][0].get("fraction") is not None else None
+
+
+def splits_digest(config: dict[str, Any]) -> str | None:
+    """What decides which split a sample goes to; a new version keeps the previous one's splits only if equal."""
+    sp = config.get("splits")
+    if not sp:
+        return None
+    relevant = {k: sp.get(k) for k in ("sets", "rest", "seed", "stratifyBy", "keyColumn")}
+    return hashlib.blake2b(json.dumps(relevant, sort_keys=True).encode(), digest_size=8).hexdigest()
+
+
+def assign_fractions(
+    samples: Iterator[Sample],
+    sp: dict[str, Any],
+    store: AisRunStore,
+    base: str,
+    buffer_bytes: int,
+    previous: reuse.PreviousSplits | None,
+) -> Iterator[Sample]:
+    """The samples (in key order) with their fraction split (`fractions.py`): every sample's line and rank are
+    sorted aside (runs in the output bucket), the ranks assigned class by class, and the picks joined back
+    in key order. Memory: the sort buffers and a counter per class and split."""
+    names = [str(x["name"]) for x in sp["sets"]]
+    shares = [float(x["fraction"]) for x in sp["sets"]]
+    seed, stratify = str(sp.get("seed") or "0"), bool(sp.get("stratifyBy"))
+    run = naming.plan_run_prefix(base)
+    lines = ExternalSorter(store, f"{run}lines-", buffer_bytes=buffer_bytes)
+    ranks = ExternalSorter(store, f"{run}ranks-", buffer_bytes=buffer_bytes)
+    picks = ExternalSorter(store, f"{run}picks-", buffer_bytes=buffer_bytes)
+    try:
+        sizes: Counter[str] = Counter()
+        kept: dict[str, Counter[str]] = {}
+        for sample in samples:
+            cls = (sample.label or "") if stratify else ""
+            before = previous.split_of(sample.key) if previous is not None else None
+            before = before if before in names else None
+            lines.add(f"{sample.key}\0{plan.encode_sample(sample)}")
+            ranks.add(fractions.rank_record(cls, seed, sample.key, before))
+            sizes[cls] += 1
+            if before is not None:
+                kept.setdefault(cls, Counter())[before] += 1
+        assigner = fractions.FractionAssigner(names, shares, dict(sizes), {c: dict(k) for c, k in kept.items()})
+        for a in assigner.assign(ranks.sorted()):
+            picks.add(f"{a.key}\0{a.split}")
+        for record, pick in zip(lines.sorted(), picks.sorted(), strict=True):
+            key, line = record.split("\0", 1)
+            picked, split = pick.split("\0", 1)
+            if key != picked:
+                raise RuntimeError(f"split assignment out of step: {key!r} vs {picked!r}")
+            yield dataclasses.replace(plan.decode_sample(line), split=split)
+    finally:
+        for sorter in (lines, ranks, picks):
+            sorter.close()
+
+
+def previous_splits(ais: Ais, out: dict[str, Any], digest: str | None) -> reuse.PreviousSplits | None:
+    """The previous version's split of each sample, if it split the samples the same way."""
+    name = out.get("previous")
+    if not name or digest is None:
+        return None
+    data = ais.get(out["bucket"], str(name), out["provider"])
+    manifest = json.loads(data) if data else {}
+    if manifest.get("splitsDigest") != digest:
+        return None
+    bucket, provider = out["bucket"], out["provider"]
+    chunks = (manifest.get("units") or {}).get("members") or []
+    return reuse.PreviousSplits(line for c in chunks for line in ais.stream_lines(bucket, str(c), provider))
 
 
 REUSED_KIND = "sds-reused-v1"
@@ -265,13 +339,13 @@ class Assembler:
         for unit in cutter.add(sample, line):
             self.table.add(unit)
         ref: reuse.Ref = cutter.joined if not stream else [stream, cutter.joined]
-        self.members.add(reuse.encode_member(sample.key, digest, ref))
+        self.members.add(reuse.encode_member(sample.key, digest, ref, sample.split))
 
-    def take_over(self, unit: units.Unit, key: str, digest: int) -> None:
+    def take_over(self, unit: units.Unit, sample: Sample, digest: int) -> None:
         if unit.id not in self.taken:
             self.taken.add(unit.id)
             self.table.take_over(unit)
-        self.members.add(reuse.encode_member(key, digest, unit.id))
+        self.members.add(reuse.encode_member(sample.key, digest, unit.id, sample.split))
 
     def finish(self) -> None:
         for stream in sorted(self.cutters):
@@ -338,7 +412,9 @@ def make_plan(
     fingerprint = 0
     walk = reuse.MembershipWalk(old_members(), previous[0]) if previous is not None else None
     assembler = (
-        None if walk is not None else Assembler(ais, out, config, layout, known, splits is not None, chunk_samples)
+        None
+        if walk is not None
+        else Assembler(ais, out, config, layout, known, bool(config.get("splits")), chunk_samples)
     )
     try:
         try:
@@ -372,18 +448,23 @@ def make_plan(
                 else:
                     sorter.add(record)
         writer = plan.ChunkWriter(put, base, chunk_samples)
-        for group in groups_from_records(sorter.sorted(), grouper.names):
-            sample = grouper.judge(group)
-            if sample is not None:
-                line = plan.encode_sample(sample)
-                writer.add(sample, line)
-                line_digest = units.line_digest(line)
-                fingerprint = (fingerprint + line_digest) % units.FINGERPRINT_MOD
-                if walk is not None:  # first the old units' fate; the units are made below
-                    walk.match(sample.key, line_digest)
-                else:
-                    assert assembler is not None
-                    assembler.convert(sample, line, line_digest)
+        judged: Iterator[Sample] = (
+            s for g in groups_from_records(sorter.sorted(), grouper.names) if (s := grouper.judge(g))
+        )
+        shares = fraction_splits(config)
+        if shares is not None:
+            before = previous_splits(ais, out, splits_digest(config))
+            judged = assign_fractions(judged, shares, store, base, sort_buffer_bytes, before)
+        for sample in judged:
+            line = plan.encode_sample(sample)
+            writer.add(sample, line)
+            line_digest = units.line_digest(line)
+            fingerprint = (fingerprint + line_digest) % units.FINGERPRINT_MOD
+            if walk is not None:  # first the old units' fate; the units are made below
+                walk.match(sample.key, line_digest)
+            else:
+                assert assembler is not None
+                assembler.convert(sample, line, line_digest)
         writer.finish()
     finally:
         sorter.close()
@@ -398,7 +479,9 @@ def make_plan(
         assert previous is not None
         broken = len(walk.finish())
         intact = {u for u in previous[0].units if u not in walk.broken and u in known}
-        assembler = Assembler(ais, out, config, layout, known, bool(intact) or splits is not None, chunk_samples)
+        assembler = Assembler(
+            ais, out, config, layout, known, bool(intact) or bool(config.get("splits")), chunk_samples
+        )
         again = reuse.MembershipWalk(old_members(), previous[0])
         for chunk in writer.chunks:
             for line in ais.stream_lines(out["bucket"], chunk, out["provider"]):
@@ -406,7 +489,7 @@ def make_plan(
                 line_digest = units.line_digest(line)
                 old = again.match(sample.key, line_digest)
                 if old is not None and old in intact:
-                    assembler.take_over(previous[0].units[old], sample.key, line_digest)
+                    assembler.take_over(previous[0].units[old], sample, line_digest)
                 else:
                     assembler.convert(sample, line, line_digest)
     assert assembler is not None
@@ -432,6 +515,7 @@ def make_plan(
         "unmatchedFiles": result.unmatched_files,
         "labelsWithoutFiles": result.labels_without_files,
         "splitKeysWithoutFiles": result.split_keys_without_files,
+        "splitsDigest": splits_digest(config),
         "malformedLabelLines": malformed,
         "units": {
             "layout": layout,
