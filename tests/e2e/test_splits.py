@@ -38,6 +38,7 @@ def test_example_07_each_list_split_holds_exactly_its_complete_keys_shuffled_ver
     raw = RawDataset(ais, cluster_env["AIS_ENDPOINT"], 300, seed=41, sample_kib=8)
     out = unique("splits")
     obj = example_07(namespace, raw.bucket, out)
+    obj["spec"]["deletionPolicy"] = "Delete"
     kube.apply(obj)
     ready = wait_ready(kube, namespace, "oxford-pets-splits", timeout=300)
     st = ready["status"]
@@ -77,6 +78,10 @@ def test_example_07_each_list_split_holds_exactly_its_complete_keys_shuffled_ver
     result = json.loads(report.read_text())
     assert result["epochs"][0]["keys"] == sorted(expected["trainval"])
     assert result["eval"]["keys"] == sorted(expected["test"]) and result["eval"]["split"] == "test"
+
+    # deletionPolicy Delete removes every split's shards and indexes with the rest
+    kube.run("delete", "sds", "oxford-pets-splits", "-n", namespace, "--timeout=120s")
+    assert [e.name for e in ais.list_objects(out)] == []
 
 
 def test_a_key_in_two_split_lists_fails_the_plan_saying_which_and_nothing_is_written(
