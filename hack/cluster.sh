@@ -542,24 +542,8 @@ metadata: {name: ais-authn, namespace: ais}
 spec:
   selector: {app: ais-authn}
   ports: [{name: http, port: $AUTHN_PORT, targetPort: $AUTHN_PORT, protocol: TCP}]
----
-# the AuthN-enabled AIS cluster, for pods: http://ais-auth-proxy.ais:$AIS_AUTH_PORT
-apiVersion: v1
-kind: Service
-metadata: {name: ais-auth-proxy, namespace: ais}
-spec:
-  ports: [{name: http, port: $AIS_AUTH_PORT, targetPort: $AIS_AUTH_PORT, protocol: TCP}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: ais-auth-proxy-host
-  namespace: ais
-  labels: {kubernetes.io/service-name: ais-auth-proxy, endpointslice.kubernetes.io/managed-by: sdo-cluster}
-addressType: IPv4
-ports: [{name: http, port: $AIS_AUTH_PORT, protocol: TCP}]
-endpoints: [{addresses: ["$NODE_IP"], conditions: {ready: true}}]
 EOF
+  host_service ais-auth-proxy "$AIS_AUTH_PORT" | kubectl apply -f - >/dev/null  # http://ais-auth-proxy.ais:56080
 }
 
 auth_up() { # idempotent: AuthN, the AIS cluster that requires it, the registration and the operator's identity
@@ -585,30 +569,31 @@ node_ready() {
     [[ -z "$(kubectl get node "$NODE_NAME" -o jsonpath='{.spec.taints}' 2>/dev/null)" ]]
 }
 
-apply_cluster_objects() {
-  kubectl apply -f - >/dev/null <<EOF
-apiVersion: v1
-kind: Namespace
-metadata: {name: ais}
----
-# AIS runs beside the node (host processes on the bridge IP); this Service is how pods find it,
-# exactly as on a cluster where AIS runs in-cluster: http://ais-proxy.ais:$AIS_PROXY_PORT
+host_service() { # host_service NAME PORT: a Service in namespace ais for an AIS proxy on this host
+  # AIS runs beside the node (host processes on the bridge IP); the Service is how pods find it, exactly as
+  # on a cluster where AIS runs in-cluster: http://NAME.ais:PORT
+  cat <<EOF
 apiVersion: v1
 kind: Service
-metadata: {name: ais-proxy, namespace: ais}
+metadata: {name: $1, namespace: ais}
 spec:
-  ports: [{name: http, port: $AIS_PROXY_PORT, targetPort: $AIS_PROXY_PORT, protocol: TCP}]
+  ports: [{name: http, port: $2, targetPort: $2, protocol: TCP}]
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata:
-  name: ais-proxy-host
+  name: $1-host
   namespace: ais
-  labels: {kubernetes.io/service-name: ais-proxy, endpointslice.kubernetes.io/managed-by: sdo-cluster}
+  labels: {kubernetes.io/service-name: $1, endpointslice.kubernetes.io/managed-by: sdo-cluster}
 addressType: IPv4
-ports: [{name: http, port: $AIS_PROXY_PORT, protocol: TCP}]
+ports: [{name: http, port: $2, protocol: TCP}]
 endpoints: [{addresses: ["$NODE_IP"], conditions: {ready: true}}]
 EOF
+}
+
+apply_cluster_objects() {
+  { printf 'apiVersion: v1\nkind: Namespace\nmetadata: {name: ais}\n---\n'; host_service ais-proxy "$AIS_PROXY_PORT"; } |
+    kubectl apply -f - >/dev/null
 }
 
 # ---------------------------------------------------------------------------------------------- commands

@@ -40,35 +40,38 @@ def encode_member(key: str, digest: int, unit: Ref, split: str | None = None) ->
     return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
 
 
-def decode_member(line: str) -> tuple[str, int, Ref]:
-    key, digest, unit, *_ = json.loads(line)
+def decode_member(line: str) -> tuple[str, int, Ref, str | None]:
+    """(key, digest, unit, split) of a membership line."""
+    key, digest, unit, *split = json.loads(line)
     ref: Ref = unit if isinstance(unit, int | list) else str(unit)
-    return str(key), int(digest, 16), ref
+    return str(key), int(digest, 16), ref, str(split[0]) if split else None
+
+
+def members(lines: Iterable[str]) -> Iterator[tuple[str, int, Ref, str | None]]:
+    """The membership's lines decoded, checked to be in strictly increasing key order."""
+    last: str | None = None
+    for line in lines:
+        if not line:
+            continue
+        member = decode_member(line)
+        if last is not None and member[0] <= last:
+            raise MembershipError(f"the previous membership is not sorted: {member[0]!r} after {last!r}")
+        last = member[0]
+        yield member
 
 
 class PreviousSplits:
     """The split each sample of the previous version was in, looked up in key order (its membership)."""
 
     def __init__(self, lines: Iterable[str]) -> None:
-        self._lines: Iterator[str] = (line for line in lines if line)
-        self._head: tuple[str, str | None] | None = None
-        self._advance()
-
-    def _advance(self) -> None:
-        line = next(self._lines, None)
-        if line is None:
-            self._head = None
-            return
-        key, _, _, *split = json.loads(line)
-        self._head = (str(key), str(split[0]) if split else None)
+        self._members = members(lines)
+        self._head = next(self._members, None)
 
     def split_of(self, key: str) -> str | None:
         """The previous split of `key` (keys asked for in increasing order), None if it had none."""
         while self._head is not None and self._head[0] < key:
-            self._advance()
-        if self._head is not None and self._head[0] == key:
-            return self._head[1]
-        return None
+            self._head = next(self._members, None)
+        return self._head[3] if self._head is not None and self._head[0] == key else None
 
 
 @dataclass(slots=True)
@@ -110,23 +113,15 @@ class MembershipWalk:
     a sample or hold a changed one."""
 
     def __init__(self, old: Iterable[str], previous: PreviousUnits) -> None:
-        self._lines: Iterator[str] = (line for line in old if line)
+        self._members = members(old)
         self._previous = previous
         self._head: tuple[str, int, str] | None = None
-        self._last_key: str | None = None
         self.broken: set[str] = set()
         self._advance()
 
     def _advance(self) -> None:
-        line = next(self._lines, None)
-        if line is None:
-            self._head = None
-            return
-        key, digest, ref = decode_member(line)
-        if self._last_key is not None and key <= self._last_key:
-            raise MembershipError(f"the previous membership is not sorted: {key!r} after {self._last_key!r}")
-        self._last_key = key
-        self._head = (key, digest, self._previous.resolve(ref))
+        member = next(self._members, None)
+        self._head = None if member is None else (member[0], member[1], self._previous.resolve(member[2]))
 
     def match(self, key: str, digest: int) -> str | None:
         """The old unit that holds this very sample (same key, same plan line), if any."""

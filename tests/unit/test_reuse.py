@@ -65,5 +65,6 @@ def test_a_corrupt_previous_membership_is_an_error_not_a_wrong_reuse() -> None:
 
 
 def test_member_lines_round_trip() -> None:
-    assert decode_member(encode_member("k é", 2**64 - 1, 7)) == ("k é", 2**64 - 1, 7)
-    assert decode_member(encode_member("k", 0, "abc")) == ("k", 0, "abc")
+    assert decode_member(encode_member("k é", 2**64 - 1, 7)) == ("k é", 2**64 - 1, 7, None)
+    assert decode_member(encode_member("k", 0, "abc", "test")) == ("k", 0, "abc", "test")
+    assert decode_member(encode_member("k", 0, ["train", 3], "train")) == ("k", 0, ["train", 3], "train")
