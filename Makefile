@@ -30,13 +30,14 @@ cluster-env: ## shell exports: eval "$$(make -s cluster-env)"
 
 .PHONY: image deploy undeploy
 image: ## build the project image (buildah) and import it into the local cluster
-	hack/build-images.sh project transforms
+	hack/build-images.sh project transforms etl
 	hack/cluster.sh load-images
 
 deploy: image ## build, import and install/upgrade the CRD and the operator into the current cluster
 	$(ENV); kubectl apply --server-side --force-conflicts -k manifests/
-	@# the local cluster has no registry: user transform images are imported, never pulled (chart default: Always)
-	$(ENV); kubectl -n sharded-dataset-operator set env deployment/sharded-dataset-operator SDS_USER_IMAGE_PULL_POLICY=IfNotPresent
+	@# the local cluster has no registry: user transform images are imported, never pulled (chart default: Always);
+	@# its locally built AIS ETL image may run as an AIS ETL (chart default: none)
+	$(ENV); kubectl -n sharded-dataset-operator set env deployment/sharded-dataset-operator SDS_USER_IMAGE_PULL_POLICY=IfNotPresent SDS_ETL_IMAGES=localhost/sdo-etl:
 	$(ENV); kubectl -n sharded-dataset-operator rollout restart deployment/sharded-dataset-operator
 	$(ENV); kubectl -n sharded-dataset-operator rollout status deployment/sharded-dataset-operator --timeout=180s
 
@@ -62,8 +63,8 @@ demo: venv cluster-up deploy ## the main job: cluster + operator + example datas
 # The tests also bring up the AuthN-enabled AIS beside the plain one (the tenancy tests run on it).
 test test-e2e: export AIS_AUTH := 1
 lint: venv ## ruff + mypy --strict
-	$(VENV)/bin/ruff check operator tests bench examples
-	$(VENV)/bin/ruff format --check operator tests bench examples
+	$(VENV)/bin/ruff check operator etl tests bench examples
+	$(VENV)/bin/ruff format --check operator etl tests bench examples
 	$(VENV)/bin/mypy
 
 test-unit: venv ## fast tests of the pure logic
@@ -83,6 +84,10 @@ bench: venv cluster-up deploy ## benchmark (bench/README.md); writes bench/resul
 .PHONY: bench-scale
 bench-scale: venv cluster-up deploy ## growth benchmark at three dataset sizes (bench/README.md); writes bench/results/scale.json
 	$(ENV); $(PY) bench/scale.py $(BENCH_ARGS)
+
+.PHONY: bench-etl
+bench-etl: venv cluster-up deploy ## the same resize in the converter and by AIS ETL, at two sizes (bench/README.md); writes bench/results/etl.json
+	$(ENV); $(PY) bench/etl.py $(BENCH_ARGS)
 
 .PHONY: bench-refresh
 bench-refresh: venv cluster-up deploy ## a refresh after +1 % samples vs the full run, at 200k samples (bench/README.md); writes bench/results/refresh.json

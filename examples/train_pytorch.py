@@ -82,6 +82,20 @@ def index_url_of(namespace: str, name: str, endpoint: str | None, pin: bool = Fa
     return f"{endpoint.rstrip('/')}/v1/objects/{bucket}/{index}"
 
 
+def serving_etl(namespace: str, name: str) -> str:
+    """The AIS ETL the operator runs for this dataset's readers (`spec.serve.etl`), once it runs."""
+    from kubernetes import client, config
+
+    config.load_kube_config()
+    obj: dict[str, Any] = client.CustomObjectsApi().get_namespaced_custom_object(
+        "shardeddataset.dev", "v1alpha1", namespace, "shardeddatasets", name
+    )
+    serve = (obj.get("status") or {}).get("serve") or {}
+    if not serve.get("etl") or serve.get("stage") != "Running":
+        raise SystemExit(f"{namespace}/{name} has no running serving ETL: {serve.get('message') or serve or 'none'}")
+    return str(serve["etl"])
+
+
 def shard_urls(index_url: str, token_header: str | None) -> tuple[list[str], int, str]:
     """The shards' URLs (the index lists them relative to itself), the number of samples, and the version."""
     import urllib.request
@@ -188,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--split", help="with --dataset: train on this split (spec.splits), e.g. trainval")
     p.add_argument(
+        "--etl",
+        help="with --loader webdataset: read every shard through this AIS ETL (GET ?etl_name=); 'serve' with "
+        "--dataset: the dataset's own (spec.serve.etl, named in status.serve.etl)",
+    )
+    p.add_argument(
         "--eval-split", help="with --dataset: after training, one evaluation pass over this split, e.g. test"
     )
     p.add_argument("--endpoint", default=os.environ.get("AIS_ENDPOINT"), help="AIS proxy URL reachable from here")
@@ -214,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         index_url = args.index_url
     urls, total, version = shard_urls(index_url, token_header)
+    if args.etl:
+        if args.loader != "webdataset":
+            raise SystemExit("--etl needs --loader webdataset (wids caches whole shards by their plain URL)")
+        etl = serving_etl(*args.dataset.partition("/")[::2]) if args.etl == "serve" and args.dataset else args.etl
+        print(f"every shard through AIS ETL {etl}", flush=True)
+        urls = [f"{u}{'&' if '?' in u else '?'}etl_name={etl}" for u in urls]
     if args.loader == "wids":
         loader = wids_loader(index_url, args, token_header)
     else:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build (or reuse from the cache) every binary the local cluster needs, at the versions pinned in
-# hack/versions.env: the Kubernetes components, etcd, aisnode (with dSort) and helm.
+# hack/versions.env: the Kubernetes components, etcd, aisnode (with dSort and ETL) and helm.
 # Usage: hack/build-binaries.sh [k8s|etcd|ais|authn|helm ...]   (default: all but authn, built when AIS_AUTH=1)
 LOG_TAG=build
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
@@ -35,9 +35,9 @@ build_etcd() {
 
 build_ais() {
   if have "$AIS_BIN" aisnode; then log "aisnode v$AIS_VERSION: cached"; return; fi
-  log "building aisnode v$AIS_VERSION with tags 'dsort mono'"
+  log "building aisnode v$AIS_VERSION with tags 'dsort mono etl'"
   local tmp="$AIS_BIN.tmp"; rm -rf "$tmp"; mkdir -p "$tmp"
-  (cd "$HACK_DIR/tools/ais" && go build -trimpath -tags "dsort mono" \
+  (cd "$HACK_DIR/tools/ais" && go build -trimpath -tags "dsort mono etl" \
     -ldflags "-s -w -X main.build=v$AIS_VERSION -X main.buildtime=1970-01-01T00:00:00Z" \
     -o "$tmp/aisnode" github.com/NVIDIA/aistore/cmd/aisnode)
   rm -rf "$AIS_BIN"; mv "$tmp" "$AIS_BIN"

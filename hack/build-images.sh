@@ -2,7 +2,7 @@
 # Build the container images without Docker or a registry, and save them as OCI archives under the
 # cache dir: the pause (sandbox) image and the project image (./Dockerfile, built with buildah from a
 # locally bootstrapped Debian base that stands in for the public debian image).
-# Usage: hack/build-images.sh [pause|base|project|transforms|authn ...]   (default: all). Prints nothing on stdout.
+# Usage: hack/build-images.sh [pause|base|project|transforms|etl|aisnode|authn ...]   (default: all). Prints nothing on stdout.
 LOG_TAG=images
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
@@ -69,6 +69,34 @@ build_transforms() {
   log "transforms example image built: $TRANSFORMS_IMAGE"
 }
 
+# The AIS ETL image (etl/Dockerfile, on the Debian base): AIS starts it as the transformer pods.
+build_etl() {
+  build_base
+  local out="$IMAGE_CACHE/etl.tar"
+  buildah bud --quiet --layers --isolation chroot --build-arg "BASE=$BASE_IMAGE" \
+    --build-arg PIP_CERT=/run/host-ca.crt -v /etc/ssl/certs/ca-certificates.crt:/run/host-ca.crt:ro \
+    -f "$REPO_ROOT/etl/Dockerfile" -t "$ETL_IMAGE" "$REPO_ROOT" >"$CACHE_ROOT/etl-build.log" 2>&1 \
+    || { tail -30 "$CACHE_ROOT/etl-build.log" >&2; die "etl image build failed"; }
+  rm -f "$out.tmp"
+  buildah push --quiet "$ETL_IMAGE" "oci-archive:$out.tmp:$ETL_IMAGE" >/dev/null && mv "$out.tmp" "$out"
+  log "etl image built: $ETL_IMAGE"
+}
+
+# aisnode (AIS proxy and target, hack/cluster.sh runs them as StatefulSets): the binary on the Debian base.
+build_aisnode() {
+  "$HACK_DIR/build-binaries.sh" ais
+  local out="$IMAGE_CACHE/$AISNODE_IMAGE_FILE" c
+  [[ -s "$out" ]] && { log "aisnode image: cached"; return; }
+  build_base
+  c=$(buildah from "$BASE_IMAGE")
+  buildah copy --quiet --chmod 0755 "$c" "$AIS_BIN/aisnode" /usr/local/bin/aisnode >/dev/null
+  buildah config --cmd '' --entrypoint '["/usr/local/bin/aisnode"]' "$c"
+  buildah commit --quiet --rm "$c" "$AISNODE_IMAGE" >/dev/null
+  rm -f "$out.tmp"
+  buildah push --quiet "$AISNODE_IMAGE" "oci-archive:$out.tmp:$AISNODE_IMAGE" >/dev/null && mv "$out.tmp" "$out"
+  log "aisnode image built: $AISNODE_IMAGE"
+}
+
 # The AIS AuthN server (hack/cluster.sh with AIS_AUTH=1): its binary on the Debian base, run as nobody.
 build_authn() {
   build_base
@@ -89,9 +117,12 @@ build_authn() {
 # are dropped; the layer cache that tagged images build on stays.
 prune_untagged() {
   local n; n=$(buildah images --quiet --filter dangling=true 2>/dev/null | wc -l)
-  (( n == 0 )) || { buildah rmi --prune >/dev/null; log "removed $n untagged image(s) of earlier builds"; }
+  (( n == 0 )) && return
+  # a build that failed halfway leaves its working containers, which hold their images: those are kept
+  if buildah rmi --prune >/dev/null 2>&1; then log "removed $n untagged image(s) of earlier builds"
+  else log "some untagged images are still held by containers of failed builds (buildah containers): kept"; fi
 }
 
-targets=("$@"); (( ${#targets[@]} )) || targets=(pause project transforms)
+targets=("$@"); (( ${#targets[@]} )) || targets=(pause aisnode project transforms etl)
 for t in "${targets[@]}"; do start=$SECONDS; "build_$t"; log "$t done in $((SECONDS - start))s"; done
 prune_untagged

@@ -30,7 +30,6 @@ CONTAINERD_STATE=/run/sdo-containerd
 CONTAINERD_SOCK="$CONTAINERD_STATE/containerd.sock"
 KUBELET_ROOT=/var/lib/sdo-kubelet
 AIS_TARGETS="${AIS_TARGETS:-2}"
-AIS_PROXIES="${AIS_PROXIES:-1}"
 AIS_PROXY_PORT=51080
 AIS_ENDPOINT_URL="http://$NODE_IP:$AIS_PROXY_PORT"
 AIS_DATA="${SDO_AIS_DATA_DIR:-$STATE/ais}"
@@ -307,7 +306,9 @@ import_image() { # import_image ARCHIVE REF: skip when containerd already has th
 import_images() {
   import_image "$IMAGE_CACHE/$PAUSE_IMAGE_FILE" "$PAUSE_IMAGE"
   import_image "$IMAGE_CACHE/project.tar" "$PROJECT_IMAGE"
+  import_image "$IMAGE_CACHE/$AISNODE_IMAGE_FILE" "$AISNODE_IMAGE"
   if [[ -s "$IMAGE_CACHE/transforms.tar" ]]; then import_image "$IMAGE_CACHE/transforms.tar" "$TRANSFORMS_IMAGE"; fi
+  if [[ -s "$IMAGE_CACHE/etl.tar" ]]; then import_image "$IMAGE_CACHE/etl.tar" "$ETL_IMAGE"; fi
 }
 
 start_kubelet() {
@@ -387,20 +388,29 @@ EOF
 
 # ---------------------------------------------------------------------------------------------- AIS
 
-ais_node_conf() { # ais_node_conf NAME ROLE INDEX PORT [DATA_ROOT]
-  local name=$1 role=$2 index=$3 port=$4 root=${5:-$AIS_DATA}
-  local dir="$root/$1"
-  mkdir -p "$dir/conf" "$LOGS/ais-$name"
+# AIS runs in the cluster, in namespace `ais`, as AIS users run it on Kubernetes: a proxy StatefulSet and a target
+# StatefulSet of the aisnode image (built with `dsort mono etl`), readiness on /v1/health, the targets' storage on
+# hostPath, and the RBAC that AIS ETL needs to start its transformer pods next to a target. The primary proxy uses
+# the host network (as the ais-k8s operator can), so its address is this node's, http://10.244.0.1:51080 for the
+# host and http://ais-proxy.ais:51080 in-cluster; targets use the pod network (their own IPs; clients are
+# redirected to them, which the host reaches over the bridge). Configuration files are written here, on the
+# hostPath, one directory per pod. A node's container waits while `<data>/<pod>/hold` exists: the fault tests keep
+# a killed node away for a set time that way (tests/e2e/faults.py).
+
+ais_node_conf() { # ais_node_conf DATA_ROOT POD ROLE PORT HOSTNAME [INTRA_HOSTNAME]: DATA_ROOT/POD/local.json
+  local root=$1 name=$2 role=$3 port=$4 host=$5 intra=${6:-$5}
+  local dir="$root/$name"
+  mkdir -p "$dir/conf" "$LOGS/$name"
   cat >"$dir/local.json" <<EOF
 {
   "confdir": "$dir/conf",
-  "log_dir": "$LOGS/ais-$name",
+  "log_dir": "$LOGS/$name",
   "host_net": {
-    "hostname": "$NODE_IP", "hostname_intra_control": "$NODE_IP", "hostname_intra_data": "$NODE_IP",
+    "hostname": "$host", "hostname_intra_control": "$intra", "hostname_intra_data": "$intra",
     "port": "$port", "port_intra_control": "$((port + 1000))", "port_intra_data": "$((port + 2000))"
   },
   "fspaths": {},
-  "test_fspaths": {"root": "$root/mountpaths/", "count": $([[ $role == target ]] && echo 1 || echo 0), "instance": $index}
+  "test_fspaths": {"root": "$root/mountpaths/$name/", "count": $([[ $role == target ]] && echo 1 || echo 0), "instance": 0}
 }
 EOF
 }
@@ -440,27 +450,148 @@ ais_cluster_conf() { # ais_cluster_conf FILE PRIMARY_URL AUTH_JSON
 EOF
 }
 
-start_ais() {
+ais_manifests() { # ais_manifests NAME PROXY_PORT TARGETS DATA_ROOT [AUTH_JSON]: one AIS cluster's objects
+  local name=$1 port=$2 targets=$3 root=$4 auth=${5:-"{}"} tport=51081
+  local primary="http://$NODE_IP:$port"
+  local wait_hold='while [ -e "$AIS_DATA/$MY_POD/hold" ]; do sleep 0.2; done; exec /usr/local/bin/aisnode'
+  local i
+  ais_cluster_conf "$root/cluster.json" "$primary" "$auth"
+  ais_node_conf "$root" "$name-proxy-0" proxy "$port" "$NODE_IP"
+  # Targets' addresses (public and intra-cluster) are their pod IPs, found at start. Stable DNS names for the
+  # intra-cluster nets were tried: a target back in a new pod then kept its place in the map, but the other
+  # target's dSort streams kept dialing its old IP, and a killed-during-dSort run needed 5 attempts instead of 2.
+  # With IPs the proxy drops the node whose old address is dead and it rejoins with new streams (docs/local-cluster.md).
+  for ((i = 0; i < targets; i++)); do ais_node_conf "$root" "$name-target-$i" target "$tport" ""; done
+  cat <<EOF
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: $name-target, namespace: ais}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: $name-proxy, namespace: ais}  # no rights: in-cluster config is how aisnode knows it runs in K8s
+---
+# AIS ETL: a target creates its transformer pod and a NodePort Service in its own namespace, watches the pod,
+# reads its logs and deletes both when the ETL stops; it reads its own pod spec (the ETL pod gets its volumes).
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: $name-etl, namespace: ais}
+rules:
+  - {apiGroups: [""], resources: [pods], verbs: [get, list, watch, create, delete]}
+  - {apiGroups: [""], resources: [pods/log], verbs: [get]}
+  - {apiGroups: [""], resources: [services], verbs: [get, create, delete]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: $name-etl, namespace: ais}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: $name-etl}
+subjects: [{kind: ServiceAccount, name: $name-target, namespace: ais}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: $name-proxy, namespace: ais}
+spec:
+  selector: {ais.sdo.dev/cluster: $name, ais.sdo.dev/role: proxy}
+  ports: [{name: http, port: $port, targetPort: $port, protocol: TCP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: $name-target, namespace: ais}
+spec:
+  clusterIP: None
+  publishNotReadyAddresses: true
+  selector: {ais.sdo.dev/cluster: $name, ais.sdo.dev/role: target}
+  ports: [{name: http, port: $tport, targetPort: $tport, protocol: TCP}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: $name-proxy, namespace: ais}
+spec:
+  serviceName: $name-proxy
+  replicas: 1
+  podManagementPolicy: Parallel
+  selector: {matchLabels: {ais.sdo.dev/cluster: $name, ais.sdo.dev/role: proxy}}
+  template:
+    metadata: {labels: {ais.sdo.dev/cluster: $name, ais.sdo.dev/role: proxy}}
+    spec:
+      serviceAccountName: $name-proxy
+      hostNetwork: true
+      dnsPolicy: ClusterFirstWithHostNet
+      enableServiceLinks: false
+      terminationGracePeriodSeconds: 10
+      containers:
+        - name: aisnode
+          image: $AISNODE_IMAGE
+          imagePullPolicy: Never
+          command: ["/bin/sh", "-c", '$wait_hold -role=proxy -config=\$AIS_DATA/cluster.json -local_config=\$AIS_DATA/\$MY_POD/local.json -ntargets=$targets']
+          env:
+            - {name: AIS_DATA, value: "$root"}
+            - {name: AIS_PRIMARY_EP, value: "$primary"}
+            - {name: MY_POD, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+            - {name: MY_NODE, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}
+            - {name: K8S_NS, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
+            # in the host's network the Service IP of the API server does not route; its node address does
+            - {name: KUBERNETES_SERVICE_HOST, value: "$NODE_IP"}
+            - {name: KUBERNETES_SERVICE_PORT, value: "6443"}
+          readinessProbe:
+            httpGet: {path: "/v1/health?readiness=true", port: $port}
+            periodSeconds: 2
+            failureThreshold: 3
+          volumeMounts:
+            - {name: data, mountPath: $root}
+            - {name: logs, mountPath: $LOGS}
+      volumes:
+        - {name: data, hostPath: {path: $root, type: Directory}}
+        - {name: logs, hostPath: {path: $LOGS, type: Directory}}
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: $name-target, namespace: ais}
+spec:
+  serviceName: $name-target
+  replicas: $targets
+  podManagementPolicy: Parallel
+  selector: {matchLabels: {ais.sdo.dev/cluster: $name, ais.sdo.dev/role: target}}
+  template:
+    metadata: {labels: {ais.sdo.dev/cluster: $name, ais.sdo.dev/role: target}}
+    spec:
+      serviceAccountName: $name-target
+      enableServiceLinks: false
+      terminationGracePeriodSeconds: 10
+      containers:
+        - name: aisnode
+          image: $AISNODE_IMAGE
+          imagePullPolicy: Never
+          command: ["/bin/sh", "-c", '$wait_hold -role=target -config=\$AIS_DATA/cluster.json -local_config=\$AIS_DATA/\$MY_POD/local.json']
+          env:
+            - {name: AIS_DATA, value: "$root"}
+            - {name: AIS_PRIMARY_EP, value: "$primary"}
+            - {name: MY_POD, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+            - {name: MY_NODE, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}
+            - {name: K8S_NS, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
+          ports: [{name: http, containerPort: $tport}]
+          readinessProbe:
+            httpGet: {path: "/v1/health?readiness=true", port: $tport}
+            periodSeconds: 2
+            failureThreshold: 3
+          volumeMounts:
+            - {name: data, mountPath: $root}
+            - {name: logs, mountPath: $LOGS}
+      volumes:
+        - {name: data, hostPath: {path: $root, type: Directory}}
+        - {name: logs, hostPath: {path: $LOGS, type: Directory}}
+EOF
+}
+
+apply_ais() {
   mkdir -p "$AIS_DATA"
-  ais_cluster_conf "$AIS_DATA/cluster.json" "$AIS_ENDPOINT_URL" '{}'
-  local i port
-  for ((i = 0; i < AIS_PROXIES; i++)); do
-    port=$((AIS_PROXY_PORT + 10 + i)); ((i == 0)) && port=$AIS_PROXY_PORT
-    ais_node_conf "proxy$i" proxy "$i" "$port"
-    start_proc "ais-proxy$i" env -u KUBERNETES_SERVICE_HOST -u KUBERNETES_SERVICE_PORT AIS_PRIMARY_EP="$AIS_ENDPOINT_URL" \
-      "$AIS_BIN/aisnode" -role=proxy -config="$AIS_DATA/cluster.json" -local_config="$AIS_DATA/proxy$i/local.json" \
-      -ntargets="$AIS_TARGETS"
-    ((i == 0)) && sleep 1
-  done
-  for ((i = 1; i <= AIS_TARGETS; i++)); do
-    port=$((AIS_PROXY_PORT + 20 + i))
-    ais_node_conf "target$i" target "$i" "$port"
-    start_proc "ais-target$i" env -u KUBERNETES_SERVICE_HOST -u KUBERNETES_SERVICE_PORT AIS_PRIMARY_EP="$AIS_ENDPOINT_URL" \
-      "$AIS_BIN/aisnode" -role=target -config="$AIS_DATA/cluster.json" -local_config="$AIS_DATA/target$i/local.json"
-  done
+  ais_manifests ais "$AIS_PROXY_PORT" "$AIS_TARGETS" "$AIS_DATA" | kubectl apply -f - >/dev/null
 }
 
 ais_ready() { curl -sf -o /dev/null "$AIS_ENDPOINT_URL/v1/health?prr=true"; }
+ais_pods_ready() { # AIS runs as the StatefulSets (a cluster of the old host-process layout is not healthy)
+  [[ "$(kubectl -n ais get statefulset ais-target -o jsonpath='{.status.readyReplicas}' 2>/dev/null)" == "$AIS_TARGETS" ]]
+}
 
 # ---------------------------------------------------------------------------------------------- AIS with AuthN
 
@@ -474,27 +605,15 @@ authn_url() { # the AuthN pod's address (from the host Service IPs do not route;
 }
 authn_ready() { curl -sf -o /dev/null "$(authn_url)/v1/clusters"; }
 
-start_ais_auth() { # the AIS cluster that requires tokens signed with the AuthN server's HMAC secret
+apply_ais_auth() { # the AIS cluster that requires tokens signed with the AuthN server's HMAC secret
   mkdir -p "$AIS_AUTH_DATA" "$AUTHN_DIR"
   # no trailing newline: the files become Secret values, read by AuthN byte for byte
   [[ -s "$AUTHN_DIR/secret" ]] || (umask 077; printf %s "$(openssl rand -hex 32)" >"$AUTHN_DIR/secret")
   [[ -s "$AUTHN_DIR/admin-pass" ]] || (umask 077; printf %s "$(openssl rand -hex 16)" >"$AUTHN_DIR/admin-pass")
   local key; key=$(cat "$AUTHN_DIR/secret")
-  ais_cluster_conf "$AIS_AUTH_DATA/cluster.json" "$AIS_AUTH_ENDPOINT_URL" \
-    "{\"client_auth_required\": true, \"signature\": {\"method\": \"HS256\", \"key\": \"$key\"}}"
-  if ! proc_alive ais-auth-proxy0; then
-    ais_node_conf auth-proxy0 proxy 0 "$AIS_AUTH_PORT" "$AIS_AUTH_DATA"
-    start_proc ais-auth-proxy0 env -u KUBERNETES_SERVICE_HOST -u KUBERNETES_SERVICE_PORT \
-      AIS_PRIMARY_EP="$AIS_AUTH_ENDPOINT_URL" "$AIS_BIN/aisnode" -role=proxy -config="$AIS_AUTH_DATA/cluster.json" \
-      -local_config="$AIS_AUTH_DATA/auth-proxy0/local.json" -ntargets=1
-    sleep 1
-  fi
-  if ! proc_alive ais-auth-target1; then
-    ais_node_conf auth-target1 target 1 "$((AIS_AUTH_PORT + 21))" "$AIS_AUTH_DATA"
-    start_proc ais-auth-target1 env -u KUBERNETES_SERVICE_HOST -u KUBERNETES_SERVICE_PORT \
-      AIS_PRIMARY_EP="$AIS_AUTH_ENDPOINT_URL" "$AIS_BIN/aisnode" -role=target -config="$AIS_AUTH_DATA/cluster.json" \
-      -local_config="$AIS_AUTH_DATA/auth-target1/local.json"
-  fi
+  ais_manifests ais-auth "$AIS_AUTH_PORT" 1 "$AIS_AUTH_DATA" \
+    "{\"client_auth_required\": true, \"signature\": {\"method\": \"HS256\", \"key\": \"$key\"}}" |
+    kubectl apply -f - >/dev/null  # http://ais-auth-proxy.ais:56080
 }
 
 apply_authn() { # the AuthN server as a pod: in its own network namespace (it binds every interface it has)
@@ -543,14 +662,13 @@ spec:
   selector: {app: ais-authn}
   ports: [{name: http, port: $AUTHN_PORT, targetPort: $AUTHN_PORT, protocol: TCP}]
 EOF
-  host_service ais-auth-proxy "$AIS_AUTH_PORT" | kubectl apply -f - >/dev/null  # http://ais-auth-proxy.ais:56080
 }
 
 auth_up() { # idempotent: AuthN, the AIS cluster that requires it, the registration and the operator's identity
   local t0=$SECONDS
   [[ -s "$IMAGE_CACHE/authn.tar" ]] || "$HACK_DIR/build-images.sh" authn
   import_image "$IMAGE_CACHE/authn.tar" "$AUTHN_IMAGE"
-  start_ais_auth
+  apply_ais_auth
   apply_authn
   wait_for "AIS (AuthN) ready" 120 ais_auth_ready || die "AIS with AuthN not ready; see $LOGS/ais-auth-*"
   wait_for "AuthN server ready" 120 authn_ready || die "AuthN not ready: kubectl -n ais logs deploy/ais-authn"
@@ -569,32 +687,7 @@ node_ready() {
     [[ -z "$(kubectl get node "$NODE_NAME" -o jsonpath='{.spec.taints}' 2>/dev/null)" ]]
 }
 
-host_service() { # host_service NAME PORT: a Service in namespace ais for an AIS proxy on this host
-  # AIS runs beside the node (host processes on the bridge IP); the Service is how pods find it, exactly as
-  # on a cluster where AIS runs in-cluster: http://NAME.ais:PORT
-  cat <<EOF
-apiVersion: v1
-kind: Service
-metadata: {name: $1, namespace: ais}
-spec:
-  ports: [{name: http, port: $2, targetPort: $2, protocol: TCP}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: $1-host
-  namespace: ais
-  labels: {kubernetes.io/service-name: $1, endpointslice.kubernetes.io/managed-by: sdo-cluster}
-addressType: IPv4
-ports: [{name: http, port: $2, protocol: TCP}]
-endpoints: [{addresses: ["$NODE_IP"], conditions: {ready: true}}]
-EOF
-}
-
-apply_cluster_objects() {
-  { printf 'apiVersion: v1\nkind: Namespace\nmetadata: {name: ais}\n---\n'; host_service ais-proxy "$AIS_PROXY_PORT"; } |
-    kubectl apply -f - >/dev/null
-}
+ais_namespace() { kubectl create namespace ais --dry-run=client -o yaml | kubectl apply -f - >/dev/null; }
 
 # ---------------------------------------------------------------------------------------------- commands
 
@@ -610,13 +703,12 @@ cmd_up() {
   fi
   cmd_down
   "$HACK_DIR/build-binaries.sh"
-  "$HACK_DIR/build-images.sh" pause
+  "$HACK_DIR/build-images.sh" pause aisnode
   [[ -s "$IMAGE_CACHE/project.tar" && "${SDO_REBUILD_IMAGE:-0}" != 1 ]] || "$HACK_DIR/build-images.sh" project
   mkdir -p "$STATE" "$LOGS" "$PIDS"
   log "starting cluster (state: $STATE)"
   network_up
   make_pki
-  start_ais                     # AIS needs ~15-30 s to form; it comes up while Kubernetes does
   start_etcd
   start_apiserver
   start_controllers
@@ -626,9 +718,10 @@ cmd_up() {
   start_kube_proxy
   start_coredns
   wait_for "node $NODE_NAME Ready" 120 node_ready || die "node not Ready; see $LOGS/kubelet.log"
-  apply_cluster_objects
+  ais_namespace
+  apply_ais
   wait_for "serviceaccount default/default" 60 kubectl get serviceaccount default -n default
-  wait_for "AIS cluster ready" 120 ais_ready || die "AIS not ready; see $LOGS/ais-*"
+  wait_for "AIS cluster ready" 120 ais_ready || die "AIS not ready; see kubectl -n ais get pods and $LOGS/ais-*"
   wait_for "all components healthy" 60 all_healthy || { status; die "cluster unhealthy"; }
   if [[ $AIS_AUTH == 1 ]]; then auth_up; fi
   touch "$STATE/up"
@@ -643,8 +736,6 @@ cmd_down() {
   stop_proc kubelet "$K8S_BIN/kubelet"
   stop_proc coredns "$COREDNS_BIN/coredns"
   local f
-  for f in "$PIDS"/ais-*.pid; do [[ -e $f ]] && stop_proc "$(basename "$f" .pid)"; done
-  stop_pids $(pgrep -f -- "$AIS_BIN/aisnode" || true)
   # Pod containers: kill every container runc knows in our runtime root, then the shims, then containerd.
   local runc_root id
   for runc_root in "$CONTAINERD_STATE"/runc/*; do
@@ -705,6 +796,7 @@ status_base() {
   check kube-proxy curl -sf http://127.0.0.1:10256/healthz
   check coredns curl -sf http://127.0.0.1:18181/ready
   check "node $NODE_NAME Ready" node_ready
+  check "ais pods (StatefulSets)" ais_pods_ready
   check "ais (prr)" ais_ready
   local n; n=$(curl -sf "$AIS_ENDPOINT_URL/v1/daemon?what=smap" 2>/dev/null | jq '.tmap | length' 2>/dev/null || echo 0)
   check "ais targets ($n/$AIS_TARGETS)" test "$n" -ge "$AIS_TARGETS"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import naming
-from .spec import API_GROUP, API_VERSION, KIND, DatasetSpec
+from .spec import API_GROUP, API_VERSION, KIND, AisEtl, DatasetSpec
 
 CONVERTER_CONTAINER = "converter"
 # Seeded shuffles are carried out by dSort as a sort on this per-sample member (the sample's rank under
@@ -61,6 +62,8 @@ class ConverterDefaults:
     forbidden_toleration_keys: tuple[str, ...] = CONTROL_PLANE_TAINTS
     enforce_placement: bool = False
     user_image_pull_policy: str = "Always"
+    etl_images: tuple[str, ...] = ()  # image prefixes spec.transform.aisEtl may name; empty: none
+    etl_init_timeout: str = "3m"
 
 
 def placement_problem(spec: DatasetSpec, defaults: ConverterDefaults) -> str | None:
@@ -159,7 +162,67 @@ def converter_config(spec: DatasetSpec, owner: Owner, workers: int | None = None
             else None
         ),
         "transform": spec.transform.to_config() if spec.transform else None,
+        "aisEtl": (
+            {"name": naming.etl_name(owner.uid, owner.version), "member": spec.transform.ais_etl.member}
+            if spec.transform and spec.transform.ais_etl
+            else None
+        ),
         "transformImage": spec.transform.function.image if spec.transform and spec.transform.function else None,
+    }
+
+
+ETL_PORT = 8000  # the port AIS expects an ETL webserver on (named "default")
+ETL_CLASS_ENV = "SDO_ETL_CLASS"  # etl/sdo_etl/serve.py: the "module:Class" to run
+
+
+def etl_image_problem(etl: AisEtl, defaults: ConverterDefaults) -> str | None:
+    """Why the operator may not start this ETL image (None: it may). An ETL pod runs in the AIS cluster's
+    namespace with the target's volumes mounted (read-only): the operator's setting names what may run there."""
+    if any(etl.image.startswith(prefix) for prefix in defaults.etl_images):
+        return None
+    allowed = ", ".join(defaults.etl_images) or "none configured"
+    return (
+        f"spec.transform.aisEtl.image {etl.image} is not an image this operator may start as an AIS ETL "
+        f"(operator setting etl.allowedImages: {allowed})"
+    )
+
+
+def etl_init_message(etl: AisEtl, name: str, owner: Owner, defaults: ConverterDefaults) -> dict[str, Any]:
+    """The AIS ETL init request (`PUT /v1/etl`): a pod spec for the ETL webserver, which AIS starts next to
+    every target. A full pod spec (not AIS's image-only form, which always pulls) so that the pull policy is the
+    operator's, as for every user image."""
+    env = [{"name": k, "value": v} for k, v in etl.env]
+    if etl.class_name:
+        env.insert(0, {"name": ETL_CLASS_ENV, "value": etl.class_name})
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "labels": {naming.LABEL_NAME: owner.name, "shardeddataset.dev/namespace": owner.namespace},
+        },
+        "spec": {
+            "automountServiceAccountToken": False,
+            "containers": [
+                {
+                    "name": "server",
+                    "image": etl.image,
+                    "imagePullPolicy": defaults.user_image_pull_policy,
+                    "ports": [{"name": "default", "containerPort": ETL_PORT}],
+                    "readinessProbe": {"httpGet": {"path": "/health", "port": "default"}, "periodSeconds": 2},
+                    "env": env,
+                    "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True},
+                }
+            ],
+        },
+    }
+    spec_yaml = json.dumps(pod, sort_keys=True)  # JSON is YAML: what AIS decodes
+    return {
+        "name": name,
+        "communication": f"{etl.comm_type}://",
+        "init_timeout": defaults.etl_init_timeout,
+        "obj_timeout": etl.obj_timeout,
+        "spec": base64.b64encode(spec_yaml.encode()).decode(),
     }
 
 

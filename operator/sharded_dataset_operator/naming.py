@@ -45,6 +45,24 @@ def uid_tag(uid: str) -> str:
     return uid.replace("-", "")[:UID_TAG_HEX]
 
 
+ETL_PREFIX = "sds-"
+
+
+def etl_name(uid: str, version: str | int) -> str:
+    """The AIS ETL a version converts through: `sds-<uid tag>-<version>` (AIS allows 6..32 of [a-z0-9-])."""
+    return f"{etl_prefix(uid)}{_vid(version)}"
+
+
+def serve_etl_name(uid: str) -> str:
+    """The AIS ETL readers apply to this resource's shards (`spec.serve.etl`): `sds-<uid tag>-serve`."""
+    return f"{etl_prefix(uid)}serve"
+
+
+def etl_prefix(uid: str) -> str:
+    """Every AIS ETL this resource runs is named with this prefix (how its leftovers are found)."""
+    return f"{ETL_PREFIX}{uid_tag(uid)}-"
+
+
 def legacy_uid_tag(uid: str) -> str:
     """The 32-bit uid tag of names written before 64-bit tags (records of such versions are still acted on)."""
     return uid.replace("-", "")[:8]

@@ -16,7 +16,15 @@ from typing import Any
 from . import builders, failpoints, failures, naming, reconcile, units, versions
 from .builders import ConverterDefaults, Owner
 from .clients import kube
-from .clients.ais import AccessDenied, Ais, AisUnavailable, BucketNotFound, DsortRejected, ListingError
+from .clients.ais import (
+    AccessDenied,
+    Ais,
+    AisUnavailable,
+    BucketNotFound,
+    DsortRejected,
+    EtlRejected,
+    ListingError,
+)
 from .metrics import METRICS
 from .model import DsortJob
 from .reconcile import Decision, Event, Observed
@@ -24,7 +32,7 @@ from .settings import SETTINGS, Settings
 from .spec import DatasetSpec, SpecError, parse_spec
 from .status import RECONCILING, STALLED, DatasetStatus, Phase, set_condition
 from .verify import OutputTally
-from .versions import IndexInfo
+from .versions import IndexInfo, parse_duration
 
 log = logging.getLogger("sds.operator")
 
@@ -33,6 +41,9 @@ log = logging.getLogger("sds.operator")
 class PassResult:
     requeue: float | None
     events: list[Event] = field(default_factory=list)
+
+
+ETL_INIT_WAIT = 30.0  # seconds beyond the ETL's init timeout the operator waits for AIS to answer the init
 
 
 def now_iso() -> str:
@@ -288,6 +299,9 @@ def observe(ais: Ais, spec: DatasetSpec, owner: Owner, previous: dict[str, Any],
     """What exists for the wanted version; `dsort`: the access dSort jobs are listed with (default `ais`)."""
     obs = Observed(previous=previous)
     gen = owner.generation
+    wants_etl = spec.serve_etl is not None or (spec.transform is not None and spec.transform.ais_etl is not None)
+    if wants_etl or previous.get("etl") or previous.get("serve"):
+        obs.etls = (dsort or ais).etl_list(naming.etl_prefix(owner.uid))
     observe_versions(ais, spec, owner, obs)
     if obs.output_conflict:
         return obs
@@ -504,6 +518,24 @@ def execute(
             case reconcile.DeletePrefix(bucket=bucket, provider=provider, prefix=prefix):
                 n = ais.delete_prefix(bucket, prefix, provider)
                 log.info("%s/%s: deleted %d objects under %s", owner.namespace, owner.name, n, prefix)
+            case reconcile.InitEtl(name=name, message=message, serving=serving):
+                try:
+                    dsort.etl_init(message, ETL_INIT_WAIT + parse_duration(str(message.get("init_timeout") or "3m")))
+                except EtlRejected as e:
+                    dsort.etl_delete(name)  # whatever AIS started of it: a retry starts afresh
+                    if serving:  # the build goes on; readers see why their ETL is missing
+                        failed = {"stage": None, "message": str(e), "failedAt": now_iso()}
+                        decision.status.serve = {**(decision.status.serve or {}), **failed}
+                        decision.events.append(Event("Warning", "EtlFailed", f"serving ETL {name}: {e}"))
+                        continue
+                    reconcile.fail(decision, "EtlFailed", str(e))
+                    return
+                log.info("%s/%s: AIS ETL %s runs", owner.namespace, owner.name, name)
+                decision.events.append(Event("Normal", "EtlStarted", f"AIS ETL {name} runs next to every target"))
+            case reconcile.DeleteEtls(names=names):
+                for name in names:
+                    dsort.etl_delete(name)
+                    log.info("%s/%s: removed AIS ETL %s", owner.namespace, owner.name, name)
 
 
 def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
@@ -530,6 +562,8 @@ def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
         forbidden_toleration_keys=settings.converter_forbidden_toleration_keys,
         enforce_placement=settings.converter_enforce_placement,
         user_image_pull_policy=settings.user_image_pull_policy,
+        etl_images=settings.etl_images,
+        etl_init_timeout=settings.etl_init_timeout,
     )
     if not settings.endpoint_allowed(spec.ais.endpoint):
         msg = (f"spec.ais.endpoint {spec.ais.endpoint} is not one of the AIS endpoints this operator may use "
@@ -699,6 +733,8 @@ def delete_everything(obj: dict[str, Any], settings: Settings) -> int:
         *((shuffled, naming.uid_base(prefix, owner.uid)) for prefix in _output_prefixes(spec)),
     }:
         ais.delete_prefix(bucket.name, prefix, bucket.provider)
+    for name in dsort.etl_list(naming.etl_prefix(owner.uid)):
+        dsort.etl_delete(name)
     bucket_name, provider, index = reconcile.index_location(spec)
     indexes = [index]
     if spec.splits:

@@ -27,6 +27,7 @@ from .versions import IndexInfo
 
 ACTIVE_REQUEUE = 1.0  # while a step runs (the operator's SDS_ACTIVE_INTERVAL overrides it)
 STALLED_REQUEUE = 15.0
+SERVE_ETL_RETRY = 300.0  # seconds between attempts to start a serving ETL that AIS could not start
 
 
 # ------------------------------------------------------------------------------------------ observations
@@ -55,6 +56,7 @@ class Observed:
     wanted_index: dict[str, Any] | None = None  # the wanted version's own index, when already written
     reused: dict[str, Any] | None = None  # the planner's record of the converted shards it reuses
     output_conflict: str | None = None  # the stable index belongs to another resource: why, naming it
+    etls: dict[str, str] = field(default_factory=dict)  # this resource's AIS ETLs (naming.etl_prefix): stage
 
 
 # ------------------------------------------------------------------------------------------ actions
@@ -126,6 +128,23 @@ class DeletePrefix:
     prefix: str
 
 
+@dataclass(frozen=True, slots=True)
+class InitEtl:
+    """Start an AIS ETL (`builders.etl_init_message`); AIS runs its pod next to every target. `serving`: the
+    readers' ETL (`spec.serve.etl`), whose failure is reported in `status.serve`, not by failing the build."""
+
+    name: str
+    message: dict[str, Any]
+    serving: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteEtls:
+    """Stop and remove AIS ETLs of this resource that no step needs any more."""
+
+    names: tuple[str, ...]
+
+
 Action = (
     EnsureBucket
     | CreateJob
@@ -136,6 +155,8 @@ Action = (
     | WriteIndex
     | DeleteObjects
     | DeletePrefix
+    | InitEtl
+    | DeleteEtls
 )
 
 
@@ -270,6 +291,7 @@ class Pass:
     tracks: list[Track] = field(default_factory=list)  # one, or one per split
     published_now: IndexInfo | None = None  # the wanted version, when this pass publishes it
     reused: dict[str, Any] | None = None  # the converted shards the plan takes over from earlier versions
+    etls_needed: set[str] = field(default_factory=set)  # the AIS ETLs a step of this pass still uses
 
     @property
     def st(self) -> DatasetStatus:
@@ -373,6 +395,10 @@ def decide(spec: DatasetSpec, owner: Owner, obs: Observed, defaults: ConverterDe
     else:
         decision = _build(p)
         _settle_versions(p, decision)
+    _serve_etl(p)
+    unneeded = sorted(set(obs.etls) - p.etls_needed)
+    if unneeded:  # the conversion that used them is over (or the spec no longer asks for one)
+        decision.actions.append(DeleteEtls(tuple(unneeded)))
     decision.events[:0] = refused
     return decision
 
@@ -622,6 +648,9 @@ def _conversion(p: Pass) -> Decision | None:
         todo = f"{(plan.get('units') or {}).get('convertSamples', plan['samples'])} samples"
         if p.reused:
             todo += f" ({int(p.reused.get('written') or 0)} more reused from an earlier version)"
+        waiting = _etl(p)
+        if waiting is not None:
+            return waiting
         if obs.job is None:
             p.decision.actions.append(
                 CreateJob(builders.build_converter_job(spec, p.owner, p.defaults, workers=workers))
@@ -691,6 +720,60 @@ def _conversion(p: Pass) -> Decision | None:
         p.tracks.append(Track(name, sorted(r["name"] for r in recs), order, written, samples, tar_bytes))
     st.splits = {t.split or "": {"samples": t.samples, "convertedShards": len(t.shards)} for t in p.tracks}
     return None
+
+
+def _etl(p: Pass) -> Decision | None:
+    """With `spec.transform.aisEtl`: the version's AIS ETL must run before (and while) the converters read
+    through it; it is started here and removed once the conversion is over (`decide`)."""
+    etl = p.spec.transform.ais_etl if p.spec.transform else None
+    if etl is None:
+        return None
+    name = naming.etl_name(p.owner.uid, p.owner.version)
+    p.etls_needed.add(name)
+    stage = p.obs.etls.get(name)
+    p.st.etl = {"name": name, "stage": stage or "Initializing", "image": etl.image}
+    if stage == "Running":
+        return None
+    problem = builders.etl_image_problem(etl, p.defaults)
+    if problem is not None:
+        return p.failed(CONVERTED, "EtlNotAllowed", problem)
+    if stage is None:
+        p.decision.actions.append(InitEtl(name, builders.etl_init_message(etl, name, p.owner, p.defaults)))
+        return p.working(Phase.CONVERTING, "EtlStarting", f"starting AIS ETL {name} ({etl.image}) on every target")
+    if stage in ("Aborted", "Unknown"):
+        p.etls_needed.discard(name)  # removed, so that a retry starts it afresh
+        return p.failed(CONVERTED, "EtlFailed", f"AIS ETL {name} is {stage}: see its pods in the AIS namespace")
+    return p.working(Phase.CONVERTING, "EtlStarting", f"waiting for AIS ETL {name} ({stage})")
+
+
+def _serve_etl(p: Pass) -> None:
+    """`spec.serve.etl`: an AIS ETL kept running while the resource exists, for readers to apply to its shards
+    on the fly (`GET <shard>?etl_name=<status.serve.etl>`). Started on any pass that finds it missing."""
+    etl = p.spec.serve_etl
+    if etl is None:
+        return
+    name = naming.serve_etl_name(p.owner.uid)
+    stage = p.obs.etls.get(name)
+    serve: dict[str, Any] = {"etl": name, "stage": stage or "Initializing", "image": etl.image}
+    p.st.serve = serve
+    problem = builders.etl_image_problem(etl, p.defaults)
+    if problem is not None and stage is None:
+        serve.update(etl=None, stage=None, message=problem)
+        if (p.prev.get("serve") or {}).get("message") != problem:
+            p.decision.events.append(Event("Warning", "EtlNotAllowed", problem))
+        return
+    if stage in ("Aborted", "Unknown"):
+        serve["message"] = f"AIS ETL {name} is {stage}: started again"
+        return  # not needed: removed now, started again on the next pass
+    p.etls_needed.add(name)
+    if stage is None:
+        failed_at = _epoch((p.prev.get("serve") or {}).get("failedAt"))
+        if failed_at is not None and _seconds_since(failed_at, p.now) < SERVE_ETL_RETRY:
+            serve.update(
+                stage=None, message=(p.prev.get("serve") or {}).get("message"), failedAt=p.prev["serve"]["failedAt"]
+            )
+            return  # AIS could not start it a moment ago: try again later, not on every pass
+        p.decision.actions.append(InitEtl(name, builders.etl_init_message(etl, name, p.owner, p.defaults), True))
 
 
 def _shuffle(p: Pass) -> Decision | None:

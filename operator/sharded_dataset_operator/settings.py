@@ -25,7 +25,11 @@ class Settings:
         "node-role.kubernetes.io/master",
     )
     converter_enforce_placement: bool = False  # spec.conversion.nodeSelector/tolerations refused
-    user_image_pull_policy: str = "Always"  # for spec.transform.function.image
+    user_image_pull_policy: str = "Always"  # for spec.transform.function.image and AIS ETL images
+    # image prefixes spec.transform.aisEtl.image may start with (an ETL pod runs in the AIS namespace, with the
+    # targets' volumes mounted read-only); empty: no dataset may start an AIS ETL
+    etl_images: tuple[str, ...] = field(default_factory=tuple)
+    etl_init_timeout: str = "3m"  # how long AIS may take to start an ETL's pods
     watch_namespaces: tuple[str, ...] = field(default_factory=tuple)  # empty: all namespaces
     log_level: str = "INFO"
     liveness_endpoint: str = "http://0.0.0.0:8080/healthz"
@@ -99,6 +103,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         else Settings.converter_forbidden_toleration_keys,
         converter_enforce_placement=e.get("SDS_CONVERTER_ENFORCE_PLACEMENT", "") == "1",
         user_image_pull_policy=e.get("SDS_USER_IMAGE_PULL_POLICY", "") or Settings.user_image_pull_policy,
+        etl_images=tuple(x.strip() for x in e.get("SDS_ETL_IMAGES", "").split(",") if x.strip()),
+        etl_init_timeout=e.get("SDS_ETL_INIT_TIMEOUT", "") or Settings.etl_init_timeout,
         watch_namespaces=namespaces,
         log_level=e.get("SDS_LOG_LEVEL", "INFO").upper(),
         liveness_endpoint=e.get("SDS_LIVENESS_ENDPOINT", Settings.liveness_endpoint),

@@ -157,11 +157,25 @@ class Function:
 
 
 @dataclass(frozen=True, slots=True)
+class AisEtl:
+    """An AIS ETL the operator runs next to the data: the webserver class `class_name` ("module:Class", in
+    `image`) transforms each raw object of member `member` as the converter reads it through the ETL."""
+
+    image: str
+    member: str
+    class_name: str | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    comm_type: str = "hpush"
+    obj_timeout: str = "45s"
+
+
+@dataclass(frozen=True, slots=True)
 class Transform:
-    """Per-sample work in the converter: the user function first, then the resize."""
+    """Per-sample work: the AIS ETL as the member is read, then the user function, then the resize."""
 
     resize: Resize | None = None
     function: Function | None = None
+    ais_etl: AisEtl | None = None
 
     def to_config(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -173,10 +187,43 @@ class Transform:
         return out
 
 
+ETL_COMM_TYPES = ("hpush", "hpull")
+_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_CLASS_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _ais_etl(raw: dict[str, Any], members: list[str], path: str) -> AisEtl:
+    etl = AisEtl(
+        image=str(raw.get("image") or ""),
+        member=str(raw.get("member") or ""),
+        class_name=str(raw["class"]) if raw.get("class") else None,
+        env=tuple(sorted((str(k), str(v)) for k, v in (raw.get("env") or {}).items())),
+        comm_type=str(raw.get("commType") or "hpush"),
+        obj_timeout=str(raw.get("objectTimeout") or "45s"),
+    )
+    if not etl.image:
+        raise SpecError(f"{path}.image: required")
+    if members and etl.member not in members:
+        raise SpecError(f"{path}.member: {etl.member!r} is not a member of the samples")
+    if not members and etl.member:
+        raise SpecError(f"{path}.member: not a field here (the ETL applies to whole shards)")
+    if etl.class_name is not None and not _CLASS_RE.match(etl.class_name):
+        raise SpecError(f"{path}.class: must be module:Class, e.g. sdo_etl.examples:ResizeImage")
+    bad = [k for k, _ in etl.env if not _ENV_RE.match(k)]
+    if bad:
+        raise SpecError(f"{path}.env: {bad[0]!r} is not an environment variable name")
+    if etl.comm_type not in ETL_COMM_TYPES:
+        raise SpecError(f"{path}.commType: must be hpush or hpull")
+    parse_duration(etl.obj_timeout, f"{path}.objectTimeout")
+    return etl
+
+
 def _transform(raw: dict[str, Any], members: list[str]) -> Transform | None:
     if not raw:
         return None
-    resize = function = None
+    resize = function = ais_etl = None
+    if raw.get("aisEtl"):
+        ais_etl = _ais_etl(raw["aisEtl"], members, "spec.transform.aisEtl")
     if raw.get("resize"):
         r = raw["resize"]
         resize = Resize(
@@ -198,9 +245,9 @@ def _transform(raw: dict[str, Any], members: list[str]) -> Transform | None:
         function = Function(name=str(f.get("name") or ""), image=str(f["image"]) if f.get("image") else None)
         if not _FUNCTION_RE.match(function.name):
             raise SpecError("spec.transform.function.name: must be module:function, e.g. my_transforms:crop")
-    if resize is None and function is None:
+    if resize is None and function is None and ais_etl is None:
         return None
-    return Transform(resize=resize, function=function)
+    return Transform(resize=resize, function=function, ais_etl=ais_etl)
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +294,7 @@ class DatasetSpec:
     extra: dict[str, Any] = field(default_factory=dict)
     transform: Transform | None = None
     splits: Splits | None = None
+    serve_etl: AisEtl | None = None  # spec.serve.etl: an AIS ETL kept running for readers (inline GET)
 
 
 def _reads(raw: dict[str, Any]) -> Reads:
@@ -375,6 +423,9 @@ def parse_spec(spec: dict[str, Any], *, name: str, default_endpoint: str) -> Dat
         if not 1 <= shuffle.max_attempts <= 10:
             raise SpecError("spec.shuffle.maxAttempts: must be within 1..10")
 
+    transform = _transform(spec.get("transform") or {}, names)
+    if transform is not None and transform.ais_etl is not None and source.bucket is None:
+        raise SpecError("spec.transform.aisEtl: needs an AIS source (spec.source.ais): AIS ETL reads AIS objects")
     policy = str(spec.get("deletionPolicy") or "Retain")
     if policy not in ("Retain", "Delete"):
         raise SpecError("spec.deletionPolicy: must be Retain or Delete")
@@ -388,7 +439,10 @@ def parse_spec(spec: dict[str, Any], *, name: str, default_endpoint: str) -> Dat
         conversion=conversion,
         shuffle=shuffle,
         deletion_policy=policy,
-        transform=_transform(spec.get("transform") or {}, names),
+        transform=transform,
+        serve_etl=_ais_etl((spec.get("serve") or {})["etl"], [], "spec.serve.etl")
+        if (spec.get("serve") or {}).get("etl")
+        else None,
         splits=_splits(spec.get("splits"), label),
     )
 

@@ -114,6 +114,8 @@ class DatasetStatus:
     serving: str | None = None  # an older version is published and readable: what it is (Ready's message)
     versions: dict[str, Any] | None = None
     splits: dict[str, dict[str, Any]] | None = None  # per split: samples, shards, bytes, index, shuffle
+    etl: dict[str, Any] | None = None  # the AIS ETL the conversion reads through: name, stage, image
+    serve: dict[str, Any] | None = None  # spec.serve.etl: the readers' ETL (name, stage, image, message)
 
     def conditions(self, previous: list[dict[str, Any]], now: str) -> list[dict[str, Any]]:
         gen = self.observed_generation
@@ -190,4 +192,6 @@ class DatasetStatus:
         if self.versions is not None:
             status["versions"] = self.versions
         status["splits"] = self.splits  # None removes it (a spec without splits any more)
+        status["etl"] = self.etl
+        status["serve"] = self.serve
         return status

@@ -1,8 +1,9 @@
-"""Fault injection on the local cluster: kill an AIS node process and start it again, as it was started, or
-push every target over its capacity high watermark.
+"""Fault injection on the local cluster: kill an AIS node (its aisnode process, SIGKILL, then its pod) and let
+its StatefulSet bring it back after a set time, or push every target over its capacity high watermark.
 
-AIS nodes run on this host (hack/cluster.sh); a killed node is restarted with its own command line and
-environment, read from /proc before the kill, and the helpers always undo their fault, even when the test fails.
+AIS runs as pods in namespace `ais` (hack/cluster.sh). A node's container waits while `<data>/<pod>/hold`
+exists, so a killed node stays away exactly as long as a test says; the helpers always undo their fault, even
+when the test fails.
 """
 
 from __future__ import annotations
@@ -10,20 +11,24 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import requests
 
 from sharded_dataset_operator.clients.ais import Ais
 
-LOGS = Path("/var/lib/sharded-dataset-operator/cluster/logs")
+AIS_DATA = Path("/var/lib/sharded-dataset-operator/cluster/ais")  # one directory per AIS pod (hostPath)
 
 
-def node_pid(role: str, name: str) -> int:
-    """PID of the aisnode process whose local config is `<name>/local.json` (e.g. target1, proxy0)."""
+class Kubectl(Protocol):
+    def run(self, *args: str, check: bool = ..., timeout: float = ...) -> str: ...
+
+
+def node_pid(pod: str) -> int:
+    """PID (on this host) of the aisnode process of AIS pod `pod` (e.g. ais-target-0, ais-proxy-0)."""
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -31,10 +36,9 @@ def node_pid(role: str, name: str) -> int:
             cmd = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        text = b" ".join(cmd).decode(errors="replace")
-        if "aisnode" in text and f"-role={role}" in text and f"/{name}/local.json" in text:
+        if cmd and cmd[0].endswith(b"/aisnode") and any(c.endswith(f"/{pod}/local.json".encode()) for c in cmd):
             return int(proc.name)
-    raise AssertionError(f"no running AIS {role} {name}")
+    raise AssertionError(f"no running aisnode in pod {pod}")
 
 
 def cluster_healthy(endpoint: str, targets: int = 2) -> bool:
@@ -51,37 +55,33 @@ def cluster_healthy(endpoint: str, targets: int = 2) -> bool:
 
 
 @contextlib.contextmanager
-def node_down(endpoint: str, role: str, name: str) -> Iterator[None]:
-    """SIGKILL the node; on exit start it again exactly as it ran and wait until the cluster is whole."""
-    with nodes_down(endpoint, [(role, name)]):
+def node_down(kube: Kubectl, endpoint: str, pod: str, *, delete_pod: bool = True) -> Iterator[None]:
+    """Kill AIS pod `pod` for the duration of the block (see `nodes_down`)."""
+    with nodes_down(kube, endpoint, [pod], delete_pod=delete_pod):
         yield
 
 
 @contextlib.contextmanager
-def nodes_down(endpoint: str, nodes: list[tuple[str, str]]) -> Iterator[None]:
-    """SIGKILL the (role, name) nodes at once; on exit start each again exactly as it ran, then wait until the
-    cluster is whole."""
-    procs = []
-    for role, name in nodes:
-        proc = Path(f"/proc/{node_pid(role, name)}")
-        cmd = [c.decode() for c in (proc / "cmdline").read_bytes().split(b"\0") if c]
-        env = dict(line.decode().split("=", 1) for line in (proc / "environ").read_bytes().split(b"\0") if b"=" in line)
-        procs.append((name, proc, cmd, env, os.readlink(proc / "cwd")))
-    for _, proc, *_ in procs:
-        os.kill(int(proc.name), signal.SIGKILL)
+def nodes_down(kube: Kubectl, endpoint: str, pods: list[str], *, delete_pod: bool = True) -> Iterator[None]:
+    """SIGKILL the aisnode process of each pod at once, as a crash would, then (delete_pod) force-delete the pods
+    so that their StatefulSet creates them again; without delete_pod the kubelet restarts the container in place.
+    Either way the node's new container waits until the block ends; then the cluster must be whole again."""
+    holds = [AIS_DATA / pod / "hold" for pod in pods]
+    for hold in holds:
+        hold.touch()
     try:
+        for pid in [node_pid(pod) for pod in pods]:
+            os.kill(pid, signal.SIGKILL)
+        if delete_pod:
+            kube.run("-n", "ais", "delete", "pod", *pods, "--grace-period=0", "--force", "--wait=false")
         yield
     finally:
-        for name, proc, cmd, env, cwd in procs:
-            deadline = time.monotonic() + 30
-            while proc.exists() and time.monotonic() < deadline:
-                time.sleep(0.2)
-            with open(LOGS / f"ais-{name}.log", "ab") as log:
-                subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=log, start_new_session=True)
+        for hold in holds:
+            hold.unlink(missing_ok=True)
         deadline = time.monotonic() + 120
         while not cluster_healthy(endpoint) and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert cluster_healthy(endpoint), f"AIS {', '.join(n for _, n in nodes)} did not rejoin within 120 s"
+        assert cluster_healthy(endpoint), f"AIS {', '.join(pods)} did not rejoin within 120 s"
 
 
 @contextlib.contextmanager

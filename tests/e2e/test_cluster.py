@@ -7,6 +7,7 @@ import json
 import subprocess
 import tarfile
 import time
+from typing import Any
 
 import pytest
 
@@ -151,6 +152,39 @@ data = b.object("dir/hello.txt").get_reader().read_all().decode()
 names = [e.name for e in b.list_objects_iter(prefix="dir/")]
 print(json.dumps({"data": data, "names": names}))
 """
+
+
+def test_ais_runs_as_pods_with_the_etl_rights_and_no_more(kube: Kube, ais: Ais) -> None:
+    """AIS as its users run it on Kubernetes: proxy and target pods Running and Ready in namespace ais, the
+    targets (every one in the cluster map) with the rights AIS ETL uses in their namespace only."""
+
+    def ready_pods() -> list[dict[str, Any]] | None:
+        pods = kube.list("pods", "ais", "ais.sdo.dev/cluster=ais")
+        ready = [
+            p
+            for p in pods
+            if p["status"].get("phase") == "Running" and all(c["ready"] for c in p["status"]["containerStatuses"])
+        ]
+        return ready if len(ready) == len(pods) == 3 else None
+
+    pods = wait_until(ready_pods, 120, "the AIS pods Running and Ready")  # a previous fault may be healing
+    roles = sorted(p["metadata"]["labels"]["ais.sdo.dev/role"] for p in pods)
+    assert roles == ["proxy", "target", "target"], roles
+    assert {p["spec"]["containers"][0]["image"] for p in pods} == {"localhost/sdo-aisnode:1.5.0"}
+    members = ais.membership()
+    assert members is not None and members.targets == members.answering == 2
+    sa = "system:serviceaccount:ais:ais-target"
+
+    def can(*args: str) -> bool:
+        return kube.try_run("auth", "can-i", *args, "--as", sa).stdout.strip() == "yes"
+
+    assert can("create", "pods", "-n", "ais") and can("delete", "services", "-n", "ais")
+    assert can("get", "pods", "--subresource", "log", "-n", "ais") and can("watch", "pods", "-n", "ais")
+    assert not can("create", "pods", "-n", "default") and not can("get", "secrets", "-n", "ais")
+    assert not can("update", "pods", "-n", "ais") and not can("create", "pods", "--subresource", "exec", "-n", "ais")
+    assert not can("list", "nodes")
+    proxy_sa = "system:serviceaccount:ais:ais-proxy"
+    assert kube.try_run("auth", "can-i", "get", "pods", "-n", "ais", "--as", proxy_sa).stdout.strip() == "no"
 
 
 def test_ais_through_its_service_from_a_pod(kube: Kube, namespace: str, ais: Ais) -> None:

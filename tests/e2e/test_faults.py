@@ -1,7 +1,8 @@
-"""Faults as weather. Each case injects one real fault into the local cluster (an AIS node process killed and
-restarted, a converter pod deleted or OOM-killed, the operator killed between an AIS side effect and the
-status write) and ends Ready with exactly the complete samples, read back byte for byte with webdataset, or
-Failed with the reason a user needs. Cases that do not share a fault run their datasets side by side.
+"""Faults as weather. Each case injects one real fault into the local cluster (an AIS node pod killed: its
+process SIGKILLed and the pod deleted or restarted in place; a converter pod deleted or OOM-killed; the
+operator killed between an AIS side effect and the status write) and ends Ready with exactly the complete
+samples, read back byte for byte with webdataset, or Failed with the reason a user needs. Cases that do not
+share a fault run their datasets side by side.
 """
 
 from __future__ import annotations
@@ -108,14 +109,14 @@ def wait_dsort_running(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
 
 
 def target_killed_during_dsort(kube: Kube, ais: Ais, endpoint: str, namespace: str, name: str) -> bool:
-    """Kill target1 for 5 s while the dataset's dSort job runs; False when the job had finished before the kill
+    """Kill ais-target-0 for 5 s while the dataset's dSort job runs; False when the job had finished before the kill
     could land (a small dSort can end within the status round trip), which leaves nothing to test."""
     obj = wait_dsort_running(kube, namespace, name)
     job_id = obj["status"]["shuffle"]["dsortJobId"]
     job = ais.dsort_job(job_id)
     if job is not None and job.finished and not job.aborted:
         return False
-    with node_down(endpoint, "target", "target1"):
+    with node_down(kube, endpoint, "ais-target-0"):
         time.sleep(5)
     return True
 
@@ -169,7 +170,7 @@ def test_target_killed_during_dsort_is_retried_to_ready_and_a_spent_budget_fails
     assert st["samples"]["written"] == len(raw.manifest["complete"])
     events = kube.events(namespace, weather)
     retries = [e["message"] for e in events if e["reason"] == "ShuffleRetry"]
-    assert retries and "dSort attempt 2/5 after:" in retries[0], retries
+    assert any(m.startswith("dSort attempt 2/5 after:") for m in retries), retries  # Events come unordered
     shards = check_index(ais, obj, out, "shuffled-index.json")
     assert all(s["url"].startswith(f"shuffled-{naming.uid_tag(obj['metadata']['uid'])}-g1-a") for s in shards)
     assert_complete_samples(raw, read_shards(ais, out, [s["url"] for s in shards], tmp_path))
@@ -210,7 +211,7 @@ def test_every_target_restarted_during_dsort_waits_for_them_then_counts_the_lost
     t0 = time.monotonic()
     kube.apply(spec_for("restart", namespace, raw, out))
     first = wait_dsort_running(kube, namespace, "restart")["status"]["shuffle"]
-    with nodes_down(endpoint, [("target", "target1"), ("target", "target2")]):
+    with nodes_down(kube, endpoint, ["ais-target-0", "ais-target-1"]):
 
         def waiting() -> dict[str, Any] | None:
             obj = kube.get("sds", "restart", namespace) or {}
@@ -248,7 +249,7 @@ def test_target_killed_during_conversion_and_during_verification_ends_ready_with
     kube.apply(conv)
     phase = wait_converting_with_shards(kube, ais, namespace, "conv", out)
     t1 = time.monotonic()
-    with node_down(endpoint, "target", "target1"):
+    with node_down(kube, endpoint, "ais-target-0"):
         time.sleep(30)
     mark("target killed during conversion: back in the cluster", t1)
     assert phase == "Converting", phase
@@ -270,7 +271,7 @@ def test_target_killed_during_conversion_and_during_verification_ends_ready_with
 
     wait_until(dsort_done, 300, "verify's dSort job to finish", interval=0.1)
     phase = ((kube.get("sds", "verify", namespace) or {}).get("status") or {}).get("phase")
-    with node_down(endpoint, "target", "target1"):
+    with node_down(kube, endpoint, "ais-target-1", delete_pod=False):  # the process alone: restarted in place
         time.sleep(5)
     assert phase == "Shuffling", phase  # not yet verified when the target went
     assert_ready_exact(kube, ais, namespace, "verify", raw, out, tmp_path)
@@ -287,7 +288,7 @@ def test_proxy_down_for_a_minute_stalls_then_resumes_by_itself(
     kube.apply(spec_for("outage", namespace, raw, out, output={"maxSamplesPerShard": 20}))
     assert wait_converting_with_shards(kube, ais, namespace, "outage", out) == "Converting"
     started = time.monotonic()
-    with node_down(endpoint, "proxy", "proxy0"):
+    with node_down(kube, endpoint, "ais-proxy-0"):
 
         def stalled() -> dict[str, Any] | None:
             obj = kube.get("sds", "outage", namespace) or {}

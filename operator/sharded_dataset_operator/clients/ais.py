@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import requests
 import urllib3
@@ -528,6 +529,69 @@ class Ais:
     def dsort_abort(self, job_id: str) -> None:
         self._rest("DELETE", "/v1/sort/abort", params={"uuid": job_id})
 
+    # ------------------------------------------------------------------ ETL (REST)
+
+    def etl_list(self, prefix: str = "") -> dict[str, str]:
+        """The ETLs AIS knows whose name starts with `prefix`: name -> stage (Initializing, Running, Aborted,
+        Unknown)."""
+        r = self._rest("GET", "/v1/etl")
+        if r.status_code == 501:
+            return {}  # built without the etl tag: no ETL exists
+        if r.status_code >= 400:
+            raise AisUnavailable(f"listing ETLs: HTTP {r.status_code}: {redact(r.text)[:300]}")
+        return {
+            str(e.get("id")): str(e.get("stage") or "Unknown")
+            for e in r.json() or []
+            if str(e.get("id")).startswith(prefix)
+        }
+
+    def etl_init(self, message: dict[str, Any], timeout: float) -> None:
+        """Start an ETL (`PUT /v1/etl`); returns once its pods run on every target. `EtlRejected` when AIS
+        refuses it or its pods do not become ready within the message's init timeout."""
+        try:
+            r = self.session.put(f"{self.endpoint}/v1/etl", json=message, timeout=(self.timeout[0], timeout))
+        except requests.RequestException as e:
+            raise AisUnavailable(f"AIS at {self.endpoint}: {e}") from e
+        if r.status_code in DENIED:
+            raise AccessDenied(f"PUT /v1/etl: HTTP {r.status_code}: {redact(r.text)[:300]}")
+        if r.status_code == 501 or "requires Kubernetes" in r.text or "not built" in r.text:
+            raise EtlRejected(f"this AIS cluster cannot run ETLs: {redact(r.text)[:300]}")
+        if r.status_code == 503:
+            raise AisUnavailable(f"AIS PUT /v1/etl: HTTP 503: {redact(r.text)[:300]}")
+        if r.status_code >= 400:
+            raise EtlRejected(
+                f"AIS did not start ETL {message.get('name')}: HTTP {r.status_code}: {redact(r.text)[:500]}"
+            )
+
+    def etl_delete(self, name: str) -> None:
+        """Stop and remove an ETL (its pods and Services go); an ETL that is already gone is fine."""
+        # A stop can be refused (an ETL still starting); the DELETE that follows removes it all the same.
+        self._rest("POST", f"/v1/etl/{name}/stop")
+        r = self._rest("DELETE", f"/v1/etl/{name}")
+        if r.status_code >= 400 and r.status_code != 404:
+            raise AisUnavailable(f"DELETE /v1/etl/{name}: HTTP {r.status_code}: {redact(r.text)[:300]}")
+
+    def get_through_etl(self, bucket: str, name: str, etl: str, provider: str = "ais") -> bytes:
+        """The object as ETL `etl` returns it: the transform runs in the ETL pod next to the target that holds
+        the object. `EtlObjectError` when the ETL failed on this object; AisUnavailable when AIS did not answer."""
+        url = f"{self.endpoint}/v1/objects/{bucket}/{quote(name, safe='/')}"
+        try:
+            r = self.session.get(url, params={"provider": provider, "etl_name": etl}, timeout=self.timeout)
+        except requests.RequestException as e:
+            raise AisUnavailable(f"AIS at {self.endpoint}: {e}") from e
+        if r.status_code == 200:
+            return r.content
+        text = redact(r.text)[:300]
+        if r.status_code in DENIED:
+            raise AccessDenied(f"GET {bucket}/{name} through ETL {etl}: HTTP {r.status_code}: {text}")
+        if r.status_code == 404 and "etl" in text.lower() and "not exist" in text.lower():
+            raise AisUnavailable(f"ETL {etl} is gone: {text}")
+        if r.status_code == 404:
+            raise MissingObject(f"{bucket}/{name}: not found")
+        if "transform error" in text or "ETL" in text:
+            raise EtlObjectError(f"HTTP {r.status_code}: {text}")
+        raise AisUnavailable(f"GET {bucket}/{name} through ETL {etl}: HTTP {r.status_code}: {text}")
+
 
 def _epoch(value: Any) -> float | None:
     """An RFC 3339 time from AIS as epoch seconds; None for absent or zero ("0001-01-01...") times."""
@@ -547,6 +611,14 @@ def _skip_environment_lookups(client: Client) -> None:
     manager = getattr(getattr(client, "_request_client", None), "session_manager", None)
     if manager is not None:
         manager.session.trust_env = False
+
+
+class EtlRejected(Exception):
+    """AIS refused to start an ETL, or its pods did not become ready: a retry with the same spec fails again."""
+
+
+class EtlObjectError(Exception):
+    """The ETL failed on one object (its transform raised, or timed out): that sample is skipped and counted."""
 
 
 class DsortRejected(Exception):

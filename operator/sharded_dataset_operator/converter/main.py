@@ -30,11 +30,11 @@ from typing import Any
 
 from .. import naming, plan, units
 from ..builders import ORDER_MEMBER, order_rank
-from ..clients.ais import Ais
+from ..clients.ais import Ais, EtlObjectError, MissingObject
 from ..samples import Sample
 from ..verify import Totals
 from .common import PermanentError, make_source, run_main
-from .reads import ReadPlan, read_samples
+from .reads import Failed, FetchFailed, MissingFile, ReadPlan, Through, read_samples
 from .sources import READS_BATCH, Source
 from .tarshard import FinishedShard, ShardCutter, encode_sample
 from .transforms import DROPPED, Skip, Transformer
@@ -53,6 +53,7 @@ CGROUP_MEMORY_LIMITS = (
 UNLIMITED = 1 << 60
 SKIP_EXAMPLES = 5
 FP_MOD = units.FINGERPRINT_MOD
+ETL_ERROR = "ais-etl-error"  # skip reason: the AIS ETL failed on the sample's member
 FAIL_FAST_SAMPLES = 100  # a transform that raised on each of a worker's first 100 samples is broken: stop
 
 
@@ -305,6 +306,26 @@ def runs(todo: list[units.Unit]) -> Iterator[list[units.Unit]]:
         yield group
 
 
+def etl_through(config: dict[str, Any], ais: Ais) -> Through | None:
+    """With `spec.transform.aisEtl`: the member's raw objects are read through the AIS ETL (the transform runs
+    in the ETL pod next to the target holding each object), not by the batch read."""
+    etl = config.get("aisEtl")
+    if not etl:
+        return None
+    src = config["source"]
+    bucket, provider, prefix, name = src["bucket"], src["provider"], src.get("prefix", ""), str(etl["name"])
+
+    def fetch(path: str) -> bytes:
+        try:
+            return ais.get_through_etl(bucket, prefix + path, name, provider)
+        except EtlObjectError as e:
+            raise FetchFailed(str(e)) from e
+        except MissingObject as e:
+            raise MissingFile(f"{provider}://{bucket}/{prefix}{path} disappeared during conversion") from e
+
+    return Through(member=str(etl["member"]), fetch=fetch)
+
+
 def convert(
     config: dict[str, Any],
     index: int,
@@ -341,6 +362,7 @@ def convert(
         return iter(data.decode("utf-8").splitlines())
 
     label_name = (config.get("labels") or {}).get("name")
+    through = etl_through(config, ais)
     transformer = Transformer.from_config(config.get("transform"))
     order_seed = config.get("orderSeed")
     sink = ShardSink(ais, out["bucket"], out["provider"])
@@ -392,14 +414,18 @@ def convert(
             record["planFingerprint"] = unit.fingerprint
         if unit.stream:
             record["split"] = unit.stream
-        if transformer is not None:
+        if transformer is not None or through is not None:
             record["skipped"] = dict(sorted((skips or {}).items()))
         account(record)
         progress.tick(report.consumed, report.total_bytes, durable, force=True)
 
     def members_of(sample: Sample, members: list[tuple[str, bytes]]) -> list[tuple[str, bytes]] | Skip:
         """The sample's members as they go into the shard (label, transform, order), or why it is skipped."""
-        for (_, raw), (_, data) in zip(sample.files, members, strict=True):
+        for (name, raw), (_, data) in zip(sample.files, members, strict=True):
+            if isinstance(data, Failed):
+                return Skip(ETL_ERROR, data.reason)
+            if through is not None and name == through.member:
+                continue  # what the ETL made of it
             if len(data) != raw.size:
                 raise PermanentError(
                     f"{raw.path} is {len(data)} bytes but was {raw.size} when the source was listed: the source "
@@ -427,6 +453,7 @@ def convert(
                 ),
                 source.read_many,
                 rp,
+                through,
             )
             for unit in group:
                 cutter = ShardCutter(out.get("maxSamples"), out.get("maxBytes"))

@@ -39,6 +39,33 @@ ReadMany = Callable[[Sequence[str]], list[bytes]]
 """Reads the files at these paths, returning their contents in the same order; raises MissingFile."""
 
 
+class Failed(bytes):
+    """The content of a member that could not be read through `Through` (empty), with the reason: the sample
+    is skipped and counted, not the worker failed."""
+
+    reason: str
+
+    def __new__(cls, reason: str) -> Failed:
+        obj = super().__new__(cls, b"")
+        obj.reason = reason
+        return obj
+
+
+@dataclass(frozen=True, slots=True)
+class Through:
+    """The files of member `member` are read by `fetch(path)` (an object read through an AIS ETL), up to
+    `concurrency` at once per batch, instead of by the batch read. `fetch` raises `FetchFailed` for a file it
+    could not transform (the sample is skipped and counted); anything else fails the worker."""
+
+    member: str
+    fetch: Callable[[str], bytes]
+    concurrency: int = 8
+
+
+class FetchFailed(Exception):
+    """`Through.fetch` could not produce this file (e.g. the ETL's transform raised on it)."""
+
+
 def batches(samples: Iterable[Sample], plan: ReadPlan) -> Iterator[list[Sample]]:
     """Consecutive samples packed by the object and byte limits."""
     batch: list[Sample] = []
@@ -56,16 +83,34 @@ def batches(samples: Iterable[Sample], plan: ReadPlan) -> Iterator[list[Sample]]
         yield batch
 
 
-def _read_batch(read_many: ReadMany, batch: list[Sample]) -> list[list[tuple[str, bytes]]]:
-    paths = [raw.path for s in batch for _, raw in s.files]
+def _fetch_one(through: Through, path: str) -> bytes:
+    try:
+        return through.fetch(path)
+    except FetchFailed as e:
+        return Failed(str(e))
+
+
+def _read_batch(
+    read_many: ReadMany, batch: list[Sample], through: Through | None = None
+) -> list[list[tuple[str, bytes]]]:
+    member = through.member if through is not None else None
+    paths = [raw.path for s in batch for name, raw in s.files if name != member]
     data = read_many(paths) if paths else []
     if len(data) != len(paths):
         raise MissingFile(f"asked for {len(paths)} files, got {len(data)}")
+    fetched: dict[str, bytes] = {}
+    if through is not None:
+        wanted = [raw.path for s in batch for name, raw in s.files if name == member]
+        with ThreadPoolExecutor(max_workers=max(1, min(through.concurrency, len(wanted) or 1))) as pool:
+            fetched = dict(zip(wanted, pool.map(lambda p: _fetch_one(through, p), wanted), strict=True))
     out: list[list[tuple[str, bytes]]] = []
     i = 0
     for s in batch:
         members: list[tuple[str, bytes]] = []
         for name, raw in s.files:
+            if name == member:
+                members.append((name, fetched[raw.path]))
+                continue
             content = data[i]
             i += 1
             if raw.size > 0 and not content:
@@ -76,9 +121,10 @@ def _read_batch(read_many: ReadMany, batch: list[Sample]) -> list[list[tuple[str
 
 
 def read_samples(
-    samples: Iterable[Sample], read_many: ReadMany, plan: ReadPlan
+    samples: Iterable[Sample], read_many: ReadMany, plan: ReadPlan, through: Through | None = None
 ) -> Iterator[tuple[Sample, list[tuple[str, bytes]]]]:
-    """(sample, [(member name, bytes), ...]) in input order; the files of a sample in its `files` order."""
+    """(sample, [(member name, bytes), ...]) in input order; the files of a sample in its `files` order; the
+    files of `through.member` read by `through.fetch` (a `Failed` where it failed)."""
     with ThreadPoolExecutor(max_workers=plan.batches_in_flight, thread_name_prefix="read") as pool:
         window: deque[tuple[list[Sample], int, Future[list[list[tuple[str, bytes]]]]]] = deque()
         in_flight = 0
@@ -94,7 +140,7 @@ def read_samples(
                         exhausted = True
                         break
                     size = sum(raw.size for s in batch for _, raw in s.files)
-                    window.append((batch, size, pool.submit(_read_batch, read_many, batch)))
+                    window.append((batch, size, pool.submit(_read_batch, read_many, batch, through)))
                     in_flight += size
                 if not window:
                     return
