@@ -36,6 +36,7 @@ AIS_DATA="${SDO_AIS_DATA_DIR:-$STATE/ais}"
 # AIS_AUTH=1: a second AIS cluster (1 proxy + 1 target) that requires AuthN tokens, and the AuthN server as a
 # pod (docs/local-cluster.md); the e2e tenancy tests run on it. The first cluster stays without AuthN.
 AIS_AUTH="${AIS_AUTH:-0}"
+PROMOTE_DIR=/var/lib/ais/promote  # operator/sharded_dataset_operator/exampledata.py PROMOTE_ROOT
 AIS_AUTH_PORT=56080
 AIS_AUTH_ENDPOINT_URL="http://$NODE_IP:$AIS_AUTH_PORT"
 AIS_AUTH_DATA="$STATE/ais-auth"
@@ -451,17 +452,21 @@ EOF
 }
 
 ais_manifests() { # ais_manifests NAME PROXY_PORT TARGETS DATA_ROOT [AUTH_JSON]: one AIS cluster's objects
-  local name=$1 port=$2 targets=$3 root=$4 auth=${5:-"{}"} tport=51081
+  local name=$1 port=$2 targets=$3 root=$4 auth=${5:-"{}"} tport=$(($2 + 1))
   local primary="http://$NODE_IP:$port"
   local wait_hold='while [ -e "$AIS_DATA/$MY_POD/hold" ]; do sleep 0.2; done; exec /usr/local/bin/aisnode'
   local i
   ais_cluster_conf "$root/cluster.json" "$primary" "$auth"
   ais_node_conf "$root" "$name-proxy-0" proxy "$port" "$NODE_IP"
-  # Targets' addresses (public and intra-cluster) are their pod IPs, found at start. Stable DNS names for the
-  # intra-cluster nets were tried: a target back in a new pod then kept its place in the map, but the other
-  # target's dSort streams kept dialing its old IP, and a killed-during-dSort run needed 5 attempts instead of 2.
-  # With IPs the proxy drops the node whose old address is dead and it rejoins with new streams (docs/local-cluster.md).
-  for ((i = 0; i < targets; i++)); do ais_node_conf "$root" "$name-target-$i" target "$tport" ""; done
+  # Targets use the host network too, each on ports of its own (target i: PROXY_PORT + 1 + 10 i, +1000 and +2000
+  # for the intra-cluster nets), so a target that comes back in a new pod has the address it had. In the pod
+  # network a restarted target got a new IP: the proxy dropped it (its old address dead), it rejoined, a
+  # rebalance followed, and dSort attempts started meanwhile failed on missing input shards (5 of 5 in CI);
+  # stable DNS names for the intra-cluster nets kept it in the map, but the other target's dSort streams went
+  # on dialing the old IP. docs/local-cluster.md has the details.
+  for ((i = 0; i < targets; i++)); do
+    ais_node_conf "$root" "$name-target-$i" target "$((tport + 10 * i))" "$NODE_IP"
+  done
   cat <<EOF
 apiVersion: v1
 kind: ServiceAccount
@@ -493,15 +498,6 @@ metadata: {name: $name-proxy, namespace: ais}
 spec:
   selector: {ais.sdo.dev/cluster: $name, ais.sdo.dev/role: proxy}
   ports: [{name: http, port: $port, targetPort: $port, protocol: TCP}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: $name-target, namespace: ais}
-spec:
-  clusterIP: None
-  publishNotReadyAddresses: true
-  selector: {ais.sdo.dev/cluster: $name, ais.sdo.dev/role: target}
-  ports: [{name: http, port: $tport, targetPort: $tport, protocol: TCP}]
 ---
 apiVersion: apps/v1
 kind: StatefulSet
@@ -556,6 +552,8 @@ spec:
     metadata: {labels: {ais.sdo.dev/cluster: $name, ais.sdo.dev/role: target}}
     spec:
       serviceAccountName: $name-target
+      hostNetwork: true
+      dnsPolicy: ClusterFirstWithHostNet
       enableServiceLinks: false
       terminationGracePeriodSeconds: 10
       containers:
@@ -569,17 +567,26 @@ spec:
             - {name: MY_POD, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
             - {name: MY_NODE, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}
             - {name: K8S_NS, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
-          ports: [{name: http, containerPort: $tport}]
-          readinessProbe:
-            httpGet: {path: "/v1/health?readiness=true", port: $tport}
+            - {name: KUBERNETES_SERVICE_HOST, value: "$NODE_IP"}
+            - {name: KUBERNETES_SERVICE_PORT, value: "6443"}
+          readinessProbe:  # the port differs per pod (ordinal): an HTTP GET by bash, which the image has
+            exec:
+              command:
+                - /bin/bash
+                - -c
+                - 'exec 3<>/dev/tcp/$NODE_IP/\$(($tport + 10 * \${MY_POD##*-})) && printf "GET /v1/health?readiness=true HTTP/1.0\r\n\r\n" >&3 && head -1 <&3 | grep -q " 200"'
             periodSeconds: 2
+            timeoutSeconds: 2
             failureThreshold: 3
           volumeMounts:
             - {name: data, mountPath: $root}
             - {name: logs, mountPath: $LOGS}
+            - {name: promote, mountPath: $PROMOTE_DIR}
       volumes:
         - {name: data, hostPath: {path: $root, type: Directory}}
         - {name: logs, hostPath: {path: $LOGS, type: Directory}}
+        # files on this host that the tests and the example data promote into objects (exampledata.PROMOTE_ROOT)
+        - {name: promote, hostPath: {path: $PROMOTE_DIR, type: DirectoryOrCreate}}
 EOF
 }
 

@@ -521,7 +521,7 @@ def write_ais(
 # ------------------------------------------------------------------------------------ small-file datasets
 
 PROMOTE_ROOT = Path("/var/lib/ais/promote")
-"""Where AIS targets accept files to promote into objects (the local cluster's targets share this host)."""
+"""Where AIS targets accept files to promote into objects (the local cluster's target pods mount it from this host)."""
 
 PROMOTE_BATCH_FILES = 400_000
 """Files per promote request (400 k took 191 s on the local cluster; 2.5 M in one request timed out)."""
