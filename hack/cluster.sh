@@ -391,10 +391,10 @@ EOF
 
 # AIS runs in the cluster, in namespace `ais`, as AIS users run it on Kubernetes: a proxy StatefulSet and a target
 # StatefulSet of the aisnode image (built with `dsort mono etl`), readiness on /v1/health, the targets' storage on
-# hostPath, and the RBAC that AIS ETL needs to start its transformer pods next to a target. The primary proxy uses
-# the host network (as the ais-k8s operator can), so its address is this node's, http://10.244.0.1:51080 for the
-# host and http://ais-proxy.ais:51080 in-cluster; targets use the pod network (their own IPs; clients are
-# redirected to them, which the host reaches over the bridge). Configuration files are written here, on the
+# hostPath, and the RBAC that AIS ETL needs to start its transformer pods next to a target. Proxy and targets use the
+# host network (as ais-k8s deployments can), each on its own ports, so a restarted pod keeps its address: the proxy
+# is http://10.244.0.1:51080 for the host and http://ais-proxy.ais:51080 in-cluster, target i listens on
+# 51081 + 10*i (docs/local-cluster.md says why not the pod network). Configuration files are written here, on the
 # hostPath, one directory per pod. A node's container waits while `<data>/<pod>/hold` exists: the fault tests keep
 # a killed node away for a set time that way (tests/e2e/faults.py).
 

@@ -295,6 +295,12 @@ def by_worker(objects: dict[str, dict[str, Any]]) -> dict[int, dict[str, Any]]:
     return out
 
 
+def next_attempt_due(attempts: dict[int, DsortJob]) -> bool:
+    """Whether a dSort attempt may start on this pass: none has, or the latest was aborted (the decision then
+    starts one unless AIS is rebalancing, which is asked only then)."""
+    return not attempts or attempts[max(attempts)].aborted
+
+
 def observe(ais: Ais, spec: DatasetSpec, owner: Owner, previous: dict[str, Any], dsort: Ais | None = None) -> Observed:
     """What exists for the wanted version; `dsort`: the access dSort jobs are listed with (default `ais`)."""
     obs = Observed(previous=previous)
@@ -341,9 +347,13 @@ def observe(ais: Ais, spec: DatasetSpec, owner: Owner, previous: dict[str, Any],
         )
         # The proxy lists the jobs of the targets that answer. While a target in its map does not answer, the
         # object listing above has already failed (the pass waits as an outage), so a job missing here is gone.
-        if reconcile.lost_dsort_attempt(previous, gen, obs.dsort_attempts) is not None:
+        lost = reconcile.lost_dsort_attempt(previous, gen, obs.dsort_attempts)
+        if lost is not None:
             obs.capacity_problems = tuple((dsort or ais).capacity_problems())
+        if lost is not None or next_attempt_due(obs.dsort_attempts):
+            obs.rebalancing = tuple((dsort or ais).running_rebalances())
     elif converted and spec.shuffle is not None and spec.splits is not None:
+        due = False
         for split in spec.splits.names:
             desc = naming.dsort_description(owner.namespace, owner.name, owner.uid, owner.version, split=split)
             obs.split_attempts[split] = find_dsort_attempts(dsort or ais, desc)
@@ -351,6 +361,9 @@ def observe(ais: Ais, spec: DatasetSpec, owner: Owner, previous: dict[str, Any],
             lost = reconcile.lost_dsort_attempt(previous, gen, obs.split_attempts[split], record=record)
             if lost is not None and not obs.capacity_problems:
                 obs.capacity_problems = tuple((dsort or ais).capacity_problems())
+            due = due or lost is not None or next_attempt_due(obs.split_attempts[split])
+        if due:
+            obs.rebalancing = tuple((dsort or ais).running_rebalances())
     return obs
 
 

@@ -26,6 +26,7 @@ from .verify import OutputTally, Totals, compare
 from .versions import IndexInfo
 
 ACTIVE_REQUEUE = 1.0  # while a step runs (the operator's SDS_ACTIVE_INTERVAL overrides it)
+REBALANCE_POLL = 5.0  # seconds between looks while a dSort attempt waits for AIS's rebalance to end
 STALLED_REQUEUE = 15.0
 SERVE_ETL_RETRY = 300.0  # seconds between attempts to start a serving ETL that AIS could not start
 
@@ -57,6 +58,7 @@ class Observed:
     reused: dict[str, Any] | None = None  # the planner's record of the converted shards it reuses
     output_conflict: str | None = None  # the stable index belongs to another resource: why, naming it
     etls: dict[str, str] = field(default_factory=dict)  # this resource's AIS ETLs (naming.etl_prefix): stage
+    rebalancing: tuple[str, ...] = ()  # AIS's running rebalance jobs, asked for before a dSort attempt starts
 
 
 # ------------------------------------------------------------------------------------------ actions
@@ -841,7 +843,15 @@ def _shuffle_track(p: Pass, track: Track) -> Decision | None:
         else:
             state["finished"] = True
             st.steps[SHUFFLED] = StepState(True, "Shuffled", f"{what} job {job.id} finished")
-    if start_next and outcome is None:
+    if start_next and outcome is None and p.obs.rebalancing:
+        # Objects are moving between targets (one joined or came back at a new address): a dSort job started
+        # now may not find its inputs. Wait, without spending an attempt.
+        nxt = max(attempt, base) + 1
+        msg = f"AIS is rebalancing ({', '.join(p.obs.rebalancing)}): {what} attempt {nxt - base}/{budget} waits for it"
+        st.steps[SHUFFLED] = StepState(False, "WaitingForRebalance", msg)
+        outcome = p.working(Phase.SHUFFLING, "WaitingForRebalance", msg)
+        outcome.requeue = REBALANCE_POLL
+    elif start_next and outcome is None:
         nxt = max(attempt, base) + 1
         if job is not None:  # an aborted attempt: its partial output must not be counted or left behind
             b = spec.shuffle.output_bucket

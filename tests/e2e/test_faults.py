@@ -17,6 +17,7 @@ import pytest
 
 from sharded_dataset_operator import failpoints, failures, naming
 from sharded_dataset_operator.clients.ais import Ais
+from sharded_dataset_operator.converter.common import RESTART_SLACK, cluster_disturbed, restarted
 
 from .conftest import OPERATOR_NS, Kube, unique, wait_until
 from .faults import above_high_watermark, node_down, nodes_down
@@ -226,6 +227,30 @@ def test_every_target_restarted_during_dsort_waits_for_them_then_counts_the_lost
     assert obj["status"]["shuffle"]["attempt"] == 2 and obj["status"]["shuffle"]["dsortJobId"] != first["dsortJobId"]
     retries = [e["message"] for e in kube.events(namespace, "restart") if e["reason"] == "ShuffleRetry"]
     assert len(retries) == 1 and "dSort attempt 2/3 after: AIS no longer knows the job" in retries[0], retries
+
+
+def test_a_target_restarted_in_place_counts_as_the_clusters_in_the_workers_check(
+    kube: Kube, cluster_env: dict[str, str]
+) -> None:
+    """What a converter worker compares when it fails: a target whose process restarted (the kubelet restarts
+    the container in place; on the host network it is back at its address) shows a later start time, from the
+    uptime AIS reports, so the failure is the cluster's even when the cluster map did not move."""
+    endpoint = cluster_env["AIS_ENDPOINT"]
+    ais = Ais(endpoint)
+    before = ais.membership()
+    assert before is not None and before.answering == before.targets == 2, before
+    assert len(before.started) == 2 and all(at > 0 for _, at in before.started), before
+    with node_down(kube, endpoint, "ais-target-1", delete_pod=False):
+        time.sleep(RESTART_SLACK + 1)
+    after = ais.membership()
+    assert after is not None and after.answering == after.targets == 2, after
+    gone = restarted(before, after)
+    assert len(gone) == 1 and cluster_disturbed(before, after), (before, after)
+    # the target left alone reads the same start time (within the slack), and nothing else changed
+    kept = dict(after.started)
+    assert [tid for tid, at in before.started if abs(kept[tid] - at) <= RESTART_SLACK] == [
+        tid for tid, _ in before.started if tid not in gone
+    ]
 
 
 def test_target_killed_during_conversion_and_during_verification_ends_ready_with_exact_samples(

@@ -1,8 +1,9 @@
 """Shared clusters, end to end on the AuthN-enabled AIS of the local cluster (`AIS_AUTH=1 hack/cluster.sh up`).
 
 Tenants are real AuthN users whose roles grant read-write on their own buckets and nothing else (no cluster
-rights, no dSort); the operator holds its own AIS identity (hack/ais_auth.py setup) and uses it for dSort
-only. Every assertion about another tenant's data is made with the AuthN admin's token.
+rights, no dSort, no ETL); the operator holds its own AIS identity (hack/ais_auth.py setup) and uses it for
+dSort and to start and remove AIS ETLs only. Every assertion about another tenant's data is made with the
+AuthN admin's token.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from sharded_dataset_operator import naming
 from sharded_dataset_operator.clients.ais import AccessDenied, Ais
@@ -198,6 +200,36 @@ def test_a_tenant_converts_and_shuffles_its_own_buckets_with_a_non_admin_token(
     abandoned = [e["message"] for e in kube.events(namespace, "pets") if e["reason"] == "CleanupAbandoned"]
     assert abandoned and "after 3 attempts" in abandoned[0] and f"{a.out}/shuffled-{tag}" in abandoned[0], abandoned
     assert [e for e in auth.admin.list_objects(a.out) if tag in e.name]  # left in AIS, as the Event says
+
+
+def test_a_tenant_converts_through_an_ais_etl_that_only_the_operators_identity_may_start(
+    kube: Kube, namespace: str, auth: AuthEnv, tenancy_operator: None, tmp_path: Path
+) -> None:
+    """AIS lets only an admin start an ETL: the operator does it with its own identity, and the tenant's
+    converters read through it with the tenant's token (the proxy checks GET on the tenant's bucket, then
+    redirects to the target, which runs the ETL on the object)."""
+    from .test_etl import local_etl
+
+    a = tenant(kube, auth, namespace)
+    raw = RawDataset(auth.admin, auth.endpoint, 40, seed=37, bucket=a.raw, token=a.token)  # images over 256 px
+    example = yaml.safe_load((REPO / "examples/08-ais-etl.yaml").read_text())
+    etl = example["spec"]["transform"]["aisEtl"]
+    own = {"name": unique("tenant-etl"), "init_timeout": "30s", "spec": "e30="}  # any message: refused first
+    with pytest.raises(AccessDenied):
+        a.ais.etl_init(own, 30)
+    kube.apply(tenant_dataset("etl", a, a.raw, a.out, transform={"aisEtl": etl}))
+    obj = wait_ready(kube, namespace, "etl", timeout=300)
+    assert obj["status"]["samples"]["written"] == len(raw.manifest["complete"])
+    shards = check_index(auth.admin, obj, a.out, "shuffled-index.json")
+    samples = read_shards(auth.admin, a.out, [s["url"] for s in shards], tmp_path)
+    assert sorted(s["__key__"] for s in samples) == sorted(raw.manifest["complete"])
+    server = local_etl(etl["env"])
+    for s in samples:
+        original = raw.expected_members(s["__key__"])
+        assert s["image.jpg"] == server.transform(original["image.jpg"], "", "") != original["image.jpg"]
+        assert s["trimap.png"] == original["trimap.png"]
+    # the conversion is over: the operator removed the ETL (it runs on the cluster every tenant shares)
+    assert not auth.admin.etl_list(naming.etl_prefix(obj["metadata"]["uid"]))
 
 
 def _denied(ais: Ais, bucket: str) -> bool:

@@ -14,11 +14,12 @@ import pytest
 
 from sharded_dataset_operator import exampledata
 from sharded_dataset_operator.builders import EXIT_UNAVAILABLE, Owner, converter_config
-from sharded_dataset_operator.clients.ais import Membership
+from sharded_dataset_operator.clients.ais import Membership, started_at
 from sharded_dataset_operator.converter.common import (
     PermanentError,
     cluster_disturbed,
     cluster_whole,
+    restarted,
     unreachable_exit,
 )
 from sharded_dataset_operator.converter.main import MiB, convert, read_plan
@@ -318,6 +319,23 @@ def test_a_failure_is_the_clusters_when_ais_or_a_target_is_away_or_membership_mo
     # waiting ends when every target is back, not merely when the proxy answers
     assert not cluster_whole(start, Membership(8, 1, 1))
     assert cluster_whole(start, Membership(9, 2, 2)) and cluster_whole(start, Membership(9, 3, 3))
+
+
+def test_a_target_restarted_in_place_is_the_clusters_failure_though_the_map_did_not_move() -> None:
+    started = (("t1", 1000.0), ("t2", 1000.0))
+    start = Membership(7, 2, 2, started)
+    # the same processes, their start times read a little differently (request latency): the worker's failure
+    assert not cluster_disturbed(start, Membership(7, 2, 2, (("t1", 1000.9), ("t2", 999.2))))
+    # t2 was killed and came back at its address before the proxy noticed: same map, a later start
+    back = Membership(7, 2, 2, (("t1", 1000.0), ("t2", 1042.0)))
+    assert restarted(start, back) == ["t2"] and cluster_disturbed(start, back)
+    # a target that did not report its uptime (start time 0) or joined later is not compared
+    assert restarted(Membership(7, 2, 2, (("t1", 0.0),)), Membership(7, 2, 2, (("t1", 50.0), ("t3", 60.0)))) == []
+
+
+def test_a_nodes_start_time_comes_from_the_uptime_it_reports() -> None:
+    assert started_at(1000.0, "30000000000") == 970.0
+    assert started_at(1000.0, None) == 0.0 and started_at(1000.0, "soon") == 0.0 and started_at(1000.0, "0") == 0.0
 
 
 def test_sigterm_stops_a_worker_at_once_with_its_own_exit_code(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -439,6 +439,24 @@ def test_dsort_aborted_by_a_node_fault_is_retried_with_its_partial_output_delete
     assert (d.status.shuffle_attempt, d.status.shuffle_max_attempts) == (2, 3)
 
 
+def test_no_dsort_attempt_starts_while_ais_rebalances_and_the_wait_spends_none() -> None:
+    moving = ("rebalance[g7]",)
+    # the first attempt waits: nothing is started or deleted, the status says why, the pass looks again soon
+    d = decide(spec(), OWNER, converted(rebalancing=moving), DEFAULTS, NOW)
+    assert d.actions == [] and d.status.phase == Phase.SHUFFLING and d.status.reason == "WaitingForRebalance"
+    assert "AIS is rebalancing (rebalance[g7]): dSort attempt 1/3 waits for it" in d.status.message
+    assert d.requeue == reconcile.REBALANCE_POLL and d.status.shuffle_attempt is None
+    # after an aborted attempt: its output is left until the next one starts, and no attempt is spent
+    d = decide(spec(), OWNER, converted(dsort_attempts={1: aborted(1)}, rebalancing=moving), DEFAULTS, NOW)
+    assert d.actions == [] and d.status.reason == "WaitingForRebalance" and "attempt 2/3" in d.status.message
+    # the rebalance over: attempt 2 starts as it would have
+    d = decide(spec(), OWNER, converted(dsort_attempts={1: aborted(1)}), DEFAULTS, NOW)
+    assert kinds(d) == [DeletePrefix, StartDsort] and d.status.shuffle_attempt == 2
+    # a running attempt is not disturbed by a rebalance (AIS aborts it if it must; that attempt then counts)
+    d = decide(spec(), OWNER, converted(dsort_attempts=dsort(finished=False), rebalancing=moving), DEFAULTS, NOW)
+    assert d.actions == [] and d.status.reason == "Shuffling"
+
+
 def test_a_retry_waits_for_its_backoff() -> None:
     just_now = datetime(2026, 11, 23, 10, 0, 0, tzinfo=UTC).timestamp() - 2  # NOW minus 2 s
     obs = converted(dsort_attempts={1: aborted(1, ended_at=just_now), 2: aborted(2, ended_at=just_now)})

@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import tarfile
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -62,11 +63,25 @@ class MissingObject(Exception):
 
 @dataclass(frozen=True)
 class Membership:
-    """The cluster as the proxy's map shows it now: its version, active targets, and how many of them answer."""
+    """The cluster as the proxy's map shows it now: its version, active targets, how many of them answer, and
+    when each answering target's process started (target id -> Unix time, from the uptime it reports)."""
 
     version: int
     targets: int
     answering: int
+    started: tuple[tuple[str, float], ...] = ()
+
+
+UPTIME_HEADER = "ais-node-uptime"  # nanoseconds since the node's process started (AIS /v1/health?cii=true)
+
+
+def started_at(now: float, uptime_ns: str | None) -> float:
+    """A node's start time (Unix seconds) from its reported uptime; 0 when it reports none or garbage."""
+    try:
+        uptime = int(uptime_ns or "")
+    except ValueError:
+        return 0.0
+    return now - uptime / 1e9 if uptime > 0 else 0.0
 
 
 MAX_EMPTY_PAGES = 100  # pages with no entries but a continuation token, in a row, before a listing is refused
@@ -129,8 +144,12 @@ class Ais:
             log.debug("cluster map unavailable: %s", e)
             return None
         active = [t for t in smap.tmap.values() if not t.in_maint_or_decomm()]
-        answering = sum(1 for t in active if t.public_net and self._answers(t.public_net.direct_url))
-        return Membership(version=smap.version, targets=len(active), answering=answering)
+        started: list[tuple[str, float]] = []
+        for t in sorted(active, key=lambda t: t.daemon_id):
+            at = self._started_at(t.public_net.direct_url) if t.public_net else None
+            if at is not None:
+                started.append((t.daemon_id, at))
+        return Membership(version=smap.version, targets=len(active), answering=len(started), started=tuple(started))
 
     def capacity_problems(self) -> list[str]:
         """Each target's capacity error (above its high watermark, out of space), as the target states it.
@@ -160,12 +179,17 @@ class Ais:
                 problems.append(f"target {tid}: {error}")
         return problems
 
-    def _answers(self, url: str) -> bool:
-        """Whether the node at `url` answers its health check now (one quick request, no retries)."""
+    def _started_at(self, url: str) -> float | None:
+        """When the node at `url` started (Unix time, from its uptime), if it answers its health check now (one
+        quick request, no retries); None if it does not. A node that does not report its uptime counts as
+        started at 0."""
         try:
-            return self.session.get(f"{url.rstrip('/')}/v1/health", timeout=(2.0, 3.0)).status_code == 200
+            r = self.session.get(f"{url.rstrip('/')}/v1/health", params={"cii": "true"}, timeout=(2.0, 3.0))
         except requests.RequestException:
-            return False
+            return None
+        if r.status_code != 200:
+            return None
+        return started_at(time.time(), r.headers.get(UPTIME_HEADER))
 
     def bucket_exists(self, name: str, provider: str = "ais") -> bool:
         try:
@@ -530,6 +554,15 @@ class Ais:
         self._rest("DELETE", "/v1/sort/abort", params={"uuid": job_id})
 
     # ------------------------------------------------------------------ ETL (REST)
+
+    def running_rebalances(self) -> list[str]:
+        """The cluster's running rebalance jobs ("rebalance[<id>]"): while one runs, objects are moving between
+        targets and a new dSort job may not find its input shards. Empty for a token that may not see jobs."""
+        try:
+            jobs = self._call(lambda: self.client.cluster().list_running_jobs(job_kind="rebalance"))
+        except AccessDenied:  # a token that may not see the cluster's jobs: nothing to wait for that it can see
+            return []
+        return sorted(str(j) for j in jobs or [])
 
     def etl_list(self, prefix: str = "") -> dict[str, str]:
         """The ETLs AIS knows whose name starts with `prefix`: name -> stage (Initializing, Running, Aborted,

@@ -103,14 +103,28 @@ def cluster_whole(start: Membership | None, now: Membership | None) -> bool:
     return start is None or now.targets >= start.targets
 
 
+RESTART_SLACK = 5.0  # seconds a target's start time, derived from its uptime, may move without a restart
+
+
+def restarted(start: Membership, now: Membership, slack: float = RESTART_SLACK) -> list[str]:
+    """Targets whose process started again since `start` (their start time moved later); a target that left the
+    map or did not answer then is not compared (the map's version or `answering` shows that)."""
+    before = dict(start.started)
+    return sorted(tid for tid, at in now.started if tid in before and before[tid] and at > before[tid] + slack)
+
+
 def cluster_disturbed(start: Membership | None, now: Membership | None) -> bool:
-    """Whether a failure may be the cluster's rather than the worker's: AIS or a target is away, or one left
-    and came back (the map's version moved) while the worker ran. Such a failure hands over to a fresh pod
-    without spending a retry; any other failure is the worker's and counts.
+    """Whether a failure may be the cluster's rather than the worker's: AIS or a target is away, one left and
+    came back (the map's version moved), or a target's process restarted in place (a pod on the host network
+    comes back at its address before the proxy notices it was gone, so the map does not move) while the worker
+    ran. Such a failure hands over to a fresh pod without spending a retry; any other failure is the worker's
+    and counts.
     """
     if not cluster_whole(start, now):
         return True
-    return start is not None and now is not None and now.version != start.version
+    if start is None or now is None:
+        return False
+    return now.version != start.version or bool(restarted(start, now))
 
 
 def unreachable_exit(
