@@ -843,16 +843,15 @@ def _shuffle_track(p: Pass, track: Track) -> Decision | None:
         else:
             state["finished"] = True
             st.steps[SHUFFLED] = StepState(True, "Shuffled", f"{what} job {job.id} finished")
+    nxt = max(attempt, base) + 1
     if start_next and outcome is None and p.obs.rebalancing:
         # Objects are moving between targets (one joined or came back at a new address): a dSort job started
         # now may not find its inputs. Wait, without spending an attempt.
-        nxt = max(attempt, base) + 1
         msg = f"AIS is rebalancing ({', '.join(p.obs.rebalancing)}): {what} attempt {nxt - base}/{budget} waits for it"
         st.steps[SHUFFLED] = StepState(False, "WaitingForRebalance", msg)
         outcome = p.working(Phase.SHUFFLING, "WaitingForRebalance", msg)
         outcome.requeue = REBALANCE_POLL
     elif start_next and outcome is None:
-        nxt = max(attempt, base) + 1
         if job is not None:  # an aborted attempt: its partial output must not be counted or left behind
             b = spec.shuffle.output_bucket
             p.decision.actions.append(DeletePrefix(b.name, b.provider, naming.attempt_base(out_base, attempt)))

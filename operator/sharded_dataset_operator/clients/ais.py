@@ -491,6 +491,15 @@ class Ais:
             raise AccessDenied(f"{method} {path}: HTTP {r.status_code}: {redact(r.text)[:300]}")
         return r
 
+    def running_rebalances(self) -> list[str]:
+        """The cluster's running rebalance jobs ("rebalance[<id>]"): while one runs, objects are moving between
+        targets and a new dSort job may not find its input shards. Empty for a token that may not see jobs."""
+        try:
+            jobs = self._call(lambda: self.client.cluster().list_running_jobs(job_kind="rebalance"))
+        except AccessDenied:  # a token that may not see the cluster's jobs: nothing to wait for that it can see
+            return []
+        return sorted(str(j) for j in jobs or [])
+
     def dsort_start(self, spec: dict[str, Any]) -> str:
         r = self._rest("POST", "/v1/sort", json=spec)
         if r.status_code == 501:
@@ -554,15 +563,6 @@ class Ais:
         self._rest("DELETE", "/v1/sort/abort", params={"uuid": job_id})
 
     # ------------------------------------------------------------------ ETL (REST)
-
-    def running_rebalances(self) -> list[str]:
-        """The cluster's running rebalance jobs ("rebalance[<id>]"): while one runs, objects are moving between
-        targets and a new dSort job may not find its input shards. Empty for a token that may not see jobs."""
-        try:
-            jobs = self._call(lambda: self.client.cluster().list_running_jobs(job_kind="rebalance"))
-        except AccessDenied:  # a token that may not see the cluster's jobs: nothing to wait for that it can see
-            return []
-        return sorted(str(j) for j in jobs or [])
 
     def etl_list(self, prefix: str = "") -> dict[str, str]:
         """The ETLs AIS knows whose name starts with `prefix`: name -> stage (Initializing, Running, Aborted,
