@@ -10,8 +10,9 @@ records, input shards missing, a verification mismatch, no complete samples): th
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 from typing import Any
+
+from .times import parse
 
 TRANSIENT = "transient"
 PERMANENT = "permanent"
@@ -76,4 +77,4 @@ def outage(
 
 
 def _parse(ts: str) -> float:
-    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+    return parse(ts)

@@ -13,7 +13,7 @@ from typing import Any
 import kopf
 import prometheus_client
 
-from . import failures, naming, operations, reconcile, versions
+from . import failures, guard, naming, operations, reconcile, versions
 from .clients.ais import redact
 from .metrics import METRICS
 from .settings import SETTINGS
@@ -59,7 +59,8 @@ async def pipeline(
     """Level-triggered loop: reconcile, wait (short while work runs, long when settled), repeat.
 
     A spec change (new metadata.generation), a new retry request (the `shardeddataset.dev/retry` annotation)
-    or a new refresh request (`shardeddataset.dev/refresh`) cuts any wait short.
+    a new refresh request (`shardeddataset.dev/refresh`) or an approval (`shardeddataset.dev/approve`) cuts any
+    wait short.
     """
     backoff = 1.0
     while not stopped:
@@ -88,12 +89,13 @@ async def pipeline(
             waited += 0.5
 
 
-def _trigger(body: kopf.Body) -> tuple[Any, Any, Any]:
+def _trigger(body: kopf.Body) -> tuple[Any, Any, Any, Any]:
     annotations = body.meta.get("annotations") or {}
     return (
         body.meta.get("generation"),
         annotations.get(failures.RETRY_ANNOTATION),
         annotations.get(versions.REFRESH_ANNOTATION),
+        annotations.get(guard.APPROVE_ANNOTATION),
     )
 
 

@@ -10,35 +10,29 @@ run counter, the step on histograms; never a dataset name.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from .times import epoch
 
 PHASES = ("Pending", "Converting", "Shuffling", "Verifying", "Ready", "Failed")
 SETTLED = ("Ready", "Failed")
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 43200, 86400)
 
 
-def _epoch(value: Any) -> float | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
-    except ValueError:
-        return None
 
 
 def _transition(status: dict[str, Any], type_: str) -> float | None:
     for c in status.get("conditions") or []:
         if c.get("type") == type_ and c.get("status") == "True":
-            return _epoch(c.get("lastTransitionTime"))
+            return epoch(c.get("lastTransitionTime"))
     return None
 
 
 def step_durations(status: dict[str, Any]) -> dict[str, float]:
     """Seconds per step of a Ready status, from its condition transition times (second precision)."""
-    start, done = _epoch(status.get("startTime")), _epoch(status.get("completionTime"))
+    start, done = epoch(status.get("startTime")), epoch(status.get("completionTime"))
     converted, shuffled = _transition(status, "Converted"), _transition(status, "Shuffled")
     out: dict[str, float] = {}
     if start is not None and converted is not None:
@@ -103,7 +97,7 @@ class Metrics:
     def seen(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """The dataset's current status (settled or not): phase gauge and oldest-run age."""
         phase = str(status.get("phase") or "Pending")
-        start = None if phase in SETTLED else _epoch(status.get("startTime"))
+        start = None if phase in SETTLED else epoch(status.get("startTime"))
         self._known[(namespace, name)] = (phase, start)
         self._refresh()
 

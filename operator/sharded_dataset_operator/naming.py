@@ -131,6 +131,14 @@ def report_name(base: str, worker: int) -> str:
     return f"{base}report-w{worker:04d}.json"
 
 
+def report_prefix(base: str) -> str:
+    return f"{base}report-"
+
+
+def progress_prefix(base: str) -> str:
+    return f"{base}progress-"
+
+
 def progress_name(base: str, worker: int) -> str:
     return f"{base}progress-w{worker:04d}.json"
 

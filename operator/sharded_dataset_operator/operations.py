@@ -8,12 +8,10 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-from . import builders, failpoints, failures, naming, reconcile, units, versions
+from . import builders, failpoints, failures, guard, naming, reconcile, times, units, versions
 from .builders import ConverterDefaults, Owner
 from .clients import kube
 from .clients.ais import (
@@ -24,10 +22,11 @@ from .clients.ais import (
     DsortRejected,
     EtlRejected,
     ListingError,
+    MissingObject,
 )
 from .metrics import METRICS
 from .model import DsortJob
-from .reconcile import Decision, Event, Observed
+from .reconcile import Decision, Event, Observed, Outcome
 from .settings import SETTINGS, Settings
 from .spec import DatasetSpec, SpecError, parse_spec
 from .status import RECONCILING, STALLED, DatasetStatus, Phase, set_condition
@@ -47,7 +46,7 @@ ETL_INIT_WAIT = 30.0  # seconds beyond the ETL's init timeout the operator waits
 
 
 def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return times.now_iso()
 
 
 def owner_of(obj: dict[str, Any], refresh: str = "") -> Owner:
@@ -158,124 +157,71 @@ def is_settled(obj: dict[str, Any]) -> bool:
     return not request or request == (status.get("retry") or {}).get("request")
 
 
-class LimitExceeded(Exception):
-    """A dataset's objects in AIS (written by its pods, so by its tenant) are larger or more numerous than the
-    operator reads: a clear failure of that dataset, never an operator that runs out of memory."""
+# The JSON object cache and its limits live in objcache.py; these names stay importable from here.
+from . import objcache  # noqa: E402
+
+LimitExceeded = objcache.LimitExceeded
+ObjectUnreadable = objcache.ObjectUnreadable
+ObjectCache = objcache.ObjectCache
+MAX_OBJECT_BYTES, MAX_OBJECTS, MAX_LISTED = objcache.MAX_OBJECT_BYTES, objcache.MAX_OBJECTS, objcache.MAX_LISTED
+CACHE = objcache.CACHE
 
 
-MAX_OBJECT_BYTES = 64 * 1024 * 1024  # a plan manifest, report, progress object, reused.json or index
-MAX_OBJECTS = 10_000  # JSON objects under one prefix (reports and progress: one per worker)
-MAX_LISTED = 500_000  # output shards counted in a verification, units held by the versions in a sweep
+def read_json(ais: Ais, bucket: str, provider: str, name: str, *, namespace: str = "") -> dict[str, Any] | None:
+    """One JSON object (cached by its AIS checksum, for a dataset of `namespace`), or None when it does not
+    exist; `ObjectUnreadable` when it exists but is not a JSON object."""
+    return CACHE.read(ais, bucket, provider, name, namespace=namespace).get(name)
 
 
-class ObjectCache:
-    """JSON objects (plan, reports, progress) by name, re-read only when their AIS checksum changes.
-
-    Bounded (least recently used first out), so the operator's memory does not grow with the number of
-    datasets or passes. What it reads is bounded too: an object is read only if the listing gives it at most
-    `max_bytes`, and at most `max_objects` under a prefix (`LimitExceeded` otherwise).
-    """
-
-    def __init__(self, limit: int = 4096, max_bytes: int = MAX_OBJECT_BYTES, max_objects: int = MAX_OBJECTS) -> None:
-        self.limit, self.max_bytes, self.max_objects = limit, max_bytes, max_objects
-        self.items: OrderedDict[tuple[str, str, str], tuple[str, dict[str, Any]]] = OrderedDict()
-        self.reads = 0
-
-    def evict(self, ais: Ais, bucket: str, provider: str, names: tuple[str, ...]) -> None:
-        """Forget deleted objects (a sticky one would otherwise outlive its deletion)."""
-        for name in names:
-            self.items.pop((ais.endpoint, f"{provider}://{bucket}", name), None)
-
-    def evict_prefix(self, ais: Ais, bucket: str, provider: str, prefix: str, keep: str = "") -> None:
-        """Forget every object under `prefix` (but `keep`)."""
-        where = (ais.endpoint, f"{provider}://{bucket}")
-        for key in [k for k in self.items if k[:2] == where and k[2].startswith(prefix) and k[2] != keep]:
-            del self.items[key]
-
-    def read(
-        self, ais: Ais, bucket: str, provider: str, prefix: str, sticky: bool = False
-    ) -> dict[str, dict[str, Any]]:
-        """Every JSON object under `prefix` (name -> content); unreadable or vanished objects are left out.
-
-        `sticky`: the objects are immutable once written (worker reports), so one seen before stays known
-        even when a listing misses it (a target that holds it is down for a while).
-        """
-        found: dict[str, dict[str, Any]] = {}
-        if sticky:
-            where = (ais.endpoint, f"{provider}://{bucket}")
-            for (endpoint, bck, name), (_, body) in self.items.items():
-                if (endpoint, bck) == where and name.startswith(prefix):
-                    found[name] = body
-        entries: list[Any] = []
-        try:
-            for page in ais.list_pages(bucket, provider, prefix, props="name,size,checksum"):
-                entries.extend(page)
-                if len(entries) > self.max_objects:
-                    raise LimitExceeded(
-                        f"more than {self.max_objects} objects under {provider}://{bucket}/{prefix}: the operator "
-                        "reads at most that many"
-                    )
-        except BucketNotFound:
-            return found
-        for e in entries:
-            if int(e.size or 0) > self.max_bytes:
-                raise LimitExceeded(
-                    f"{provider}://{bucket}/{e.name} is {int(e.size)} bytes; the operator reads objects of at most "
-                    f"{self.max_bytes} bytes (it was not read)"
-                )
-        for e in entries:
-            key = (ais.endpoint, f"{provider}://{bucket}", str(e.name))
-            checksum = str(e.checksum or "") or f"size:{e.size}"
-            hit = self.items.get(key)
-            if hit is not None and hit[0] == checksum:
-                self.items.move_to_end(key)
-                found[e.name] = hit[1]
-                continue
-            data = ais.get(bucket, e.name, provider)
-            self.reads += 1
-            if not data:
-                continue
-            try:
-                body = json.loads(data)
-            except ValueError:
-                continue
-            if not isinstance(body, dict):
-                continue
-            self.items[key] = (checksum, body)
-            while len(self.items) > self.limit:
-                self.items.popitem(last=False)
-            found[e.name] = body
-        return found
+def read_index(
+    ais: Ais, bucket: str, provider: str, name: str, namespace: str = ""
+) -> tuple[dict[str, Any] | None, str | None]:
+    """A stable index: (its content, None), or (None, why it is not an index this resource may write)."""
+    try:
+        return read_json(ais, bucket, provider, name, namespace=namespace), None
+    except ObjectUnreadable as e:
+        if e.why == objcache.VANISHED:  # listed, then gone: not known to be foreign; the pass waits
+            raise
+        return None, (f"{provider}://{bucket}/{name} is not a ShardedDataset index ({e.why}); choose another "
+                      "output prefix or bucket, or remove that object")  # fmt: skip
 
 
-CACHE = ObjectCache(max_bytes=SETTINGS.max_object_bytes)
-
-
-def read_json(ais: Ais, bucket: str, provider: str, name: str) -> dict[str, Any] | None:
-    """One JSON object (cached by its AIS checksum), or None when it does not exist."""
-    return CACHE.read(ais, bucket, provider, name).get(name)
-
-
-def read_published(ais: Ais, spec: DatasetSpec, uid: str) -> IndexInfo | None:
+def read_published(ais: Ais, spec: DatasetSpec, uid: str, namespace: str = "") -> IndexInfo | None:
     """The version the stable index names, when this resource wrote it."""
     bucket, provider, name = reconcile.index_location(spec)
-    return IndexInfo.from_index(read_json(ais, bucket, provider, name), uid)
+    return IndexInfo.from_index(read_index(ais, bucket, provider, name, namespace)[0], uid)
 
 
 def observe_versions(ais: Ais, spec: DatasetSpec, owner: Owner, obs: Observed) -> None:
-    """The published version, and every recorded version's own index (the versions that were published)."""
+    """The published version, every recorded version's own index (the versions that were published), and
+    what each split's stable index names."""
     bucket, provider, name = reconcile.index_location(spec)
-    stable = read_json(ais, bucket, provider, name)
-    obs.output_conflict = versions.index_owner_conflict(stable, owner.namespace, owner.name, owner.uid)
+    ns = owner.namespace
+    stable, foreign = read_index(ais, bucket, provider, name, ns)
+    obs.output_conflict = foreign or versions.index_owner_conflict(stable, owner.namespace, owner.name, owner.uid)
     obs.published = IndexInfo.from_index(stable, owner.uid)
-    records = [*(obs.previous.get("artifacts") or []), reconcile.artifact_record(spec, owner)]
+    wanted = reconcile.artifact_record(spec, owner)
+    for split, names in ((wanted["index"].get("splits") or {}) if not obs.output_conflict else {}).items():
+        body, foreign = read_index(ais, bucket, provider, str(names["stable"]), ns)
+        obs.output_conflict = obs.output_conflict or foreign
+        info = IndexInfo.from_index(body, owner.uid)
+        obs.split_stables[split] = info.version if info is not None else None
+        published = obs.published
+        own = ((published.record.get("index") or {}).get("splits") or {}).get(split) if published else None
+        versioned = str((own or {}).get("versioned") or "")
+        if published is not None and versioned and obs.split_stables[split] != published.version:
+            source = read_json(ais, bucket, provider, versioned, namespace=ns)
+            if IndexInfo.from_index(source, owner.uid) is not None and source is not None:
+                obs.split_sources[split] = source
+    records = [*(obs.previous.get("artifacts") or []), wanted]
     if obs.published is not None and obs.published.record:
         records.append(obs.published.record)
     for record in records:
         index = record.get("index") or {}
         if not index.get("versioned"):
             continue
-        body = read_json(ais, str(index["bucket"]), str(index.get("provider") or "ais"), str(index["versioned"]))
+        where = (str(index["bucket"]), str(index.get("provider") or "ais"), str(index["versioned"]))
+        body = read_json(ais, *where, namespace=ns)
         info = IndexInfo.from_index(body, owner.uid)
         if info is None:
             continue
@@ -304,7 +250,7 @@ def next_attempt_due(attempts: dict[int, DsortJob]) -> bool:
 def observe(ais: Ais, spec: DatasetSpec, owner: Owner, previous: dict[str, Any], dsort: Ais | None = None) -> Observed:
     """What exists for the wanted version; `dsort`: the access dSort jobs are listed with (default `ais`)."""
     obs = Observed(previous=previous)
-    gen = owner.generation
+    gen, ns = owner.generation, owner.namespace
     wants_etl = spec.serve_etl is not None or (spec.transform is not None and spec.transform.ais_etl is not None)
     if wants_etl or previous.get("etl") or previous.get("serve"):
         obs.etls = (dsort or ais).etl_list(naming.etl_prefix(owner.uid))
@@ -316,14 +262,16 @@ def observe(ais: Ais, spec: DatasetSpec, owner: Owner, previous: dict[str, Any],
         out = spec.output.bucket  # serving the wanted version: only the counts are read
         base = builders.converted_base(spec, owner)
         manifest = naming.plan_manifest_name(base)
-        obs.plan = CACHE.read(ais, out.name, out.provider, manifest, sticky=True).get(manifest)
-        obs.reports = by_worker(CACHE.read(ais, out.name, out.provider, f"{base}report-", sticky=True))
-        obs.reused = read_json(ais, out.name, out.provider, naming.reused_name(base))
+        obs.plan = CACHE.read(ais, out.name, out.provider, manifest, sticky=True, namespace=ns).get(manifest)
+        obs.reports = by_worker(
+            CACHE.read(ais, out.name, out.provider, naming.report_prefix(base), sticky=True, namespace=ns)
+        )
+        obs.reused = read_json(ais, out.name, out.provider, naming.reused_name(base), namespace=ns)
         return obs
     out = spec.output.bucket
     base = builders.converted_base(spec, owner)
     manifest = naming.plan_manifest_name(base)
-    obs.plan = CACHE.read(ais, out.name, out.provider, manifest, sticky=True).get(manifest)
+    obs.plan = CACHE.read(ais, out.name, out.provider, manifest, sticky=True, namespace=ns).get(manifest)
     if obs.plan is None:
         obs.planner = kube.get_job(owner.namespace, naming.job_name(owner.name, owner.version, "plan"), gen)
         if obs.planner is None:
@@ -335,12 +283,14 @@ def observe(ais: Ais, spec: DatasetSpec, owner: Owner, previous: dict[str, Any],
                 obs.source_problem = kube.pvc_problem(owner.namespace, spec.source.claim_name)
         return obs
     obs.job = kube.get_job(owner.namespace, naming.job_name(owner.name, owner.version), gen)
-    obs.reports = by_worker(CACHE.read(ais, out.name, out.provider, f"{base}report-", sticky=True))
+    obs.reports = by_worker(
+        CACHE.read(ais, out.name, out.provider, naming.report_prefix(base), sticky=True, namespace=ns)
+    )
     reused = naming.reused_name(base)
-    obs.reused = CACHE.read(ais, out.name, out.provider, reused, sticky=True).get(reused)
+    obs.reused = CACHE.read(ais, out.name, out.provider, reused, sticky=True, namespace=ns).get(reused)
     converted = len(obs.reports) == reconcile.converter_workers(spec, obs.plan)
     if obs.job is not None and not converted:
-        obs.progress = by_worker(CACHE.read(ais, out.name, out.provider, f"{base}progress-"))
+        obs.progress = by_worker(CACHE.read(ais, out.name, out.provider, naming.progress_prefix(base), namespace=ns))
     if converted and spec.shuffle is not None and spec.splits is None:
         obs.dsort_attempts = find_dsort_attempts(
             dsort or ais, naming.dsort_description(owner.namespace, owner.name, owner.uid, owner.version)
@@ -389,7 +339,9 @@ def tally_output(ais: Ais, bucket: str, provider: str, prefix: str, only: frozen
     return tally
 
 
-def cleanup_record(ais: Ais, record: dict[str, Any], uid: str = "", dsort: Ais | None = None) -> None:
+def cleanup_record(
+    ais: Ais, record: dict[str, Any], uid: str = "", dsort: Ais | None = None, namespace: str = ""
+) -> None:
     """Abort the version's dSort if it still runs (with `dsort`'s access), then delete everything under its
     prefixes, its own index last (with it gone the version counts as never published), and a stable index
     that still names it (one left at a location the spec no longer uses)."""
@@ -415,7 +367,7 @@ def cleanup_record(ais: Ais, record: dict[str, Any], uid: str = "", dsort: Ais |
     for stable in stables if uid else ():
         if not stable:
             continue
-        info = IndexInfo.from_index(read_json(ais, bucket, provider, stable), uid)
+        info = IndexInfo.from_index(read_json(ais, bucket, provider, stable, namespace=namespace), uid)
         if info is not None and info.version == versions.record_version(record):
             ais.delete_objects(bucket, [stable], provider)
             CACHE.evict(ais, bucket, provider, (stable,))
@@ -424,17 +376,28 @@ def cleanup_record(ais: Ais, record: dict[str, Any], uid: str = "", dsort: Ais |
         CACHE.evict(ais, bucket, provider, (versioned,))
 
 
-def live_units(ais: Ais, records: tuple[dict[str, Any], ...]) -> set[str]:
-    """The unit ids the versions of `records` hold, from their plans' unit tables (streamed)."""
+class UnitsUnreadable(Exception):
+    """A live version's plan or unit table could not be read: which units it holds is unknown, so nothing is
+    swept (promise P2: what cannot be read is never taken for "nothing to keep")."""
+
+
+def live_units(ais: Ais, records: tuple[dict[str, Any], ...], namespace: str = "") -> set[str]:
+    """The unit ids the versions of `records` hold, from their plans' unit tables (streamed). Raises
+    UnitsUnreadable when a plan or a unit table chunk is missing or unreadable."""
     ids: set[str] = set()
     for record in records:
         pool = record.get("pool") or {}
         if not record.get("plan") or not pool.get("bucket"):
-            continue
+            continue  # a record from before the unit pool: its version holds no units
         bucket, provider = str(pool["bucket"]), str(pool.get("provider") or "ais")
-        manifest = read_json(ais, bucket, provider, str(record["plan"]))
-        for chunk in ((manifest or {}).get("units") or {}).get("chunks") or []:
-            for line in ais.stream_lines(bucket, str(chunk), provider):
+        manifest = read_json(ais, bucket, provider, str(record["plan"]), namespace=namespace)
+        table = (manifest or {}).get("units")
+        if not isinstance(table, dict) or not isinstance(table.get("chunks"), list):
+            why = "missing" if manifest is None else "without a unit table"
+            raise UnitsUnreadable(f"the plan {provider}://{bucket}/{record['plan']} of version "
+                                  f"{versions.record_version(record)} is {why}: nothing is swept")  # fmt: skip
+        for chunk in table["chunks"]:
+            for line in ais.stream_lines(bucket, str(chunk), provider, missing_ok=False):
                 if line:
                     ids.add(units.Unit.parse(line)[0].id)
                     if len(ids) > MAX_LISTED:
@@ -442,9 +405,11 @@ def live_units(ais: Ais, records: tuple[dict[str, Any], ...]) -> set[str]:
     return ids
 
 
-def sweep_units(ais: Ais, bucket: str, provider: str, pool: str, live: tuple[dict[str, Any], ...]) -> int:
+def sweep_units(
+    ais: Ais, bucket: str, provider: str, pool: str, live: tuple[dict[str, Any], ...], namespace: str = ""
+) -> int:
     """Delete the converted shards under `pool` whose unit no live version holds; returns how many."""
-    keep = live_units(ais, live)
+    keep = live_units(ais, live, namespace)
     doomed: list[str] = []
     deleted = 0
     for e in ais.list_objects(bucket, provider, pool):
@@ -463,92 +428,125 @@ def execute(
     failpoint: failpoints.Failpoint = failpoints.none,
     dsort: Ais | None = None,
     spec: DatasetSpec | None = None,
-) -> None:
-    """Carry out the decision's actions with the dataset's access; dSort jobs with `dsort`'s (default `ais`),
-    started only after `check_dsort_access` (when `spec` is given)."""
+) -> list[Outcome]:
+    """Carry out the decision's actions with the dataset's access, dSort jobs with `dsort`'s (default `ais`),
+    started only after `check_dsort_access` (when `spec` is given). Decides nothing: it reports what happened
+    to each action it reached (`reconcile.after_actions` decides what that means) and stops after a report that
+    stops the pass. Errors of the pass itself (AIS unavailable for a write, an index of another resource)
+    raise."""
     dsort = dsort or ais
+    done: list[Outcome] = []
     for action in decision.actions:
-        match action:
-            case reconcile.CleanupArtifacts(record=record):
-                if kube.converter_pods(owner.namespace, owner.name, versions.record_version(record)):
-                    # an old converter could still write after the cleanup: keep the record, retry next pass
-                    decision.status.artifacts = [*(decision.status.artifacts or []), record]
-                    continue
+        outcome = _carry_out(action, ais, dsort, owner, failpoint, spec)
+        done.append(outcome)
+        if outcome.kind in reconcile.STOPS and not (isinstance(action, reconcile.InitEtl) and action.serving):
+            break
+    return done
+
+
+CLEANUP_ERRORS = (
+    AisUnavailable,
+    AccessDenied,
+    BucketNotFound,
+    ListingError,
+    MissingObject,
+    ObjectUnreadable,
+    UnitsUnreadable,
+    LimitExceeded,
+)
+
+
+def _carry_out(
+    action: reconcile.Action,
+    ais: Ais,
+    dsort: Ais,
+    owner: Owner,
+    failpoint: failpoints.Failpoint,
+    spec: DatasetSpec | None,
+) -> Outcome:
+    match action:
+        case reconcile.CleanupArtifacts(record=record):
+            if kube.converter_pods(owner.namespace, owner.name, versions.record_version(record)):
+                return Outcome(action, reconcile.BUSY)  # an old converter could still write after the cleanup
+            try:
+                cleanup_record(ais, record, owner.uid, dsort, owner.namespace)
+            except CLEANUP_ERRORS as e:  # never holds anything else back: the next pass tries again
+                log.warning("%s/%s: deleting %s failed: %s", owner.namespace, owner.name, record.get("version"), e)
+                return Outcome(action, reconcile.FAILED_CLEANUP, error=str(e))
+        case reconcile.SweepUnits(bucket=bucket, provider=provider, pool=pool, live=live):
+            try:
+                n = sweep_units(ais, bucket, provider, pool, live, owner.namespace)
+                log.info("%s/%s: deleted %d converted shards no version holds", owner.namespace, owner.name, n)
+            except CLEANUP_ERRORS as e:
+                return Outcome(action, reconcile.FAILED_CLEANUP, error=str(e))
+        case reconcile.DeleteJobs(names=names):
+            kube.delete_jobs(owner.namespace, names)
+        case reconcile.EnsureBucket(bucket=bucket, provider=provider):
+            ais.ensure_bucket(bucket, provider)
+        case reconcile.CreateJob(manifest=manifest):
+            kube.create_job(manifest)
+        case reconcile.StartDsort(spec=request):
+            if spec is not None:
                 try:
-                    cleanup_record(ais, record, owner.uid, dsort)
-                except (AisUnavailable, AccessDenied, BucketNotFound, ListingError) as e:
-                    # never holds anything else back: the record stays, the next pass tries again
-                    decision.status.artifacts = [*(decision.status.artifacts or []), record]
-                    version = versions.record_version(record)
-                    decision.events.append(Event("Warning", "CleanupFailed", f"deleting version {version}: {e}"))
-                    log.warning("%s/%s: deleting version %s failed: %s", owner.namespace, owner.name, version, e)
-            case reconcile.SweepUnits(bucket=bucket, provider=provider, pool=pool, live=live, restore=restore):
-                try:
-                    n = sweep_units(ais, bucket, provider, pool, live)
-                    log.info("%s/%s: deleted %d converted shards no version holds", owner.namespace, owner.name, n)
-                except (AisUnavailable, AccessDenied, BucketNotFound, ListingError) as e:
-                    kept = {versions.record_version(r) for r in decision.status.artifacts or []}
-                    back = [r for r in restore if versions.record_version(r) not in kept]
-                    decision.status.artifacts = [*(decision.status.artifacts or []), *back]
-                    decision.events.append(Event("Warning", "CleanupFailed", f"deleting converted shards: {e}"))
-            case reconcile.DeleteJobs(names=names):
-                kube.delete_jobs(owner.namespace, names)
-            case reconcile.EnsureBucket(bucket=bucket, provider=provider):
-                ais.ensure_bucket(bucket, provider)
-            case reconcile.CreateJob(manifest=manifest):
-                kube.create_job(manifest)
-            case reconcile.StartDsort(spec=request):
-                if spec is not None:
-                    try:
-                        check_dsort_access(ais, spec, owner, list(request["input_format"]["objnames"]))
-                    except AccessDenied as e:
-                        reconcile.stall(decision, "AccessDenied", str(e))
-                        return
-                try:
-                    job_id = dsort.dsort_start(request)
-                except DsortRejected as e:
-                    reconcile.fail(decision, "ShuffleRejected", str(e))
-                    return
-                log.info("%s/%s: started dSort job %s", owner.namespace, owner.name, job_id)
-                failpoint(failpoints.AFTER_DSORT_START)
-                decision.status.dsort_job_id = job_id
-            case reconcile.WriteIndex(
-                bucket=bucket, provider=provider, name=name, body=body, publishes=publishes, guarded=guarded
-            ):
-                if publishes or guarded:  # the last look before the PUT: never over another resource's index
-                    current = ais.get(bucket, name, provider)
-                    conflict = versions.index_owner_conflict(
-                        json.loads(current) if current else None, owner.namespace, owner.name, owner.uid
-                    )
-                    if conflict:
-                        raise OutputConflict(conflict)
-                ais.put(bucket, name, json.dumps(body, indent=1, sort_keys=True).encode(), provider)
-                CACHE.evict(ais, bucket, provider, (name,))
-                failpoint(failpoints.AFTER_PUBLISH if publishes else failpoints.AFTER_INDEX_WRITE)
-            case reconcile.DeleteObjects(bucket=bucket, provider=provider, names=names):
-                ais.delete_objects(bucket, list(names), provider)
-                CACHE.evict(ais, bucket, provider, names)
-            case reconcile.DeletePrefix(bucket=bucket, provider=provider, prefix=prefix):
-                n = ais.delete_prefix(bucket, prefix, provider)
-                log.info("%s/%s: deleted %d objects under %s", owner.namespace, owner.name, n, prefix)
-            case reconcile.InitEtl(name=name, message=message, serving=serving):
-                try:
-                    dsort.etl_init(message, ETL_INIT_WAIT + parse_duration(str(message.get("init_timeout") or "3m")))
-                except EtlRejected as e:
-                    dsort.etl_delete(name)  # whatever AIS started of it: a retry starts afresh
-                    if serving:  # the build goes on; readers see why their ETL is missing
-                        failed = {"stage": None, "message": str(e), "failedAt": now_iso()}
-                        decision.status.serve = {**(decision.status.serve or {}), **failed}
-                        decision.events.append(Event("Warning", "EtlFailed", f"serving ETL {name}: {e}"))
-                        continue
-                    reconcile.fail(decision, "EtlFailed", str(e))
-                    return
-                log.info("%s/%s: AIS ETL %s runs", owner.namespace, owner.name, name)
-                decision.events.append(Event("Normal", "EtlStarted", f"AIS ETL {name} runs next to every target"))
-            case reconcile.DeleteEtls(names=names):
-                for name in names:
-                    dsort.etl_delete(name)
-                    log.info("%s/%s: removed AIS ETL %s", owner.namespace, owner.name, name)
+                    check_dsort_access(ais, spec, owner, list(request["input_format"]["objnames"]))
+                except AccessDenied as e:
+                    return Outcome(action, reconcile.DENIED, error=str(e))
+            try:
+                job_id = dsort.dsort_start(request)
+            except DsortRejected as e:
+                return Outcome(action, reconcile.REJECTED, error=str(e))
+            log.info("%s/%s: started dSort job %s", owner.namespace, owner.name, job_id)
+            failpoint(failpoints.AFTER_DSORT_START)
+            return Outcome(action, result=job_id)
+        case reconcile.WriteIndex(
+            bucket=bucket, provider=provider, name=name, body=body, publishes=publishes, guarded=guarded
+        ):
+            if publishes or guarded:  # the last look before the PUT: never over another resource's index
+                conflict = versions.index_owner_conflict(
+                    parse_index(ais.get(bucket, name, provider), f"{provider}://{bucket}/{name}"),
+                    owner.namespace,
+                    owner.name,
+                    owner.uid,
+                )
+                if conflict:
+                    raise OutputConflict(conflict)
+            ais.put(bucket, name, json.dumps(body, indent=1, sort_keys=True).encode(), provider)
+            CACHE.evict(ais, bucket, provider, (name,))
+            failpoint(failpoints.AFTER_PUBLISH if publishes else failpoints.AFTER_INDEX_WRITE)
+        case reconcile.DeleteObjects(bucket=bucket, provider=provider, names=names):
+            ais.delete_objects(bucket, list(names), provider)
+            CACHE.evict(ais, bucket, provider, names)
+        case reconcile.DeletePrefix(bucket=bucket, provider=provider, prefix=prefix):
+            n = ais.delete_prefix(bucket, prefix, provider)
+            CACHE.evict_prefix(ais, bucket, provider, prefix)
+            log.info("%s/%s: deleted %d objects under %s", owner.namespace, owner.name, n, prefix)
+        case reconcile.InitEtl(name=name, message=message):
+            try:
+                dsort.etl_init(message, ETL_INIT_WAIT + parse_duration(str(message.get("init_timeout") or "3m")))
+            except EtlRejected as e:
+                dsort.etl_delete(name)  # whatever AIS started of it: a retry starts afresh
+                return Outcome(action, reconcile.ETL_FAILED, error=str(e), at=now_iso())
+            log.info("%s/%s: AIS ETL %s runs", owner.namespace, owner.name, name)
+        case reconcile.DeleteEtls(names=names):
+            for name in names:
+                dsort.etl_delete(name)
+                log.info("%s/%s: removed AIS ETL %s", owner.namespace, owner.name, name)
+    return Outcome(action)
+
+
+def parse_index(data: bytes | None, where: str) -> dict[str, Any] | None:
+    """An index object's content (None: there is none). Something at an index's name that is not a JSON object
+    is not this resource's to overwrite: `OutputConflict` naming it."""
+    if not data:
+        return None
+    try:
+        body = json.loads(data)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise OutputConflict(f"{where} is not a ShardedDataset index (not a JSON object); choose another output "
+                             "prefix or bucket, or remove that object")  # fmt: skip
+    return body
 
 
 def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
@@ -589,11 +587,14 @@ def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
             check_buckets(ais, spec)
         annotations = obj["metadata"].get("annotations") or {}
         refresh = versions.desired_refresh(
-            annotations.get(versions.REFRESH_ANNOTATION), owner.generation, read_published(ais, spec, owner.uid)
+            annotations.get(versions.REFRESH_ANNOTATION),
+            owner.generation,
+            read_published(ais, spec, owner.uid, owner.namespace),
         )
         owner = owner_of(obj, refresh)
         obs = observe(ais, spec, owner, previous, dsort)
         obs.retry_request = annotations.get(failures.RETRY_ANNOTATION)
+        obs.approval = annotations.get(guard.APPROVE_ANNOTATION)
         decision = reconcile.decide(spec, owner, obs, defaults, now)
         bucket = spec.shuffle.output_bucket if spec.shuffle else spec.output.bucket
         for _ in range(len(spec.splits.names) if spec.splits else 1):  # one output (listing) per split
@@ -603,7 +604,10 @@ def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
             obs.output = obs.outputs[decision.output_prefix] = tally
             decision = reconcile.decide(spec, owner, obs, defaults, now)
         mark = functools.partial(kube.annotate_dataset, namespace, name, failpoints.FIRED_ANNOTATION)
-        execute(ais, decision, owner, failpoints.for_dataset(settings.failpoints, annotations, mark), dsort, spec)
+        outcomes = execute(
+            ais, decision, owner, failpoints.for_dataset(settings.failpoints, annotations, mark), dsort, spec
+        )
+        decision = reconcile.after_actions(decision, outcomes)
     except kube.SecretNotAllowed as e:
         return _transient(owner, previous, "SecretNotAllowed", str(e), now, settings.stall_after, stalled=True)
     except LookupError as e:  # token Secret missing
@@ -617,6 +621,9 @@ def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
         return _transient(owner, previous, "AISUnavailable", str(e), now, settings.stall_after)
     except ListingError as e:
         return _transient(owner, previous, "ListingIncomplete", str(e), now, settings.stall_after)
+    except ObjectUnreadable as e:  # promise P2: never taken for absent; nothing is deleted or published on it
+        msg = f"could not read {e} (waiting; nothing is deleted or published meanwhile)"
+        return _transient(owner, previous, "ObjectUnreadable", msg, now, settings.stall_after)
     except LimitExceeded as e:
         return _fail_invalid(owner, previous, str(e), now, reason="LimitExceeded")
     conds: list[dict[str, Any]] = previous.get("conditions") or []
@@ -733,7 +740,7 @@ def delete_everything(obj: dict[str, Any], settings: Settings) -> int:
     records.append(reconcile.artifact_record(spec, owner))
     deleted = 0
     for record in records:
-        cleanup_record(ais, record, owner.uid, dsort)
+        cleanup_record(ais, record, owner.uid, dsort, owner.namespace)
         pool = record.get("pool") or {}
         if pool.get("prefix"):
             ais.delete_prefix(str(pool["bucket"]), str(pool["prefix"]), str(pool.get("provider") or "ais"))

@@ -14,14 +14,14 @@ also kept in each version's own index) are what lets the operator delete a versi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-from . import builders, failures, naming, units, versions
+from . import builders, failures, guard, naming, units, versions
 from .builders import ConverterDefaults, Owner
 from .model import DsortJob, JobState
 from .spec import DatasetSpec
 from .status import CONVERTED, SHUFFLED, VERIFIED, DatasetStatus, Phase, StepState
+from .times import epoch, parse
 from .verify import OutputTally, Totals, compare
 from .versions import IndexInfo
 
@@ -59,6 +59,11 @@ class Observed:
     output_conflict: str | None = None  # the stable index belongs to another resource: why, naming it
     etls: dict[str, str] = field(default_factory=dict)  # this resource's AIS ETLs (naming.etl_prefix): stage
     rebalancing: tuple[str, ...] = ()  # AIS's running rebalance jobs, asked for before a dSort attempt starts
+    approval: str | None = None  # the approve annotation (guard.APPROVE_ANNOTATION): the version a person approved
+    split_stables: dict[str, str | None] = field(default_factory=dict)  # with splits: the version each split's
+    # stable index names (None: it names none of this resource's)
+    split_sources: dict[str, dict[str, Any]] = field(default_factory=dict)  # the published version's own split
+    # indexes, read when a split's stable index does not name it (to put it right)
 
 
 # ------------------------------------------------------------------------------------------ actions
@@ -104,6 +109,7 @@ class SweepUnits:
 @dataclass(frozen=True, slots=True)
 class StartDsort:
     spec: dict[str, Any]
+    split: str | None = None  # the split whose output it shuffles (its record gets the job id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +166,26 @@ Action = (
     | InitEtl
     | DeleteEtls
 )
+
+
+# What the executor reports back, one per action it reached (`operations.execute`); `after_actions` decides
+# what each report means for the status. An action after a `STALL` or `FAIL` report is not carried out.
+DONE = "Done"  # carried out; `result`: what it returned (a dSort job id)
+BUSY = "ConverterRunning"  # not carried out: a converter of that version still runs (it could write after)
+FAILED_CLEANUP = "CleanupFailed"  # a deletion failed (AIS unavailable, refused, a listing or plan unreadable)
+DENIED = "AccessDenied"  # the dataset's token may not do what the dSort job would (STALL)
+REJECTED = "ShuffleRejected"  # AIS refused the dSort request (FAIL)
+ETL_FAILED = "EtlFailed"  # AIS could not start an ETL (FAIL, unless it is the readers' ETL)
+STOPS = (DENIED, REJECTED, ETL_FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    action: Action
+    kind: str = DONE
+    result: str = ""
+    error: str = ""
+    at: str = ""  # when, for a failure the status records
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +320,7 @@ class Pass:
     published_now: IndexInfo | None = None  # the wanted version, when this pass publishes it
     reused: dict[str, Any] | None = None  # the converted shards the plan takes over from earlier versions
     etls_needed: set[str] = field(default_factory=set)  # the AIS ETLs a step of this pass still uses
+    deletions_held: str | None = None  # why this pass deletes no version (`_deletions_held`)
 
     @property
     def st(self) -> DatasetStatus:
@@ -443,6 +470,7 @@ def _serving(p: Pass) -> Decision:
     st.completion_time = info.published_at or p.now
     if info.splits:
         st.splits = _split_status(info.splits, None)
+        p.decision.actions.extend(_split_repairs(p, info))
     st.phase, st.reason = Phase.READY, "Succeeded"
     st.message = _ready_message(info.version, info.samples, info.shards, info.bytes, st.samples_skipped)
     p.decision.requeue = None
@@ -472,7 +500,9 @@ def _settle_versions(p: Pass, d: Decision) -> None:
             records.append(record)  # known even if the status lost its record
         if p.published_now is not None and obs.published.version != owner.version:
             indexes.setdefault(obs.published.version, obs.published)  # replaced by this pass: previous now
-    retention = versions.plan_retention(owner.version, published, records, indexes, p.now, p.spec.output.retain_seconds)
+    retention = versions.plan_retention(
+        owner.version, published, records, indexes, p.now, p.spec.output.retain_seconds, _known_versions(p.prev)
+    )
     st.artifacts = [_current_first(st.artifacts or [], owner.version), *retention.keep]
     st.artifacts = _unique_records(st.artifacts)
     d.actions.extend(_deletions(p, d, retention))  # after publishing: a failed deletion never holds it back
@@ -489,6 +519,7 @@ def _settle_versions(p: Pass, d: Decision) -> None:
         "published": published.summary() if published is not None else None,
         "building": building,
         "previous": retention.previous,
+        **({"deletionsHeld": p.deletions_held} if p.deletions_held else {}),
     }
     if published is not None and published.version != owner.version:
         what = f"version {published.version} ({published.samples} samples in {published.shards} shards)"
@@ -506,10 +537,17 @@ def _deletions(p: Pass, d: Decision, retention: versions.Retention) -> list[Acti
     once the wanted version's planner cannot pick any of them for reuse any more."""
     st, owner = d.status, p.owner
     cleanups: list[Action] = []
-    if not _may_sweep(p, d) and (retention.abandon or retention.retire):
-        # the wanted version's planner may be choosing converted shards to reuse: delete nothing now
+    held = _deletions_held(p, d)
+    if held is not None and (retention.abandon or retention.retire):
         st.artifacts = _unique_records([*(st.artifacts or []), *retention.abandon, *retention.retire])
         retention.abandon, retention.retire = [], []
+        p.deletions_held = held
+    in_use = _in_use(p)
+    for r in [*retention.abandon, *retention.retire]:  # promise P1, whatever the retention said
+        if versions.record_version(r) in in_use:
+            st.artifacts = _unique_records([*(st.artifacts or []), r])
+    retention.abandon = [r for r in retention.abandon if versions.record_version(r) not in in_use]
+    retention.retire = [r for r in retention.retire if versions.record_version(r) not in in_use]
     for r in retention.abandon:
         cleanups.append(CleanupArtifacts(record=r))
         why = "superseded before it was published"
@@ -518,7 +556,7 @@ def _deletions(p: Pass, d: Decision, retention: versions.Retention) -> list[Acti
         cleanups.append(CleanupArtifacts(record=r, retired=True))
         why = f"{p.spec.output.retain_seconds:.0f}s after it was replaced"
         d.events.append(Event("Normal", "VersionDeleted", f"deleting version {versions.record_version(r)}: {why}"))
-    live = tuple(st.artifacts or [])
+    live = tuple(r for r in st.artifacts or [] if not _holds_no_units(p, r))
     if p.published_now is not None and p.spec.shuffle is not None and p.spec.shuffle.delete_input:
         # shuffle.deleteInput: the converted shards go once the shuffle is published (unless another version
         # still holds them), so the next version has none to reuse
@@ -529,6 +567,50 @@ def _deletions(p: Pass, d: Decision, retention: versions.Retention) -> list[Acti
     for bucket, provider, prefix in sorted({pool for r in gone if (pool := _pool_of(r)) is not None}):
         cleanups.append(SweepUnits(bucket, provider, prefix, live=live, restore=tuple(gone)))
     return cleanups
+
+
+def _holds_no_units(p: Pass, record: dict[str, Any]) -> bool:
+    """The wanted version before it has a plan (it failed before planning): it holds no converted shards."""
+    wanted = versions.record_version(record) == p.owner.version
+    return (
+        wanted and p.plan is None and not (p.obs.published is not None and p.obs.published.version == p.owner.version)
+    )
+
+
+def _known_versions(prev: dict[str, Any]) -> dict[str, str | None]:
+    """The versions the last status said were published (None) or kept as previous (their deleteAfter)."""
+    v = prev.get("versions") or {}
+    known: dict[str, str | None] = {}
+    for entry in v.get("previous") or []:
+        if isinstance(entry, dict) and entry.get("version"):
+            known[str(entry["version"])] = str(entry.get("deleteAfter") or "") or None
+    published = (v.get("published") or {}).get("version")
+    if published:
+        known[str(published)] = None
+    return known
+
+
+def _in_use(p: Pass) -> set[str]:
+    """The versions readers may be reading now: the one the stable index names (or this pass publishes), and
+    every one a split's stable index names. Nothing of theirs is deleted (promise P1)."""
+    used = {v for v in p.obs.split_stables.values() if v}
+    for info in (p.obs.published, p.published_now):
+        if info is not None:
+            used.add(info.version)
+    return used
+
+
+def _deletions_held(p: Pass, d: Decision) -> str | None:
+    """Why no version may be deleted on this pass (None: they may). Promise P2: what could not be seen is not
+    taken for "nothing in use": while the stable index the last status saw is missing, nothing is deleted."""
+    if not _may_sweep(p, d):
+        return "the wanted version's planner may still pick converted shards to reuse"
+    seen = ((p.prev.get("versions") or {}).get("published") or {}).get("version")
+    if seen and p.obs.published is None and p.published_now is None:
+        return (
+            f"the stable index that named version {seen} is missing or unreadable: nothing is deleted until it is seen"
+        )
+    return None
 
 
 def _may_sweep(p: Pass, d: Decision) -> bool:
@@ -566,17 +648,24 @@ def _unique_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _retry_requested(p: Pass) -> Decision:
-    """A Failed run whose retry annotation has a new value: clear what the failed step left, start it again."""
+    """A Failed run whose retry annotation has a new value: set aside what the failed step left (its Job, and
+    the objects that would make the next attempt fail alike), then start it again (promise P5)."""
     reason = next((c.get("reason") for c in p.prev.get("conditions") or [] if c.get("type") == "Stalled"), "")
     version = p.owner.version
-    if reason in ("PlanningFailed", "PlanMissing", "NoSamples"):
+    base, b = builders.converted_base(p.spec, p.owner), p.spec.output.bucket
+    attempt_objects = [DeletePrefix(b.name, b.provider, naming.report_prefix(base)),
+                       DeletePrefix(b.name, b.provider, naming.progress_prefix(base))]  # fmt: skip
+    if reason in ("PlanningFailed", "PlanMissing", "NoSamples", "SplitEmpty"):
         p.decision.actions.append(DeleteJobs((naming.job_name(p.owner.name, version, "plan"),)))
-        b = p.spec.output.bucket
-        p.decision.actions.append(
-            DeleteObjects(b.name, b.provider, (naming.plan_manifest_name(builders.converted_base(p.spec, p.owner)),))
-        )
-    elif reason in ("ConversionFailed", "ReportMissing", "ConversionIncomplete"):
+        p.decision.actions.append(DeleteObjects(b.name, b.provider, (naming.plan_manifest_name(base),)))
+        if reason == "SplitEmpty":  # decided on the converted samples: the source may have changed since
+            p.decision.actions.append(DeleteJobs((naming.job_name(p.owner.name, version),)))
+            p.decision.actions.extend(attempt_objects)
+    elif reason in ("ConversionFailed", "ReportMissing"):
         p.decision.actions.append(DeleteJobs((naming.job_name(p.owner.name, version),)))
+    elif reason in ("ConversionIncomplete", "TransformFailed"):
+        p.decision.actions.append(DeleteJobs((naming.job_name(p.owner.name, version),)))
+        p.decision.actions.extend(attempt_objects)  # reports of the failed attempt would fail the next alike
     p.st.retry = {"request": p.obs.retry_request, "shuffleAttemptBase": max(p.dsort_attempts, default=0)}
     if p.split_attempts:
         p.st.retry["shuffleAttemptBases"] = {k: max(v, default=0) for k, v in p.split_attempts.items()}
@@ -596,8 +685,10 @@ def _planning(p: Pass) -> Decision | None:
     if placement is not None:
         return p.failed(None, "PlacementNotAllowed", placement)
     if p.plan is not None:
-        if int(p.plan.get("samples") or 0) == 0 and p.spec.shuffle is not None:
-            msg = "no complete samples to shuffle: " + (_examples(p.plan) or "the source is empty")
+        if int(p.plan.get("samples") or 0) == 0:  # never published, shuffle or not (promise P4)
+            msg = "no complete samples: " + (_examples(p.plan) or "the source is empty")
+            if p.obs.published is not None:
+                msg += f"; version {p.obs.published.version} stays published"
             return p.failed(CONVERTED, "NoSamples", msg)
         return None
     st.steps[CONVERTED] = StepState(False, "Planning")
@@ -769,7 +860,7 @@ def _serve_etl(p: Pass) -> None:
         return  # not needed: removed now, started again on the next pass
     p.etls_needed.add(name)
     if stage is None:
-        failed_at = _epoch((p.prev.get("serve") or {}).get("failedAt"))
+        failed_at = epoch((p.prev.get("serve") or {}).get("failedAt"))
         if failed_at is not None and _seconds_since(failed_at, p.now) < SERVE_ETL_RETRY:
             serve.update(
                 stage=None, message=(p.prev.get("serve") or {}).get("message"), failedAt=p.prev["serve"]["failedAt"]
@@ -864,7 +955,8 @@ def _shuffle_track(p: Pass, track: Track) -> Decision | None:
             StartDsort(
                 builders.build_dsort_spec(
                     spec, owner, track.shards, track.written.member_bytes, track.tar_bytes, nxt, split
-                )
+                ),
+                split,
             )
         )
         state = {
@@ -916,15 +1008,8 @@ def lost_dsort_attempt(
         errors=() if shuffled else (why, *problems),
         extracted_records=0,
         created_shards=0,
-        ended_at=_epoch(shuffle.get("startedAt")),
+        ended_at=epoch(shuffle.get("startedAt")),
     )
-
-
-def _epoch(ts: Any) -> float | None:
-    try:
-        return datetime.strptime(str(ts), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp() if ts else None
-    except ValueError:
-        return None
 
 
 def _verification(p: Pass) -> Decision:
@@ -964,6 +1049,9 @@ def _verification(p: Pass) -> Decision:
             shards.sort(key=lambda s: position.get(str(s[0]), len(position)))
         verified.append((track, shards, tally))
     total = sum(t.samples for t, _, _ in verified)
+    held = _publish_guard(p, total, verified)
+    if held is not None:
+        return held
     nshards = sum(len(tally.shards) for _, _, tally in verified)
     st.shards_output = nshards
     st.bytes_output = sum(tally.bytes for _, _, tally in verified)
@@ -985,13 +1073,48 @@ def _verification(p: Pass) -> Decision:
     return p.decision
 
 
+HELD_REQUEUE = 300.0  # seconds between passes while a publication waits for a person (the annotation wakes it)
+
+
+def _publish_guard(
+    p: Pass, total: int, verified: list[tuple[Track, list[tuple[Any, ...]], OutputTally]]
+) -> Decision | None:
+    """Promise P4: a verified version that would drop more of the published version's samples than
+    `spec.output.publishGuard.maxRemoved` allows is held until a person approves it (None: publish)."""
+    published, owner = p.obs.published, p.owner
+    if published is None or published.version == owner.version:
+        return None
+    new_splits = {t.split: t.samples for t, _, _ in verified if t.split is not None}
+    diff = guard.plan_diff(p.plan, published)
+    verdict = guard.judge(owner.version, published, total, new_splits, diff, p.spec.output.max_removed)
+    approval = p.obs.approval
+    p.st.publish_guard = verdict.status(approval)
+    if not verdict.held:
+        return None
+    if approval == owner.version:
+        p.decision.events.append(Event("Normal", "PublishApproved", f"publishing as approved: {verdict.message()}"))
+        return None
+    if approval and approval != (p.prev.get("publishGuard") or {}).get("approval"):
+        why = f"annotation {guard.APPROVE_ANNOTATION}={approval} does not name the held version {owner.version}"
+        p.decision.events.append(Event("Warning", "ApprovalIgnored", why))
+    st = p.st
+    st.steps[VERIFIED] = StepState(True, "Verified", f"{total} samples; held before publishing")
+    how = f"kubectl annotate shardeddataset {owner.name} {guard.APPROVE_ANNOTATION}={owner.version}"
+    msg = f"{verdict.message()}; the published version keeps serving. To publish it anyway: {how}"
+    decision = _stalled(p.decision, p.prev_stalled, Phase.VERIFYING, "PublishHeld", msg)
+    decision.requeue = HELD_REQUEUE
+    return decision
+
+
 def _publish(p: Pass, samples: int, verified: list[tuple[Track, list[tuple[Any, ...]], OutputTally]]) -> None:
     """Write the version's own index (once), then the stable index as a copy of it: the single PUT that
     switches readers to this version. A pass that finds the version's index already written (the operator
     stopped between the two PUTs) copies that one, so the publication time and content never change.
 
-    With splits, each split's own index and stable index (`<outputPrefix><split>-index.json`) come first; the
-    version's index then lists no shards but names the splits' indexes (`info.splits`)."""
+    With splits, each split's own index comes first and the version's index names them (`info.splits`); each
+    split's stable index (`<outputPrefix><split>-index.json`) is written only after the stable index, so a
+    split's stable index never names a version that is not published (and so may not be deleted); a pass
+    that finds one behind the published version puts it right (`_split_repairs`)."""
     spec, owner = p.spec, p.owner
     bucket, provider, stable = index_location(spec)
     record = p.st.artifacts[0] if p.st.artifacts else artifact_record(spec, owner)
@@ -1010,6 +1133,7 @@ def _publish(p: Pass, samples: int, verified: list[tuple[Track, list[tuple[Any, 
         "seed": spec.shuffle.seed if spec.shuffle else None,
     }
     splits: dict[str, Any] = {}
+    split_stables: list[WriteIndex] = []
     body = p.obs.wanted_index
     if body is None or IndexInfo.from_index(body, owner.uid) is None:
         shards: list[tuple[Any, ...]] = []
@@ -1028,7 +1152,7 @@ def _publish(p: Pass, samples: int, verified: list[tuple[Track, list[tuple[Any, 
                 f"{owner.name}-{track.split}", split_shards, names["versioned"], info, keep_order=spec.shuffle is None
             )
             p.decision.actions.append(WriteIndex(bucket, provider, names["versioned"], split_body))
-            p.decision.actions.append(WriteIndex(bucket, provider, names["stable"], split_body, guarded=True))
+            split_stables.append(WriteIndex(bucket, provider, names["stable"], split_body, guarded=True))
             splits[track.split] = {
                 "index": f"{provider}://{bucket}/{names['stable']}",
                 "versionIndex": f"{provider}://{bucket}/{names['versioned']}",
@@ -1047,8 +1171,26 @@ def _publish(p: Pass, samples: int, verified: list[tuple[Track, list[tuple[Any, 
         p.decision.actions.append(WriteIndex(bucket, provider, versioned, body))
     p.decision.actions.append(WriteIndex(bucket, provider, stable, body, publishes=True))
     p.published_now = IndexInfo.from_index(body, owner.uid)
+    if not split_stables and p.published_now is not None:  # the version's index was written by an earlier pass
+        split_stables = _split_repairs(p, p.published_now)
+    p.decision.actions.extend(split_stables)
     if spec.splits is not None:
         p.st.splits = _split_status((body.get("info") or {}).get("splits") or {}, p.st.splits)
+
+
+def _split_repairs(p: Pass, published: IndexInfo) -> list[WriteIndex]:
+    """Each split's stable index that does not name the published version yet, rewritten as a copy of the
+    published version's own index of that split (read by `observe` when they differ)."""
+    names = (published.record.get("index") or {}).get("splits") or {}
+    bucket, provider, _ = index_location(p.spec)
+    out = []
+    for split in sorted(published.splits):
+        if p.obs.split_stables.get(split) == published.version or split not in names:
+            continue
+        source = p.obs.split_sources.get(split)
+        if source is not None:
+            out.append(WriteIndex(bucket, provider, str(names[split]["stable"]), source, guarded=True))
+    return out
 
 
 def verification_prefix(spec: DatasetSpec, owner: Owner, attempt: int | None, split: str | None = None) -> str:
@@ -1075,7 +1217,7 @@ def _condition_reason(status: dict[str, Any], type_: str) -> str | None:
 def _seconds_since(then: float | None, now: str) -> float:
     if then is None:
         return float("inf")
-    return datetime.strptime(now, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp() - then
+    return parse(now) - then
 
 
 def conversion_progress(
@@ -1155,6 +1297,57 @@ def _stalled(d: Decision, prev_stalled: str | None, phase: Phase, reason: str, m
     d.requeue = STALLED_REQUEUE
     if prev_stalled != reason:
         d.events.append(Event("Warning", reason, message))
+    return d
+
+
+def after_actions(d: Decision, outcomes: list[Outcome]) -> Decision:
+    """What the executor's reports mean for the status: every decision about them is made here.
+
+    A started dSort job's id goes to its output's record (the top level, or its split's), so that a job AIS
+    drops later is counted as an ended attempt (`lost_dsort_attempt`). A version whose deletion was not done
+    (failed, deferred while its converter runs, or not reached because the pass stopped earlier) keeps its
+    record in `status.artifacts`, so the deletion is tried again and nothing is leaked.
+    """
+    reached = {id(o.action) for o in outcomes}
+    restore: list[dict[str, Any]] = []
+    stop: Outcome | None = None
+    for o in outcomes:
+        match o.action:
+            case StartDsort(split=split) if o.kind == DONE:
+                d.status.dsort_job_id = o.result  # the top level shows the output being shuffled
+                if split is not None:
+                    d.status.splits = d.status.splits or {}
+                    d.status.splits.setdefault(split, {}).setdefault("shuffle", {})["dsortJobId"] = o.result
+            case CleanupArtifacts(record=record) if o.kind != DONE:
+                restore.append(record)
+                if o.kind == FAILED_CLEANUP:
+                    version = versions.record_version(record)
+                    d.events.append(Event("Warning", "CleanupFailed", f"deleting version {version}: {o.error}"))
+            case SweepUnits(restore=back) if o.kind != DONE:
+                restore.extend(back)
+                d.events.append(Event("Warning", "CleanupFailed", f"deleting converted shards: {o.error}"))
+            case InitEtl(name=name, serving=serving):
+                if o.kind == DONE:
+                    d.events.append(Event("Normal", "EtlStarted", f"AIS ETL {name} runs next to every target"))
+                elif serving:  # the build goes on; readers see why their ETL is missing
+                    d.status.serve = {**(d.status.serve or {}), "stage": None, "message": o.error, "failedAt": o.at}
+                    d.events.append(Event("Warning", "EtlFailed", f"serving ETL {name}: {o.error}"))
+                else:
+                    stop = o
+        if o.kind in (DENIED, REJECTED):
+            stop = o
+    for action in d.actions:  # deletions the pass did not reach
+        if id(action) not in reached:
+            if isinstance(action, CleanupArtifacts):
+                restore.append(action.record)
+            elif isinstance(action, SweepUnits):
+                restore.extend(action.restore)
+    if restore:
+        d.status.artifacts = _unique_records([*(d.status.artifacts or []), *restore])
+    if stop is not None and stop.kind == DENIED:
+        return stall(d, DENIED, stop.error)
+    if stop is not None:
+        return fail(d, stop.kind, stop.error)
     return d
 
 

@@ -142,3 +142,56 @@ class MembershipWalk:
             self.broken.add(self._head[2])
             self._advance()
         return self.broken
+
+
+class KeyDiff:
+    """Counts, against the previous version's membership (sorted by key), the samples the new plan drops and
+    adds, per split: what the publish guard (`guard.py`) weighs. `see` each new sample in key order, then
+    `finish`. Memory is one old membership line and a counter per split."""
+
+    def __init__(self, old: Iterable[str]) -> None:
+        self._members = members(old)
+        self._head = next(self._members, None)
+        self.removed = 0
+        self.added = 0
+        self.removed_by_split: dict[str, int] = {}
+        self.added_by_split: dict[str, int] = {}
+
+    def _gone(self) -> None:
+        assert self._head is not None
+        self.removed += 1
+        split = self._head[3]
+        if split is not None:
+            self.removed_by_split[split] = self.removed_by_split.get(split, 0) + 1
+        self._head = next(self._members, None)
+
+    def _new(self, split: str | None) -> None:
+        self.added += 1
+        if split is not None:
+            self.added_by_split[split] = self.added_by_split.get(split, 0) + 1
+
+    def see(self, key: str, split: str | None) -> None:
+        while self._head is not None and self._head[0] < key:
+            self._gone()
+        if self._head is None or self._head[0] != key:
+            self._new(split)
+            return
+        old_split = self._head[3]
+        self._head = next(self._members, None)
+        if old_split != split:  # moved to another split: gone from one, new in the other
+            if old_split is not None:
+                self.removed_by_split[old_split] = self.removed_by_split.get(old_split, 0) + 1
+            if split is not None:
+                self.added_by_split[split] = self.added_by_split.get(split, 0) + 1
+
+    def finish(self, plan: str) -> dict[str, object]:
+        """The counts as the plan manifest's `previousDiff` (`plan`: the previous version's plan manifest)."""
+        while self._head is not None:
+            self._gone()
+        return {
+            "plan": plan,
+            "removed": self.removed,
+            "added": self.added,
+            "removedBySplit": dict(sorted(self.removed_by_split.items())),
+            "addedBySplit": dict(sorted(self.added_by_split.items())),
+        }

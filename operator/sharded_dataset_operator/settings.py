@@ -44,6 +44,10 @@ class Settings:
     ais_admin_token_file: str = ""
     # the largest JSON object (plan manifest, report, progress, reused.json, index) the operator reads from AIS
     max_object_bytes: int = 64 * 1024 * 1024
+    # the JSON objects the operator keeps cached (by their size in AIS): in all, and of the datasets of one
+    # namespace, which is also the most one read of a dataset may need at once (LimitExceeded beyond)
+    cache_bytes: int = 512 * 1024 * 1024
+    cache_namespace_bytes: int = 128 * 1024 * 1024
     # operator passes at once: in all, and of the datasets of one namespace (so one tenant cannot take them all)
     workers: int = 8
     workers_per_namespace: int = 2
@@ -115,6 +119,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         failpoints=e.get("SDS_FAILPOINTS", "") == "1",
         ais_admin_token_file=e.get("SDS_AIS_ADMIN_TOKEN_FILE", ""),
         max_object_bytes=int(e.get("SDS_MAX_OBJECT_BYTES", Settings.max_object_bytes)),
+        cache_bytes=int(e.get("SDS_CACHE_BYTES", Settings.cache_bytes)),
+        cache_namespace_bytes=int(e.get("SDS_CACHE_NAMESPACE_BYTES", Settings.cache_namespace_bytes)),
         workers=max(1, int(e.get("SDS_WORKERS", Settings.workers))),
         workers_per_namespace=max(1, int(e.get("SDS_WORKERS_PER_NAMESPACE", Settings.workers_per_namespace))),
         ais_timeout_seconds=float(e.get("SDS_AIS_TIMEOUT_SECONDS", Settings.ais_timeout_seconds)),

@@ -88,6 +88,21 @@ class Source:
         return "ais" if self.bucket is not None else "volume"
 
 
+DEFAULT_MAX_REMOVED = "10%"
+
+
+def _max_removed(value: Any) -> int | str:
+    """spec.output.publishGuard.maxRemoved: a non-negative count or a percentage from 0% to 100%."""
+    if value is None:
+        return DEFAULT_MAX_REMOVED
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    text = str(value)
+    if text.endswith("%") and text[:-1].isdigit() and 0 <= int(text[:-1]) <= 100:
+        return text
+    raise SpecError("spec.output.publishGuard.maxRemoved: must be a non-negative count or a percentage from 0% to 100%")
+
+
 @dataclass(frozen=True, slots=True)
 class Output:
     bucket: Bucket
@@ -95,6 +110,7 @@ class Output:
     max_samples: int | None
     max_bytes: int | None
     retain_seconds: float = DEFAULT_RETAIN_SECONDS  # how long a replaced version stays readable
+    max_removed: int | str = DEFAULT_MAX_REMOVED  # publishGuard.maxRemoved: a count, or a percentage "N%"
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,12 +397,14 @@ def parse_spec(spec: dict[str, Any], *, name: str, default_endpoint: str) -> Dat
         retain = parse_duration(out.get("retainPrevious"))
     except ValueError as e:
         raise SpecError(str(e)) from e
+    max_removed = _max_removed((out.get("publishGuard") or {}).get("maxRemoved"))
     output = Output(
         bucket=out_bucket,
         prefix=str(out.get("prefix") if out.get("prefix") is not None else f"{name}-"),
         max_samples=int(max_samples) if max_samples is not None else None,
         max_bytes=max_bytes,
         retain_seconds=retain,
+        max_removed=max_removed,
     )
 
     conv = spec.get("conversion") or {}

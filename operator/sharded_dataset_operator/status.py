@@ -116,6 +116,7 @@ class DatasetStatus:
     splits: dict[str, dict[str, Any]] | None = None  # per split: samples, shards, bytes, index, shuffle
     etl: dict[str, Any] | None = None  # the AIS ETL the conversion reads through: name, stage, image
     serve: dict[str, Any] | None = None  # spec.serve.etl: the readers' ETL (name, stage, image, message)
+    publish_guard: dict[str, Any] | None = None  # guard.Verdict.status(): what publishing would remove, held or not
 
     def conditions(self, previous: list[dict[str, Any]], now: str) -> list[dict[str, Any]]:
         gen = self.observed_generation
@@ -194,4 +195,5 @@ class DatasetStatus:
         status["splits"] = self.splits  # None removes it (a spec without splits any more)
         status["etl"] = self.etl
         status["serve"] = self.serve
+        status["publishGuard"] = self.publish_guard
         return status

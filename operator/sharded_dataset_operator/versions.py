@@ -20,10 +20,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from . import naming
+from .times import epoch, iso, parse
 
 REFRESH_ANNOTATION = "shardeddataset.dev/refresh"
 """Set to any new value to build a new version from the current source without changing the spec."""
@@ -140,15 +140,19 @@ def plan_retention(
     indexes: dict[str, IndexInfo],
     now: str,
     retain_seconds: float,
+    known: dict[str, str | None] | None = None,
 ) -> Retention:
     """Sort the artifacts records of every version into kept, retired (deleted now) and abandoned.
 
     `indexes`: the versions whose own index exists (they were published at some point), by version id.
+    `known`: the versions the last status said were published or kept (version -> its deleteAfter, None for
+    the published one). One of them whose own index is not seen now is never taken for "never published"
+    (promise P2): it is kept until its recorded deleteAfter (or `retain_seconds` from now), then retired.
     """
     out = Retention()
-    now_t = _epoch(now)
+    now_t = parse(now)
     published_times = sorted(
-        {_epoch(i.published_at) for i in [*indexes.values(), *([published] if published else [])] if i.published_at}
+        {parse(i.published_at) for i in [*indexes.values(), *([published] if published else [])] if i.published_at}
     )
     seen: set[str] = set()
     for record in records:
@@ -160,18 +164,30 @@ def plan_retention(
             out.keep.append(record)
             continue
         info = indexes.get(version)
+        if info is None and known is not None and version in known:
+            recorded = epoch(known[version])
+            due = recorded if recorded is not None else now_t + retain_seconds
+            if due <= now_t:
+                out.retire.append(record)
+                continue
+            out.keep.append(record)
+            out.previous.append({"version": version, "generation": int(record.get("generation") or 0),
+                                 "index": None, "deleteAfter": iso(due), "indexMissing": True})  # fmt: skip
+            wait = due - now_t
+            out.next_deadline = wait if out.next_deadline is None else min(out.next_deadline, wait)
+            continue
         if info is None:
             out.abandon.append(record)
             continue
-        own = _epoch(info.published_at) if info.published_at else now_t
+        own = parse(info.published_at) if info.published_at else now_t
         later = [t for t in published_times if t > own]
-        replaced = later[0] if later else (_epoch(published.published_at) if published else now_t)
+        replaced = later[0] if later else (parse(published.published_at) if published else now_t)
         due = max(own, replaced) + retain_seconds
         entry = {
             "version": version,
             "generation": info.generation,
             "index": info.index or None,
-            "deleteAfter": _iso(due),
+            "deleteAfter": iso(due),
         }
         if due <= now_t:
             out.retire.append(record)
@@ -264,11 +280,3 @@ def parse_duration(value: str | int | float | None, field_path: str = "spec.outp
     if number or not matched:
         raise ValueError(f"{field_path}: {value!r} is not a duration such as 1h, 30m, 90s or 0s")
     return total
-
-
-def _epoch(ts: str) -> float:
-    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
-
-
-def _iso(t: float) -> str:
-    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=round(t))).strftime("%Y-%m-%dT%H:%M:%SZ")

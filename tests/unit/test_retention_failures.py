@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from sharded_dataset_operator import operations
+from sharded_dataset_operator import operations, reconcile
 from sharded_dataset_operator.builders import Owner
 from sharded_dataset_operator.clients.ais import AccessDenied
 from sharded_dataset_operator.model import Entry
@@ -80,7 +80,7 @@ def no_converter_pods(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_refused_deletion_keeps_the_record_posts_an_event_and_publishing_happened() -> None:
     ais = RefusingAis(refuse=True)
     d = decision()
-    operations.execute(ais, d, OWNER)  # type: ignore[arg-type]
+    d = reconcile.after_actions(d, operations.execute(ais, d, OWNER))  # type: ignore[arg-type]
     assert ais.puts == ["i.json"]  # published all the same
     assert [e.reason for e in d.events] == ["CleanupFailed", "CleanupFailed"]
     assert "token expired" in d.events[0].message and "g2" in d.events[0].message
@@ -90,7 +90,7 @@ def test_a_refused_deletion_keeps_the_record_posts_an_event_and_publishing_happe
 def test_an_accepted_deletion_removes_the_version_and_its_own_index_last() -> None:
     ais = RefusingAis(refuse=False)
     d = decision()
-    operations.execute(ais, d, OWNER)  # type: ignore[arg-type]
+    d = reconcile.after_actions(d, operations.execute(ais, d, OWNER))  # type: ignore[arg-type]
     assert d.events == [] and [r.get("version") for r in d.status.artifacts or []] == [None]
     assert "s-5f3a9c1e00004000-g2-plan.json" not in ais.objects
     assert "s-5f3a9c1e00004000-g2-index.json" not in ais.objects

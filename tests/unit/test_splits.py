@@ -83,7 +83,7 @@ def test_each_split_is_shuffled_by_a_dsort_of_its_own_one_after_the_other() -> N
     assert "test" in d.status.message
 
 
-def test_every_split_is_verified_and_indexed_and_the_version_index_names_them_last() -> None:
+def test_every_split_is_verified_and_indexed_and_the_split_stable_indexes_follow_the_switch() -> None:
     obs = converted(split_attempts={"trainval": {1: job("trainval")}, "test": {1: job("test")}})
     s = split_spec()
     d = decide(s, OWNER, obs, DEFAULTS, NOW)
@@ -97,11 +97,11 @@ def test_every_split_is_verified_and_indexed_and_the_version_index_names_them_la
     writes = [(a.name, a.publishes, a.guarded) for a in d.actions if isinstance(a, WriteIndex)]
     assert writes == [
         (f"shuffled-trainval-{TAG}-g3-index.json", False, False),
-        ("shuffled-trainval-index.json", False, True),
         (f"shuffled-test-{TAG}-g3-index.json", False, False),
-        ("shuffled-test-index.json", False, True),
         (f"shuffled-{TAG}-g3-index.json", False, False),
-        ("shuffled-index.json", True, False),  # the switch, last
+        ("shuffled-index.json", True, False),  # the switch
+        ("shuffled-trainval-index.json", False, True),  # then the splits' stable indexes, never ahead of it
+        ("shuffled-test-index.json", False, True),
     ]
     bodies = {a.name: a.body for a in d.actions if isinstance(a, WriteIndex)}
     test_index = bodies["shuffled-test-index.json"]
@@ -129,14 +129,24 @@ def test_a_split_without_samples_and_a_report_of_an_unknown_split_fail() -> None
 
 
 def test_a_lost_dsort_job_of_a_split_is_an_ended_attempt_of_that_split() -> None:
-    previous = {
-        "observedGeneration": 3,
-        "phase": "Shuffling",
-        "splits": {"trainval": {"shuffle": {"attempt": 1, "dsortJobId": "srt-x", "startedAt": "2026-11-23T09:00:00Z"}}},
-    }
-    d = decide(split_spec(), OWNER, converted(previous=previous, split_attempts={"trainval": {}}), DEFAULTS, NOW)
-    (start,) = [a.spec for a in d.actions if isinstance(a, StartDsort)]
-    assert start["description"].endswith(":s-trainval:a2")  # attempt 1 counted as ended, not started again
+    """Issue 25, problem 3: the status the operator itself writes (not a hand-made record) must let the next
+    pass see that AIS dropped the split's job; then the attempts are counted up to ShuffleFailed."""
+    from sharded_dataset_operator.reconcile import Outcome, after_actions
+
+    previous: dict[str, Any] = {}
+    starts = []
+    for n in range(1, 6):
+        d = decide(split_spec(), OWNER, converted(previous=previous, split_attempts={"trainval": {}}), DEFAULTS, NOW)
+        started = [a for a in d.actions if isinstance(a, StartDsort)]
+        if not started:
+            break
+        starts.append(started[0].spec["description"].rsplit(":", 1)[1])
+        d = after_actions(d, [Outcome(started[0], result=f"srt-{n}")])  # AIS answered with an id, then forgot it
+        previous = d.status.to_dict([], NOW)
+        assert previous["splits"]["trainval"]["shuffle"]["dsortJobId"] == f"srt-{n}"
+        previous["splits"]["trainval"]["shuffle"]["startedAt"] = "2026-11-23T09:00:00Z"  # the backoff has passed
+    assert starts == ["a1", "a2", "a3"]  # maxAttempts 3: never attempt 1 again and again
+    assert d.status.reason == "ShuffleFailed" and "AIS no longer knows the job" in d.status.message
 
 
 def test_the_versions_record_names_every_splits_output_and_indexes_and_is_trusted() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from sharded_dataset_operator import operations, versions
+from sharded_dataset_operator import operations, reconcile, versions
 from sharded_dataset_operator.builders import Owner
 from sharded_dataset_operator.clients.ais import AccessDenied, Membership
 from sharded_dataset_operator.converter.common import cluster_disturbed
@@ -189,7 +189,8 @@ def test_a_dsort_the_datasets_token_may_not_feed_stalls_the_pass_and_is_never_st
     st = DatasetStatus(phase=Phase.SHUFFLING, observed_generation=3, reason="Shuffling", message="starting dSort")
     request = {"input_format": {"objnames": ["samples-5f3a9c1e00004000-uabc-00.tar"]}}
     d = Decision(status=st, actions=[StartDsort(request)])
-    operations.execute(ProbeAis("put"), d, OWNER, spec=spec())  # type: ignore[arg-type]  # no dsort_start: never called
+    outcomes = operations.execute(ProbeAis("put"), d, OWNER, spec=spec())  # type: ignore[arg-type]  # no dsort_start
+    d = reconcile.after_actions(d, outcomes)
     assert d.status.stalled and d.status.reason == "AccessDenied" and "no dSort was started" in d.status.message
     assert d.requeue == 60.0 and [e.reason for e in d.events] == ["AccessDenied"]
 

@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -31,6 +30,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from urllib3.util.retry import Retry
 
 from ..model import DsortJob, Entry
+from ..times import epoch
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -367,8 +367,9 @@ class Ais:
 
         return self._object_call(head, False)
 
-    def stream_lines(self, bucket: str, name: str, provider: str = "ais") -> Iterator[str]:
-        """An object's text lines (without line ends), read as a stream; nothing if the object is absent."""
+    def stream_lines(self, bucket: str, name: str, provider: str = "ais", missing_ok: bool = True) -> Iterator[str]:
+        """An object's text lines (without line ends), read as a stream; nothing if the object is absent
+        (MissingObject instead, unless `missing_ok`)."""
         try:
             reader = self._bucket(bucket, provider).object(name).get_reader()
             tail = b""
@@ -380,9 +381,13 @@ class Ais:
             if tail:
                 yield tail.rstrip(b"\r").decode("utf-8", errors="replace")
         except (ErrObjNotFound, ErrBckNotFound):
+            if not missing_ok:
+                raise MissingObject(f"{provider}://{bucket}/{name} not found") from None
             return
         except AISError as e:
             if e.status_code == 404:
+                if not missing_ok:
+                    raise MissingObject(f"{provider}://{bucket}/{name} not found") from None
                 return
             raise _unavailable(e) from e
         except requests.RequestException as e:
@@ -538,7 +543,7 @@ class Ais:
             creation = m.get("shard_creation") or {}
             finished = finished and bool(creation.get("finished"))
             errors.extend(str(e) for e in (m.get("errors") or []))
-            ended.extend(t for t in [_epoch(info.get("finish_time"))] if t is not None)
+            ended.extend(t for t in [epoch(info.get("finish_time"))] if t is not None)
             extraction = m.get("local_extraction") or {}
             records += int(extraction.get("extracted_record_count") or 0)
             inputs += int(extraction.get("total_count") or 0)
@@ -626,16 +631,6 @@ class Ais:
         raise AisUnavailable(f"GET {bucket}/{name} through ETL {etl}: HTTP {r.status_code}: {text}")
 
 
-def _epoch(value: Any) -> float | None:
-    """An RFC 3339 time from AIS as epoch seconds; None for absent or zero ("0001-01-01...") times."""
-    if not isinstance(value, str) or not value or value.startswith("0001"):
-        return None
-    head, _, frac = value.rstrip("Z").partition(".")
-    head = head.split("+")[0]
-    try:
-        return datetime.fromisoformat(head).replace(tzinfo=UTC).timestamp() + (float(f"0.{frac[:6]}") if frac else 0)
-    except ValueError:
-        return None
 
 
 def _skip_environment_lookups(client: Client) -> None:

@@ -379,6 +379,21 @@ def previous_units(ais: Ais, out: dict[str, Any], layout: str) -> tuple[reuse.Pr
     return reuse.PreviousUnits.from_lines(lines), [str(c) for c in table["members"]]
 
 
+def previous_members(ais: Ais, out: dict[str, Any]) -> Iterator[str] | None:
+    """The membership lines of the version this one replaces (any layout), for `reuse.KeyDiff`; None when
+    there is none or its plan has no membership."""
+    name = out.get("previous")
+    if not name:
+        return None
+    data = ais.get(out["bucket"], str(name), out["provider"])
+    manifest = json.loads(data) if data else {}
+    chunks = (manifest.get("units") or {}).get("members")
+    if manifest.get("kind") != plan.PLAN_KIND or not isinstance(chunks, list):
+        return None
+    bucket, provider = out["bucket"], out["provider"]
+    return (line for chunk in chunks for line in ais.stream_lines(bucket, str(chunk), provider))
+
+
 def make_plan(
     config: dict[str, Any],
     ais: Ais,
@@ -410,6 +425,8 @@ def make_plan(
         return (line for chunk in previous[1] for line in ais.stream_lines(out["bucket"], chunk, out["provider"]))
 
     fingerprint = 0
+    old_lines = previous_members(ais, out)
+    diff = reuse.KeyDiff(old_lines) if old_lines is not None else None
     walk = reuse.MembershipWalk(old_members(), previous[0]) if previous is not None else None
     assembler = (
         None
@@ -460,6 +477,8 @@ def make_plan(
             writer.add(sample, line)
             line_digest = units.line_digest(line)
             fingerprint = (fingerprint + line_digest) % units.FINGERPRINT_MOD
+            if diff is not None:
+                diff.see(sample.key, sample.split)
             if walk is not None:  # first the old units' fate; the units are made below
                 walk.match(sample.key, line_digest)
             else:
@@ -535,6 +554,7 @@ def make_plan(
             "members": assembler.members.chunks,
             "fingerprint": fingerprint,
         },
+        "previousDiff": diff.finish(str(out["previous"])) if diff is not None else None,
         "sortRecords": sorter.records,
         "sortRuns": sorter.runs_written,
         "seconds": round(time.monotonic() - started, 3),

@@ -1,0 +1,347 @@
+"""The promises of README "What the operator promises" (issue 25), one focused test per problem found.
+
+The seeded simulation (test_simulation.py) searches the interleavings; these pin each known problem down.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from sharded_dataset_operator import guard, naming, operations, reconcile
+from sharded_dataset_operator.builders import Owner
+from sharded_dataset_operator.clients.ais import AccessDenied
+from sharded_dataset_operator.model import Entry
+from sharded_dataset_operator.reconcile import (
+    CleanupArtifacts,
+    CreateJob,
+    DeleteJobs,
+    DeletePrefix,
+    Observed,
+    Outcome,
+    StartDsort,
+    SweepUnits,
+    WriteIndex,
+    after_actions,
+    artifact_record,
+    decide,
+)
+from sharded_dataset_operator.reuse import KeyDiff, encode_member
+from sharded_dataset_operator.status import DatasetStatus, Phase
+from sharded_dataset_operator.versions import IndexInfo, plan_retention
+
+from .test_reconcile import DEFAULTS, NOW, OWNER, UID, converted, dsort, listing, raw_spec, spec
+from .test_versions import conditions, index_body, info, published_g2
+
+FIVE = {"000000": ["a000", "a001", "a002", "b000", "b001"]}
+
+
+def no_shuffle_spec() -> Any:
+    from sharded_dataset_operator.spec import parse_spec
+
+    raw = raw_spec()
+    raw.pop("shuffle")
+    return parse_spec(raw, name="pets", default_endpoint="http://ais:51080")
+
+
+def published_with(samples: int, **over: Any) -> Observed:
+    """g3 is built and verified (5 samples); g2, with `samples` samples, is published."""
+    obs = published_g2(dsort_attempts=dsort(), output=listing(FIVE), **over)
+    body = index_body("g2", 2, "2026-11-23T09:00:00Z", samples=samples)
+    obs.published = IndexInfo.from_index(body, UID)
+    return obs
+
+
+# ------------------------------------------------------------------------------- 1: an empty source
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_a_plan_without_samples_is_never_published_shuffle_or_not(shuffle: bool) -> None:
+    s = spec() if shuffle else no_shuffle_spec()
+    obs = published_g2(plan={**converted().plan, "samples": 0}, reports={})  # type: ignore[dict-item]
+    d = decide(s, OWNER, obs, DEFAULTS, NOW)
+    assert d.status.phase == Phase.FAILED and d.status.reason == "NoSamples"
+    assert "version g2 stays published" in d.status.message
+    assert conditions(d)["Ready"] == ("True", "Serving")
+    assert not [a for a in d.actions if isinstance(a, WriteIndex | CleanupArtifacts | SweepUnits)]
+
+
+# ------------------------------------------------------------------------------- 2: a shrunken source
+
+
+def test_a_version_that_drops_most_samples_is_held_with_the_numbers_and_the_published_one_serves() -> None:
+    obs = published_with(50)
+    d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
+    assert d.status.reason == "PublishHeld" and d.status.stalled
+    assert "remove 45 of the published 50 samples" in d.status.message and "shardeddataset.dev/approve=g3" in (
+        d.status.message
+    )
+    assert not [a for a in d.actions if isinstance(a, WriteIndex | CleanupArtifacts | SweepUnits)]
+    c = conditions(d)
+    assert c["Ready"] == ("True", "Serving") and c["Stalled"] == ("True", "PublishHeld")
+    assert c["UpToDate"] == ("False", "PublishHeld")
+    g = d.status.to_dict([], NOW)["publishGuard"]
+    assert g == {"version": "g3", "held": True, "published": 50, "new": 5, "removed": 45, "added": 0, "maxRemoved": 5}
+    assert [e.reason for e in d.events] == ["PublishHeld"]
+    obs.previous = d.status.to_dict([], NOW)
+    again = decide(spec(), OWNER, obs, DEFAULTS, NOW)
+    assert again.status.reason == "PublishHeld" and again.events == []  # said once
+
+
+def test_an_approval_of_another_version_is_ignored_with_an_event_and_the_right_one_publishes() -> None:
+    obs = published_with(50)
+    obs.approval = "g9"
+    d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
+    assert d.status.reason == "PublishHeld"
+    assert "ApprovalIgnored" in [e.reason for e in d.events]
+    obs.previous = d.status.to_dict([], NOW)
+    assert "ApprovalIgnored" not in [e.reason for e in decide(spec(), OWNER, obs, DEFAULTS, NOW).events]
+    obs.approval = "g3"
+    d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
+    assert d.status.phase == Phase.READY
+    assert [a.name for a in d.actions if isinstance(a, WriteIndex) and a.publishes] == ["shuffled-index.json"]
+    assert "PublishApproved" in [e.reason for e in d.events]
+
+
+@pytest.mark.parametrize(("max_removed", "held"), [("10%", True), ("100%", False), (45, False), (44, True)])
+def test_the_guard_allows_what_spec_output_publish_guard_max_removed_says(max_removed: Any, held: bool) -> None:
+    out = {"bucket": "out", "prefix": "samples-", "maxSamplesPerShard": 10, "publishGuard": {"maxRemoved": max_removed}}
+    d = decide(spec(output=out), OWNER, published_with(50), DEFAULTS, NOW)
+    assert (d.status.reason == "PublishHeld") is held, d.status.message
+
+
+def test_the_planners_exact_count_beats_the_count_difference() -> None:
+    """Half the published samples replaced by as many new ones: the counts are equal, the guard still holds."""
+    obs = published_with(5)
+    plan_name = obs.published.record["plan"]  # type: ignore[union-attr]
+    obs.plan = {**(obs.plan or {}), "previousDiff": {"plan": plan_name, "removed": 3, "added": 3}}
+    d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
+    assert d.status.reason == "PublishHeld" and "remove 3 of the published 5" in d.status.message
+    obs.plan["previousDiff"]["plan"] = "another-plan.json"  # taken against another version: not used
+    assert decide(spec(), OWNER, obs, DEFAULTS, NOW).status.phase == Phase.READY
+
+
+def test_key_diff_counts_removed_and_added_per_split() -> None:
+    old = [encode_member(k, 1, 0, s) for k, s in [("a", "x"), ("b", "x"), ("c", "y"), ("e", "y")]]
+    diff = KeyDiff(iter(old))
+    for key, split in [("b", "x"), ("c", "x"), ("d", "y")]:
+        diff.see(key, split)
+    got = diff.finish("p.json")
+    assert (got["removed"], got["added"]) == (2, 1)  # a and e gone, d new
+    assert got["removedBySplit"] == {"x": 1, "y": 2} and got["addedBySplit"] == {"x": 1, "y": 1}  # c moved y -> x
+
+
+def test_a_split_that_loses_too_much_is_held_even_when_the_whole_is_within_the_guard() -> None:
+    body = index_body("g2", 2, NOW, samples=100)
+    body["info"]["splits"] = {"train": {"samples": 90}, "test": {"samples": 10}}
+    published = IndexInfo.from_index(body, UID)
+    assert published is not None
+    verdict = guard.judge("g3", published, 92, {"train": 90, "test": 2}, None, "10%")
+    assert verdict.held and not verdict.total.too_many and verdict.splits["test"].removed == 8
+    assert "split test: 8 of 10 removed" in verdict.message()
+
+
+# ------------------------------------------------------------------------------- 3: (tests/unit/test_splits.py)
+# ------------------------------------------------------------------------------- 4: the sweep on a failed read
+
+
+class Listed:
+    def __init__(self, name: str, data: bytes) -> None:
+        self.name, self.size, self.checksum = name, len(data), f"{hash(data):x}"
+
+
+class SweepAis:
+    endpoint = "http://ais"
+
+    def __init__(self, objects: dict[str, bytes]) -> None:
+        self.objects = objects
+        self.deleted: list[str] = []
+
+    def list_pages(self, bucket: str, provider: str, prefix: str, **kw: Any) -> list[list[Listed]]:
+        return [[Listed(n, d) for n, d in sorted(self.objects.items()) if n.startswith(prefix)]]
+
+    def list_objects(self, bucket: str, provider: str = "ais", prefix: str = "") -> list[Entry]:
+        return [Entry(n, len(d)) for n, d in sorted(self.objects.items()) if n.startswith(prefix)]
+
+    def get(self, bucket: str, name: str, provider: str = "ais") -> bytes | None:
+        return self.objects.get(name)
+
+    def stream_lines(self, bucket: str, name: str, provider: str = "ais", missing_ok: bool = True) -> Any:
+        from sharded_dataset_operator.clients.ais import MissingObject
+
+        if name not in self.objects:
+            if missing_ok:
+                return iter(())
+            raise MissingObject(name)
+        return iter(self.objects[name].decode().splitlines())
+
+    def delete_objects(self, bucket: str, names: list[str], provider: str = "ais") -> int:
+        self.deleted += names
+        return len(names)
+
+
+@pytest.fixture
+def fresh_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(operations, "CACHE", operations.ObjectCache())
+    monkeypatch.setattr(operations.kube, "converter_pods", lambda *a: [])
+
+
+@pytest.mark.parametrize("missing", ["plan", "unit table chunk"])
+def test_a_sweep_that_cannot_read_a_live_plan_deletes_nothing_and_keeps_the_records(
+    missing: str, fresh_cache: None
+) -> None:
+    record = artifact_record(spec(), OWNER)
+    pool = record["pool"]["prefix"]
+    objects = {f"{pool}0000000000000001-00.tar": b"x", f"{pool}0000000000000002-00.tar": b"y"}
+    if missing == "unit table chunk":
+        objects[record["plan"]] = json.dumps({"units": {"chunks": ["units-000.jsonl"]}}).encode()
+    ais = SweepAis(objects)
+    old = {**record, "version": "g2"}
+    st = DatasetStatus(phase=Phase.READY, observed_generation=3, reason="Succeeded", message="", artifacts=[record])
+    d = reconcile.Decision(status=st, actions=[SweepUnits("out", "ais", pool, live=(record,), restore=(old,))])
+    d = after_actions(d, operations.execute(ais, d, OWNER))  # type: ignore[arg-type]
+    assert ais.deleted == []
+    assert [e.reason for e in d.events] == ["CleanupFailed"]
+    assert ("nothing is swept" if missing == "plan" else "units-000.jsonl") in d.events[0].message
+    assert [r["version"] for r in d.status.artifacts or []] == ["g3", "g2"]  # the deletion is tried again
+
+
+# ------------------------------------------------------------------------------- 5: retry after ConversionIncomplete
+
+
+def test_the_retry_after_conversion_incomplete_sets_the_failed_attempt_aside_and_converts_again() -> None:
+    obs = converted()
+    obs.reports[1]["written"] = 1  # a report that does not add up
+    d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
+    assert d.status.reason == "ConversionIncomplete"
+    obs.previous = d.status.to_dict([], NOW)
+    obs.retry_request = "1"
+    d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
+    base = "samples-5f3a9c1e00004000-g3-"
+    assert [(type(a), getattr(a, "prefix", None)) for a in d.actions] == [
+        (DeleteJobs, None),
+        (DeletePrefix, f"{base}report-"),
+        (DeletePrefix, f"{base}progress-"),
+    ]
+    # the next pass sees no reports (deleted) and the old Job gone: a new converter Job
+    obs.previous, obs.reports, obs.job = d.status.to_dict([], NOW), {}, None
+    d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
+    assert [type(a) for a in d.actions] == [CreateJob] and d.status.reason == "Converting"
+
+
+# ------------------------------------------------------------------------------- 6: an early stop keeps the records
+
+
+def test_a_pass_stopped_early_keeps_every_deletion_it_did_not_carry_out() -> None:
+    old, older = {"version": "g1", "generation": 1}, {"version": "g2", "generation": 2}
+    st = DatasetStatus(phase=Phase.SHUFFLING, observed_generation=3, reason="Shuffling", message="", artifacts=[{}])
+    start = StartDsort({"input_format": {"objnames": ["x"]}})
+    d = reconcile.Decision(
+        status=st,
+        actions=[start, CleanupArtifacts(old), SweepUnits("out", "ais", "p-", live=(), restore=(older,))],
+    )
+    d = after_actions(d, [Outcome(start, reconcile.DENIED, error="the token may not write")])
+    assert d.status.reason == "AccessDenied" and d.status.stalled
+    assert [r.get("version") for r in d.status.artifacts or []] == [None, "g1", "g2"]
+
+
+def test_a_deletion_deferred_while_a_converter_runs_keeps_its_record_without_an_event() -> None:
+    old = {"version": "g1", "generation": 1}
+    st = DatasetStatus(phase=Phase.READY, observed_generation=3, reason="Succeeded", message="", artifacts=[{}])
+    action = CleanupArtifacts(old)
+    d = after_actions(reconcile.Decision(status=st, actions=[action]), [Outcome(action, reconcile.BUSY)])
+    assert [r.get("version") for r in d.status.artifacts or []] == [None, "g1"] and d.events == []
+
+
+# ------------------------------------------------------------------------------- 7: splits publish as one
+
+
+def split_published(split_stables: dict[str, str | None]) -> tuple[Any, Observed]:
+    from .test_splits import split_spec
+
+    s = split_spec()
+    owner2 = Owner("pets", "ml", UID, 2)
+    body = index_body("g2", 2, "2026-11-23T09:00:00Z")
+    body["info"]["artifacts"] = artifact_record(s, owner2)
+    body["info"]["splits"] = {"trainval": {"samples": 3}, "test": {"samples": 2}}
+    published = IndexInfo.from_index(body, UID)
+    assert published is not None
+    obs = Observed(previous={"observedGeneration": 2, "phase": "Ready"}, published=published)
+    obs.split_stables = split_stables
+    obs.split_sources = {k: {"info": {"uid": UID, "version": "g2", "split": k}} for k, v in split_stables.items()
+                         if v != "g2"}  # fmt: skip
+    return s, obs
+
+
+def test_serving_puts_a_split_stable_index_behind_the_published_version_right() -> None:
+    s, obs = split_published({"trainval": "g2", "test": "g1"})
+    d = decide(s, Owner("pets", "ml", UID, 2), obs, DEFAULTS, NOW)
+    assert d.status.phase == Phase.READY
+    writes = [(a.name, a.body["info"]["version"], a.guarded) for a in d.actions if isinstance(a, WriteIndex)]
+    assert writes == [("shuffled-test-index.json", "g2", True)]
+
+
+def test_a_version_a_split_stable_index_still_names_is_never_deleted() -> None:
+    s, obs = split_published({"trainval": "g2", "test": "g1"})
+    g1 = {**artifact_record(s, Owner("pets", "ml", UID, 1)), "version": "g1"}
+    obs.previous = {"observedGeneration": 2, "phase": "Ready", "artifacts": [g1]}  # g1: no own index any more
+    d = decide(s, Owner("pets", "ml", UID, 2), obs, DEFAULTS, NOW)
+    assert not [a for a in d.actions if isinstance(a, CleanupArtifacts)]
+    assert "g1" in [r.get("version") for r in d.status.artifacts or []]
+    obs.split_stables = {"trainval": "g2", "test": "g2"}
+    d = decide(s, Owner("pets", "ml", UID, 2), obs, DEFAULTS, NOW)
+    assert [a.record["version"] for a in d.actions if isinstance(a, CleanupArtifacts)] == ["g1"]
+
+
+# ------------------------------------------------------------------------------- P2: what cannot be seen is kept
+
+
+def test_while_the_stable_index_the_status_saw_is_missing_nothing_is_deleted() -> None:
+    obs = published_g2(reports={}, plan=None)
+    g1 = {**artifact_record(spec(), Owner("pets", "ml", UID, 1)), "version": "g1"}  # never published: abandoned
+    obs.previous["artifacts"].append(g1)
+    assert [a.record["version"] for a in decide(spec(), OWNER, copy.deepcopy(obs), DEFAULTS, NOW).actions
+            if isinstance(a, CleanupArtifacts)] == []  # fmt: skip  # the planner may still pick shards: none yet
+    obs.plan = converted().plan
+    d = decide(spec(), OWNER, copy.deepcopy(obs), DEFAULTS, NOW)
+    assert [a.record["version"] for a in d.actions if isinstance(a, CleanupArtifacts)] == ["g1"]
+    obs.published = None  # the listing missed the stable index the status saw naming g2
+    d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
+    assert not [a for a in d.actions if isinstance(a, CleanupArtifacts | SweepUnits)]
+    assert {"g1", "g2", "g3"} <= {r.get("version") for r in d.status.artifacts or []}
+    assert "missing or unreadable" in (d.status.versions or {})["deletionsHeld"]
+
+
+def test_a_kept_version_whose_own_index_is_not_seen_is_not_taken_for_never_published() -> None:
+    published = info("g3", 3, NOW)
+    records = [{"version": "g2", "generation": 2}, {"version": "g1", "generation": 1}]
+    known = {"g2": "2026-11-23T10:30:00Z"}
+    r = plan_retention("g3", published, records, {}, NOW, 3600.0, known)
+    assert [x["version"] for x in r.keep] == ["g2"] and [x["version"] for x in r.abandon] == ["g1"]
+    assert r.previous[0]["indexMissing"] and r.previous[0]["deleteAfter"] == "2026-11-23T10:30:00Z"
+    later = plan_retention("g3", published, records, {}, "2026-11-23T10:31:00Z", 3600.0, known)
+    assert [x["version"] for x in later.retire] == ["g2"]  # its retention is over: deleted (idempotent)
+
+
+# ------------------------------------------------------------------------------- 9: not JSON at the index's name
+
+
+def test_something_that_is_not_an_index_at_the_stable_index_name_is_an_output_conflict(fresh_cache: None) -> None:
+    ais = SweepAis({"shuffled-index.json": b"<html>not json</html>"})
+    obs = Observed(previous={})
+    operations.observe_versions(ais, spec(), OWNER, obs)  # type: ignore[arg-type]
+    assert obs.output_conflict and "not a ShardedDataset index" in obs.output_conflict
+    d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
+    assert d.status.reason == "OutputConflict" and d.actions == []
+    with pytest.raises(operations.OutputConflict, match="not a ShardedDataset index"):
+        operations.parse_index(b"[1, 2]", "ais://out/shuffled-index.json")
+
+
+def test_naming_of_the_attempt_objects() -> None:
+    base = naming.uid_base("samples-", UID) + "g3-"
+    assert naming.report_prefix(base) == naming.report_name(base, 0)[: len(naming.report_prefix(base))]
+    assert naming.progress_name(base, 7).startswith(naming.progress_prefix(base))
+    assert AccessDenied  # the tenancy tests cover a denied StartDsort end to end
