@@ -63,8 +63,8 @@ demo: venv cluster-up deploy ## the main job: cluster + operator + example datas
 # The tests also bring up the AuthN-enabled AIS beside the plain one (the tenancy tests run on it).
 test test-e2e: export AIS_AUTH := 1
 lint: venv ## ruff + mypy --strict
-	$(VENV)/bin/ruff check operator etl tests bench examples
-	$(VENV)/bin/ruff format --check operator etl tests bench examples
+	$(VENV)/bin/ruff check operator etl tools tests bench examples
+	$(VENV)/bin/ruff format --check operator etl tools tests bench examples
 	$(VENV)/bin/mypy
 
 test-unit: venv ## fast tests of the pure logic

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import run as base  # bench/run.py: AIS helpers and the example dataset
+import common  # bench/common.py: AIS helpers, the example dataset and spec
+from common import GROUP, PLURAL, VERSION, Result
 
 NAMESPACE = "bench-etl"
-GROUP, VERSION, PLURAL = "shardeddataset.dev", "v1alpha1", "shardeddatasets"
 RESIZE = {"member": "image.jpg", "maxSide": 128, "format": "jpeg", "quality": 90}
 ETL = {
     "image": "localhost/sdo-etl:dev",
@@ -30,7 +29,6 @@ ETL = {
     "member": "image.jpg",
     "env": {"MAX_SIDE": "128", "FORMAT": "jpeg", "QUALITY": "90"},
 }
-Result = dict[str, Any]
 
 
 def api() -> Any:
@@ -48,26 +46,20 @@ def api() -> Any:
 
 
 def get(custom: Any, name: str) -> dict[str, Any] | None:
-    from kubernetes.client.rest import ApiException
-
-    try:
-        obj: dict[str, Any] = custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, name)
-        return obj
-    except ApiException as e:
-        if e.status == 404:
-            return None
-        raise
+    return common.get_dataset(custom, NAMESPACE, name)
 
 
 def convert_once(custom: Any, name: str, raw: str, transform: dict[str, Any], timeout: float) -> Result:
     """Apply a dataset converting `raw` with `transform`, wait until Ready, delete it; the steps' durations."""
-    spec = base.example_spec(raw, "bench-etl-out")
+    spec = common.example_spec(raw, "bench-etl-out")
     spec.pop("shuffle", None)
     spec["transform"] = transform
     spec["conversion"] = {"workers": 2}
     body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ShardedDataset", "metadata": {"name": name}, "spec": spec}
     custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, body)
-    t0, marks, status = time.time(), {}, {}
+    t0 = time.time()
+    marks: dict[str, float] = {}
+    status: dict[str, Any] = {}
     try:
         while time.time() - t0 < timeout:
             status = (get(custom, name) or {}).get("status") or {}
@@ -77,12 +69,12 @@ def convert_once(custom: Any, name: str, raw: str, transform: dict[str, Any], ti
             reason = next((c["reason"] for c in status.get("conditions") or [] if c["type"] == "Reconciling"), "")
             if reason:
                 marks.setdefault(reason, time.time() - t0)
-            time.sleep(base.POLL_S)
+            time.sleep(common.POLL_S)
         if "Ready" not in marks:
             raise RuntimeError(f"{name} not Ready: {json.dumps(status)[:1500]}")
     finally:
         custom.delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, name)
-        base._wait_gone(lambda: get(custom, name), 600)
+        common.wait_gone(lambda: get(custom, name), 600)
     after = marks.get("Verifying", marks["Ready"])
     converting = after - marks["Converting"]
     samples = int(status["samples"]["written"])
@@ -93,24 +85,22 @@ def convert_once(custom: Any, name: str, raw: str, transform: dict[str, Any], ti
         "samples_per_s": round(samples / converting, 1),
         "to_ready_s": round(marks["Ready"], 2),
     }
-    base.log(f"{name}: {out}")
+    common.log(f"{name}: {out}")
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="1000,4000", help="comma-separated sample counts")
-    ap.add_argument("--out", default=str(base.REPO / "bench" / "results" / "etl.json"))
+    ap.add_argument("--out", default=str(common.REPO / "bench" / "results" / "etl.json"))
     args = ap.parse_args(argv)
-    endpoint = os.environ.get("AIS_ENDPOINT", "").rstrip("/")
-    if not endpoint:
-        ap.error('AIS_ENDPOINT is not set: eval "$(hack/cluster.sh env)" (make bench-etl does this)')
+    endpoint = common.ais_endpoint(ap, "bench-etl")
     custom = api()
     rows: list[Result] = []
     for n in (int(x) for x in args.sizes.split(",")):
         raw = f"bench-etl-raw-{n}"
-        base.ensure_dataset(endpoint, raw, n)
-        base.fresh_bucket(endpoint, "bench-etl-out")
+        common.ensure_dataset(endpoint, raw, n)
+        common.fresh_bucket(endpoint, "bench-etl-out")
         # alternate the order so that neither kind always runs on a warmer cluster
         converter = convert_once(custom, f"conv-{n}", raw, {"resize": RESIZE}, 1800)
         etl = convert_once(custom, f"etl-{n}", raw, {"aisEtl": ETL}, 1800)
@@ -125,10 +115,10 @@ def main(argv: list[str] | None = None) -> int:
             "etl_over_converter_converting": round(best_etl["converting_s"] / best_conv["converting_s"], 2),
             "etl_over_converter_to_ready": round(best_etl["to_ready_s"] / best_conv["to_ready_s"], 2),
         }
-        base.log(f"{n} samples: AIS ETL / converter = {row['etl_over_converter_converting']}x converting time")
+        common.log(f"{n} samples: AIS ETL / converter = {row['etl_over_converter_converting']}x converting time")
         rows.append(row)
     result = {"bench": "etl", "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows}
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    common.write_json(Path(args.out), result)
     print(json.dumps(result, indent=1))
     return 0
 

@@ -29,15 +29,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import run as base  # bench/run.py: AIS helpers, example spec
+import common  # bench/common.py: AIS helpers, example spec
 import scale  # bench/scale.py: the small-file datasets
+from common import GROUP, PLURAL, VERSION, Result
 
 NAMESPACE = "bench-refresh"
 NAME = "bench-refresh"
 OUT_BUCKET = "bench-refresh-out"
-GROUP, VERSION, PLURAL = "shardeddataset.dev", "v1alpha1", "shardeddatasets"
 STEPS = ("Planning", "Converting", "Shuffling", "Verifying")
-Result = dict[str, Any]
 
 
 class Resource:
@@ -51,20 +50,12 @@ class Resource:
         self.core, self.custom = k8s.CoreV1Api(), k8s.CustomObjectsApi()
 
     def get(self) -> dict[str, Any] | None:
-        from kubernetes.client.rest import ApiException
-
-        try:
-            obj: dict[str, Any] = self.custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, NAME)
-            return obj
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+        return common.get_dataset(self.custom, NAMESPACE, NAME)
 
     def delete(self) -> None:
         if self.get() is not None:
             self.custom.delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, NAME)
-            base._wait_gone(self.get, 600)
+            common.wait_gone(self.get, 600)
 
     def apply(self, spec: dict[str, Any]) -> None:
         from kubernetes import client as k8s
@@ -100,7 +91,7 @@ class Resource:
                 marks.setdefault(step, time.time() - t0)
                 if step == "Failed":
                     raise RuntimeError(f"version {wanted} failed: {status.get('message')}")
-            time.sleep(base.POLL_S)
+            time.sleep(common.POLL_S)
         else:
             raise RuntimeError(f"version {wanted} not published after {timeout} s: {json.dumps(status)[:1500]}")
         seen = [(s, marks[s]) for s in (*STEPS, "Published") if s in marks]
@@ -141,7 +132,7 @@ def summary(label: str, endpoint: str, built: Result) -> Result:
         "shards_reused": st["conversion"].get("reusedShards"),
         "converter_workers": st["conversion"].get("workers"),
     }
-    base.log(
+    common.log(
         f"{label}: published in {out['to_published_s']} s {stages}; converted {out['samples_converted']} of "
         f"{out['samples']} samples ({out['units_converted']}/{out['units']} units)"
     )
@@ -157,7 +148,7 @@ def put_all(endpoint: str, bucket: str, files: list[tuple[str, bytes]]) -> None:
 
 
 def delete_all(endpoint: str, bucket: str, names: list[str]) -> None:
-    client = base.sdk(endpoint)
+    client = common.sdk(endpoint)
     for i in range(0, len(names), 5000):
         job = client.bucket(bucket).objects(obj_names=names[i : i + 5000]).delete()
         if job:
@@ -180,11 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--skip-scattered", action="store_true", help="only the appended refresh")
     ap.add_argument("--timeout", type=float, default=3600)
-    ap.add_argument("--out", type=Path, default=base.RESULTS)
+    ap.add_argument("--out", type=Path, default=common.RESULTS)
     args = ap.parse_args(argv)
-    endpoint = os.environ.get("AIS_ENDPOINT", "").rstrip("/")
-    if not endpoint:
-        ap.error('AIS_ENDPOINT is not set: eval "$(hack/cluster.sh env)" (make bench-refresh does this)')
+    endpoint = common.ais_endpoint(ap, "bench-refresh")
     started = time.time()
     n = args.samples
     bucket, _ = scale.ensure_small(endpoint, n)
@@ -195,15 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     res: Result = {"host_cpus": os.cpu_count(), "samples": n, "added_samples": extra, "workers": args.workers}
     resource = Resource()
     resource.delete()
-    base.drop_bucket(endpoint, OUT_BUCKET)
-    spec = base.example_spec(bucket, OUT_BUCKET)
+    common.drop_bucket(endpoint, OUT_BUCKET)
+    spec = common.example_spec(bucket, OUT_BUCKET)
     spec["samples"] = scale.small_over()["samples"]
     spec["output"] = {**scale.small_over()["output"], "bucket": OUT_BUCKET, "retainPrevious": "0s"}
     spec["conversion"] = {"workers": args.workers}
     spec["shuffle"] = {**spec.get("shuffle", {}), "outputShardSize": "64MiB"}
     added: list[str] = []
     try:
-        base.settle()
+        common.settle()
         resource.apply(spec)
         runs = [summary("full", endpoint, resource.build(version_id(1), args.timeout))]
         scenarios = [("appended", appended, "a")]
@@ -213,13 +202,13 @@ def main(argv: list[str] | None = None) -> int:
             delete_all(endpoint, bucket, added)
             added = [name for name, _ in added_files(keys, 1)]
             put_all(endpoint, bucket, added_files(keys, 1))
-            base.settle()
+            common.settle()
             resource.refresh(value)
             runs.append(summary(label, endpoint, resource.build(version_id(1, value), args.timeout)))
     finally:
         delete_all(endpoint, bucket, added)
         resource.delete()
-        base.drop_bucket(endpoint, OUT_BUCKET)
+        common.drop_bucket(endpoint, OUT_BUCKET)
     full = runs[0]
     res["runs"] = runs
     res["ratios_to_full"] = {
@@ -238,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     res["bench_wall_s"] = round(time.time() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "refresh.json").write_text(json.dumps(res, indent=1) + "\n")
+    common.write_json(args.out / "refresh.json", res)
     print(json.dumps({"ratios_to_full": res["ratios_to_full"], "targets": res["targets"]}, indent=1))
     print(f"results: {args.out / 'refresh.json'}; wall {res['bench_wall_s']:.0f} s")
     return 0

@@ -6,7 +6,7 @@ The same pipeline at three sizes of a many-small-files dataset (~4 KiB samples o
 1. the planner and a 1-worker converter as host processes, reading with Get-Batch: samples/s, MiB/s, peak
    RSS of each, source listing requests (the planner's listing pages; converters never list);
 2. the same converter with one GET per file (`reads.mode: object`, what v0.1 did) at the smallest size and
-   at Oxford size, for the Get-Batch speed-up, and at Oxford size the raw GET bound (bench/run.py's);
+   at Oxford size, for the Get-Batch speed-up, and at Oxford size the raw GET bound (bench/bounds.py's);
 3. a whole ShardedDataset (apply -> Ready, 2 converter workers, shuffled): the phase split and the operator
    process's RSS before and at its peak.
 
@@ -28,7 +28,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import run as base  # bench/run.py: process harness, converter measurements, AIS helpers
+import common  # bench/common.py: process harness, AIS helpers
+from bounds import measure_get  # bench/bounds.py: the raw GET bound
+from common import Result
+from converter import measure_converter  # bench/converter.py: the converter as host processes
 
 SIZES = (10_000, 50_000, 200_000)
 QUICK_SIZES = (2_000, 8_000, 32_000)
@@ -36,32 +39,31 @@ SAMPLE_BYTES = 4000  # + a ~10-byte json file: ~4 KiB samples
 NAMESPACE = "bench-scale"
 NAME = "bench-scale"
 OUT_BUCKET = "bench-scale-out"
-Result = dict[str, Any]
 
 
 def small_over() -> dict[str, Any]:
-    from sharded_dataset_operator import exampledata
+    from sds_tools import exampledata
 
     return {
         "samples": {"fields": [dict(f) for f in exampledata.SMALL_FIELDS]},
-        "output": {"bucket": base.CONV_BUCKET, "prefix": "scale-", "maxShardSize": "32MiB"},
+        "output": {"bucket": common.CONV_BUCKET, "prefix": "scale-", "maxShardSize": "32MiB"},
     }
 
 
 def ensure_small(endpoint: str, n: int) -> tuple[str, dict[str, int]]:
-    from sharded_dataset_operator import exampledata
+    from sds_tools import exampledata
     from sharded_dataset_operator.clients.ais import Ais
 
     bucket = f"bench-small-{n}"
     counts = exampledata.small_counts(n)
     ais = Ais(endpoint)
     if ais.bucket_exists(bucket) and ais.object_count(bucket) == counts["files"]:
-        base.log(f"dataset ais://{bucket}: {counts['files']} files present")
+        common.log(f"dataset ais://{bucket}: {counts['files']} files present")
         return bucket, counts
-    base.drop_bucket(endpoint, bucket)
+    common.drop_bucket(endpoint, bucket)
     t = time.time()
     exampledata.write_small_ais(endpoint, bucket, n, seed=n, size=SAMPLE_BYTES)
-    base.log(f"dataset ais://{bucket}: {counts['files']} files promoted in {time.time() - t:.0f} s")
+    common.log(f"dataset ais://{bucket}: {counts['files']} files promoted in {time.time() - t:.0f} s")
     return bucket, counts
 
 
@@ -77,8 +79,8 @@ class RssSampler(threading.Thread):
     def now() -> float:
         import psutil  # type: ignore[import-untyped,unused-ignore]
 
-        pid = base.operator_pid()
-        return float(psutil.Process(pid).memory_info().rss) / base.MIB if pid else float("nan")
+        pid = common.operator_pid()
+        return float(psutil.Process(pid).memory_info().rss) / common.MIB if pid else float("nan")
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -104,21 +106,15 @@ def run_resource(
 
     kcfg.load_kube_config()
     core, custom = k8s.CoreV1Api(), k8s.CustomObjectsApi()
-    group, version, plural = "shardeddataset.dev", "v1alpha1", "shardeddatasets"
+    group, version, plural = common.GROUP, common.VERSION, common.PLURAL
 
     def get() -> dict[str, Any] | None:
-        try:
-            obj: dict[str, Any] = custom.get_namespaced_custom_object(group, version, NAMESPACE, plural, NAME)
-            return obj
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+        return common.get_dataset(custom, NAMESPACE, NAME)
 
     def delete() -> None:
         if get() is not None:
             custom.delete_namespaced_custom_object(group, version, NAMESPACE, plural, NAME)
-            base._wait_gone(get, 300)
+            common.wait_gone(get, 300)
 
     try:
         core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=NAMESPACE)))
@@ -127,8 +123,8 @@ def run_resource(
         if e.status != 409:
             raise
     delete()
-    base.drop_bucket(endpoint, OUT_BUCKET)
-    spec = base.example_spec(bucket, OUT_BUCKET)
+    common.drop_bucket(endpoint, OUT_BUCKET)
+    spec = common.example_spec(bucket, OUT_BUCKET)
     for k, v in (over or {}).items():
         spec[k] = {**v, "bucket": OUT_BUCKET} if k == "output" else v
     spec["conversion"] = {"workers": workers}
@@ -176,7 +172,7 @@ def run_resource(
     # shuffling stage with dSort's own start and finish times
     job_id = (status.get("shuffle") or {}).get("dsortJobId")
     if job_id:
-        d0, d1 = base.dsort_times(endpoint, job_id)
+        d0, d1 = common.dsort_times(endpoint, job_id)
         if d0 and d1:
             stages["dsort_s"] = round(d1 - d0, 2)
             stages["after_dsort_to_ready_s"] = round(t0 + marks["Ready"] - d1, 2)
@@ -191,14 +187,14 @@ def run_resource(
         "operator_rss_peak_mib": round(max(rss.peak, rss_before), 1),
     }
     delete()
-    base.log(f"resource over {bucket}: Ready in {out['apply_to_ready_s']} s {stages}; operator peak RSS "
-             f"{out['operator_rss_peak_mib']} MiB")  # fmt: skip
+    common.log(f"resource over {bucket}: Ready in {out['apply_to_ready_s']} s {stages}; operator peak RSS "
+               f"{out['operator_rss_peak_mib']} MiB")  # fmt: skip
     return out
 
 
 def measure_size(endpoint: str, label: str, bucket: str, over: dict[str, Any] | None, object_reads: bool,
                  timeout: float) -> Result:  # fmt: skip
-    conv = base.measure_converter(endpoint, bucket, 1, reads="batch", spec_over=over)
+    conv = measure_converter(endpoint, bucket, 1, reads="batch", spec_over=over)
     res: Result = {
         "dataset": label,
         "samples": conv["samples"],
@@ -213,7 +209,7 @@ def measure_size(endpoint: str, label: str, bucket: str, over: dict[str, Any] | 
         "converter": conv,
     }
     if object_reads:
-        single = base.measure_converter(endpoint, bucket, 1, reads="object", spec_over=over)
+        single = measure_converter(endpoint, bucket, 1, reads="object", spec_over=over)
         res["object_reads"] = single
         res["get_batch_speedup"] = round(conv["samples_per_s"] / single["samples_per_s"], 2)
     res["resource"] = run_resource(endpoint, bucket, over, 2, timeout)
@@ -226,7 +222,7 @@ def sweep(endpoint: str, small_bucket: str, oxford_bucket: str | None) -> Result
     out: Result = {"small_batch_objects": {}, "oxford_batch_size_mib": {}}
     for objects in (32, 256, 1024, 2048, 4096):
         over = {**small_over(), "conversion": {"workers": 1, "reads": {"batchObjects": objects, "batchSize": "8MiB"}}}
-        r = base.measure_converter(endpoint, small_bucket, 1, spec_over=over)
+        r = measure_converter(endpoint, small_bucket, 1, spec_over=over)
         out["small_batch_objects"][str(objects)] = {
             "samples_per_s": r["samples_per_s"],
             "mib_per_s": r["mib_per_s"],
@@ -235,7 +231,7 @@ def sweep(endpoint: str, small_bucket: str, oxford_bucket: str | None) -> Result
     if oxford_bucket:
         for mib in (2, 8, 32):
             over = {"conversion": {"workers": 1, "reads": {"batchObjects": 10_000, "batchSize": f"{mib}MiB"}}}
-            r = base.measure_converter(endpoint, oxford_bucket, 1, spec_over=over)
+            r = measure_converter(endpoint, oxford_bucket, 1, spec_over=over)
             out["oxford_batch_size_mib"][str(mib)] = {
                 "samples_per_s": r["samples_per_s"],
                 "mib_per_s": r["mib_per_s"],
@@ -266,7 +262,7 @@ class KillConverterAt:
         ).items:
             core.delete_namespaced_pod(pod.metadata.name, NAMESPACE)
         self.killed_at = float(progress.get("percent") or 0)
-        base.log(f"converter pods deleted at {self.killed_at:.0f} % of the conversion")
+        common.log(f"converter pods deleted at {self.killed_at:.0f} % of the conversion")
 
 
 def measure_resume(endpoint: str, n: int, timeout: float) -> Result:
@@ -330,16 +326,14 @@ def main(argv: list[str] | None = None) -> int:
         "against the same run without it (writes resume.json)",
     )
     ap.add_argument("--timeout", type=float, default=1800)
-    ap.add_argument("--out", type=Path, default=base.RESULTS)
+    ap.add_argument("--out", type=Path, default=common.RESULTS)
     args = ap.parse_args(argv)
-    endpoint = os.environ.get("AIS_ENDPOINT", "").rstrip("/")
-    if not endpoint:
-        ap.error('AIS_ENDPOINT is not set: eval "$(hack/cluster.sh env)" (make bench-scale does this)')
+    endpoint = common.ais_endpoint(ap, "bench-scale")
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else list(QUICK_SIZES if args.quick else SIZES)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.resume:
         resumed = measure_resume(endpoint, args.resume, args.timeout)
-        (args.out / "resume.json").write_text(json.dumps(resumed, indent=1) + "\n")
+        common.write_json(args.out / "resume.json", resumed)
         print(json.dumps({k: resumed[k] for k in ("time_to_ready_ratio", "converting_ratio")}, indent=1))
         return 0
     started = time.time()
@@ -350,16 +344,16 @@ def main(argv: list[str] | None = None) -> int:
         r["complete_samples_expected"] = counts["complete"]
         res["small"].append(r)
     if not args.skip_oxford:
-        n = 2000 if args.quick else base.FULL_SAMPLES
-        raw = base.DEFAULT_RAW_BUCKET if not args.quick else base.SMALL_BUCKET
-        base.ensure_dataset(endpoint, raw, n)
+        n = 2000 if args.quick else common.FULL_SAMPLES
+        raw = common.DEFAULT_RAW_BUCKET if not args.quick else common.SMALL_BUCKET
+        common.ensure_dataset(endpoint, raw, n)
         ox = measure_size(endpoint, f"oxford-{n}", raw, None, True, args.timeout)
-        ox["get_bound"] = base.measure_get(endpoint, raw, 1)
+        ox["get_bound"] = measure_get(endpoint, raw, 1)
         ox["converter_vs_get_bound"] = round(ox["converter_mib_per_s"] / ox["get_bound"]["mib_per_s"], 3)
         res["oxford"] = ox
     if args.sweep:
         mid = res["small"][len(res["small"]) // 2]["dataset"].removeprefix("small-")
-        oxford = None if args.skip_oxford else (base.SMALL_BUCKET if args.quick else base.DEFAULT_RAW_BUCKET)
+        oxford = None if args.skip_oxford else (common.SMALL_BUCKET if args.quick else common.DEFAULT_RAW_BUCKET)
         res["sweep"] = sweep(endpoint, f"bench-small-{mid}", oxford)
     first, last = res["small"][0], res["small"][-1]
     res["growth"] = {
@@ -379,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
     }
     res["bench_wall_s"] = round(time.time() - started, 1)
-    (args.out / "scale.json").write_text(json.dumps(res, indent=1) + "\n")
+    common.write_json(args.out / "scale.json", res)
     chart(res, args.out / "scale.png")
     print(json.dumps({"growth": res["growth"], "targets": res["targets"]}, indent=1))
     print(f"results: {args.out / 'scale.json'}, {args.out / 'scale.png'}; wall {res['bench_wall_s']:.0f} s")

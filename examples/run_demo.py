@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from sharded_dataset_operator import exampledata
+from sds_tools import exampledata
 from sharded_dataset_operator.clients.ais import Ais
 
 HERE = Path(__file__).resolve().parent

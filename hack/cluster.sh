@@ -36,7 +36,7 @@ AIS_DATA="${SDO_AIS_DATA_DIR:-$STATE/ais}"
 # AIS_AUTH=1: a second AIS cluster (1 proxy + 1 target) that requires AuthN tokens, and the AuthN server as a
 # pod (docs/local-cluster.md); the e2e tenancy tests run on it. The first cluster stays without AuthN.
 AIS_AUTH="${AIS_AUTH:-0}"
-PROMOTE_DIR=/var/lib/ais/promote  # operator/sharded_dataset_operator/exampledata.py PROMOTE_ROOT
+PROMOTE_DIR=/var/lib/ais/promote  # tools/sds_tools/exampledata.py PROMOTE_ROOT
 AIS_AUTH_PORT=56080
 AIS_AUTH_ENDPOINT_URL="http://$NODE_IP:$AIS_AUTH_PORT"
 AIS_AUTH_DATA="$STATE/ais-auth"
@@ -585,7 +585,7 @@ spec:
       volumes:
         - {name: data, hostPath: {path: $root, type: Directory}}
         - {name: logs, hostPath: {path: $LOGS, type: Directory}}
-        # files on this host that the tests and the example data promote into objects (exampledata.PROMOTE_ROOT)
+        # files on this host that the tests and the example data promote into objects (sds_tools.exampledata.PROMOTE_ROOT)
         - {name: promote, hostPath: {path: $PROMOTE_DIR, type: DirectoryOrCreate}}
 EOF
 }

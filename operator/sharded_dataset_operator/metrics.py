@@ -21,8 +21,6 @@ SETTLED = ("Ready", "Failed")
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 43200, 86400)
 
 
-
-
 def _transition(status: dict[str, Any], type_: str) -> float | None:
     for c in status.get("conditions") or []:
         if c.get("type") == type_ and c.get("status") == "True":

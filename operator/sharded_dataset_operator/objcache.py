@@ -38,8 +38,8 @@ class ObjectUnreadable(Exception):
 MAX_OBJECT_BYTES = 64 * 1024 * 1024  # a plan manifest, report, progress object, reused.json or index
 MAX_OBJECTS = 10_000  # JSON objects under one prefix (reports and progress: one per worker)
 MAX_LISTED = 500_000  # output shards counted in a verification, units held by the versions in a sweep
-CACHE_BYTES = 512 * 1024 * 1024  # the objects cached, in all
-CACHE_NAMESPACE_BYTES = 128 * 1024 * 1024  # ... of the datasets of one namespace (and what one read may need)
+CACHE_BYTES = 96 * 1024 * 1024  # the objects cached, in all
+CACHE_NAMESPACE_BYTES = 32 * 1024 * 1024  # ... of the datasets of one namespace (and what one read may need)
 
 VANISHED = "listed but not found when read (retry)"
 

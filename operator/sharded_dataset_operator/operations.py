@@ -90,7 +90,7 @@ class OutputConflict(Exception):
     """The stable index turned out to belong to another resource just before it was to be written."""
 
 
-def check_dsort_access(ais: Ais, spec: DatasetSpec, owner: Owner, shards: list[str]) -> None:
+def check_dsort_access(ais: Ais, spec: DatasetSpec, owner: Owner, shards: list[str], split: str | None = None) -> None:
     """Before the operator's identity starts a dSort for the dataset, prove with the dataset's own token that
     it may read the input (list the converted shards, read one) and write the output (put and delete a probe
     object). Raises AccessDenied naming the bucket and what was refused."""
@@ -107,7 +107,7 @@ def check_dsort_access(ais: Ais, spec: DatasetSpec, owner: Owner, shards: list[s
             lambda: ais.read_first_byte(src.name, shards[0], src.provider),
         ),
     ]
-    probe = f"{builders.output_base(spec, owner)}access-probe"
+    probe = f"{builders.output_base(spec, owner, split)}access-probe"  # among the version's (split's) objects
     steps += [
         (f"write {dst.provider}://{dst.name}/{probe}", lambda: ais.put(dst.name, probe, b"", dst.provider)),
         (f"delete {dst.provider}://{dst.name}/{probe}", lambda: ais.delete_objects(dst.name, [probe], dst.provider)),
@@ -201,18 +201,6 @@ def observe_versions(ais: Ais, spec: DatasetSpec, owner: Owner, obs: Observed) -
     obs.output_conflict = foreign or versions.index_owner_conflict(stable, owner.namespace, owner.name, owner.uid)
     obs.published = IndexInfo.from_index(stable, owner.uid)
     wanted = reconcile.artifact_record(spec, owner)
-    for split, names in ((wanted["index"].get("splits") or {}) if not obs.output_conflict else {}).items():
-        body, foreign = read_index(ais, bucket, provider, str(names["stable"]), ns)
-        obs.output_conflict = obs.output_conflict or foreign
-        info = IndexInfo.from_index(body, owner.uid)
-        obs.split_stables[split] = info.version if info is not None else None
-        published = obs.published
-        own = ((published.record.get("index") or {}).get("splits") or {}).get(split) if published else None
-        versioned = str((own or {}).get("versioned") or "")
-        if published is not None and versioned and obs.split_stables[split] != published.version:
-            source = read_json(ais, bucket, provider, versioned, namespace=ns)
-            if IndexInfo.from_index(source, owner.uid) is not None and source is not None:
-                obs.split_sources[split] = source
     records = [*(obs.previous.get("artifacts") or []), wanted]
     if obs.published is not None and obs.published.record:
         records.append(obs.published.record)
@@ -229,6 +217,28 @@ def observe_versions(ais: Ais, spec: DatasetSpec, owner: Owner, obs: Observed) -
             obs.wanted_index = body
         else:
             obs.version_indexes[info.version] = info
+    if not obs.output_conflict:
+        observe_split_indexes(ais, spec, owner, obs, wanted)
+
+
+def observe_split_indexes(ais: Ais, spec: DatasetSpec, owner: Owner, obs: Observed, wanted: dict[str, Any]) -> None:
+    """What each split's stable index names, and the own split indexes of the published version (and of the
+    wanted one, once its own index is written) that a split's stable index is behind."""
+    bucket, provider, _ = reconcile.index_location(spec)
+    targets = [i for i in (obs.published, IndexInfo.from_index(obs.wanted_index, owner.uid)) if i is not None]
+    for split, names in (wanted["index"].get("splits") or {}).items():
+        body, foreign = read_index(ais, bucket, provider, str(names["stable"]), owner.namespace)
+        obs.output_conflict = obs.output_conflict or foreign
+        info = IndexInfo.from_index(body, owner.uid)
+        obs.split_stables[split] = info.version if info is not None else None
+        for target in targets:
+            own = ((target.record.get("index") or {}).get("splits") or {}).get(split) or {}
+            versioned = str(own.get("versioned") or "")
+            if not versioned or obs.split_stables[split] == target.version:
+                continue
+            source = read_json(ais, bucket, provider, versioned, namespace=owner.namespace)
+            if source is not None and IndexInfo.from_index(source, owner.uid) is not None:
+                obs.split_sources[(target.version, split)] = source
 
 
 def by_worker(objects: dict[str, dict[str, Any]]) -> dict[int, dict[str, Any]]:
@@ -339,12 +349,29 @@ def tally_output(ais: Ais, bucket: str, provider: str, prefix: str, only: frozen
     return tally
 
 
+class VersionInUse(Exception):
+    """A stable index readers use names the version a cleanup was about to delete: nothing was deleted."""
+
+
 def cleanup_record(
-    ais: Ais, record: dict[str, Any], uid: str = "", dsort: Ais | None = None, namespace: str = ""
+    ais: Ais,
+    record: dict[str, Any],
+    uid: str = "",
+    dsort: Ais | None = None,
+    namespace: str = "",
+    in_use: tuple[tuple[str, str, str], ...] = (),
 ) -> None:
     """Abort the version's dSort if it still runs (with `dsort`'s access), then delete everything under its
     prefixes, its own index last (with it gone the version counts as never published), and a stable index
-    that still names it (one left at a location the spec no longer uses)."""
+    that still names it (one left at a location the spec no longer uses).
+
+    `in_use`: (bucket, provider, name) of the stable indexes readers use now; the last look before deleting
+    (promise P1): if one names this version, VersionInUse and nothing is deleted, and none of them is."""
+    version = versions.record_version(record)
+    for bucket, provider, name in in_use if uid else ():
+        info = IndexInfo.from_index(read_index(ais, bucket, provider, name, namespace)[0], uid)
+        if info is not None and info.version == version:
+            raise VersionInUse(f"version {version} is named by {provider}://{bucket}/{name}: not deleted")
     desc = record.get("dsortDescription")
     if desc:
         for job in find_dsort_attempts(dsort or ais, str(desc)).values():
@@ -365,12 +392,17 @@ def cleanup_record(
         *(str((n or {}).get("stable") or "") for n in (index.get("splits") or {}).values()),
     ]
     for stable in stables if uid else ():
-        if not stable:
+        if not stable or (bucket, provider, stable) in in_use:
             continue
         info = IndexInfo.from_index(read_json(ais, bucket, provider, stable, namespace=namespace), uid)
         if info is not None and info.version == versions.record_version(record):
             ais.delete_objects(bucket, [stable], provider)
             CACHE.evict(ais, bucket, provider, (stable,))
+    own = [str((n or {}).get("versioned") or "") for n in (index.get("splits") or {}).values()]
+    own = [n for n in own if n]  # the splits' own indexes (outside the locations when there is no shuffle)
+    if own:
+        ais.delete_objects(bucket, own, provider)
+        CACHE.evict(ais, bucket, provider, tuple(own))
     if versioned:
         ais.delete_objects(bucket, [versioned], provider)
         CACHE.evict(ais, bucket, provider, (versioned,))
@@ -406,10 +438,23 @@ def live_units(ais: Ais, records: tuple[dict[str, Any], ...], namespace: str = "
 
 
 def sweep_units(
-    ais: Ais, bucket: str, provider: str, pool: str, live: tuple[dict[str, Any], ...], namespace: str = ""
+    ais: Ais,
+    bucket: str,
+    provider: str,
+    pool: str,
+    live: tuple[dict[str, Any], ...],
+    namespace: str = "",
+    uid: str = "",
+    in_use: tuple[tuple[str, str, str], ...] = (),
 ) -> int:
-    """Delete the converted shards under `pool` whose unit no live version holds; returns how many."""
-    keep = live_units(ais, live, namespace)
+    """Delete the converted shards under `pool` whose unit no live version holds; returns how many. The
+    versions the stable indexes `in_use` name now are live too (the last look, promise P1)."""
+    named = []
+    for b, p, name in in_use if uid else ():
+        info = IndexInfo.from_index(read_index(ais, b, p, name, namespace)[0], uid)
+        if info is not None and info.record:
+            named.append(info.record)
+    keep = live_units(ais, (*live, *named), namespace)
     doomed: list[str] = []
     deleted = 0
     for e in ais.list_objects(bucket, provider, pool):
@@ -445,6 +490,7 @@ def execute(
 
 
 CLEANUP_ERRORS = (
+    VersionInUse,
     AisUnavailable,
     AccessDenied,
     BucketNotFound,
@@ -465,17 +511,17 @@ def _carry_out(
     spec: DatasetSpec | None,
 ) -> Outcome:
     match action:
-        case reconcile.CleanupArtifacts(record=record):
+        case reconcile.CleanupArtifacts(record=record, in_use=in_use):
             if kube.converter_pods(owner.namespace, owner.name, versions.record_version(record)):
                 return Outcome(action, reconcile.BUSY)  # an old converter could still write after the cleanup
             try:
-                cleanup_record(ais, record, owner.uid, dsort, owner.namespace)
+                cleanup_record(ais, record, owner.uid, dsort, owner.namespace, in_use)
             except CLEANUP_ERRORS as e:  # never holds anything else back: the next pass tries again
                 log.warning("%s/%s: deleting %s failed: %s", owner.namespace, owner.name, record.get("version"), e)
                 return Outcome(action, reconcile.FAILED_CLEANUP, error=str(e))
-        case reconcile.SweepUnits(bucket=bucket, provider=provider, pool=pool, live=live):
+        case reconcile.SweepUnits(bucket=bucket, provider=provider, pool=pool, live=live, in_use=in_use):
             try:
-                n = sweep_units(ais, bucket, provider, pool, live, owner.namespace)
+                n = sweep_units(ais, bucket, provider, pool, live, owner.namespace, owner.uid, in_use)
                 log.info("%s/%s: deleted %d converted shards no version holds", owner.namespace, owner.name, n)
             except CLEANUP_ERRORS as e:
                 return Outcome(action, reconcile.FAILED_CLEANUP, error=str(e))
@@ -485,10 +531,10 @@ def _carry_out(
             ais.ensure_bucket(bucket, provider)
         case reconcile.CreateJob(manifest=manifest):
             kube.create_job(manifest)
-        case reconcile.StartDsort(spec=request):
+        case reconcile.StartDsort(spec=request, split=split):
             if spec is not None:
                 try:
-                    check_dsort_access(ais, spec, owner, list(request["input_format"]["objnames"]))
+                    check_dsort_access(ais, spec, owner, list(request["input_format"]["objnames"]), split)
                 except AccessDenied as e:
                     return Outcome(action, reconcile.DENIED, error=str(e))
             try:
@@ -601,8 +647,10 @@ def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
             if not decision.need_output:
                 break
             tally = tally_output(ais, bucket.name, bucket.provider, decision.output_prefix, decision.output_only)
-            obs.output = obs.outputs[decision.output_prefix] = tally
+            obs.output = obs.outputs[decision.output_key] = tally
             decision = reconcile.decide(spec, owner, obs, defaults, now)
+        if decision.record_first:  # the core asks: where this pass will write is known before it writes
+            kube.patch_status(namespace, name, {"artifacts": decision.status.artifacts})
         mark = functools.partial(kube.annotate_dataset, namespace, name, failpoints.FIRED_ANNOTATION)
         outcomes = execute(
             ais, decision, owner, failpoints.for_dataset(settings.failpoints, annotations, mark), dsort, spec

@@ -51,7 +51,7 @@ class Observed:
     capacity_problems: tuple[str, ...] = ()  # AIS targets' capacity errors, asked for when a dSort job is lost
     retry_request: str | None = None
     output: OutputTally | None = None
-    outputs: dict[str, OutputTally] = field(default_factory=dict)  # with spec.splits: each split's, by prefix
+    outputs: dict[str, OutputTally] = field(default_factory=dict)  # with spec.splits: each split's, by split
     published: IndexInfo | None = None  # what the stable index names (when this resource wrote it)
     version_indexes: dict[str, IndexInfo] = field(default_factory=dict)  # versions whose own index exists
     wanted_index: dict[str, Any] | None = None  # the wanted version's own index, when already written
@@ -62,8 +62,8 @@ class Observed:
     approval: str | None = None  # the approve annotation (guard.APPROVE_ANNOTATION): the version a person approved
     split_stables: dict[str, str | None] = field(default_factory=dict)  # with splits: the version each split's
     # stable index names (None: it names none of this resource's)
-    split_sources: dict[str, dict[str, Any]] = field(default_factory=dict)  # the published version's own split
-    # indexes, read when a split's stable index does not name it (to put it right)
+    split_sources: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (version, split): own
+    # split indexes of the published or wanted version, read when a split's stable index is behind it
 
 
 # ------------------------------------------------------------------------------------------ actions
@@ -92,6 +92,8 @@ class CleanupArtifacts:
 
     record: dict[str, Any]
     retired: bool = False
+    in_use: tuple[tuple[str, str, str], ...] = ()  # (bucket, provider, name): the stable indexes readers use,
+    # looked at once more just before deleting (none may name the version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +106,7 @@ class SweepUnits:
     pool: str
     live: tuple[dict[str, Any], ...]
     restore: tuple[dict[str, Any], ...] = ()
+    in_use: tuple[tuple[str, str, str], ...] = ()  # stable indexes whose versions' units are kept as well
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +206,8 @@ class Decision:
     need_output: bool = False
     output_prefix: str = ""
     output_only: frozenset[str] | None = None
+    output_key: str = ""  # the split whose output it is (`Observed.outputs` key): splits may share a prefix
+    record_first: bool = False  # write `status.artifacts` before carrying out the actions (`_record_first`)
     requeue: float | None = ACTIVE_REQUEUE
 
 
@@ -429,7 +434,20 @@ def decide(spec: DatasetSpec, owner: Owner, obs: Observed, defaults: ConverterDe
     if unneeded:  # the conversion that used them is over (or the spec no longer asks for one)
         decision.actions.append(DeleteEtls(tuple(unneeded)))
     decision.events[:0] = refused
+    decision.record_first = _record_first(prev, decision)
     return decision
+
+
+CREATING = (EnsureBucket, CreateJob, StartDsort, WriteIndex, InitEtl)
+
+
+def _record_first(prev: dict[str, Any], d: Decision) -> bool:
+    """Whether the records of where versions write must reach the status before this pass writes anything:
+    a version whose first objects are written before its record is saved (the pass then stopped, and a newer
+    spec superseded it) would be known to nobody, and never deleted."""
+    saved = {versions.record_version(r) for r in prev.get("artifacts") or []}
+    new = any(versions.record_version(r) not in saved for r in d.status.artifacts or [])
+    return new and any(isinstance(a, CREATING) for a in d.actions)
 
 
 def _build(p: Pass) -> Decision:
@@ -470,7 +488,6 @@ def _serving(p: Pass) -> Decision:
     st.completion_time = info.published_at or p.now
     if info.splits:
         st.splits = _split_status(info.splits, None)
-        p.decision.actions.extend(_split_repairs(p, info))
     st.phase, st.reason = Phase.READY, "Succeeded"
     st.message = _ready_message(info.version, info.samples, info.shards, info.bytes, st.samples_skipped)
     p.decision.requeue = None
@@ -505,6 +522,8 @@ def _settle_versions(p: Pass, d: Decision) -> None:
     )
     st.artifacts = [_current_first(st.artifacts or [], owner.version), *retention.keep]
     st.artifacts = _unique_records(st.artifacts)
+    if p.published_now is None and obs.published is not None and not obs.output_conflict:
+        d.actions.extend(_split_repairs(p, obs.published))  # splits' stable indexes behind the published version
     d.actions.extend(_deletions(p, d, retention))  # after publishing: a failed deletion never holds it back
     building = None
     if published is None or published.version != owner.version:
@@ -515,8 +534,15 @@ def _settle_versions(p: Pass, d: Decision) -> None:
             "phase": str(st.phase),
             "reason": st.reason,
         }
+    seen = (p.prev.get("versions") or {}).get("published")
+    if published is None and isinstance(seen, dict) and seen.get("version"):
+        # promise P2: its stable index is not seen now; remembered (and nothing deleted) until it is seen again
+        # or a version is published anew
+        seen = {**seen, "indexMissing": True}
+    else:
+        seen = published.summary() if published is not None else None
     st.versions = {
-        "published": published.summary() if published is not None else None,
+        "published": seen,
         "building": building,
         "previous": retention.previous,
         **({"deletionsHeld": p.deletions_held} if p.deletions_held else {}),
@@ -549,11 +575,11 @@ def _deletions(p: Pass, d: Decision, retention: versions.Retention) -> list[Acti
     retention.abandon = [r for r in retention.abandon if versions.record_version(r) not in in_use]
     retention.retire = [r for r in retention.retire if versions.record_version(r) not in in_use]
     for r in retention.abandon:
-        cleanups.append(CleanupArtifacts(record=r))
+        cleanups.append(CleanupArtifacts(record=r, in_use=_stable_indexes(p.spec)))
         why = "superseded before it was published"
         d.events.append(Event("Normal", "VersionAbandoned", f"deleting version {versions.record_version(r)}: {why}"))
     for r in retention.retire:
-        cleanups.append(CleanupArtifacts(record=r, retired=True))
+        cleanups.append(CleanupArtifacts(record=r, retired=True, in_use=_stable_indexes(p.spec)))
         why = f"{p.spec.output.retain_seconds:.0f}s after it was replaced"
         d.events.append(Event("Normal", "VersionDeleted", f"deleting version {versions.record_version(r)}: {why}"))
     live = tuple(r for r in st.artifacts or [] if not _holds_no_units(p, r))
@@ -565,7 +591,9 @@ def _deletions(p: Pass, d: Decision, retention: versions.Retention) -> list[Acti
         cleanups.append(SweepUnits(b.name, b.provider, builders.unit_pool(p.spec, owner), live=others))
     gone = [*retention.abandon, *retention.retire]
     for bucket, provider, prefix in sorted({pool for r in gone if (pool := _pool_of(r)) is not None}):
-        cleanups.append(SweepUnits(bucket, provider, prefix, live=live, restore=tuple(gone)))
+        cleanups.append(
+            SweepUnits(bucket, provider, prefix, live=live, restore=tuple(gone), in_use=_stable_indexes(p.spec))
+        )
     return cleanups
 
 
@@ -588,6 +616,17 @@ def _known_versions(prev: dict[str, Any]) -> dict[str, str | None]:
     if published:
         known[str(published)] = None
     return known
+
+
+def _stable_indexes(spec: DatasetSpec) -> tuple[tuple[str, str, str], ...]:
+    """(bucket, provider, name) of the stable index and of every split's stable index."""
+    bucket, provider, stable = index_location(spec)
+    names = (
+        [stable, *(naming.index_name(builders.split_prefix(index_prefix(spec), s)) for s in spec.splits.names)]
+        if spec.splits
+        else [stable]
+    )
+    return tuple((bucket, provider, n) for n in names)
 
 
 def _in_use(p: Pass) -> set[str]:
@@ -1022,10 +1061,11 @@ def _verification(p: Pass) -> Decision:
         if track.split is not None and spec.shuffle is not None:
             attempt = ((st.splits or {}).get(track.split) or {}).get("shuffle", {}).get("attempt")
         verify_prefix = verification_prefix(spec, owner, attempt, track.split)
-        tally = obs.outputs.get(verify_prefix) if track.split is not None else obs.output
+        tally = obs.outputs.get(track.split) if track.split is not None else obs.output
         if tally is None:
             p.decision.need_output = True
             p.decision.output_prefix = verify_prefix
+            p.decision.output_key = track.split or ""
             if spec.shuffle is None:  # the version's own converted shards, among other versions' in the pool
                 p.decision.output_only = frozenset(track.shards)
             st.steps[VERIFIED] = StepState(False, "Verifying")
@@ -1081,7 +1121,7 @@ def _publish_guard(
 ) -> Decision | None:
     """Promise P4: a verified version that would drop more of the published version's samples than
     `spec.output.publishGuard.maxRemoved` allows is held until a person approves it (None: publish)."""
-    published, owner = p.obs.published, p.owner
+    published, owner = p.obs.published or _published_as_last_seen(p), p.owner
     if published is None or published.version == owner.version:
         return None
     new_splits = {t.split: t.samples for t, _, _ in verified if t.split is not None}
@@ -1104,6 +1144,16 @@ def _publish_guard(
     decision = _stalled(p.decision, p.prev_stalled, Phase.VERIFYING, "PublishHeld", msg)
     decision.requeue = HELD_REQUEUE
     return decision
+
+
+def _published_as_last_seen(p: Pass) -> IndexInfo | None:
+    """The published version as the last status saw it, while its stable index is not seen (promise P2: the
+    guard still weighs the new version against it)."""
+    seen = (p.prev.get("versions") or {}).get("published") or {}
+    if not seen.get("version"):
+        return None
+    return IndexInfo(str(seen["version"]), int(seen.get("generation") or 0), str(seen.get("refresh") or ""),
+                     str(seen.get("publishedAt") or ""), int(seen.get("samples") or 0), 0, 0, "")  # fmt: skip
 
 
 def _publish(p: Pass, samples: int, verified: list[tuple[Track, list[tuple[Any, ...]], OutputTally]]) -> None:
@@ -1131,6 +1181,7 @@ def _publish(p: Pass, samples: int, verified: list[tuple[Track, list[tuple[Any, 
         "provider": provider,
         "algorithm": spec.shuffle.algorithm if spec.shuffle else "none",
         "seed": spec.shuffle.seed if spec.shuffle else None,
+        "replaces": p.obs.published.version if p.obs.published is not None else None,
     }
     splits: dict[str, Any] = {}
     split_stables: list[WriteIndex] = []
@@ -1187,7 +1238,7 @@ def _split_repairs(p: Pass, published: IndexInfo) -> list[WriteIndex]:
     for split in sorted(published.splits):
         if p.obs.split_stables.get(split) == published.version or split not in names:
             continue
-        source = p.obs.split_sources.get(split)
+        source = p.obs.split_sources.get((published.version, split))
         if source is not None:
             out.append(WriteIndex(bucket, provider, str(names[split]["stable"]), source, guarded=True))
     return out

@@ -46,8 +46,8 @@ class Settings:
     max_object_bytes: int = 64 * 1024 * 1024
     # the JSON objects the operator keeps cached (by their size in AIS): in all, and of the datasets of one
     # namespace, which is also the most one read of a dataset may need at once (LimitExceeded beyond)
-    cache_bytes: int = 512 * 1024 * 1024
-    cache_namespace_bytes: int = 128 * 1024 * 1024
+    cache_bytes: int = 96 * 1024 * 1024
+    cache_namespace_bytes: int = 32 * 1024 * 1024
     # operator passes at once: in all, and of the datasets of one namespace (so one tenant cannot take them all)
     workers: int = 8
     workers_per_namespace: int = 2

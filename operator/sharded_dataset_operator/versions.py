@@ -45,6 +45,7 @@ class IndexInfo:
     index: str  # URL of the version's own index, ais://bucket/name
     record: dict[str, Any] = field(default_factory=dict)
     splits: dict[str, Any] = field(default_factory=dict)  # per split: index, versionIndex, samples, shards, bytes
+    replaces: str = ""  # the version the stable index named when this one's index was written
 
     @classmethod
     def from_index(cls, body: dict[str, Any] | None, uid: str) -> IndexInfo | None:
@@ -70,6 +71,7 @@ class IndexInfo:
             index=str(info.get("versionIndex") or ""),
             record=dict(info.get("artifacts") or {}),
             splits=dict(splits),
+            replaces=str(info.get("replaces") or ""),
         )
 
     def summary(self) -> dict[str, Any]:
@@ -154,6 +156,12 @@ def plan_retention(
     published_times = sorted(
         {parse(i.published_at) for i in [*indexes.values(), *([published] if published else [])] if i.published_at}
     )
+    # A version is replaced when the stable index switches away from it: by the newest version written to replace
+    # it (a build whose index was written but whose switch never happened is older than the one that switched)
+    replaced_at: dict[str, float] = {}
+    for i in [*indexes.values(), *([published] if published else [])]:
+        if i.replaces and i.published_at:
+            replaced_at[i.replaces] = max(replaced_at.get(i.replaces, 0.0), parse(i.published_at))
     seen: set[str] = set()
     for record in records:
         version = record_version(record)
@@ -181,7 +189,10 @@ def plan_retention(
             continue
         own = parse(info.published_at) if info.published_at else now_t
         later = [t for t in published_times if t > own]
-        replaced = later[0] if later else (parse(published.published_at) if published else now_t)
+        # replaced by the next newer publication; with none, by the published version; with nothing published
+        # (its stable index never switched to it), its own time: a deadline that does not move
+        replaced = later[0] if later else (parse(published.published_at) if published else own)
+        replaced = replaced_at.get(version, replaced)
         due = max(own, replaced) + retain_seconds
         entry = {
             "version": version,

@@ -477,6 +477,32 @@ def test_targets_over_their_capacity_watermark_fail_the_shuffle_saying_why_and_a
     assert obj["status"]["shuffle"]["attempt"] == 3  # numbered after the refused ones: nothing is reused
 
 
+def test_with_splits_a_dsort_job_refused_at_init_is_counted_per_split_until_shuffle_failed(
+    kube: Kube, namespace: str, ais: Ais, cluster_env: dict[str, str], operator: Any
+) -> None:
+    """Issue 25, problem 3: a split's record never got its dSort job id, so a job AIS refused at init was
+    started again as attempt 1 on every pass, forever. Now each refused attempt of the split counts."""
+    from .test_splits import example_07
+
+    raw = RawDataset(ais, cluster_env["AIS_ENDPOINT"], 60, seed=54, sample_kib=4)
+    out = unique("fullsplit")
+    obj = example_07(namespace, raw.bucket, out)
+    obj["metadata"]["name"] = "fullsplit"
+    obj["spec"]["shuffle"]["maxAttempts"] = 2
+    t0 = time.monotonic()
+    with above_high_watermark(cluster_env["AIS_ENDPOINT"]):
+        kube.apply(obj)
+        failed = wait_phase(kube, namespace, "fullsplit", ("Failed", "Ready"), timeout=300)
+    mark("splits, targets over their high watermark: apply -> Failed", t0)
+    st = failed["status"]
+    assert condition(failed, "Stalled")["reason"] == "ShuffleFailed", st
+    assert "dSort of split trainval attempt 2/2" in st["message"] and "AIS no longer knows the job" in st["message"]
+    shuffle = st["splits"]["trainval"]["shuffle"]
+    assert shuffle["attempt"] == 2 and shuffle["dsortJobId"], shuffle
+    retries = [e["message"] for e in kube.events(namespace, "fullsplit") if e["reason"] == "ShuffleRetry"]
+    assert len(retries) == 1 and "dSort of split trainval attempt 2/2 after: AIS no longer knows" in retries[0]
+
+
 def terminated(kube: Kube, namespace: str, job: str) -> list[dict[str, Any]]:
     """The `terminated` states of the containers of a Job's pods."""
     pods = kube.list("pods", namespace, f"batch.kubernetes.io/job-name={job}")

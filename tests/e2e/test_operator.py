@@ -13,7 +13,8 @@ import pytest
 import webdataset as wds
 import yaml
 
-from sharded_dataset_operator import exampledata, naming
+from sds_tools import exampledata
+from sharded_dataset_operator import naming
 from sharded_dataset_operator.builders import order_rank
 from sharded_dataset_operator.clients.ais import Ais
 

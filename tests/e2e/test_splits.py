@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sharded_dataset_operator import exampledata
+from sds_tools import exampledata
 from sharded_dataset_operator.clients.ais import Ais
 
 from .conftest import REPO, Kube, unique, wait_until

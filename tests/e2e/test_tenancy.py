@@ -309,9 +309,18 @@ def operator_memory(kube: Kube) -> tuple[int, int, str]:
     return peak, int(cs["restartCount"]), str(((cs.get("lastState") or {}).get("terminated") or {}).get("reason"))
 
 
-def test_an_oversized_report_fails_its_dataset_clearly_while_another_tenants_dataset_reaches_ready(
-    kube: Kube, namespace: str, second_namespace: str, auth: AuthEnv, tenancy_operator: None, tmp_path: Path
+@pytest.mark.parametrize("reports", ["one oversized", "many large"])
+def test_oversized_reports_fail_their_dataset_clearly_while_another_tenants_dataset_reaches_ready(
+    kube: Kube,
+    namespace: str,
+    second_namespace: str,
+    auth: AuthEnv,
+    tenancy_operator: None,
+    tmp_path: Path,
+    reports: str,
 ) -> None:
+    """One report larger than the operator's memory limit, or many whose sum is over the operator's bound of one
+    namespace's objects (each under the per-object bound): never read, the dataset fails clearly."""
     a = tenant(kube, auth, namespace)
     b = tenant(kube, auth, second_namespace)
     raw_b = RawDataset(auth.admin, auth.endpoint, SAMPLES, seed=35, sample_kib=8, bucket=b.raw, token=b.token)
@@ -322,9 +331,16 @@ def test_an_oversized_report_fails_its_dataset_clearly_while_another_tenants_dat
     destroy_bucket(auth, a.raw)
     kube.apply(tenant_dataset("big", a, a.raw, a.out))
     obj = stalled_reason(kube, namespace, "big", "SourceNotFound")
-    report = naming.report_name(naming.generation_base("samples-", obj["metadata"]["uid"], "g1"), 99)
-    body = b'{"worker": 99, "pad": "' + b" " * (600 * 2**20) + b'"}'
-    a.ais.put(a.out, report, body)
+    base = naming.generation_base("samples-", obj["metadata"]["uid"], "g1")
+    report = naming.report_name(base, 99)
+    if reports == "one oversized":
+        body = b'{"worker": 99, "pad": "' + b" " * (600 * 2**20) + b'"}'
+        names = [report]
+    else:  # 12 x 12 MiB: each under the 64 MiB per-object bound, 144 MiB in all over the 128 MiB namespace share
+        body = b'{"worker": 99, "pad": "' + b" " * (12 * 2**20) + b'"}'
+        names = [naming.report_name(base, w) for w in range(90, 102)]
+    for name in names:
+        a.ais.put(a.out, name, body)
     try:
         RawDataset(auth.admin, auth.endpoint, SAMPLES, seed=36, sample_kib=8, bucket=a.raw, token=auth.admin_token)
         kube.apply(tenant_dataset("fine", b, b.raw, b.out))
@@ -335,14 +351,18 @@ def test_an_oversized_report_fails_its_dataset_clearly_while_another_tenants_dat
         )
         msg = failed["status"]["message"]
         assert condition(failed, "Stalled")["reason"] == "LimitExceeded", failed["status"]["conditions"]
-        assert report in msg and f"is {len(body)} bytes" in msg and "it was not read" in msg, msg
+        if reports == "one oversized":
+            assert report in msg and f"is {len(body)} bytes" in msg and "it was not read" in msg, msg
+        else:
+            assert f"{base}report-" in msg and f"{len(body) * len(names)} bytes in all" in msg, msg
+            assert "one namespace's objects" in msg and "they were not read" in msg, msg
         ready = wait_ready(kube, second_namespace, "fine", timeout=300)
         shards = check_index(auth.admin, ready, b.out, "shuffled-index.json")
         assert_complete_samples(raw_b, read_shards(auth.admin, b.out, [s["url"] for s in shards], tmp_path))
         peak, restarted, reason = operator_memory(kube)
         assert restarted == restarts and reason != "OOMKilled" and peak < limit, (peak, restarted, reason)
     finally:
-        a.ais.delete_objects(a.out, [report])
+        a.ais.delete_objects(a.out, names)
 
 
 def destroy_bucket(auth: AuthEnv, bucket: str) -> None:

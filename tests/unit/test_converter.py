@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from sharded_dataset_operator import exampledata
+from sds_tools import exampledata
 from sharded_dataset_operator.builders import EXIT_UNAVAILABLE, Owner, converter_config
 from sharded_dataset_operator.clients.ais import Membership, started_at
 from sharded_dataset_operator.converter.common import (

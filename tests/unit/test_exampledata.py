@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from sharded_dataset_operator import exampledata as ed
+from sds_tools import exampledata as ed
 
 N = 60
 KIB = 24  # small samples keep the tests fast

@@ -328,7 +328,7 @@ def test_the_bounds_come_from_the_settings_and_the_old_names_still_import() -> N
     s = settings.from_env({"SDS_CACHE_BYTES": "1000", "SDS_CACHE_NAMESPACE_BYTES": "100"})
     assert (s.cache_bytes, s.cache_namespace_bytes) == (1000, 100)
     d = settings.from_env({})
-    assert (d.cache_bytes, d.cache_namespace_bytes) == (512 * 2**20, 128 * 2**20)
+    assert (d.cache_bytes, d.cache_namespace_bytes) == (96 * 2**20, 32 * 2**20)
     assert objcache.CACHE.total_bytes == settings.SETTINGS.cache_bytes
     assert objcache.CACHE.namespace_bytes == settings.SETTINGS.cache_namespace_bytes
     assert objcache.CACHE.max_bytes == settings.SETTINGS.max_object_bytes

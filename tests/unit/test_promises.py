@@ -271,8 +271,8 @@ def split_published(split_stables: dict[str, str | None]) -> tuple[Any, Observed
     assert published is not None
     obs = Observed(previous={"observedGeneration": 2, "phase": "Ready"}, published=published)
     obs.split_stables = split_stables
-    obs.split_sources = {k: {"info": {"uid": UID, "version": "g2", "split": k}} for k, v in split_stables.items()
-                         if v != "g2"}  # fmt: skip
+    obs.split_sources = {("g2", k): {"info": {"uid": UID, "version": "g2", "split": k}}
+                         for k, v in split_stables.items() if v != "g2"}  # fmt: skip
     return s, obs
 
 
@@ -345,3 +345,115 @@ def test_naming_of_the_attempt_objects() -> None:
     assert naming.report_prefix(base) == naming.report_name(base, 0)[: len(naming.report_prefix(base))]
     assert naming.progress_name(base, 7).startswith(naming.progress_prefix(base))
     assert AccessDenied  # the tenancy tests cover a denied StartDsort end to end
+
+
+# ------------------------------------------------------------------------------- found by the simulation
+
+
+def test_splits_without_a_shuffle_are_verified_each_against_its_own_listing() -> None:
+    """N1: both splits verify under the unit pool (one prefix); keyed by prefix, the second split was compared
+    with the first split's listing and the run could never be Ready."""
+    from sharded_dataset_operator.spec import parse_spec
+    from sharded_dataset_operator.verify import OutputTally
+
+    from .test_reconcile import totals, unit_shard
+
+    raw = raw_spec(splits={"sets": [{"name": "trainval", "listFile": "tv.txt"}, {"name": "test", "listFile": "t.txt"}]})
+    raw.pop("shuffle")
+    s = parse_spec(raw, name="pets", default_endpoint="http://ais:51080")
+    keys = {"trainval": ["a000", "a001", "a002"], "test": ["b000", "b001"]}
+    reports = {}
+    for w, split in enumerate(keys):
+        shard = {"name": unit_shard(w, 0), "samples": len(keys[split]), "bytes": 10, "firstKey": keys[split][0],
+                 "split": split, **totals(keys[split]).to_dict()}  # fmt: skip
+        reports[w] = {"worker": w, "generation": 3, "written": len(keys[split]), "bytes": 10, "shards": [shard],
+                      **totals(keys[split]).to_dict()}  # fmt: skip
+    obs = converted(reports=reports)
+    tallies = {}
+    for w, split in enumerate(keys):
+        name = reports[w]["shards"][0]["name"]
+        tally = OutputTally("samples-5f3a9c1e00004000-u", frozenset({name}))
+        tally.add(name, 1000, None)
+        for k in keys[split]:
+            tally.add(f"{name}/{k}.cls", 1)
+            tally.add(f"{name}/{k}.image.jpg", 10)
+        tallies[split] = tally
+    d = decide(s, OWNER, obs, DEFAULTS, NOW)
+    assert d.need_output and d.output_key == "trainval"
+    obs.outputs["trainval"] = tallies["trainval"]
+    d = decide(s, OWNER, obs, DEFAULTS, NOW)
+    assert d.need_output and d.output_key == "test"  # the same prefix, its own listing
+    assert d.output_prefix == "samples-5f3a9c1e00004000-u" and d.output_only == {reports[1]["shards"][0]["name"]}
+    obs.outputs["test"] = tallies["test"]
+    d = decide(s, OWNER, obs, DEFAULTS, NOW)
+    assert d.status.phase == Phase.READY, d.status.message
+
+
+def test_a_new_versions_record_reaches_the_status_before_its_first_object_is_written() -> None:
+    """N3: objects written before the version's record was saved (the pass then stopped and a newer spec
+    superseded the version) were known to nobody and never deleted."""
+    d = decide(spec(), OWNER, Observed(previous={}), DEFAULTS, NOW)
+    assert [type(a) for a in d.actions] == [reconcile.EnsureBucket, CreateJob] and d.record_first
+    saved = {"observedGeneration": 3, "artifacts": d.status.to_dict([], NOW)["artifacts"]}
+    assert not decide(spec(), OWNER, Observed(previous=saved), DEFAULTS, NOW).record_first
+
+
+def test_the_dsort_access_probe_of_a_split_is_written_among_that_splits_objects() -> None:
+    """N4: with splits the probe was written outside every location of the version, and leaked."""
+    from .test_splits import split_spec
+    from .test_tenancy import ProbeAis
+
+    class Names(ProbeAis):
+        def put(self, bucket: str, name: str, *a: Any) -> None:
+            self.calls.append(name)
+
+    ais = Names("")
+    operations.check_dsort_access(ais, split_spec(), OWNER, ["x.tar"], "test")  # type: ignore[arg-type]
+    record = artifact_record(split_spec(), OWNER)
+    probes = [c for c in ais.calls if "access-probe" in c]
+    assert probes and all(any(loc["prefix"] in c for loc in record["locations"]) for c in probes), (
+        probes,
+        record["locations"],
+    )
+
+
+def test_cleanup_deletes_the_splits_own_indexes_and_nothing_a_stable_index_names(fresh_cache: None) -> None:
+    """N5: without a shuffle the splits' own indexes are outside the version's locations and were left; and the
+    last look before deleting refuses a version a stable index names."""
+    from .test_splits import split_spec
+
+    s = split_spec()
+    record = {**artifact_record(s, Owner("pets", "ml", UID, 2)), "version": "g2"}
+    names = record["index"]["splits"]
+    objects = {n["versioned"]: b"{}" for n in names.values()}
+    objects[record["index"]["versioned"]] = b"{}"
+    stable = record["index"]["stable"]
+    objects[stable] = json.dumps({"info": {"uid": UID, "version": "g2"}}).encode()
+    ais = SweepAis(objects)
+    ais.delete_prefix = lambda *a, **k: 0  # type: ignore[attr-defined]
+    ais.dsort_find = lambda regex: []  # type: ignore[attr-defined]
+    in_use = (("out", "ais", stable),)
+    with pytest.raises(operations.VersionInUse, match="named by ais://out/"):
+        operations.cleanup_record(ais, record, UID, in_use=in_use)  # type: ignore[arg-type]
+    assert ais.deleted == []
+    objects[stable] = json.dumps({"info": {"uid": UID, "version": "g3"}}).encode()
+    operations.CACHE.evict(ais, "out", "ais", (stable,))  # type: ignore[arg-type]
+    operations.cleanup_record(ais, record, UID, in_use=in_use)  # type: ignore[arg-type]
+    assert sorted(ais.deleted) == sorted([*(n["versioned"] for n in names.values()), record["index"]["versioned"]])
+
+
+def test_a_version_is_kept_from_when_the_stable_index_left_it_not_from_a_build_that_never_switched() -> None:
+    """N2: a build whose own index was written but whose switch never happened counted as the replacement of
+    the published version, which was then deleted before its retention ended."""
+    g1 = info("g1", 1, "2026-11-23T09:00:00Z")
+    never = IndexInfo.from_index(index_body("g2", 2, "2026-11-23T09:10:00Z") | {}, UID)
+    switched_body = index_body("g3", 3, "2026-11-23T09:40:00Z")
+    switched_body["info"]["replaces"] = "g1"
+    never_body = index_body("g2", 2, "2026-11-23T09:10:00Z")
+    never_body["info"]["replaces"] = "g1"
+    never = IndexInfo.from_index(never_body, UID)
+    published = IndexInfo.from_index(switched_body, UID)
+    assert never is not None and published is not None
+    records = [{"version": "g1", "generation": 1}]
+    r = plan_retention("g3", published, records, {"g1": g1, "g2": never}, NOW, 3600.0)
+    assert r.previous[0]["deleteAfter"] == "2026-11-23T10:40:00Z"  # 1 h after g3 switched, not after g2

@@ -88,10 +88,10 @@ def test_every_split_is_verified_and_indexed_and_the_split_stable_indexes_follow
     s = split_spec()
     d = decide(s, OWNER, obs, DEFAULTS, NOW)
     assert d.need_output and d.output_prefix == f"shuffled-trainval-{TAG}-g3-a1-"
-    obs.outputs[d.output_prefix] = listing(d.output_prefix, KEYS["trainval"])
+    obs.outputs[d.output_key] = listing(d.output_prefix, KEYS["trainval"])
     d = decide(s, OWNER, obs, DEFAULTS, NOW)
     assert d.need_output and d.output_prefix == f"shuffled-test-{TAG}-g3-a1-"
-    obs.outputs[d.output_prefix] = listing(d.output_prefix, KEYS["test"])
+    obs.outputs[d.output_key] = listing(d.output_prefix, KEYS["test"])
     d = decide(s, OWNER, obs, DEFAULTS, NOW)
     assert d.status.phase == Phase.READY, d.status.message
     writes = [(a.name, a.publishes, a.guarded) for a in d.actions if isinstance(a, WriteIndex)]

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from sharded_dataset_operator import exampledata
+from sds_tools import exampledata
 from sharded_dataset_operator.builders import ConverterDefaults, build_converter_job, build_planner_job
 from sharded_dataset_operator.converter.common import PermanentError
 from sharded_dataset_operator.converter.main import convert

@@ -631,8 +631,6 @@ class Ais:
         raise AisUnavailable(f"GET {bucket}/{name} through ETL {etl}: HTTP {r.status_code}: {text}")
 
 
-
-
 def _skip_environment_lookups(client: Client) -> None:
     """Per request, `requests` looks for ~/.netrc, proxy variables and CA-bundle paths unless `trust_env` is
     off; with small objects that filesystem probing costs a fifth of the converter's CPU (see bench/)."""
