@@ -38,9 +38,9 @@ def converter_config(
     source_bucket: str, workers: int, tag: str, reads: str = "batch", spec_over: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """The config a converter pod of examples/01 would get (via builders.converter_config), output bench-conv."""
-    from sharded_dataset_operator.builders import Owner
-    from sharded_dataset_operator.builders import converter_config as build
-    from sharded_dataset_operator.spec import parse_spec
+    from sharded_dataset_operator.core.builders import Owner
+    from sharded_dataset_operator.core.builders import converter_config as build
+    from sharded_dataset_operator.core.spec import parse_spec
 
     spec = example_spec(source_bucket, CONV_BUCKET)
     spec["conversion"] = {"workers": workers, "reads": {"mode": reads}}
@@ -53,8 +53,8 @@ def converter_config(
 def _child_plan(endpoint: str, config: dict[str, Any], index: int, go: Any, q: Any) -> None:
     """`make_plan()` exactly as the planner pod runs it: lists the source once and writes the plan."""
     from sharded_dataset_operator.clients.ais import Ais
-    from sharded_dataset_operator.converter.common import make_source
-    from sharded_dataset_operator.converter.planner import make_plan
+    from sharded_dataset_operator.pods.common import make_source
+    from sharded_dataset_operator.pods.planner import make_plan
 
     ais = Ais(endpoint, attempts=5, pool=32)
     source = make_source(config, ais)
@@ -75,8 +75,8 @@ def _child_plan(endpoint: str, config: dict[str, Any], index: int, go: Any, q: A
 def _child_convert(endpoint: str, config: dict[str, Any], index: int, go: Any, q: Any) -> None:
     """`convert()` exactly as a converter pod runs it (same Ais client settings as converter.main)."""
     from sharded_dataset_operator.clients.ais import Ais
-    from sharded_dataset_operator.converter.common import make_source
-    from sharded_dataset_operator.converter.main import convert
+    from sharded_dataset_operator.pods.common import make_source
+    from sharded_dataset_operator.pods.converter import convert
 
     ais = Ais(endpoint, attempts=5, pool=32)
     source = make_source(config, ais)

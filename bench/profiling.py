@@ -111,9 +111,9 @@ def _cprofile_converter(endpoint: str, raw: str) -> tuple[list[tuple[str, float,
     import threading
 
     from sharded_dataset_operator.clients.ais import Ais
-    from sharded_dataset_operator.converter.common import make_source
-    from sharded_dataset_operator.converter.main import convert
-    from sharded_dataset_operator.converter.planner import make_plan
+    from sharded_dataset_operator.pods.common import make_source
+    from sharded_dataset_operator.pods.converter import convert
+    from sharded_dataset_operator.pods.planner import make_plan
 
     fresh_bucket(endpoint, CONV_BUCKET)
     config = converter_config(raw, 1, "bench-prof")

@@ -100,7 +100,7 @@ class Resource:
 
 
 def version_id(generation: int, refresh: str = "") -> str:
-    from sharded_dataset_operator.naming import version_id as vid
+    from sharded_dataset_operator.core.naming import version_id as vid
 
     return vid(generation, refresh)
 

@@ -16,7 +16,7 @@ import tarfile
 from aistore.sdk.etl.webserver.fastapi_server import FastAPIServer
 from PIL import Image, ImageOps
 
-from sharded_dataset_operator.converter.transforms import resize_image
+from sharded_dataset_operator.pods.transforms import resize_image
 
 
 class ResizeImage(FastAPIServer):  # type: ignore[misc]

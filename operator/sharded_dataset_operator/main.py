@@ -7,9 +7,9 @@ import sys
 
 import kopf
 
-from . import handlers  # noqa: F401  (registers the handlers)
-from .clients.ais import redact
-from .settings import SETTINGS
+from sharded_dataset_operator.clients.ais import redact
+from sharded_dataset_operator.runner import handlers  # noqa: F401  (registers the handlers)
+from sharded_dataset_operator.runner.settings import SETTINGS
 
 
 class RedactTokens(logging.Filter):

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from sharded_dataset_operator import naming
 from sharded_dataset_operator.clients.ais import Ais
+from sharded_dataset_operator.core import naming
 
 from .conftest import REPO, Kube, unique, wait_until
 from .test_operator import expected_skips, raw_dataset, wait_phase

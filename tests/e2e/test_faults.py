@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
-from sharded_dataset_operator import failpoints, failures, naming
 from sharded_dataset_operator.clients.ais import Ais
-from sharded_dataset_operator.converter.common import RESTART_SLACK, cluster_disturbed, restarted
+from sharded_dataset_operator.core import failures, naming
+from sharded_dataset_operator.pods.common import RESTART_SLACK, cluster_disturbed, restarted
+from sharded_dataset_operator.runner import failpoints
 
 from .conftest import OPERATOR_NS, Kube, unique, wait_until
 from .faults import above_high_watermark, node_down, nodes_down

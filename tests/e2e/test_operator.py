@@ -14,9 +14,9 @@ import webdataset as wds
 import yaml
 
 from sds_tools import exampledata
-from sharded_dataset_operator import naming
-from sharded_dataset_operator.builders import order_rank
 from sharded_dataset_operator.clients.ais import Ais
+from sharded_dataset_operator.core import naming
+from sharded_dataset_operator.core.builders import order_rank
 
 from .conftest import OPERATOR_NS, REPO, Kube, unique, wait_until
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from sharded_dataset_operator import naming
 from sharded_dataset_operator.clients.ais import Ais
+from sharded_dataset_operator.core import naming
 
 from .conftest import Kube, unique, wait_until
 from .test_operator import RawDataset, assert_complete_samples, check_index, condition, dataset, read_shards

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
-from sharded_dataset_operator import naming
 from sharded_dataset_operator.clients.ais import AccessDenied, Ais
+from sharded_dataset_operator.core import naming
 
 from .conftest import OPERATOR_NS, REPO, Kube, unique, wait_until
 from .test_operator import (

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from sharded_dataset_operator import naming
 from sharded_dataset_operator.clients.ais import Ais
+from sharded_dataset_operator.core import naming
 
 from .conftest import Kube, unique, wait_until
 from .test_operator import FULL_FLOW_SAMPLES, condition, dataset, raw_dataset, wait_phase, wait_ready
@@ -173,7 +173,7 @@ def test_a_failed_new_version_leaves_the_published_one_ready_and_readable(
 
 
 def _version_of(refresh: str, generation: int = 1) -> str:
-    from sharded_dataset_operator.naming import version_id
+    from sharded_dataset_operator.core.naming import version_id
 
     return version_id(generation, refresh)
 

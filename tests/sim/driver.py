@@ -1,4 +1,4 @@
-"""One seeded run: a scenario, then passes of the real `operations.reconcile_once` with faults between and
+"""One seeded run: a scenario, then passes of the real `passes.reconcile_once` with faults between and
 inside them, the invariants checked after every pass, then fault-free passes until the dataset settles."""
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sharded_dataset_operator import builders, failures, guard, naming, operations, reconcile, versions
-from sharded_dataset_operator.settings import Settings
-from sharded_dataset_operator.spec import parse_spec
+from sharded_dataset_operator.clients import kube
+from sharded_dataset_operator.core import builders, failures, guard, naming, records, times, versions
+from sharded_dataset_operator.core.spec import parse_spec
+from sharded_dataset_operator.runner import objcache, passes
+from sharded_dataset_operator.runner.settings import Settings
 
 from .invariants import Checker, check_leaks
 from .model import ENDPOINT, EPOCH, Clock, Crash, FakeAis, FakeKube, Faults, Pods
@@ -109,21 +111,29 @@ def fill_source(ais: FakeAis, rng: random.Random, n: int) -> None:
     ais.store(SOURCE, "test.txt", " ".join(k for i, k in enumerate(keys) if not i % 3).encode())
 
 
+KUBE_CALLS = ("get_dataset", "patch_status", "annotate_dataset", "get_job", "stale_jobs", "create_job", "delete_jobs",
+              "converter_pods", "pvc_problem", "read_secret_key", "stop_converters")  # fmt: skip
+
+
 @contextmanager
-def patched(ais: FakeAis, kube: FakeKube, clock: Clock) -> Iterator[None]:
-    """`operations` with the fake AIS and Kubernetes, the simulated clock and a fresh cache."""
-    saved = {k: getattr(operations, k) for k in ("kube", "ais_for", "dsort_for", "now_iso", "CACHE", "METRICS")}
-    operations.kube = kube  # type: ignore[assignment,attr-defined]
-    operations.ais_for = lambda spec, namespace: ais  # type: ignore[assignment,return-value]
-    operations.dsort_for = lambda spec, tenant, settings: ais  # type: ignore[assignment,return-value]
-    operations.now_iso = clock.now_iso
-    operations.CACHE = operations.ObjectCache()
-    operations.METRICS = _NoMetrics()  # type: ignore[assignment,attr-defined]
+def patched(ais: FakeAis, fake: FakeKube, clock: Clock) -> Iterator[None]:
+    """The runner with the fake AIS and Kubernetes (the `clients.kube` functions), the simulated clock and a
+    fresh cache."""
+    saved: list[tuple[Any, str, Any]] = [(kube, name, getattr(kube, name)) for name in KUBE_CALLS]
+    saved += [(passes, n, getattr(passes, n)) for n in ("ais_for", "dsort_for", "METRICS")]
+    saved += [(times, "now_iso", times.now_iso), (objcache, "CACHE", objcache.CACHE)]
+    for name in KUBE_CALLS:
+        setattr(kube, name, getattr(fake, name))
+    passes.ais_for = lambda spec, namespace: ais  # type: ignore[assignment,return-value]
+    passes.dsort_for = lambda spec, tenant, settings: ais  # type: ignore[assignment,return-value]
+    times.now_iso = clock.now_iso
+    objcache.CACHE = objcache.ObjectCache()
+    passes.METRICS = _NoMetrics()  # type: ignore[assignment]
     try:
         yield
     finally:
-        for k, v in saved.items():
-            setattr(operations, k, v)
+        for module, name, value in saved:
+            setattr(module, name, value)
 
 
 def run(seed: int) -> Result:
@@ -139,13 +149,13 @@ def run(seed: int) -> Result:
         "metadata": {"name": NAME, "namespace": NS, "uid": uid, "generation": 1, "annotations": {}},
         "spec": raw_spec(sc),
     }
-    kube = FakeKube(clock, faults, obj)
-    pods = Pods(ais, kube, SOURCE)
+    cluster = FakeKube(clock, faults, obj)
+    pods = Pods(ais, cluster, SOURCE)
     spec = parse_spec(obj["spec"], name=NAME, default_endpoint=ENDPOINT)
-    prefix = reconcile.index_prefix(spec)
+    prefix = records.index_prefix(spec)
     checker = Checker(
         ais,
-        kube,
+        cluster,
         pods,
         "out",
         naming.index_name(prefix),
@@ -155,8 +165,8 @@ def run(seed: int) -> Result:
         sc.max_attempts,
     )
     result = Result(seed)
-    with patched(ais, kube, clock):
-        drive(sc, rng, ais, kube, pods, checker, result)
+    with patched(ais, cluster, clock):
+        drive(sc, rng, ais, cluster, pods, checker, result)
     result.violations = [f"seed {seed}: {v}" for v in checker.violations]
     return result
 
@@ -225,9 +235,9 @@ def drive(
             if status_reason(obj) == "PublishHeld" and held.get("held"):  # a person looks and approves
                 obj["metadata"]["annotations"][guard.APPROVE_ANNOTATION] = str(held["version"])
         try:
-            requeue = operations.reconcile_once(NS, NAME, SETTINGS).requeue
+            requeue = passes.reconcile_once(NS, NAME, SETTINGS).requeue
         except Crash:
-            operations.CACHE = operations.ObjectCache()  # the operator restarted
+            objcache.CACHE = objcache.ObjectCache()  # the operator restarted
             requeue = 1.0
             if TRACE:
                 print(f"pass {k}: the operator restarted")
@@ -245,7 +255,7 @@ def drive(
         pods.step(faults.on)
         checker.after_pass()
         k += 1
-        if faults.on or not operations.is_settled(obj):
+        if faults.on or not passes.is_settled(obj):
             continue
         phase, reason = (obj.get("status") or {}).get("phase"), status_reason(obj)
         if phase == "Ready":

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sharded_dataset_operator import guard, naming
+from sharded_dataset_operator.core import guard, naming
 
 from .model import FakeAis, FakeKube, Pods
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sharded_dataset_operator import naming, units
 from sharded_dataset_operator.clients.ais import (
     AccessDenied,
     AisUnavailable,
@@ -28,8 +27,9 @@ from sharded_dataset_operator.clients.ais import (
     MissingObject,
 )
 from sharded_dataset_operator.clients.kube import TOKEN_SECRET_LABEL, SecretNotAllowed
-from sharded_dataset_operator.model import DsortJob, Entry, JobState
-from sharded_dataset_operator.verify import Totals
+from sharded_dataset_operator.core import naming, units
+from sharded_dataset_operator.core.model import DsortJob, Entry, JobState
+from sharded_dataset_operator.core.verify import Totals
 
 EPOCH = 1_790_000_000.0
 ENDPOINT = "http://ais:51080"
@@ -422,7 +422,7 @@ def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]
 
 
 class FakeKube:
-    """The `clients.kube` functions `operations` calls, over one ShardedDataset and its Jobs."""
+    """The `clients.kube` functions the runner calls, over one ShardedDataset and its Jobs."""
 
     SecretNotAllowed = SecretNotAllowed
     TOKEN_SECRET_LABEL = TOKEN_SECRET_LABEL

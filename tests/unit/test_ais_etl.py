@@ -10,14 +10,16 @@ from typing import Any
 
 import pytest
 
-from sharded_dataset_operator import builders, naming
-from sharded_dataset_operator.builders import ConverterDefaults
-from sharded_dataset_operator.converter.reads import Failed, FetchFailed, ReadPlan, Through, read_samples
-from sharded_dataset_operator.model import JobState
-from sharded_dataset_operator.reconcile import CreateJob, DeleteEtls, InitEtl, Observed, decide
-from sharded_dataset_operator.samples import RawFile, Sample
-from sharded_dataset_operator.spec import SpecError
-from sharded_dataset_operator.status import Phase
+from sharded_dataset_operator.core import builders, naming
+from sharded_dataset_operator.core.actions import CreateJob, DeleteEtls, InitEtl
+from sharded_dataset_operator.core.builders import ConverterDefaults
+from sharded_dataset_operator.core.decision import decide
+from sharded_dataset_operator.core.model import JobState
+from sharded_dataset_operator.core.observed import Observed
+from sharded_dataset_operator.core.samples import RawFile, Sample
+from sharded_dataset_operator.core.spec import SpecError
+from sharded_dataset_operator.core.status import Phase
+from sharded_dataset_operator.pods.reads import Failed, FetchFailed, ReadPlan, Through, read_samples
 
 from .test_reconcile import NOW, OWNER, UID, converted, kinds, plan, spec
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from sharded_dataset_operator import naming
-from sharded_dataset_operator.builders import (
+from sharded_dataset_operator.core import naming
+from sharded_dataset_operator.core.builders import (
     ConverterDefaults,
     Owner,
     build_converter_job,
@@ -19,8 +19,8 @@ from sharded_dataset_operator.builders import (
     converter_config,
     order_rank,
 )
-from sharded_dataset_operator.spec import SpecError, parse_size, parse_spec
-from sharded_dataset_operator.status import DatasetStatus, Phase, set_condition
+from sharded_dataset_operator.core.spec import SpecError, parse_size, parse_spec
+from sharded_dataset_operator.core.status import DatasetStatus, Phase, set_condition
 
 REPO = Path(__file__).resolve().parents[2]
 OWNER = Owner(name="oxford-pets", namespace="ml", uid="5f3a9c1e-aaaa-4bbb-8ccc-000000000000", generation=2)
@@ -139,7 +139,7 @@ def test_converter_job_is_an_indexed_restricted_job_owned_by_the_resource() -> N
     c = pod["containers"][0]
     assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                     "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}  # fmt: skip
-    assert c["image"] == "localhost/sds:dev" and c["args"] == ["sharded_dataset_operator.converter.main"]
+    assert c["image"] == "localhost/sds:dev" and c["args"] == ["sharded_dataset_operator.pods.converter"]
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["AIS_ENDPOINT"] == "http://ais-proxy.ais:51080"
     config = json.loads(env["SDS_CONVERTER_CONFIG"] or "{}")

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sharded_dataset_operator import settings
+from sharded_dataset_operator.runner import settings
 
 from .conftest import CHART, NAMESPACE, Helm, render
 

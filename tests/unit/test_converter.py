@@ -13,22 +13,22 @@ from typing import Any
 import pytest
 
 from sds_tools import exampledata
-from sharded_dataset_operator.builders import EXIT_UNAVAILABLE, Owner, converter_config
 from sharded_dataset_operator.clients.ais import Membership, started_at
-from sharded_dataset_operator.converter.common import (
+from sharded_dataset_operator.core.builders import EXIT_UNAVAILABLE, Owner, converter_config
+from sharded_dataset_operator.core.model import Entry
+from sharded_dataset_operator.core.samples import FieldRule, LabelRule, group_samples, parse_labels
+from sharded_dataset_operator.core.spec import parse_spec
+from sharded_dataset_operator.core.verify import OutputTally, Totals, compare
+from sharded_dataset_operator.pods.common import (
     PermanentError,
     cluster_disturbed,
     cluster_whole,
     restarted,
     unreachable_exit,
 )
-from sharded_dataset_operator.converter.main import MiB, convert, read_plan
-from sharded_dataset_operator.converter.planner import make_plan
-from sharded_dataset_operator.converter.sources import VolumeSource
-from sharded_dataset_operator.model import Entry
-from sharded_dataset_operator.samples import FieldRule, LabelRule, group_samples, parse_labels
-from sharded_dataset_operator.spec import parse_spec
-from sharded_dataset_operator.verify import OutputTally, Totals, compare
+from sharded_dataset_operator.pods.converter import MiB, convert, read_plan
+from sharded_dataset_operator.pods.planner import make_plan
+from sharded_dataset_operator.pods.sources import VolumeSource
 
 OWNER = Owner(name="pets", namespace="ml", uid="00000000-1111-4222-8333-444444444444", generation=1)
 BASE = "out/s-0000000011114222-g1-"
@@ -208,7 +208,7 @@ def test_a_file_gone_or_changed_after_planning_fails_the_worker(tmp_path: Path) 
     with pytest.raises(PermanentError, match="source changed"):
         convert(cfg, 0, store, VolumeSource(str(root)))  # type: ignore[arg-type]
     victim.unlink()
-    from sharded_dataset_operator.converter.reads import MissingFile
+    from sharded_dataset_operator.pods.reads import MissingFile
 
     with pytest.raises(MissingFile, match="disappeared"):
         convert(cfg, 0, store, VolumeSource(str(root)))  # type: ignore[arg-type]
@@ -224,6 +224,12 @@ def test_missing_labels_file_is_permanent(tmp_path: Path) -> None:
     (tmp_path / "images/a.jpg").write_bytes(b"x")
     with pytest.raises(PermanentError, match=r"labels file annotations/list\.txt not found"):
         make_plan(config(workers=1), MemoryStore(), VolumeSource(str(tmp_path)))  # type: ignore[arg-type]
+
+
+def test_an_emptied_source_plans_no_samples_even_without_its_labels_file(tmp_path: Path) -> None:
+    """Everything deleted (the labels file too): an empty plan, so the operator says NoSamples (issue 25)."""
+    manifest = make_plan(config(workers=1), MemoryStore(), VolumeSource(str(tmp_path)))  # type: ignore[arg-type]
+    assert manifest["samples"] == 0 and manifest["filesListed"] == 0
 
 
 def test_missing_source_directory_is_permanent(tmp_path: Path) -> None:
@@ -343,8 +349,8 @@ def test_sigterm_stops_a_worker_at_once_with_its_own_exit_code(monkeypatch: pyte
     import signal
     import time
 
-    from sharded_dataset_operator.builders import CONFIG_ENV
-    from sharded_dataset_operator.converter.common import EXIT_TERMINATED, run_main
+    from sharded_dataset_operator.core.builders import CONFIG_ENV
+    from sharded_dataset_operator.pods.common import EXIT_TERMINATED, run_main
 
     monkeypatch.setenv(CONFIG_ENV, "{}")
     monkeypatch.setenv("AIS_ENDPOINT", "http://127.0.0.1:9")
@@ -551,7 +557,7 @@ def _fraction_config(generation: int = 1, previous: int | None = None) -> dict[s
 
 def _splits_of(store: MemoryStore, manifest: dict[str, Any]) -> dict[str, str]:
     """key -> split, from the plan chunks."""
-    from sharded_dataset_operator.plan import decode_sample
+    from sharded_dataset_operator.core.plan import decode_sample
 
     out = {}
     for chunk in manifest["chunks"]:

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from sharded_dataset_operator import builders, settings
-from sharded_dataset_operator.spec import parse_spec
+from sharded_dataset_operator.core import builders
+from sharded_dataset_operator.core.spec import parse_spec
+from sharded_dataset_operator.runner import settings
 
 REPO = Path(__file__).resolve().parents[2]
 OWNER = builders.Owner(name="oxford-pets", namespace="ml", uid="3f1c2a9e-5b7d-4e21-9a0c-6d8e1f2b4c55", generation=1)

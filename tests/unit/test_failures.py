@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from sharded_dataset_operator import failpoints
 from sharded_dataset_operator.clients.kube import termination_summary
-from sharded_dataset_operator.failures import outage
+from sharded_dataset_operator.core.failures import outage
+from sharded_dataset_operator.runner import failpoints
 
 
 def test_an_outage_is_reconciling_until_it_lasts_the_threshold_then_stalled() -> None:

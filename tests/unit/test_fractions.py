@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from sharded_dataset_operator.fractions import FractionAssigner, rank_record
+from sharded_dataset_operator.core.fractions import FractionAssigner, rank_record
 
 NAMES, FRACTIONS = ["train", "val", "test"], [0.8, 0.1, 0.1]
 

@@ -7,8 +7,8 @@ from typing import Any
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sharded_dataset_operator.metrics import Metrics, step_durations
-from sharded_dataset_operator.reconcile import Event
+from sharded_dataset_operator.core.actions import Event
+from sharded_dataset_operator.runner.metrics import Metrics, step_durations
 
 
 def cond(type_: str, when: str, status: str = "True", reason: str = "") -> dict[str, Any]:

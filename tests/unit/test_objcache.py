@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from sharded_dataset_operator import objcache, operations, settings
 from sharded_dataset_operator.clients.ais import BucketNotFound
-from sharded_dataset_operator.objcache import VANISHED, LimitExceeded, ObjectCache, ObjectUnreadable
+from sharded_dataset_operator.runner import objcache, observation, settings
+from sharded_dataset_operator.runner.objcache import VANISHED, LimitExceeded, ObjectCache, ObjectUnreadable
 
 
 class FakeAis:
@@ -332,10 +332,10 @@ def test_the_bounds_come_from_the_settings_and_the_old_names_still_import() -> N
     assert objcache.CACHE.total_bytes == settings.SETTINGS.cache_bytes
     assert objcache.CACHE.namespace_bytes == settings.SETTINGS.cache_namespace_bytes
     assert objcache.CACHE.max_bytes == settings.SETTINGS.max_object_bytes
-    assert operations.CACHE is objcache.CACHE
-    assert operations.LimitExceeded is LimitExceeded and operations.ObjectUnreadable is ObjectUnreadable
-    assert operations.ObjectCache is ObjectCache
-    assert (operations.MAX_OBJECT_BYTES, operations.MAX_OBJECTS, operations.MAX_LISTED) == (
+    assert objcache.CACHE is objcache.CACHE
+    assert objcache.LimitExceeded is LimitExceeded and objcache.ObjectUnreadable is ObjectUnreadable
+    assert objcache.ObjectCache is ObjectCache
+    assert (objcache.MAX_OBJECT_BYTES, objcache.MAX_OBJECTS, objcache.MAX_LISTED) == (
         objcache.MAX_OBJECT_BYTES,
         objcache.MAX_OBJECTS,
         objcache.MAX_LISTED,
@@ -344,11 +344,11 @@ def test_the_bounds_come_from_the_settings_and_the_old_names_still_import() -> N
 
 def test_read_json_reads_for_the_namespace_it_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
     ais, cache = FakeAis(), ObjectCache()
-    monkeypatch.setattr(operations, "CACHE", cache)
+    monkeypatch.setattr(objcache, "CACHE", cache)
     ais.put("i.json", {"info": {}}, size=100)
-    assert operations.read_json(ais, "out", "ais", "i.json", namespace="ml") == {"info": {}}  # type: ignore[arg-type]
-    assert operations.read_json(ais, "out", "ais", "none.json") is None  # type: ignore[arg-type]
+    assert observation.read_json(ais, "out", "ais", "i.json", namespace="ml") == {"info": {}}  # type: ignore[arg-type]
+    assert observation.read_json(ais, "out", "ais", "none.json") is None  # type: ignore[arg-type]
     assert cache.stats().namespaces == {"ml": 100}
     ais.put("bad.json", b"[]")
     with pytest.raises(ObjectUnreadable):
-        operations.read_json(ais, "out", "ais", "bad.json")  # type: ignore[arg-type]
+        observation.read_json(ais, "out", "ais", "bad.json")  # type: ignore[arg-type]

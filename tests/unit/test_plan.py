@@ -9,10 +9,17 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
-from sharded_dataset_operator.converter.reads import MissingFile, ReadPlan, batches, read_samples
-from sharded_dataset_operator.extsort import ExternalSorter
-from sharded_dataset_operator.plan import ChunkWriter, PlanError, decode_sample, encode_sample, read_range, worker_range
-from sharded_dataset_operator.samples import RawFile, Sample
+from sharded_dataset_operator.core.extsort import ExternalSorter
+from sharded_dataset_operator.core.plan import (
+    ChunkWriter,
+    PlanError,
+    decode_sample,
+    encode_sample,
+    read_range,
+    worker_range,
+)
+from sharded_dataset_operator.core.samples import RawFile, Sample
+from sharded_dataset_operator.pods.reads import MissingFile, ReadPlan, batches, read_samples
 
 
 class Runs:

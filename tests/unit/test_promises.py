@@ -11,27 +11,28 @@ from typing import Any
 
 import pytest
 
-from sharded_dataset_operator import guard, naming, operations, reconcile
-from sharded_dataset_operator.builders import Owner
+from sharded_dataset_operator.clients import kube
 from sharded_dataset_operator.clients.ais import AccessDenied
-from sharded_dataset_operator.model import Entry
-from sharded_dataset_operator.reconcile import (
+from sharded_dataset_operator.core import actions, guard, naming
+from sharded_dataset_operator.core.actions import (
     CleanupArtifacts,
     CreateJob,
     DeleteJobs,
     DeletePrefix,
-    Observed,
     Outcome,
     StartDsort,
     SweepUnits,
     WriteIndex,
-    after_actions,
-    artifact_record,
-    decide,
 )
-from sharded_dataset_operator.reuse import KeyDiff, encode_member
-from sharded_dataset_operator.status import DatasetStatus, Phase
-from sharded_dataset_operator.versions import IndexInfo, plan_retention
+from sharded_dataset_operator.core.builders import Owner
+from sharded_dataset_operator.core.decision import after_actions, decide
+from sharded_dataset_operator.core.model import Entry
+from sharded_dataset_operator.core.observed import Observed
+from sharded_dataset_operator.core.records import artifact_record
+from sharded_dataset_operator.core.reuse import KeyDiff, encode_member
+from sharded_dataset_operator.core.status import DatasetStatus, Phase
+from sharded_dataset_operator.core.versions import IndexInfo, plan_retention
+from sharded_dataset_operator.runner import executor, objcache, observation
 
 from .test_reconcile import DEFAULTS, NOW, OWNER, UID, converted, dsort, listing, raw_spec, spec
 from .test_versions import conditions, index_body, info, published_g2
@@ -40,7 +41,7 @@ FIVE = {"000000": ["a000", "a001", "a002", "b000", "b001"]}
 
 
 def no_shuffle_spec() -> Any:
-    from sharded_dataset_operator.spec import parse_spec
+    from sharded_dataset_operator.core.spec import parse_spec
 
     raw = raw_spec()
     raw.pop("shuffle")
@@ -185,8 +186,8 @@ class SweepAis:
 
 @pytest.fixture
 def fresh_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(operations, "CACHE", operations.ObjectCache())
-    monkeypatch.setattr(operations.kube, "converter_pods", lambda *a: [])
+    monkeypatch.setattr(objcache, "CACHE", objcache.ObjectCache())
+    monkeypatch.setattr(kube, "converter_pods", lambda *a: [])
 
 
 @pytest.mark.parametrize("missing", ["plan", "unit table chunk"])
@@ -201,8 +202,8 @@ def test_a_sweep_that_cannot_read_a_live_plan_deletes_nothing_and_keeps_the_reco
     ais = SweepAis(objects)
     old = {**record, "version": "g2"}
     st = DatasetStatus(phase=Phase.READY, observed_generation=3, reason="Succeeded", message="", artifacts=[record])
-    d = reconcile.Decision(status=st, actions=[SweepUnits("out", "ais", pool, live=(record,), restore=(old,))])
-    d = after_actions(d, operations.execute(ais, d, OWNER))  # type: ignore[arg-type]
+    d = actions.Decision(status=st, actions=[SweepUnits("out", "ais", pool, live=(record,), restore=(old,))])
+    d = after_actions(d, executor.execute(ais, d, OWNER))  # type: ignore[arg-type]
     assert ais.deleted == []
     assert [e.reason for e in d.events] == ["CleanupFailed"]
     assert ("nothing is swept" if missing == "plan" else "units-000.jsonl") in d.events[0].message
@@ -239,11 +240,11 @@ def test_a_pass_stopped_early_keeps_every_deletion_it_did_not_carry_out() -> Non
     old, older = {"version": "g1", "generation": 1}, {"version": "g2", "generation": 2}
     st = DatasetStatus(phase=Phase.SHUFFLING, observed_generation=3, reason="Shuffling", message="", artifacts=[{}])
     start = StartDsort({"input_format": {"objnames": ["x"]}})
-    d = reconcile.Decision(
+    d = actions.Decision(
         status=st,
         actions=[start, CleanupArtifacts(old), SweepUnits("out", "ais", "p-", live=(), restore=(older,))],
     )
-    d = after_actions(d, [Outcome(start, reconcile.DENIED, error="the token may not write")])
+    d = after_actions(d, [Outcome(start, actions.DENIED, error="the token may not write")])
     assert d.status.reason == "AccessDenied" and d.status.stalled
     assert [r.get("version") for r in d.status.artifacts or []] == [None, "g1", "g2"]
 
@@ -252,7 +253,7 @@ def test_a_deletion_deferred_while_a_converter_runs_keeps_its_record_without_an_
     old = {"version": "g1", "generation": 1}
     st = DatasetStatus(phase=Phase.READY, observed_generation=3, reason="Succeeded", message="", artifacts=[{}])
     action = CleanupArtifacts(old)
-    d = after_actions(reconcile.Decision(status=st, actions=[action]), [Outcome(action, reconcile.BUSY)])
+    d = after_actions(actions.Decision(status=st, actions=[action]), [Outcome(action, actions.BUSY)])
     assert [r.get("version") for r in d.status.artifacts or []] == [None, "g1"] and d.events == []
 
 
@@ -332,12 +333,12 @@ def test_a_kept_version_whose_own_index_is_not_seen_is_not_taken_for_never_publi
 def test_something_that_is_not_an_index_at_the_stable_index_name_is_an_output_conflict(fresh_cache: None) -> None:
     ais = SweepAis({"shuffled-index.json": b"<html>not json</html>"})
     obs = Observed(previous={})
-    operations.observe_versions(ais, spec(), OWNER, obs)  # type: ignore[arg-type]
+    observation.observe_versions(ais, spec(), OWNER, obs)  # type: ignore[arg-type]
     assert obs.output_conflict and "not a ShardedDataset index" in obs.output_conflict
     d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
     assert d.status.reason == "OutputConflict" and d.actions == []
-    with pytest.raises(operations.OutputConflict, match="not a ShardedDataset index"):
-        operations.parse_index(b"[1, 2]", "ais://out/shuffled-index.json")
+    with pytest.raises(executor.OutputConflict, match="not a ShardedDataset index"):
+        executor.parse_index(b"[1, 2]", "ais://out/shuffled-index.json")
 
 
 def test_naming_of_the_attempt_objects() -> None:
@@ -353,8 +354,8 @@ def test_naming_of_the_attempt_objects() -> None:
 def test_splits_without_a_shuffle_are_verified_each_against_its_own_listing() -> None:
     """N1: both splits verify under the unit pool (one prefix); keyed by prefix, the second split was compared
     with the first split's listing and the run could never be Ready."""
-    from sharded_dataset_operator.spec import parse_spec
-    from sharded_dataset_operator.verify import OutputTally
+    from sharded_dataset_operator.core.spec import parse_spec
+    from sharded_dataset_operator.core.verify import OutputTally
 
     from .test_reconcile import totals, unit_shard
 
@@ -393,7 +394,7 @@ def test_a_new_versions_record_reaches_the_status_before_its_first_object_is_wri
     """N3: objects written before the version's record was saved (the pass then stopped and a newer spec
     superseded the version) were known to nobody and never deleted."""
     d = decide(spec(), OWNER, Observed(previous={}), DEFAULTS, NOW)
-    assert [type(a) for a in d.actions] == [reconcile.EnsureBucket, CreateJob] and d.record_first
+    assert [type(a) for a in d.actions] == [actions.EnsureBucket, CreateJob] and d.record_first
     saved = {"observedGeneration": 3, "artifacts": d.status.to_dict([], NOW)["artifacts"]}
     assert not decide(spec(), OWNER, Observed(previous=saved), DEFAULTS, NOW).record_first
 
@@ -408,7 +409,7 @@ def test_the_dsort_access_probe_of_a_split_is_written_among_that_splits_objects(
             self.calls.append(name)
 
     ais = Names("")
-    operations.check_dsort_access(ais, split_spec(), OWNER, ["x.tar"], "test")  # type: ignore[arg-type]
+    executor.check_dsort_access(ais, split_spec(), OWNER, ["x.tar"], "test")  # type: ignore[arg-type]
     record = artifact_record(split_spec(), OWNER)
     probes = [c for c in ais.calls if "access-probe" in c]
     assert probes and all(any(loc["prefix"] in c for loc in record["locations"]) for c in probes), (
@@ -433,12 +434,12 @@ def test_cleanup_deletes_the_splits_own_indexes_and_nothing_a_stable_index_names
     ais.delete_prefix = lambda *a, **k: 0  # type: ignore[attr-defined]
     ais.dsort_find = lambda regex: []  # type: ignore[attr-defined]
     in_use = (("out", "ais", stable),)
-    with pytest.raises(operations.VersionInUse, match="named by ais://out/"):
-        operations.cleanup_record(ais, record, UID, in_use=in_use)  # type: ignore[arg-type]
+    with pytest.raises(executor.VersionInUse, match="named by ais://out/"):
+        executor.cleanup_record(ais, record, UID, in_use=in_use)  # type: ignore[arg-type]
     assert ais.deleted == []
     objects[stable] = json.dumps({"info": {"uid": UID, "version": "g3"}}).encode()
-    operations.CACHE.evict(ais, "out", "ais", (stable,))  # type: ignore[arg-type]
-    operations.cleanup_record(ais, record, UID, in_use=in_use)  # type: ignore[arg-type]
+    objcache.CACHE.evict(ais, "out", "ais", (stable,))  # type: ignore[arg-type]
+    executor.cleanup_record(ais, record, UID, in_use=in_use)  # type: ignore[arg-type]
     assert sorted(ais.deleted) == sorted([*(n["versioned"] for n in names.values()), record["index"]["versioned"]])
 
 

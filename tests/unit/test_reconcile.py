@@ -7,25 +7,25 @@ from typing import Any
 
 import pytest
 
-from sharded_dataset_operator import failures, reconcile
-from sharded_dataset_operator.builders import ConverterDefaults, Owner
-from sharded_dataset_operator.model import DsortJob, JobState
-from sharded_dataset_operator.reconcile import (
+from sharded_dataset_operator.core import actions, failures, shuffle, state
+from sharded_dataset_operator.core.actions import (
     CleanupArtifacts,
     CreateJob,
     DeleteJobs,
     DeletePrefix,
     EnsureBucket,
-    Observed,
     StartDsort,
     SweepUnits,
     WriteIndex,
-    conversion_progress,
-    decide,
 )
-from sharded_dataset_operator.spec import parse_spec
-from sharded_dataset_operator.status import Phase
-from sharded_dataset_operator.verify import OutputTally, Totals
+from sharded_dataset_operator.core.builders import ConverterDefaults, Owner
+from sharded_dataset_operator.core.conversion import conversion_progress
+from sharded_dataset_operator.core.decision import decide
+from sharded_dataset_operator.core.model import DsortJob, JobState
+from sharded_dataset_operator.core.observed import Observed
+from sharded_dataset_operator.core.spec import parse_spec
+from sharded_dataset_operator.core.status import Phase
+from sharded_dataset_operator.core.verify import OutputTally, Totals
 
 NOW = "2026-11-23T10:00:00Z"
 UID = "5f3a9c1e-0000-4000-8000-000000000001"
@@ -136,7 +136,7 @@ def listing(shards: dict[str, list[str]], prefix: str = OUT, truncate: str = "")
     return tally
 
 
-def verify_twice(s: Any, obs: Observed) -> reconcile.Decision:
+def verify_twice(s: Any, obs: Observed) -> actions.Decision:
     """A mismatch is checked once more before it fails the run: the first pass retries, the second judges."""
     first = decide(s, OWNER, obs, DEFAULTS, NOW)
     assert first.status.reason == "VerificationRetrying" and first.actions == [], first.status.message
@@ -145,7 +145,7 @@ def verify_twice(s: Any, obs: Observed) -> reconcile.Decision:
     return decide(s, OWNER, obs, DEFAULTS, NOW)
 
 
-def kinds(decision: reconcile.Decision) -> list[type]:
+def kinds(decision: actions.Decision) -> list[type]:
     return [type(a) for a in decision.actions]
 
 
@@ -417,7 +417,7 @@ def test_no_complete_samples_fails_before_converting() -> None:
 
 def test_fail_turns_a_decision_into_a_failure() -> None:
     d = decide(spec(), OWNER, converted(), DEFAULTS, NOW)
-    reconcile.fail(d, "ShuffleRejected", "bad spec")
+    state.fail(d, "ShuffleRejected", "bad spec")
     assert d.actions == [] and d.status.phase == Phase.FAILED and d.events[-1].reason == "ShuffleRejected"
 
 
@@ -445,7 +445,7 @@ def test_no_dsort_attempt_starts_while_ais_rebalances_and_the_wait_spends_none()
     d = decide(spec(), OWNER, converted(rebalancing=moving), DEFAULTS, NOW)
     assert d.actions == [] and d.status.phase == Phase.SHUFFLING and d.status.reason == "WaitingForRebalance"
     assert "AIS is rebalancing (rebalance[g7]): dSort attempt 1/3 waits for it" in d.status.message
-    assert d.requeue == reconcile.REBALANCE_POLL and d.status.shuffle_attempt is None
+    assert d.requeue == shuffle.REBALANCE_POLL and d.status.shuffle_attempt is None
     # after an aborted attempt: its output is left until the next one starts, and no attempt is spent
     d = decide(spec(), OWNER, converted(dsort_attempts={1: aborted(1)}, rebalancing=moving), DEFAULTS, NOW)
     assert d.actions == [] and d.status.reason == "WaitingForRebalance" and "attempt 2/3" in d.status.message
@@ -544,7 +544,7 @@ def test_a_dsort_that_ais_drops_on_every_start_spends_the_budget_then_fails() ->
         d = decide(spec(), OWNER, converted(previous=prev, capacity_problems=(CAPACITY,)), DEFAULTS, now)
         starts += sum(isinstance(a, StartDsort) for a in d.actions)
         job_id = f"srt-{starts}" if any(isinstance(a, StartDsort) for a in d.actions) else prev["shuffle"]["dsortJobId"]
-        d.status.dsort_job_id = job_id  # what operations.execute records after AIS answered with an id
+        d.status.dsort_job_id = job_id  # what after_actions records after AIS answered with an id
         prev = d.status.to_dict(prev.get("conditions") or [], now)
         if d.requeue is None:
             break

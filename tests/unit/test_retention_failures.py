@@ -1,4 +1,4 @@
-"""A version's deletion that AIS refuses never holds back publishing, and is tried again (operations.execute)."""
+"""A version's deletion that AIS refuses never holds back publishing, and is tried again (executor.execute)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ from typing import Any
 
 import pytest
 
-from sharded_dataset_operator import operations, reconcile
-from sharded_dataset_operator.builders import Owner
+from sharded_dataset_operator.clients import kube
 from sharded_dataset_operator.clients.ais import AccessDenied
-from sharded_dataset_operator.model import Entry
-from sharded_dataset_operator.reconcile import CleanupArtifacts, Decision, SweepUnits, WriteIndex
-from sharded_dataset_operator.status import DatasetStatus, Phase
+from sharded_dataset_operator.core.actions import CleanupArtifacts, Decision, SweepUnits, WriteIndex
+from sharded_dataset_operator.core.builders import Owner
+from sharded_dataset_operator.core.decision import after_actions
+from sharded_dataset_operator.core.model import Entry
+from sharded_dataset_operator.core.status import DatasetStatus, Phase
+from sharded_dataset_operator.runner import executor
 
 OWNER = Owner(name="pets", namespace="ml", uid="5f3a9c1e-0000-4000-8000-000000000001", generation=3)
 OLD = {
@@ -74,13 +76,13 @@ def decision() -> Decision:
 
 @pytest.fixture(autouse=True)
 def no_converter_pods(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(operations.kube, "converter_pods", lambda *a: [])
+    monkeypatch.setattr(kube, "converter_pods", lambda *a: [])
 
 
 def test_a_refused_deletion_keeps_the_record_posts_an_event_and_publishing_happened() -> None:
     ais = RefusingAis(refuse=True)
     d = decision()
-    d = reconcile.after_actions(d, operations.execute(ais, d, OWNER))  # type: ignore[arg-type]
+    d = after_actions(d, executor.execute(ais, d, OWNER))  # type: ignore[arg-type]
     assert ais.puts == ["i.json"]  # published all the same
     assert [e.reason for e in d.events] == ["CleanupFailed", "CleanupFailed"]
     assert "token expired" in d.events[0].message and "g2" in d.events[0].message
@@ -90,7 +92,7 @@ def test_a_refused_deletion_keeps_the_record_posts_an_event_and_publishing_happe
 def test_an_accepted_deletion_removes_the_version_and_its_own_index_last() -> None:
     ais = RefusingAis(refuse=False)
     d = decision()
-    d = reconcile.after_actions(d, operations.execute(ais, d, OWNER))  # type: ignore[arg-type]
+    d = after_actions(d, executor.execute(ais, d, OWNER))  # type: ignore[arg-type]
     assert d.events == [] and [r.get("version") for r in d.status.artifacts or []] == [None]
     assert "s-5f3a9c1e00004000-g2-plan.json" not in ais.objects
     assert "s-5f3a9c1e00004000-g2-index.json" not in ais.objects

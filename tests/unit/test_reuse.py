@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from sharded_dataset_operator.reuse import (
+from sharded_dataset_operator.core.reuse import (
     MembershipError,
     MembershipWalk,
     PreviousUnits,
     decode_member,
     encode_member,
 )
-from sharded_dataset_operator.units import CONVERT, REUSED, TAKEN_OVER, Unit
+from sharded_dataset_operator.core.units import CONVERT, REUSED, TAKEN_OVER, Unit
 
 
 def table(*kinds: tuple[str, int]) -> PreviousUnits:

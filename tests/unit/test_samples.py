@@ -1,4 +1,4 @@
-"""Unit tests for sharded_dataset_operator.samples."""
+"""Unit tests for sharded_dataset_operator.core.samples."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from sharded_dataset_operator.samples import (
+from sharded_dataset_operator.core.samples import (
     FieldRule,
     GroupResult,
     LabelRule,
@@ -316,7 +316,7 @@ def test_partition_validates(workers: int, index: int) -> None:
 @pytest.mark.parametrize("path", ["images/a.jpg", 'images/q"uote.jpg', "images/back\\slash.jpg", "images/tab\t.jpg",
                                   "images/ünï.jpg"])  # fmt: skip
 def test_file_records_carry_any_path_and_tag_through_the_sort(path: str) -> None:
-    from sharded_dataset_operator.samples import file_record, groups_from_records
+    from sharded_dataset_operator.core.samples import file_record, groups_from_records
 
     raw = RawFile(path, 7, 'tag"\\1')
     (group,) = groups_from_records([file_record("k", 0, raw)], ["image.jpg"])

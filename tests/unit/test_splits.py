@@ -6,13 +6,16 @@ from typing import Any
 
 import pytest
 
-from sharded_dataset_operator import naming
-from sharded_dataset_operator.model import DsortJob
-from sharded_dataset_operator.reconcile import Observed, StartDsort, WriteIndex, artifact_record, decide
-from sharded_dataset_operator.spec import SpecError, parse_spec
-from sharded_dataset_operator.status import Phase
-from sharded_dataset_operator.verify import OutputTally, Totals
-from sharded_dataset_operator.versions import record_problem
+from sharded_dataset_operator.core import naming
+from sharded_dataset_operator.core.actions import StartDsort, WriteIndex
+from sharded_dataset_operator.core.decision import decide
+from sharded_dataset_operator.core.model import DsortJob
+from sharded_dataset_operator.core.observed import Observed
+from sharded_dataset_operator.core.records import artifact_record
+from sharded_dataset_operator.core.spec import SpecError, parse_spec
+from sharded_dataset_operator.core.status import Phase
+from sharded_dataset_operator.core.verify import OutputTally, Totals
+from sharded_dataset_operator.core.versions import record_problem
 
 from .test_reconcile import DEFAULTS, NOW, OWNER, POOL, plan, raw_spec
 
@@ -131,7 +134,8 @@ def test_a_split_without_samples_and_a_report_of_an_unknown_split_fail() -> None
 def test_a_lost_dsort_job_of_a_split_is_an_ended_attempt_of_that_split() -> None:
     """Issue 25, problem 3: the status the operator itself writes (not a hand-made record) must let the next
     pass see that AIS dropped the split's job; then the attempts are counted up to ShuffleFailed."""
-    from sharded_dataset_operator.reconcile import Outcome, after_actions
+    from sharded_dataset_operator.core.actions import Outcome
+    from sharded_dataset_operator.core.decision import after_actions
 
     previous: dict[str, Any] = {}
     starts = []

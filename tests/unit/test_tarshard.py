@@ -1,4 +1,4 @@
-"""Unit tests for sharded_dataset_operator.converter.tarshard."""
+"""Unit tests for sharded_dataset_operator.pods.tarshard."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import webdataset
 
-from sharded_dataset_operator.converter.tarshard import (
+from sharded_dataset_operator.pods.tarshard import (
     END_OF_ARCHIVE,
     FIXED_MTIME,
     FinishedShard,

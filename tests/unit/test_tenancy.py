@@ -9,20 +9,17 @@ from typing import Any
 
 import pytest
 
-from sharded_dataset_operator import operations, reconcile, versions
-from sharded_dataset_operator.builders import Owner
 from sharded_dataset_operator.clients.ais import AccessDenied, Membership
-from sharded_dataset_operator.converter.common import cluster_disturbed
-from sharded_dataset_operator.reconcile import (
-    CleanupArtifacts,
-    CreateJob,
-    Observed,
-    WriteIndex,
-    artifact_record,
-    decide,
-)
-from sharded_dataset_operator.settings import from_env
-from sharded_dataset_operator.status import Phase
+from sharded_dataset_operator.core import decision, versions
+from sharded_dataset_operator.core.actions import CleanupArtifacts, CreateJob, WriteIndex
+from sharded_dataset_operator.core.builders import Owner
+from sharded_dataset_operator.core.decision import decide
+from sharded_dataset_operator.core.observed import Observed
+from sharded_dataset_operator.core.records import artifact_record
+from sharded_dataset_operator.core.status import Phase
+from sharded_dataset_operator.pods.common import cluster_disturbed
+from sharded_dataset_operator.runner import executor, objcache, observation
+from sharded_dataset_operator.runner.settings import from_env
 
 from .test_reconcile import DEFAULTS, NOW, OWNER, converted, report, spec
 
@@ -144,21 +141,21 @@ class ProbeAis:
 def test_dsort_starts_only_after_the_datasets_own_token_proved_it_may_read_and_write(refuse: str) -> None:
     ais = ProbeAis(refuse)
     with pytest.raises(AccessDenied, match="no dSort was started") as e:
-        operations.check_dsort_access(ais, spec(), OWNER, ["samples-5f3a9c1e00004000-uabc-00.tar"])  # type: ignore[arg-type]
+        executor.check_dsort_access(ais, spec(), OWNER, ["samples-5f3a9c1e00004000-uabc-00.tar"])  # type: ignore[arg-type]
     assert {"list": "list ais://out/", "read": "read ais://out/", "put": "write ais://out/shuffled-",
             "delete": "delete ais://out/shuffled-"}[refuse] in str(e.value)  # fmt: skip
-    operations.check_dsort_access(ProbeAis(""), spec(), OWNER, ["x.tar"])  # type: ignore[arg-type]
+    executor.check_dsort_access(ProbeAis(""), spec(), OWNER, ["x.tar"])  # type: ignore[arg-type]
 
 
 def test_publishing_over_another_resources_index_is_refused_at_the_last_moment() -> None:
-    from sharded_dataset_operator.reconcile import Decision
-    from sharded_dataset_operator.status import DatasetStatus
+    from sharded_dataset_operator.core.actions import Decision
+    from sharded_dataset_operator.core.status import DatasetStatus
 
     ais = ProbeAis("")
     st = DatasetStatus(phase=Phase.READY, observed_generation=3, reason="Succeeded", message="")
     d = Decision(status=st, actions=[WriteIndex("out", "ais", "shuffled-index.json", {"info": {}}, publishes=True)])
-    with pytest.raises(operations.OutputConflict, match="team-b/pets"):
-        operations.execute(ais, d, OWNER)  # type: ignore[arg-type]
+    with pytest.raises(executor.OutputConflict, match="team-b/pets"):
+        executor.execute(ais, d, OWNER)  # type: ignore[arg-type]
     assert "put" not in ais.calls
 
 
@@ -183,14 +180,14 @@ def test_tokens_never_reach_messages_or_the_log() -> None:
 
 
 def test_a_dsort_the_datasets_token_may_not_feed_stalls_the_pass_and_is_never_started() -> None:
-    from sharded_dataset_operator.reconcile import Decision, StartDsort
-    from sharded_dataset_operator.status import DatasetStatus
+    from sharded_dataset_operator.core.actions import Decision, StartDsort
+    from sharded_dataset_operator.core.status import DatasetStatus
 
     st = DatasetStatus(phase=Phase.SHUFFLING, observed_generation=3, reason="Shuffling", message="starting dSort")
     request = {"input_format": {"objnames": ["samples-5f3a9c1e00004000-uabc-00.tar"]}}
     d = Decision(status=st, actions=[StartDsort(request)])
-    outcomes = operations.execute(ProbeAis("put"), d, OWNER, spec=spec())  # type: ignore[arg-type]  # no dsort_start
-    d = reconcile.after_actions(d, outcomes)
+    outcomes = executor.execute(ProbeAis("put"), d, OWNER, spec=spec())  # type: ignore[arg-type]  # no dsort_start
+    d = decision.after_actions(d, outcomes)
     assert d.status.stalled and d.status.reason == "AccessDenied" and "no dSort was started" in d.status.message
     assert d.requeue == 60.0 and [e.reason for e in d.events] == ["AccessDenied"]
 
@@ -212,29 +209,29 @@ class ListingAis:
 
 
 def test_objects_too_large_or_too_many_are_a_failure_of_the_dataset_and_are_never_read() -> None:
-    cache = operations.ObjectCache(max_bytes=1000, max_objects=3)
+    cache = objcache.ObjectCache(max_bytes=1000, max_objects=3)
     ok = ListingAis([("b-report-w0000.json", 999)])
     assert cache.read(ok, "out", "ais", "b-report-")["b-report-w0000.json"] == {"worker": 0}  # type: ignore[arg-type]
     big = ListingAis([("b-report-w0000.json", 10), ("b-report-w0099.json", 80 * 2**20)])
-    with pytest.raises(operations.LimitExceeded, match=r"b-report-w0099.json is 83886080 bytes.*not read"):
+    with pytest.raises(objcache.LimitExceeded, match=r"b-report-w0099.json is 83886080 bytes.*not read"):
         cache.read(big, "out", "ais", "b-report-")  # type: ignore[arg-type]
     assert big.gets == []
     many = ListingAis([(f"b-progress-w{i:04d}.json", 10) for i in range(4)])
-    with pytest.raises(operations.LimitExceeded, match="more than 3 objects"):
+    with pytest.raises(objcache.LimitExceeded, match="more than 3 objects"):
         cache.read(many, "out", "ais", "b-progress-")  # type: ignore[arg-type]
     assert many.gets == []
 
 
 def test_only_objects_naming_a_valid_worker_count_as_a_workers() -> None:
     objects = {"a": {"worker": 1}, "b": {"worker": "1"}, "c": {"worker": -1}, "d": {}, "e": {"worker": 10**9}}
-    assert operations.by_worker(objects) == {1: {"worker": 1}}
+    assert observation.by_worker(objects) == {1: {"worker": 1}}
 
 
 def test_one_namespace_holds_at_most_its_share_of_the_pass_threads() -> None:
     import asyncio
 
-    from sharded_dataset_operator import handlers
-    from sharded_dataset_operator.settings import SETTINGS
+    from sharded_dataset_operator.runner import handlers
+    from sharded_dataset_operator.runner.settings import SETTINGS
 
     async def scenario() -> list[str]:
         order: list[str] = []
@@ -282,7 +279,7 @@ def test_records_of_versions_written_with_32_bit_names_are_still_this_resources(
 
 def test_deleting_a_prefix_holds_one_batch_of_names_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
     from sharded_dataset_operator.clients.ais import Ais
-    from sharded_dataset_operator.model import Entry
+    from sharded_dataset_operator.core.model import Entry
 
     objects = {f"v-{i:05d}": 1 for i in range(25)} | {"v-index.json": 1}
     held: list[int] = []

@@ -13,13 +13,13 @@ import pytest
 from PIL import Image
 
 from sds_tools import exampledata
-from sharded_dataset_operator.builders import ConverterDefaults, build_converter_job, build_planner_job
-from sharded_dataset_operator.converter.common import PermanentError
-from sharded_dataset_operator.converter.main import convert
-from sharded_dataset_operator.converter.planner import make_plan
-from sharded_dataset_operator.converter.sources import VolumeSource
-from sharded_dataset_operator.converter.transforms import DROPPED, KEY, Skip, Transformer, fit, resize_image
-from sharded_dataset_operator.spec import SpecError, parse_spec
+from sharded_dataset_operator.core.builders import ConverterDefaults, build_converter_job, build_planner_job
+from sharded_dataset_operator.core.spec import SpecError, parse_spec
+from sharded_dataset_operator.pods.common import PermanentError
+from sharded_dataset_operator.pods.converter import convert
+from sharded_dataset_operator.pods.planner import make_plan
+from sharded_dataset_operator.pods.sources import VolumeSource
+from sharded_dataset_operator.pods.transforms import DROPPED, KEY, Skip, Transformer, fit, resize_image
 
 from .test_converter import BASE, OWNER, MemoryStore, config, members
 
@@ -81,7 +81,7 @@ def test_the_function_image_runs_the_converters_not_the_planner() -> None:
 
 
 def test_the_operator_never_imports_pillow() -> None:
-    code = "import sys, sharded_dataset_operator.handlers, sharded_dataset_operator.main; print('PIL' in sys.modules)"
+    code = "import sys, sharded_dataset_operator.main; print('PIL' in sys.modules)"  # main imports the handlers
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
@@ -226,7 +226,7 @@ def test_skips_are_counted_by_reason_with_examples_and_the_rest_is_written(
 def test_a_transform_that_fails_on_every_sample_stops_the_worker_with_the_first_error(
     pets: tuple[Path, exampledata.Manifest], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import sharded_dataset_operator.converter.main as main
+    import sharded_dataset_operator.pods.converter as main
 
     monkeypatch.setattr(main, "FAIL_FAST_SAMPLES", 5)
 

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from sharded_dataset_operator.samples import RawFile, Sample
-from sharded_dataset_operator.units import UnitCutter, assigned, estimated_tar_bytes, layout_digest
+from sharded_dataset_operator.core.samples import RawFile, Sample
+from sharded_dataset_operator.core.units import UnitCutter, assigned, estimated_tar_bytes, layout_digest
 
 LAYOUT = "layout"
 

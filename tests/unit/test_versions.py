@@ -7,11 +7,14 @@ from typing import Any
 
 import pytest
 
-from sharded_dataset_operator import naming, versions
-from sharded_dataset_operator.builders import Owner
-from sharded_dataset_operator.reconcile import CleanupArtifacts, Observed, WriteIndex, artifact_record, decide
-from sharded_dataset_operator.status import Phase
-from sharded_dataset_operator.versions import IndexInfo, parse_duration, plan_retention
+from sharded_dataset_operator.core import naming, versions
+from sharded_dataset_operator.core.actions import CleanupArtifacts, WriteIndex
+from sharded_dataset_operator.core.builders import Owner
+from sharded_dataset_operator.core.decision import decide
+from sharded_dataset_operator.core.observed import Observed
+from sharded_dataset_operator.core.records import artifact_record
+from sharded_dataset_operator.core.status import Phase
+from sharded_dataset_operator.core.versions import IndexInfo, parse_duration, plan_retention
 
 from .test_reconcile import DEFAULTS, NOW, OUT, OWNER, UID, converted, dsort, kinds, listing, spec
 
@@ -151,7 +154,7 @@ def test_while_a_new_version_builds_the_published_one_stays_ready() -> None:
 def test_the_new_versions_planner_takes_over_from_the_published_version_only_where_its_shards_are() -> None:
     import json
 
-    from sharded_dataset_operator.reconcile import CreateJob
+    from sharded_dataset_operator.core.actions import CreateJob
 
     def planner_config(obs: Observed, **over: Any) -> dict[str, Any]:
         d = decide(spec(**over), OWNER, obs, DEFAULTS, NOW)

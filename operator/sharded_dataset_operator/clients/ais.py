@@ -29,8 +29,8 @@ from aistore.sdk.types import ActionMsg, BucketList, ListObjectsMsg, Smap
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 from urllib3.util.retry import Retry
 
-from ..model import DsortJob, Entry
-from ..times import epoch
+from sharded_dataset_operator.core.model import DsortJob, Entry
+from sharded_dataset_operator.core.times import epoch
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

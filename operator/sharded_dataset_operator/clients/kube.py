@@ -12,9 +12,9 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from .. import naming
-from ..model import JobState
-from ..spec import API_GROUP, API_VERSION, PLURAL
+from sharded_dataset_operator.core import naming
+from sharded_dataset_operator.core.model import JobState
+from sharded_dataset_operator.core.spec import API_GROUP, API_VERSION, PLURAL
 
 log = logging.getLogger(__name__)
 

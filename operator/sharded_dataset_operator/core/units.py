@@ -27,8 +27,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from . import plan
-from .samples import Sample
+from sharded_dataset_operator.core import plan
+from sharded_dataset_operator.core.samples import Sample
 
 UNIT_FORMAT = "sds-units-v1"
 TAR_BLOCK = 512

@@ -14,8 +14,8 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from . import naming
-from .samples import RawFile, Sample, partition_range
+from sharded_dataset_operator.core import naming
+from sharded_dataset_operator.core.samples import RawFile, Sample, partition_range
 
 PLAN_KIND = "sds-plan-v1"
 CHUNK_SAMPLES = 10_000

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import failures
+from sharded_dataset_operator.core import failures
 
 
 @dataclass(frozen=True)

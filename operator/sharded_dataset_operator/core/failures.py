@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .times import parse
+from sharded_dataset_operator.core.times import parse
 
 TRANSIENT = "transient"
 PERMANENT = "permanent"

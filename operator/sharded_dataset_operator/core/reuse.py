@@ -21,7 +21,7 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from .units import CONVERT, REUSED, Unit
+from sharded_dataset_operator.core.units import CONVERT, REUSED, Unit
 
 MEMBERS_CHUNK = 10_000  # membership lines per object
 

@@ -1,6 +1,6 @@
 """Converter worker: one pod of the Indexed Job converts its slice of the plan into tar shards.
 
-Run as `python -m sharded_dataset_operator.converter.main` with `SDS_CONVERTER_CONFIG` (JSON, built by
+Run as `python -m sharded_dataset_operator.pods.converter` with `SDS_CONVERTER_CONFIG` (JSON, built by
 `builders.converter_config`), `JOB_COMPLETION_INDEX`, `AIS_ENDPOINT` and optionally `AIS_AUTHN_TOKEN`.
 
 The planner has already listed and grouped the source (`planner.py`); worker `i` of `W` reads the plan's
@@ -28,16 +28,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import naming, plan, units
-from ..builders import ORDER_MEMBER, order_rank
-from ..clients.ais import Ais, EtlObjectError, MissingObject
-from ..samples import Sample
-from ..verify import Totals
-from .common import PermanentError, make_source, run_main
-from .reads import Failed, FetchFailed, MissingFile, ReadPlan, Through, read_samples
-from .sources import READS_BATCH, Source
-from .tarshard import FinishedShard, ShardCutter, encode_sample
-from .transforms import DROPPED, Skip, Transformer
+from sharded_dataset_operator.clients.ais import Ais, EtlObjectError, MissingObject
+from sharded_dataset_operator.core import naming, plan, units
+from sharded_dataset_operator.core.builders import ORDER_MEMBER, order_rank
+from sharded_dataset_operator.core.samples import Sample
+from sharded_dataset_operator.core.verify import Totals
+from sharded_dataset_operator.pods.common import PermanentError, make_source, run_main
+from sharded_dataset_operator.pods.reads import Failed, FetchFailed, MissingFile, ReadPlan, Through, read_samples
+from sharded_dataset_operator.pods.sources import READS_BATCH, Source
+from sharded_dataset_operator.pods.tarshard import FinishedShard, ShardCutter, encode_sample
+from sharded_dataset_operator.pods.transforms import DROPPED, Skip, Transformer
 
 log = logging.getLogger("sds.converter")
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from .times import epoch
+from sharded_dataset_operator.core.times import epoch
 
 PHASES = ("Pending", "Converting", "Shuffling", "Verifying", "Ready", "Failed")
 SETTLED = ("Ready", "Failed")

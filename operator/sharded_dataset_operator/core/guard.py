@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .versions import IndexInfo
+from sharded_dataset_operator.core.versions import IndexInfo
 
 APPROVE_ANNOTATION = "shardeddataset.dev/approve"
 """Set to the version id a held publication waits for (status.publishGuard.version) to publish it."""

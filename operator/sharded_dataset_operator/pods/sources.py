@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ..clients.ais import Ais, BatchUnsupported, BucketNotFound, ListingError, MissingObject
-from ..samples import RawFile
-from .reads import MissingFile
+from sharded_dataset_operator.clients.ais import Ais, BatchUnsupported, BucketNotFound, ListingError, MissingObject
+from sharded_dataset_operator.core.samples import RawFile
+from sharded_dataset_operator.pods.reads import MissingFile
 
 log = logging.getLogger("sds.converter")
 

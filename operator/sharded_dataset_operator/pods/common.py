@@ -10,9 +10,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..builders import CONFIG_ENV, EXIT_PERMANENT, EXIT_UNAVAILABLE
-from ..clients.ais import AccessDenied, Ais, Membership
-from .sources import READS_BATCH, AisSource, Source, VolumeSource
+from sharded_dataset_operator.clients.ais import AccessDenied, Ais, Membership
+from sharded_dataset_operator.core.builders import CONFIG_ENV, EXIT_PERMANENT, EXIT_UNAVAILABLE
+from sharded_dataset_operator.pods.sources import READS_BATCH, AisSource, Source, VolumeSource
 
 log = logging.getLogger("sds.converter")
 TERMINATION_LOG = "/dev/termination-log"

@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .samples import FieldRule, LabelRule, default_required
-from .versions import DEFAULT_RETAIN_SECONDS, parse_duration
+from sharded_dataset_operator.core.samples import FieldRule, LabelRule, default_required
+from sharded_dataset_operator.core.versions import DEFAULT_RETAIN_SECONDS, parse_duration
 
 API_GROUP = "shardeddataset.dev"
 API_VERSION = "v1alpha1"

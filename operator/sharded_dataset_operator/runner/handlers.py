@@ -1,6 +1,6 @@
 """kopf registrations only: configuration, one daemon per ShardedDataset, and the deletion handler.
 
-All decisions live in `reconcile.py`; all I/O in `operations.py` and `clients/`.
+All decisions live in `core/`; the passes run in `runner/` (observe, execute), all AIS and Kubernetes I/O in `clients/`.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ from typing import Any
 import kopf
 import prometheus_client
 
-from . import failures, guard, naming, operations, reconcile, versions
-from .clients.ais import redact
-from .metrics import METRICS
-from .settings import SETTINGS
-from .spec import API_GROUP, API_VERSION, PLURAL
+from sharded_dataset_operator.clients.ais import redact
+from sharded_dataset_operator.core import actions, failures, guard, naming, versions
+from sharded_dataset_operator.core.spec import API_GROUP, API_VERSION, PLURAL
+from sharded_dataset_operator.runner import finalizer, passes
+from sharded_dataset_operator.runner.metrics import METRICS
+from sharded_dataset_operator.runner.settings import SETTINGS
 
 log = logging.getLogger("sds.operator")
 
@@ -67,18 +68,18 @@ async def pipeline(
         try:
             async with _slot(namespace or ""):
                 loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(POOL, operations.reconcile_once, namespace or "", name, SETTINGS)
+                result = await loop.run_in_executor(POOL, passes.reconcile_once, namespace or "", name, SETTINGS)
             backoff = 1.0
         except Exception as e:  # API hiccups and bugs alike: log, back off, never kill the daemon
             logger.exception("reconcile failed: %s", e)
             METRICS.error(type(e).__name__)
-            result = operations.PassResult(requeue=min(backoff, 60.0))
+            result = passes.PassResult(requeue=min(backoff, 60.0))
             backoff *= 2
         for ev in result.events:
             kopf.event(body, type=ev.type, reason=ev.reason, message=ev.message[:1000])
         if result.requeue is None:
             wait = SETTINGS.idle_interval
-        elif result.requeue == reconcile.ACTIVE_REQUEUE:
+        elif result.requeue == actions.ACTIVE_REQUEUE:
             wait = SETTINGS.active_interval
         else:
             wait = result.requeue
@@ -113,13 +114,13 @@ def cleanup(body: kopf.Body, spec: Any, logger: Any, retry: int, **_: Any) -> No
         logger.info("deletionPolicy Retain: shards and index kept in AIS")
         return
     try:
-        operations.delete_everything(dict(body), SETTINGS)
+        finalizer.delete_everything(dict(body), SETTINGS)
     except Exception as e:
         attempt = retry + 1
         if attempt >= SETTINGS.cleanup_attempts:
             kopf.warn(body, reason="CleanupAbandoned", message=(
                 f"gave up deleting the dataset's objects in AIS after {attempt} attempts; they are left in AIS: "
-                f"{operations.leftover_summary(dict(body), SETTINGS)} (last error: {redact(str(e))[:300]})"
+                f"{finalizer.leftover_summary(dict(body), SETTINGS)} (last error: {redact(str(e))[:300]})"
             )[:1000])  # fmt: skip
             return
         kopf.warn(body, reason="CleanupFailed",

@@ -8,8 +8,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import naming
-from .spec import API_GROUP, API_VERSION, KIND, AisEtl, DatasetSpec
+from sharded_dataset_operator.core import naming
+from sharded_dataset_operator.core.spec import API_GROUP, API_VERSION, KIND, AisEtl, DatasetSpec
 
 CONVERTER_CONTAINER = "converter"
 # Seeded shuffles are carried out by dSort as a sort on this per-sample member (the sample's rank under
@@ -270,8 +270,8 @@ def child_labels(owner: Owner, component: str) -> dict[str, str]:
 PLANNER = "planner"
 CONVERTER = "converter"
 _STEPS = {  # component -> (job-name step, module the pod runs)
-    PLANNER: ("plan", "sharded_dataset_operator.converter.planner"),
-    CONVERTER: ("convert", "sharded_dataset_operator.converter.main"),
+    PLANNER: ("plan", "sharded_dataset_operator.pods.planner"),
+    CONVERTER: ("convert", "sharded_dataset_operator.pods.converter"),
 }
 
 

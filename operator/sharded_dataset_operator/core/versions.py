@@ -22,8 +22,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import naming
-from .times import epoch, iso, parse
+from sharded_dataset_operator.core import naming
+from sharded_dataset_operator.core.times import epoch, iso, parse
 
 REFRESH_ANNOTATION = "shardeddataset.dev/refresh"
 """Set to any new value to build a new version from the current source without changing the spec."""

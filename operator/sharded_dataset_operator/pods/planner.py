@@ -1,6 +1,6 @@
 """Planner: the one pod per run that lists the source, groups it into samples and writes the plan.
 
-Run as `python -m sharded_dataset_operator.converter.planner` with the converter's environment
+Run as `python -m sharded_dataset_operator.pods.planner` with the converter's environment
 (`SDS_CONVERTER_CONFIG`, `AIS_ENDPOINT`, optionally `AIS_AUTHN_TOKEN`).
 
 The listing is streamed once: each file is classified (`samples.Grouper`) and accepted files become sortable
@@ -30,10 +30,10 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .. import fractions, naming, plan, reuse, units
-from ..clients.ais import Ais, ListingError
-from ..extsort import ExternalSorter
-from ..samples import (
+from sharded_dataset_operator.clients.ais import Ais, ListingError
+from sharded_dataset_operator.core import fractions, naming, plan, reuse, units
+from sharded_dataset_operator.core.extsort import ExternalSorter
+from sharded_dataset_operator.core.samples import (
     FieldRule,
     Grouper,
     LabelRule,
@@ -44,9 +44,9 @@ from ..samples import (
     label_record,
     split_record,
 )
-from ..verify import Totals
-from .common import PermanentError, make_source, run_main
-from .sources import Source, SourceError
+from sharded_dataset_operator.core.verify import Totals
+from sharded_dataset_operator.pods.common import PermanentError, make_source, run_main
+from sharded_dataset_operator.pods.sources import Source, SourceError
 
 log = logging.getLogger("sds.planner")
 
@@ -445,9 +445,9 @@ def make_plan(
         listed = source.listing.files
         if label is not None:
             lines = source.lines(label.path)
-            if lines is None:
+            if lines is None and listed:  # an emptied source has no labels either: an empty plan (NoSamples)
                 raise PermanentError(f"labels file {label.path} not found in {source.describe()}")
-            for entry in label_entries(lines, label.key_column, label.value_column):
+            for entry in label_entries(lines if lines is not None else (), label.key_column, label.value_column):
                 record = None if entry is None else label_record(*entry)
                 if record is None:
                     malformed += 1
@@ -456,9 +456,9 @@ def make_plan(
         rule = splits or SplitRule((), ())
         for i, path in enumerate(rule.paths):
             lines = source.lines(path)
-            if lines is None:
+            if lines is None and listed:
                 raise PermanentError(f"split list file {path} (split {rule.names[i]}) not found in {source.describe()}")
-            for entry in label_entries(lines, rule.key_column, rule.key_column):
+            for entry in label_entries(lines if lines is not None else (), rule.key_column, rule.key_column):
                 record = None if entry is None else split_record(entry[0], i)
                 if record is None:
                     malformed += 1

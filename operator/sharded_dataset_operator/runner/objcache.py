@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .clients.ais import BucketNotFound
-from .settings import SETTINGS
+from sharded_dataset_operator.clients.ais import BucketNotFound
+from sharded_dataset_operator.runner.settings import SETTINGS
 
 
 class LimitExceeded(Exception):

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from ..samples import Sample
+from sharded_dataset_operator.core.samples import Sample
 
 
 class MissingFile(Exception):

@@ -16,7 +16,7 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from ..spec import IMAGE_FORMATS
+from sharded_dataset_operator.core.spec import IMAGE_FORMATS
 
 DROPPED = "transform-dropped"
 ERROR_PREFIX = "transform-error:"

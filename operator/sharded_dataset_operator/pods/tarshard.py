@@ -10,7 +10,7 @@ import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sharded_dataset_operator.samples import key_problem
+from sharded_dataset_operator.core.samples import key_problem
 
 FIXED_MTIME = 0
 """mtime of every member; fixed so that reruns produce byte-identical shards."""

@@ -1,0 +1,54 @@
+"""What the decision core is given: everything observed for the wanted version (`Observed`, gathered by
+`runner.observation`), and one output of a version as the conversion left it (`Track`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sharded_dataset_operator.core.model import DsortJob, JobState
+from sharded_dataset_operator.core.verify import OutputTally, Totals
+from sharded_dataset_operator.core.versions import IndexInfo
+
+
+@dataclass(slots=True)
+class Observed:
+    """Everything the decision needs; `output` is gathered only when `Decision.need_output` asks for it."""
+
+    previous: dict[str, Any]
+    source_problem: str | None = None
+    planner: JobState | None = None
+    plan: dict[str, Any] | None = None
+    job: JobState | None = None
+    stale_jobs: list[str] = field(default_factory=list)
+    reports: dict[int, dict[str, Any]] = field(default_factory=dict)
+    progress: dict[int, dict[str, Any]] = field(default_factory=dict)
+    dsort_attempts: dict[int, DsortJob] = field(default_factory=dict)
+    split_attempts: dict[str, dict[int, DsortJob]] = field(default_factory=dict)  # with spec.splits, per split
+    capacity_problems: tuple[str, ...] = ()  # AIS targets' capacity errors, asked for when a dSort job is lost
+    retry_request: str | None = None
+    output: OutputTally | None = None
+    outputs: dict[str, OutputTally] = field(default_factory=dict)  # with spec.splits: each split's, by split
+    published: IndexInfo | None = None  # what the stable index names (when this resource wrote it)
+    version_indexes: dict[str, IndexInfo] = field(default_factory=dict)  # versions whose own index exists
+    wanted_index: dict[str, Any] | None = None  # the wanted version's own index, when already written
+    reused: dict[str, Any] | None = None  # the planner's record of the converted shards it reuses
+    output_conflict: str | None = None  # the stable index belongs to another resource: why, naming it
+    etls: dict[str, str] = field(default_factory=dict)  # this resource's AIS ETLs (naming.etl_prefix): stage
+    rebalancing: tuple[str, ...] = ()  # AIS's running rebalance jobs, asked for before a dSort attempt starts
+    approval: str | None = None  # the approve annotation (guard.APPROVE_ANNOTATION): the version a person approved
+    split_stables: dict[str, str | None] = field(default_factory=dict)  # with splits: the version each split's
+    # stable index names (None: it names none of this resource's)
+    split_sources: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (version, split): own
+
+
+@dataclass(slots=True)
+class Track:
+    """What one output of the version is made of: the whole dataset, or one split of it (`split`)."""
+
+    split: str | None
+    shards: list[str]  # converted shard names, sorted
+    key_order: list[str]  # the same, by first key (the index order without a shuffle)
+    written: Totals
+    samples: int
+    tar_bytes: int

@@ -1,0 +1,170 @@
+"""Phase 3, shuffle: a dSort job per output, attempt after attempt while the failures are the cluster's weather
+and the budget lasts (promise P5)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sharded_dataset_operator.core import builders, failures, naming
+from sharded_dataset_operator.core.actions import Decision, DeletePrefix, Event, StartDsort
+from sharded_dataset_operator.core.model import DsortJob
+from sharded_dataset_operator.core.observed import Track
+from sharded_dataset_operator.core.state import Pass, building_version, seconds_since
+from sharded_dataset_operator.core.status import SHUFFLED, Phase, StepState
+from sharded_dataset_operator.core.times import epoch
+
+REBALANCE_POLL = 5.0  # seconds between looks while a dSort attempt waits for AIS's rebalance to end
+
+
+def step(p: Pass) -> Decision | None:
+    """dSort for each output (one, or one per split, in spec order), attempt after attempt while the failures
+    are the cluster's weather and the budget lasts."""
+    if p.spec.shuffle is None:
+        return None
+    for track in p.tracks:
+        decision = _shuffle_track(p, track)
+        if decision is not None:
+            return decision
+    return None
+
+
+def _shuffle_track(p: Pass, track: Track) -> Decision | None:
+    spec, owner, st = p.spec, p.owner, p.st
+    assert spec.shuffle is not None
+    split = track.split
+    attempts = p.dsort_attempts if split is None else p.split_attempts.get(split, {})
+    attempt = max(attempts, default=0)
+    retry = st.retry or {}
+    base = int(
+        (retry.get("shuffleAttemptBase") if split is None else (retry.get("shuffleAttemptBases") or {}).get(split)) or 0
+    )
+    budget = spec.shuffle.max_attempts
+    st.shuffle_max_attempts = budget
+    same_version = p.prev.get("observedGeneration") == owner.generation and building_version(p.prev) in (
+        None,
+        owner.version,
+    )
+    recorded = (
+        p.prev.get("shuffle") if split is None else ((p.prev.get("splits") or {}).get(split) or {}).get("shuffle")
+    ) or {}
+    what = "dSort" if split is None else f"dSort of split {split}"
+    out_base = builders.output_base(spec, owner, split)
+    state: dict[str, Any] = {}
+    job = attempts.get(attempt)
+    start_next = job is None
+    outcome: Decision | None = None
+    if job is not None:
+        state = {"attempt": attempt, "dsortJobId": job.id}
+        if recorded.get("attempt") == attempt and same_version:
+            state["startedAt"] = recorded.get("startedAt")
+        state["outputTemplate"] = naming.output_template(naming.attempt_base(out_base, attempt))
+        if job.aborted and attempt <= base:
+            start_next = True  # aborted before the retry request: a fresh budget starts after it
+        elif job.aborted:
+            errors = "; ".join(job.errors) or "no error reported"
+            msg = f"{what} attempt {attempt - base}/{budget} (job {job.id}) aborted: {errors}"
+            if failures.classify_dsort_abort(job.errors) == failures.PERMANENT or attempt - base >= budget:
+                outcome = p.failed(SHUFFLED, "ShuffleFailed", msg)
+            else:
+                wait = failures.backoff_seconds(attempt - base) - seconds_since(job.ended_at, p.now)
+                if wait > 0:
+                    st.steps[SHUFFLED] = StepState(False, "ShuffleRetrying", msg)
+                    outcome = p.working(Phase.SHUFFLING, "ShuffleRetrying", f"{msg}; retrying in {wait:.0f}s")
+                    outcome.requeue = min(wait, 30.0)
+                else:
+                    start_next = True
+        elif not job.finished:
+            st.progress = dsort_progress(job)
+            running = f"{what} job {job.id} (attempt {attempt - base}/{budget}) running: {st.progress['summary']}"
+            st.steps[SHUFFLED] = StepState(False, "Shuffling", running)
+            outcome = p.working(Phase.SHUFFLING, "Shuffling", running)
+        else:
+            state["finished"] = True
+            st.steps[SHUFFLED] = StepState(True, "Shuffled", f"{what} job {job.id} finished")
+    nxt = max(attempt, base) + 1
+    if start_next and outcome is None and p.obs.rebalancing:
+        # Objects are moving between targets (one joined or came back at a new address): a dSort job started
+        # now may not find its inputs. Wait, without spending an attempt.
+        msg = f"AIS is rebalancing ({', '.join(p.obs.rebalancing)}): {what} attempt {nxt - base}/{budget} waits for it"
+        st.steps[SHUFFLED] = StepState(False, "WaitingForRebalance", msg)
+        outcome = p.working(Phase.SHUFFLING, "WaitingForRebalance", msg)
+        outcome.requeue = REBALANCE_POLL
+    elif start_next and outcome is None:
+        if job is not None:  # an aborted attempt: its partial output must not be counted or left behind
+            b = spec.shuffle.output_bucket
+            p.decision.actions.append(DeletePrefix(b.name, b.provider, naming.attempt_base(out_base, attempt)))
+            if attempt > base:
+                after = "; ".join(job.errors) or "an abort without an error"
+                p.decision.events.append(
+                    Event("Warning", "ShuffleRetry", f"{what} attempt {nxt - base}/{budget} after: {after}")
+                )
+        p.decision.actions.append(
+            StartDsort(
+                builders.build_dsort_spec(
+                    spec, owner, track.shards, track.written.member_bytes, track.tar_bytes, nxt, split
+                ),
+                split,
+            )
+        )
+        state = {
+            "attempt": nxt,
+            "startedAt": p.now,
+            "outputTemplate": naming.output_template(naming.attempt_base(out_base, nxt)),
+        }
+        st.steps[SHUFFLED] = StepState(False, "Shuffling", f"starting {what} attempt {nxt - base}/{budget}")
+        outcome = p.working(Phase.SHUFFLING, "Shuffling", f"starting {what} (attempt {nxt - base}/{budget})")
+    if split is None or outcome is not None:  # the top-level fields show the output being shuffled
+        st.dsort_job_id = state.get("dsortJobId")
+        st.shuffle_attempt, st.shuffle_started_at = state.get("attempt"), state.get("startedAt")
+        st.output_template = state.get("outputTemplate")
+    if split is not None:
+        st.splits = st.splits or {}
+        st.splits.setdefault(split, {})["shuffle"] = {k: v for k, v in state.items() if v is not None}
+    return outcome
+
+
+def lost_dsort_attempt(
+    previous: dict[str, Any],
+    generation: int,
+    observed: dict[int, DsortJob],
+    problems: tuple[str, ...] = (),
+    record: dict[str, Any] | None = None,
+) -> tuple[int, DsortJob] | None:
+    """The dSort attempt that status records as started but AIS no longer knows, as a job that ended.
+
+    AIS answers a dSort start with a job id even when its targets refused the job (a target above its
+    capacity high watermark refuses every new dSort), and a job is gone after every target that ran it
+    restarted. Without this the attempt would be started again under the same number, forever and outside
+    the budget. An attempt already recorded as shuffled counts as finished (its output is still verified).
+    """
+    shuffle = (previous.get("shuffle") or {}) if record is None else record
+    attempt, job_id = shuffle.get("attempt"), shuffle.get("dsortJobId")
+    if previous.get("observedGeneration") != generation or not attempt or not job_id:
+        return None
+    attempt = int(attempt)
+    if attempt in observed or attempt < max(observed, default=0):
+        return None
+    shuffled = any(c.get("type") == SHUFFLED and c.get("status") == "True" for c in previous.get("conditions") or [])
+    shuffled = shuffled if record is None else bool(record.get("finished"))
+    why = "AIS no longer knows the job (its targets refused it at the start, or restarted since)"
+    return attempt, DsortJob(
+        id=str(job_id),
+        description="",
+        finished=shuffled,
+        aborted=not shuffled,
+        errors=() if shuffled else (why, *problems),
+        extracted_records=0,
+        created_shards=0,
+        ended_at=epoch(shuffle.get("startedAt")),
+    )
+
+
+def dsort_progress(job: DsortJob) -> dict[str, Any]:
+    """dSort's own counters: input shards extracted, then output shards created."""
+    if job.to_create:
+        summary = f"dSort created {job.created_shards}/{job.to_create} shards"
+        percent = 50 + job.created_shards * 50 // max(1, job.to_create)
+    else:
+        summary = f"dSort extracted {job.extracted_shards}/{job.input_shards} shards"
+        percent = job.extracted_shards * 50 // max(1, job.input_shards)
+    return {"summary": summary, "percent": min(percent, 100)}

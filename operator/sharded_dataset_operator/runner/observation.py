@@ -1,0 +1,221 @@
+"""What a pass observes: the stable and version indexes, Jobs, the plan, reports and progress objects, dSort
+jobs, the output listing. JSON objects are read through the bounded cache (`objcache.py`); nothing is
+decided here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sharded_dataset_operator.clients import kube
+from sharded_dataset_operator.clients.ais import (
+    Ais,
+    ListingError,
+)
+from sharded_dataset_operator.core import (
+    builders,
+    conversion,
+    naming,
+    records,
+    shuffle,
+    versions,
+)
+from sharded_dataset_operator.core.builders import Owner
+from sharded_dataset_operator.core.model import DsortJob
+from sharded_dataset_operator.core.observed import Observed
+from sharded_dataset_operator.core.spec import DatasetSpec
+from sharded_dataset_operator.core.verify import OutputTally
+from sharded_dataset_operator.core.versions import IndexInfo
+from sharded_dataset_operator.runner import objcache
+from sharded_dataset_operator.runner.objcache import LimitExceeded, ObjectUnreadable
+
+
+def find_dsort_attempts(ais: Ais, description: str) -> dict[int, DsortJob]:
+    """The generation's dSort jobs by attempt (a live or finished job wins over an aborted one of the same
+    attempt, e.g. one aborted while the operator was down)."""
+    jobs = [j for j in ais.dsort_find(naming.dsort_regex(description)) if j.description]
+    jobs.sort(key=lambda j: (not j.aborted, j.finished))
+    return {naming.dsort_attempt(j.description): j for j in jobs}
+
+
+def read_json(ais: Ais, bucket: str, provider: str, name: str, *, namespace: str = "") -> dict[str, Any] | None:
+    """One JSON object (cached by its AIS checksum, for a dataset of `namespace`), or None when it does not
+    exist; `ObjectUnreadable` when it exists but is not a JSON object."""
+    return objcache.CACHE.read(ais, bucket, provider, name, namespace=namespace).get(name)
+
+
+def read_index(
+    ais: Ais, bucket: str, provider: str, name: str, namespace: str = ""
+) -> tuple[dict[str, Any] | None, str | None]:
+    """A stable index: (its content, None), or (None, why it is not an index this resource may write)."""
+    try:
+        return read_json(ais, bucket, provider, name, namespace=namespace), None
+    except ObjectUnreadable as e:
+        if e.why == objcache.VANISHED:  # listed, then gone: not known to be foreign; the pass waits
+            raise
+        return None, (f"{provider}://{bucket}/{name} is not a ShardedDataset index ({e.why}); choose another "
+                      "output prefix or bucket, or remove that object")  # fmt: skip
+
+
+def read_published(ais: Ais, spec: DatasetSpec, uid: str, namespace: str = "") -> IndexInfo | None:
+    """The version the stable index names, when this resource wrote it."""
+    bucket, provider, name = records.index_location(spec)
+    return IndexInfo.from_index(read_index(ais, bucket, provider, name, namespace)[0], uid)
+
+
+def observe_versions(ais: Ais, spec: DatasetSpec, owner: Owner, obs: Observed) -> None:
+    """The published version, every recorded version's own index (the versions that were published), and
+    what each split's stable index names."""
+    bucket, provider, name = records.index_location(spec)
+    ns = owner.namespace
+    stable, foreign = read_index(ais, bucket, provider, name, ns)
+    obs.output_conflict = foreign or versions.index_owner_conflict(stable, owner.namespace, owner.name, owner.uid)
+    obs.published = IndexInfo.from_index(stable, owner.uid)
+    wanted = records.artifact_record(spec, owner)
+    recorded = [*(obs.previous.get("artifacts") or []), wanted]
+    if obs.published is not None and obs.published.record:
+        recorded.append(obs.published.record)
+    for record in recorded:
+        index = record.get("index") or {}
+        if not index.get("versioned"):
+            continue
+        where = (str(index["bucket"]), str(index.get("provider") or "ais"), str(index["versioned"]))
+        body = read_json(ais, *where, namespace=ns)
+        info = IndexInfo.from_index(body, owner.uid)
+        if info is None:
+            continue
+        if info.version == owner.version:
+            obs.wanted_index = body
+        else:
+            obs.version_indexes[info.version] = info
+    if not obs.output_conflict:
+        observe_split_indexes(ais, spec, owner, obs, wanted)
+
+
+def observe_split_indexes(ais: Ais, spec: DatasetSpec, owner: Owner, obs: Observed, wanted: dict[str, Any]) -> None:
+    """What each split's stable index names, and the own split indexes of the published version (and of the
+    wanted one, once its own index is written) that a split's stable index is behind."""
+    bucket, provider, _ = records.index_location(spec)
+    targets = [i for i in (obs.published, IndexInfo.from_index(obs.wanted_index, owner.uid)) if i is not None]
+    for split, names in (wanted["index"].get("splits") or {}).items():
+        body, foreign = read_index(ais, bucket, provider, str(names["stable"]), owner.namespace)
+        obs.output_conflict = obs.output_conflict or foreign
+        info = IndexInfo.from_index(body, owner.uid)
+        obs.split_stables[split] = info.version if info is not None else None
+        for target in targets:
+            own = ((target.record.get("index") or {}).get("splits") or {}).get(split) or {}
+            versioned = str(own.get("versioned") or "")
+            if not versioned or obs.split_stables[split] == target.version:
+                continue
+            source = read_json(ais, bucket, provider, versioned, namespace=owner.namespace)
+            if source is not None and IndexInfo.from_index(source, owner.uid) is not None:
+                obs.split_sources[(target.version, split)] = source
+
+
+def by_worker(objects: dict[str, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Reports or progress objects by their worker index; one without a valid index is not a worker's."""
+    out: dict[int, dict[str, Any]] = {}
+    for body in objects.values():
+        worker = body.get("worker") if isinstance(body, dict) else None
+        if isinstance(worker, int) and 0 <= worker < 100_000:
+            out[worker] = body
+    return out
+
+
+def next_attempt_due(attempts: dict[int, DsortJob]) -> bool:
+    """Whether a dSort attempt may start on this pass: none has, or the latest was aborted (the decision then
+    starts one unless AIS is rebalancing, which is asked only then)."""
+    return not attempts or attempts[max(attempts)].aborted
+
+
+def observe(ais: Ais, spec: DatasetSpec, owner: Owner, previous: dict[str, Any], dsort: Ais | None = None) -> Observed:
+    """What exists for the wanted version; `dsort`: the access dSort jobs are listed with (default `ais`)."""
+    obs = Observed(previous=previous)
+    gen, ns = owner.generation, owner.namespace
+    wants_etl = spec.serve_etl is not None or (spec.transform is not None and spec.transform.ais_etl is not None)
+    if wants_etl or previous.get("etl") or previous.get("serve"):
+        obs.etls = (dsort or ais).etl_list(naming.etl_prefix(owner.uid))
+    observe_versions(ais, spec, owner, obs)
+    if obs.output_conflict:
+        return obs
+    obs.stale_jobs = kube.stale_jobs(owner.namespace, owner.name, owner.version)
+    if obs.published is not None and obs.published.version == owner.version:
+        out = spec.output.bucket  # serving the wanted version: only the counts are read
+        base = builders.converted_base(spec, owner)
+        manifest = naming.plan_manifest_name(base)
+        obs.plan = objcache.CACHE.read(ais, out.name, out.provider, manifest, sticky=True, namespace=ns).get(manifest)
+        obs.reports = by_worker(
+            objcache.CACHE.read(ais, out.name, out.provider, naming.report_prefix(base), sticky=True, namespace=ns)
+        )
+        obs.reused = read_json(ais, out.name, out.provider, naming.reused_name(base), namespace=ns)
+        return obs
+    out = spec.output.bucket
+    base = builders.converted_base(spec, owner)
+    manifest = naming.plan_manifest_name(base)
+    obs.plan = objcache.CACHE.read(ais, out.name, out.provider, manifest, sticky=True, namespace=ns).get(manifest)
+    if obs.plan is None:
+        obs.planner = kube.get_job(owner.namespace, naming.job_name(owner.name, owner.version, "plan"), gen)
+        if obs.planner is None:
+            if spec.source.bucket is not None:
+                b = spec.source.bucket
+                if not ais.bucket_exists(b.name, b.provider):
+                    obs.source_problem = f"source bucket {b.provider}://{b.name} not found"
+            elif spec.source.claim_name:
+                obs.source_problem = kube.pvc_problem(owner.namespace, spec.source.claim_name)
+        return obs
+    obs.job = kube.get_job(owner.namespace, naming.job_name(owner.name, owner.version), gen)
+    obs.reports = by_worker(
+        objcache.CACHE.read(ais, out.name, out.provider, naming.report_prefix(base), sticky=True, namespace=ns)
+    )
+    reused = naming.reused_name(base)
+    obs.reused = objcache.CACHE.read(ais, out.name, out.provider, reused, sticky=True, namespace=ns).get(reused)
+    converted = len(obs.reports) == conversion.converter_workers(spec, obs.plan)
+    if obs.job is not None and not converted:
+        obs.progress = by_worker(
+            objcache.CACHE.read(ais, out.name, out.provider, naming.progress_prefix(base), namespace=ns)
+        )
+    if converted and spec.shuffle is not None and spec.splits is None:
+        obs.dsort_attempts = find_dsort_attempts(
+            dsort or ais, naming.dsort_description(owner.namespace, owner.name, owner.uid, owner.version)
+        )
+        # The proxy lists the jobs of the targets that answer. While a target in its map does not answer, the
+        # object listing above has already failed (the pass waits as an outage), so a job missing here is gone.
+        lost = shuffle.lost_dsort_attempt(previous, gen, obs.dsort_attempts)
+        if lost is not None:
+            obs.capacity_problems = tuple((dsort or ais).capacity_problems())
+        if lost is not None or next_attempt_due(obs.dsort_attempts):
+            obs.rebalancing = tuple((dsort or ais).running_rebalances())
+    elif converted and spec.shuffle is not None and spec.splits is not None:
+        due = False
+        for split in spec.splits.names:
+            desc = naming.dsort_description(owner.namespace, owner.name, owner.uid, owner.version, split=split)
+            obs.split_attempts[split] = find_dsort_attempts(dsort or ais, desc)
+            record = ((previous.get("splits") or {}).get(split) or {}).get("shuffle") or {}
+            lost = shuffle.lost_dsort_attempt(previous, gen, obs.split_attempts[split], record=record)
+            if lost is not None and not obs.capacity_problems:
+                obs.capacity_problems = tuple((dsort or ais).capacity_problems())
+            due = due or lost is not None or next_attempt_due(obs.split_attempts[split])
+        if due:
+            obs.rebalancing = tuple((dsort or ais).running_rebalances())
+    return obs
+
+
+def tally_output(ais: Ais, bucket: str, provider: str, prefix: str, only: frozenset[str] | None = None) -> OutputTally:
+    """Stream the archive listing of the output shards into per-shard counters (never a list of members).
+
+    `only`: the shards to count among others under the prefix (a version's converted shards, without shuffle).
+    """
+    tally = OutputTally(prefix, only)
+    checksum_type = ais.checksum_type(bucket, provider)
+    for page in ais.list_pages(bucket, provider, prefix, props="name,size,checksum", archives=True):
+        if len(tally.shards) > objcache.MAX_LISTED:
+            raise LimitExceeded(f"more than {objcache.MAX_LISTED} output shards under {provider}://{bucket}/{prefix}")
+        for e in page:
+            value = str(e.checksum or "")
+            tally.add(str(e.name), int(e.size or 0), {"type": checksum_type, "value": value} if value else None)
+    counted = ais.object_count(bucket, provider, prefix)
+    if (counted != len(tally.shards)) if only is None else (counted < len(tally.shards)):
+        raise ListingError(
+            f"listing {provider}://{bucket}/{prefix} returned {len(tally.shards)} shards "
+            f"but the cluster counts {counted}"
+        )
+    return tally
