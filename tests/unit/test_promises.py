@@ -458,3 +458,23 @@ def test_a_version_is_kept_from_when_the_stable_index_left_it_not_from_a_build_t
     records = [{"version": "g1", "generation": 1}]
     r = plan_retention("g3", published, records, {"g1": g1, "g2": never}, NOW, 3600.0)
     assert r.previous[0]["deleteAfter"] == "2026-11-23T10:40:00Z"  # 1 h after g3 switched, not after g2
+
+
+def test_a_dsort_attempt_is_recorded_before_it_starts_and_one_that_did_not_start_leaves_the_record() -> None:
+    """Found by the soak: an attempt AIS forgot at once, the pass stopping before the job id was saved, was
+    started again under the same number; a refused start overwrote the record of a lost attempt."""
+    obs = converted()
+    d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
+    (start,) = [a for a in d.actions if isinstance(a, StartDsort)]
+    assert d.record_first is not None and d.record_first["shuffle"]["attempt"] == 1  # written before the start
+    # the pass stopped after the start: the record without a job id, AIS knows no job of attempt 1
+    obs.previous = {**d.status.to_dict([], NOW), **d.record_first}
+    obs.previous["shuffle"]["startedAt"] = "2026-11-23T09:00:00Z"
+    again = decide(spec(), OWNER, obs, DEFAULTS, NOW)
+    (start2,) = [a for a in again.actions if isinstance(a, StartDsort)]
+    assert start2.spec["description"].endswith(":a2")
+    assert any("no dSort job of this attempt" in e.message for e in again.events), again.events
+    # attempt 2 refused by the token check: the record of (lost) attempt 1 stays, so the next start is a2 again
+    after = after_actions(again, [Outcome(start2, actions.DENIED, error="no")])
+    assert after.status.shuffle_attempt == 1 and after.status.reason == "AccessDenied"
+    assert start.spec["description"].endswith(":a1")

@@ -54,6 +54,8 @@ class SweepUnits:
 class StartDsort:
     spec: dict[str, Any]
     split: str | None = None  # the split whose output it shuffles (its record gets the job id)
+    recorded: dict[str, Any] | None = None  # that output's shuffle record before this start, put back if the job
+    # is not started (a lost attempt it records must stay counted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +162,7 @@ class Decision:
     output_prefix: str = ""
     output_only: frozenset[str] | None = None
     output_key: str = ""  # the split whose output it is (`Observed.outputs` key): splits may share a prefix
-    record_first: bool = False  # write `status.artifacts` before carrying out the actions (`_record_first`)
+    record_first: dict[str, Any] | None = None  # status fields to write before carrying out the actions
     requeue: float | None = ACTIVE_REQUEUE
 
 

@@ -126,17 +126,27 @@ def decide(spec: DatasetSpec, owner: Owner, obs: Observed, defaults: ConverterDe
     if unneeded:  # the conversion that used them is over (or the spec no longer asks for one)
         decision.actions.append(DeleteEtls(tuple(unneeded)))
     decision.events[:0] = refused
-    decision.record_first = _record_first(prev, decision)
+    decision.record_first = _record_first(prev, decision, now)
     return decision
 
 
-def _record_first(prev: dict[str, Any], d: Decision) -> bool:
-    """Whether the records of where versions write must reach the status before this pass writes anything:
-    a version whose first objects are written before its record is saved (the pass then stopped, and a newer
-    spec superseded it) would be known to nobody, and never deleted."""
+def _record_first(prev: dict[str, Any], d: Decision, now: str) -> dict[str, Any] | None:
+    """The status fields that must be written before this pass writes anything (None: none need be).
+
+    Where a version writes must be known before its first object is written: a version whose objects are
+    written first (the pass then stopped, and a newer spec superseded it) would be known to nobody and never
+    deleted. So must a dSort attempt before it starts: one AIS forgets at once, with the pass stopping before it
+    could say so, is still counted (`lost_dsort_attempt`). What is written first only adds: the records of
+    versions this pass deletes stay until the pass that deleted them says so.
+    """
     saved = {versions.record_version(r) for r in prev.get("artifacts") or []}
     new = any(versions.record_version(r) not in saved for r in d.status.artifacts or [])
-    return new and any(isinstance(a, CREATING) for a in d.actions)
+    starts = any(isinstance(a, StartDsort) for a in d.actions)
+    if not (starts or (new and any(isinstance(a, CREATING) for a in d.actions))):
+        return None
+    ahead = d.status.to_dict([], now)
+    records = unique_records([*(d.status.artifacts or []), *(prev.get("artifacts") or [])])
+    return {"artifacts": records, "shuffle": ahead["shuffle"], "splits": ahead["splits"]}
 
 
 def _build(p: Pass) -> Decision:
@@ -167,11 +177,10 @@ def _retry_requested(p: Pass) -> Decision:
         if reason == "SplitEmpty":  # decided on the converted samples: the source may have changed since
             p.decision.actions.append(DeleteJobs((naming.job_name(p.owner.name, version),)))
             p.decision.actions.extend(attempt_objects)
-    elif reason in ("ConversionFailed", "ReportMissing"):
+    elif reason in ("ConversionFailed", "ReportMissing", "ConversionIncomplete", "TransformFailed"):
+        # a clean attempt: the failed one's reports (a finished worker's too) could fail the next alike
         p.decision.actions.append(DeleteJobs((naming.job_name(p.owner.name, version),)))
-    elif reason in ("ConversionIncomplete", "TransformFailed"):
-        p.decision.actions.append(DeleteJobs((naming.job_name(p.owner.name, version),)))
-        p.decision.actions.extend(attempt_objects)  # reports of the failed attempt would fail the next alike
+        p.decision.actions.extend(attempt_objects)
     p.st.retry = {"request": p.obs.retry_request, "shuffleAttemptBase": max(p.dsort_attempts, default=0)}
     if p.split_attempts:
         p.st.retry["shuffleAttemptBases"] = {k: max(v, default=0) for k, v in p.split_attempts.items()}
@@ -184,11 +193,23 @@ def _retry_requested(p: Pass) -> Decision:
 ACTIVE_REQUEST_DELAY = 2.0
 
 
+def _keep_shuffle_record(d: Decision, start: StartDsort) -> None:
+    """The shuffle record of `start`'s output as it was before the pass planned that start."""
+    recorded = start.recorded or {}
+    if start.split is not None:
+        d.status.splits = d.status.splits or {}
+        d.status.splits.setdefault(start.split, {})["shuffle"] = dict(recorded)
+    d.status.dsort_job_id, d.status.shuffle_attempt = recorded.get("dsortJobId"), recorded.get("attempt")
+    d.status.shuffle_started_at, d.status.output_template = recorded.get("startedAt"), recorded.get("outputTemplate")
+
+
 def after_actions(d: Decision, outcomes: list[Outcome]) -> Decision:
     """What the executor's reports mean for the status: every decision about them is made here.
 
     A started dSort job's id goes to its output's record (the top level, or its split's), so that a job AIS
-    drops later is counted as an ended attempt (`lost_dsort_attempt`). A version whose deletion was not done
+    drops later is counted as an ended attempt (`lost_dsort_attempt`); a job that was not started (refused, or
+    never reached) leaves its output's record as it was, so no attempt, and no lost one, is forgotten. A version
+    whose deletion was not done
     (failed, deferred while its converter runs, or not reached because the pass stopped earlier) keeps its
     record in `status.artifacts`, so the deletion is tried again and nothing is leaked.
     """
@@ -220,7 +241,10 @@ def after_actions(d: Decision, outcomes: list[Outcome]) -> Decision:
                     stop = o
         if o.kind in (DENIED, REJECTED):
             stop = o
-    for action in d.actions:  # deletions the pass did not reach
+    started = {id(o.action) for o in outcomes if isinstance(o.action, StartDsort) and o.kind == DONE}
+    for action in d.actions:  # deletions the pass did not reach, dSort jobs it did not start
+        if isinstance(action, StartDsort) and id(action) not in started:
+            _keep_shuffle_record(d, action)
         if id(action) not in reached:
             if isinstance(action, CleanupArtifacts):
                 restore.append(action.record)

@@ -104,6 +104,7 @@ def _shuffle_track(p: Pass, track: Track) -> Decision | None:
                     spec, owner, track.shards, track.written.member_bytes, track.tar_bytes, nxt, split
                 ),
                 split,
+                dict(recorded) if same_version else {},
             )
         )
         state = {
@@ -139,14 +140,16 @@ def lost_dsort_attempt(
     """
     shuffle = (previous.get("shuffle") or {}) if record is None else record
     attempt, job_id = shuffle.get("attempt"), shuffle.get("dsortJobId")
-    if previous.get("observedGeneration") != generation or not attempt or not job_id:
-        return None
+    if previous.get("observedGeneration") != generation or not attempt or not (job_id or shuffle.get("startedAt")):
+        return None  # (an attempt is recorded before it starts: without a job id, the pass stopped in between)
     attempt = int(attempt)
     if attempt in observed or attempt < max(observed, default=0):
         return None
     shuffled = any(c.get("type") == SHUFFLED and c.get("status") == "True" for c in previous.get("conditions") or [])
     shuffled = shuffled if record is None else bool(record.get("finished"))
     why = "AIS no longer knows the job (its targets refused it at the start, or restarted since)"
+    if not job_id:
+        why = "no dSort job of this attempt is known (refused at the start, or the operator stopped before it knew)"
     return attempt, DsortJob(
         id=str(job_id),
         description="",

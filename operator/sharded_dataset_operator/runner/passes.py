@@ -167,8 +167,8 @@ def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
             tally = tally_output(ais, bucket.name, bucket.provider, decision.output_prefix, decision.output_only)
             obs.output = obs.outputs[decision.output_key] = tally
             decision = decide(spec, owner, obs, defaults, now)
-        if decision.record_first:  # the core asks: where this pass will write is known before it writes
-            kube.patch_status(namespace, name, {"artifacts": decision.status.artifacts})
+        if decision.record_first is not None:  # where this pass writes, and the attempts it starts, known first
+            kube.patch_status(namespace, name, decision.record_first)
         mark = functools.partial(kube.annotate_dataset, namespace, name, failpoints.FIRED_ANNOTATION)
         outcomes = execute(
             ais, decision, owner, failpoints.for_dataset(settings.failpoints, annotations, mark), dsort, spec
