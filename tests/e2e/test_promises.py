@@ -22,10 +22,13 @@ SAMPLES = 80
 
 def status_reason(kube: Kube, namespace: str, name: str, reason: str, timeout: float = 300) -> dict[str, Any]:
     """Block until the resource's Stalled condition says `reason`."""
+
+    def stalled(o: dict[str, Any] | None) -> bool:
+        conditions = ((o or {}).get("status") or {}).get("conditions") or []  # no status before the first pass
+        return any(c.get("type") == "Stalled" and c.get("reason") == reason for c in conditions)
+
     return wait_until(  # type: ignore[no-any-return]
-        lambda: (o := kube.get("sds", name, namespace)) and condition(o, "Stalled").get("reason") == reason and o,
-        timeout,
-        f"{name} Stalled with {reason}",
+        lambda: (o := kube.get("sds", name, namespace)) and stalled(o) and o, timeout, f"{name} Stalled with {reason}"
     )
 
 

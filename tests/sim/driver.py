@@ -128,7 +128,7 @@ def patched(ais: FakeAis, fake: FakeKube, clock: Clock) -> Iterator[None]:
     passes.dsort_for = lambda spec, tenant, settings: ais  # type: ignore[assignment,return-value]
     times.now_iso = clock.now_iso
     objcache.CACHE = objcache.ObjectCache()
-    passes.METRICS = _NoMetrics()  # type: ignore[assignment]
+    passes.METRICS = _NoMetrics()  # type: ignore[assignment,attr-defined]
     try:
         yield
     finally:

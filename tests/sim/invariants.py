@@ -172,7 +172,9 @@ def check_attempts(c: Checker) -> None:
     """P5: shuffle attempts stay within the budget, and no attempt is started again and again."""
     status: dict[str, Any] = c.kube.obj.get("status") or {}
     retry = status.get("retry") or {}
-    records = [(None, status.get("shuffle") or {}, int(retry.get("shuffleAttemptBase") or 0))]
+    records = []  # with splits the top-level fields only mirror the split being shuffled: each split is checked
+    if not c.split_stables:
+        records.append((None, status.get("shuffle") or {}, int(retry.get("shuffleAttemptBase") or 0)))
     bases = retry.get("shuffleAttemptBases") or {}
     for split, s in (status.get("splits") or {}).items():
         records.append((split, (s or {}).get("shuffle") or {}, int(bases.get(split) or 0)))

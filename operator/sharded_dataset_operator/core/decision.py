@@ -51,7 +51,7 @@ from sharded_dataset_operator.core.conversion import fill_counts, serve_etl
 from sharded_dataset_operator.core.lifecycle import serving, settle_versions
 from sharded_dataset_operator.core.observed import Observed
 from sharded_dataset_operator.core.records import artifact_record, unique_records
-from sharded_dataset_operator.core.shuffle import lost_dsort_attempt
+from sharded_dataset_operator.core.shuffle import SHUFFLE_KEYS, lost_dsort_attempt
 from sharded_dataset_operator.core.spec import DatasetSpec
 from sharded_dataset_operator.core.state import Pass, building_version, fail, stall, stalled
 from sharded_dataset_operator.core.status import DatasetStatus, Phase
@@ -198,7 +198,7 @@ def _keep_shuffle_record(d: Decision, start: StartDsort) -> None:
     recorded = start.recorded or {}
     if start.split is not None:
         d.status.splits = d.status.splits or {}
-        d.status.splits.setdefault(start.split, {})["shuffle"] = dict(recorded)
+        d.status.splits.setdefault(start.split, {})["shuffle"] = {k: recorded.get(k) for k in SHUFFLE_KEYS}
     d.status.dsort_job_id, d.status.shuffle_attempt = recorded.get("dsortJobId"), recorded.get("attempt")
     d.status.shuffle_started_at, d.status.output_template = recorded.get("startedAt"), recorded.get("outputTemplate")
 

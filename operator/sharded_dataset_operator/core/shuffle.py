@@ -13,6 +13,7 @@ from sharded_dataset_operator.core.state import Pass, building_version, seconds_
 from sharded_dataset_operator.core.status import SHUFFLED, Phase, StepState
 from sharded_dataset_operator.core.times import epoch
 
+SHUFFLE_KEYS = ("attempt", "dsortJobId", "startedAt", "outputTemplate", "finished")  # a split's shuffle record
 REBALANCE_POLL = 5.0  # seconds between looks while a dSort attempt waits for AIS's rebalance to end
 
 
@@ -120,7 +121,8 @@ def _shuffle_track(p: Pass, track: Track) -> Decision | None:
         st.output_template = state.get("outputTemplate")
     if split is not None:
         st.splits = st.splits or {}
-        st.splits.setdefault(split, {})["shuffle"] = {k: v for k, v in state.items() if v is not None}
+        # every key, absent ones as None: the status is merge-patched, and a key left out would outlive its attempt
+        st.splits.setdefault(split, {})["shuffle"] = {k: state.get(k) for k in SHUFFLE_KEYS}
     return outcome
 
 
