@@ -26,7 +26,7 @@ from sharded_dataset_operator.core.actions import (
 )
 from sharded_dataset_operator.core.builders import Owner
 from sharded_dataset_operator.core.decision import after_actions, decide
-from sharded_dataset_operator.core.model import Entry
+from sharded_dataset_operator.core.model import Entry, JobState
 from sharded_dataset_operator.core.observed import Observed
 from sharded_dataset_operator.core.records import artifact_record
 from sharded_dataset_operator.core.reuse import KeyDiff, encode_member
@@ -85,7 +85,8 @@ def test_a_version_that_drops_most_samples_is_held_with_the_numbers_and_the_publ
     assert c["Ready"] == ("True", "Serving") and c["Stalled"] == ("True", "PublishHeld")
     assert c["UpToDate"] == ("False", "PublishHeld")
     g = d.status.to_dict([], NOW)["publishGuard"]
-    assert g == {"version": "g3", "held": True, "published": 50, "new": 5, "removed": 45, "added": 0, "maxRemoved": 5}
+    assert g == {"version": "g3", "held": True, "published": 50, "new": 5, "removed": 45, "added": 0, "maxRemoved": 5,
+                 "splits": None, "approval": None}  # fmt: skip
     assert [e.reason for e in d.events] == ["PublishHeld"]
     obs.previous = d.status.to_dict([], NOW)
     again = decide(spec(), OWNER, obs, DEFAULTS, NOW)
@@ -478,3 +479,34 @@ def test_a_dsort_attempt_is_recorded_before_it_starts_and_one_that_did_not_start
     after = after_actions(again, [Outcome(start2, actions.DENIED, error="no")])
     assert after.status.shuffle_attempt == 1 and after.status.reason == "AccessDenied"
     assert start.spec["description"].endswith(":a1")
+
+
+def test_cleanup_aborts_the_running_dsort_job_of_every_split(fresh_cache: None) -> None:
+    """Found by the soak: the jobs were looked up by attempt number, so of two splits' jobs of the same attempt
+    one was kept running, and wrote its output after the version was deleted."""
+    from sharded_dataset_operator.core.model import DsortJob
+
+    from .test_splits import split_spec
+
+    record = {**artifact_record(split_spec(), Owner("pets", "ml", UID, 2)), "version": "g2"}
+    jobs = [DsortJob(f"j-{s}", f"{record['dsortDescription']}:s-{s}:a1", False, False, (), 0, 0) for s in ("a", "b")]
+    ais = SweepAis({})
+    aborted: list[str] = []
+    ais.dsort_find = lambda regex: jobs  # type: ignore[attr-defined]
+    ais.dsort_abort = aborted.append  # type: ignore[attr-defined]
+    ais.delete_prefix = lambda *a, **k: 0  # type: ignore[attr-defined]
+    executor.cleanup_record(ais, record, UID)  # type: ignore[arg-type]
+    assert sorted(aborted) == ["j-a", "j-b"]
+
+
+def test_no_version_is_deleted_while_the_wanted_versions_plan_is_not_seen() -> None:
+    """Found by the soak: a plan a listing missed (PlanMissing) was taken for a version holding no units, and the
+    sweep deleted the converted shards that version needed."""
+    obs = published_g2(reports={}, plan=None)
+    g1 = {**artifact_record(spec(), Owner("pets", "ml", UID, 1)), "version": "g1"}
+    obs.previous["artifacts"].append(g1)
+    obs.planner = JobState("pets-plan-g3", 3, succeeded=1, complete=True, completed_at=0.0)
+    d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
+    assert d.status.reason == "PlanMissing" and d.status.phase == Phase.FAILED
+    assert not [a for a in d.actions if isinstance(a, CleanupArtifacts | SweepUnits)]
+    assert "no plan yet" in (d.status.versions or {})["deletionsHeld"]

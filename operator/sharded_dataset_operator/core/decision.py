@@ -172,11 +172,12 @@ def _retry_requested(p: Pass) -> Decision:
     attempt_objects = [DeletePrefix(b.name, b.provider, naming.report_prefix(base)),
                        DeletePrefix(b.name, b.provider, naming.progress_prefix(base))]  # fmt: skip
     if reason in ("PlanningFailed", "PlanMissing", "NoSamples", "SplitEmpty"):
-        p.decision.actions.append(DeleteJobs((naming.job_name(p.owner.name, version, "plan"),)))
+        # planning again from a clean slate: a converter Job or reports left from before would be taken for the
+        # new plan's (SplitEmpty, too, is decided on converted samples, and the source may have changed since)
+        jobs = (naming.job_name(p.owner.name, version, "plan"), naming.job_name(p.owner.name, version))
+        p.decision.actions.append(DeleteJobs(jobs))
         p.decision.actions.append(DeleteObjects(b.name, b.provider, (naming.plan_manifest_name(base),)))
-        if reason == "SplitEmpty":  # decided on the converted samples: the source may have changed since
-            p.decision.actions.append(DeleteJobs((naming.job_name(p.owner.name, version),)))
-            p.decision.actions.extend(attempt_objects)
+        p.decision.actions.extend(attempt_objects)
     elif reason in ("ConversionFailed", "ReportMissing", "ConversionIncomplete", "TransformFailed"):
         # a clean attempt: the failed one's reports (a finished worker's too) could fail the next alike
         p.decision.actions.append(DeleteJobs((naming.job_name(p.owner.name, version),)))

@@ -79,12 +79,15 @@ class Verdict:
         return "; ".join(parts)
 
     def status(self, approval: str | None) -> dict[str, Any]:
-        out: dict[str, Any] = {"version": self.version, "held": self.held, **self.total.as_dict()}
-        if self.splits:
-            out["splits"] = {name: c.as_dict() for name, c in sorted(self.splits.items())}
-        if approval:
-            out["approval"] = approval
-        return out
+        """Every key, absent ones as None: the status is merge-patched, and a key left out would stay."""
+        splits = {name: c.as_dict() for name, c in sorted(self.splits.items())} or None
+        return {
+            "version": self.version,
+            "held": self.held,
+            **self.total.as_dict(),
+            "splits": splits,
+            "approval": approval,
+        }
 
 
 def judge(

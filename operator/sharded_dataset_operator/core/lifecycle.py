@@ -89,7 +89,7 @@ def settle_versions(p: Pass, d: Decision) -> None:
         "published": seen,
         "building": building,
         "previous": retention.previous,
-        **({"deletionsHeld": p.deletions_held} if p.deletions_held else {}),
+        "deletionsHeld": p.deletions_held,  # None clears it (the status is merge-patched)
     }
     if published is not None and published.version != owner.version:
         what = f"version {published.version} ({published.samples} samples in {published.shards} shards)"
@@ -126,7 +126,7 @@ def _deletions(p: Pass, d: Decision, retention: versions.Retention) -> list[Acti
         cleanups.append(CleanupArtifacts(record=r, retired=True, in_use=stable_indexes(p.spec)))
         why = f"{p.spec.output.retain_seconds:.0f}s after it was replaced"
         d.events.append(Event("Normal", "VersionDeleted", f"deleting version {versions.record_version(r)}: {why}"))
-    live = tuple(r for r in st.artifacts or [] if not _holds_no_units(p, r))
+    live = tuple(st.artifacts or [])
     if p.published_now is not None and p.spec.shuffle is not None and p.spec.shuffle.delete_input:
         # shuffle.deleteInput: the converted shards go once the shuffle is published (unless another version
         # still holds them), so the next version has none to reuse
@@ -139,14 +139,6 @@ def _deletions(p: Pass, d: Decision, retention: versions.Retention) -> list[Acti
             SweepUnits(bucket, provider, prefix, live=live, restore=tuple(gone), in_use=stable_indexes(p.spec))
         )
     return cleanups
-
-
-def _holds_no_units(p: Pass, record: dict[str, Any]) -> bool:
-    """The wanted version before it has a plan (it failed before planning): it holds no converted shards."""
-    wanted = versions.record_version(record) == p.owner.version
-    return (
-        wanted and p.plan is None and not (p.obs.published is not None and p.obs.published.version == p.owner.version)
-    )
 
 
 def _known_versions(prev: dict[str, Any]) -> dict[str, str | None]:
@@ -176,7 +168,7 @@ def _deletions_held(p: Pass, d: Decision) -> str | None:
     """Why no version may be deleted on this pass (None: they may). Promise P2: what could not be seen is not
     taken for "nothing in use": while the stable index the last status saw is missing, nothing is deleted."""
     if not _may_sweep(p, d):
-        return "the wanted version's planner may still pick converted shards to reuse"
+        return "the wanted version has no plan yet: its planner may still pick converted shards to reuse"
     seen = ((p.prev.get("versions") or {}).get("published") or {}).get("version")
     if seen and p.obs.published is None and p.published_now is None:
         return (
@@ -186,7 +178,9 @@ def _deletions_held(p: Pass, d: Decision) -> str | None:
 
 
 def _may_sweep(p: Pass, d: Decision) -> bool:
-    """Whether versions may be deleted now: not while the wanted version's planner may still pick converted
-    shards to reuse (it lists them once), i.e. once its plan exists, it is published, or it failed."""
+    """Whether versions may be deleted now: once the wanted version's plan is seen, or it is published. Before,
+    its planner may still pick converted shards to reuse (it lists them once), and which units it holds is not
+    known: a plan that is not seen (it failed before planning, or the listing missed it) is never taken for one
+    that holds nothing (promise P2); the deletions wait, and say so."""
     published = p.obs.published is not None and p.obs.published.version == p.owner.version
-    return published or p.published_now is not None or p.plan is not None or d.status.phase == Phase.FAILED
+    return published or p.published_now is not None or p.plan is not None

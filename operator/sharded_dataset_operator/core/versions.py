@@ -84,6 +84,7 @@ class IndexInfo:
             "shards": self.shards,
             "bytes": self.bytes,
             "publishedAt": self.published_at or None,
+            "indexMissing": None,  # (the status is merge-patched: a flag of an earlier pass is cleared)
         }
 
 

@@ -33,7 +33,7 @@ from sharded_dataset_operator.core.spec import DatasetSpec
 from sharded_dataset_operator.core.versions import IndexInfo, parse_duration
 from sharded_dataset_operator.runner import failpoints, objcache
 from sharded_dataset_operator.runner.objcache import LimitExceeded, ObjectUnreadable
-from sharded_dataset_operator.runner.observation import find_dsort_attempts, read_index, read_json
+from sharded_dataset_operator.runner.observation import read_index, read_json
 
 log = logging.getLogger("sds.operator")
 
@@ -99,7 +99,7 @@ def cleanup_record(
             raise VersionInUse(f"version {version} is named by {provider}://{bucket}/{name}: not deleted")
     desc = record.get("dsortDescription")
     if desc:
-        for job in find_dsort_attempts(dsort or ais, str(desc)).values():
+        for job in (dsort or ais).dsort_find(naming.dsort_regex(str(desc))):  # every split's, every attempt's
             if not job.finished and not job.aborted:
                 (dsort or ais).dsort_abort(job.id)
     index = record.get("index") or {}
