@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from typing import Any
 
 import pytest
@@ -23,10 +24,14 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 def scrape(kube: Kube, namespace: str) -> Samples:
     """GET /metrics from a pod (cluster DNS, the Service, kube-proxy), parsed with prometheus_client's parser."""
-    name = f"scrape-{next(_scrapes)}"
     code = f"import urllib.request; print(urllib.request.urlopen({URL!r}, timeout=10).read().decode())"
-    kube.apply(pod(name, namespace, ["python", "-c", code]))
-    assert wait_pod_done(kube, namespace, name) == "Succeeded", kube.run("logs", "-n", namespace, name, check=False)
+    for tries_left in (2, 1, 0):  # right after a rollout the Service may route to the old pod ("No route to host")
+        name = f"scrape-{next(_scrapes)}"
+        kube.apply(pod(name, namespace, ["python", "-c", code]))
+        if wait_pod_done(kube, namespace, name) == "Succeeded":
+            break
+        assert tries_left, kube.run("logs", "-n", namespace, name, check=False)
+        time.sleep(5)
     text = kube.run("logs", "-n", namespace, name)
     out: Samples = {}
     for family in text_string_to_metric_families(text):
