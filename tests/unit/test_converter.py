@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from sds_tools import exampledata
-from sharded_dataset_operator.clients.ais import Membership, started_at
+from sharded_dataset_operator.clients.ais import AisUnavailable, Membership, started_at
 from sharded_dataset_operator.core.builders import EXIT_UNAVAILABLE, Owner, converter_config
 from sharded_dataset_operator.core.model import Entry
 from sharded_dataset_operator.core.samples import FieldRule, LabelRule, group_samples, parse_labels
@@ -297,6 +297,35 @@ def test_a_retried_worker_resumes_after_its_finished_shards_and_writes_the_same_
     del store.objects[f"out/{expected.shards[1]['name']}"]
     redo = convert(cfg, 0, store, VolumeSource(str(root)))  # type: ignore[arg-type]
     assert redo.resumed_shards == 1 and redo.shards == expected.shards
+
+
+class LostProgress(MemoryStore):
+    """AIS after a target was killed while writing the progress object: its metadata is gone (ErrLmetaNotFound,
+    a 500), so reading it fails while everything else reads fine."""
+
+    def get(self, bucket: str, name: str, provider: str = "ais", direct: bool = False) -> bytes | None:
+        if "progress-w" in name:
+            raise AisUnavailable("STATUS:500 ErrLmetaNotFound: no data available")
+        return super().get(bucket, name, provider, direct)
+
+
+@pytest.mark.parametrize("damage", ["unservable", "torn"])
+def test_a_progress_object_that_cannot_be_read_means_starting_over_with_the_same_bytes(
+    dataset: tuple[Path, exampledata.Manifest], damage: str
+) -> None:
+    root, _ = dataset
+    cfg = config(workers=1, maxSamplesPerShard=10)
+    clean, _, (expected,) = run_all(root, cfg)
+    store: MemoryStore = LostProgress() if damage == "unservable" else MemoryStore()
+    make_plan(cfg, store, VolumeSource(str(root)))  # type: ignore[arg-type]
+    store.objects.update({k: v for k, v in clean.objects.items() if k.endswith(".tar")})
+    store.objects[f"{BASE}progress-w0000.json"] = b'{"generation": 1, "shards": [{"na'
+    again = convert(cfg, 0, store, VolumeSource(str(root)))  # type: ignore[arg-type]
+    assert again.resumed_shards == 0
+    assert again.shards == expected.shards and again.totals == expected.totals
+    assert {k: v for k, v in store.objects.items() if k.endswith(".tar")} == {
+        k: v for k, v in clean.objects.items() if k.endswith(".tar")
+    }
 
 
 def test_a_worker_that_lost_ais_waits_for_it_then_exits_with_the_ignored_code() -> None:

@@ -34,6 +34,7 @@ from sharded_dataset_operator.core.builders import ORDER_MEMBER, order_rank
 from sharded_dataset_operator.core.samples import Sample
 from sharded_dataset_operator.core.verify import Totals
 from sharded_dataset_operator.pods.common import PermanentError, make_source, run_main
+from sharded_dataset_operator.pods.progress import PROGRESS_INTERVAL, Progress, resume_point
 from sharded_dataset_operator.pods.reads import Failed, FetchFailed, MissingFile, ReadPlan, Through, read_samples
 from sharded_dataset_operator.pods.sources import READS_BATCH, Source
 from sharded_dataset_operator.pods.tarshard import FinishedShard, ShardCutter, encode_sample
@@ -45,7 +46,6 @@ MiB = 1024 * 1024
 RUNTIME_BYTES = 80 * MiB  # interpreter, libraries, connection buffers (measured ~60 MiB RSS idle)
 MIN_READAHEAD = 4 * MiB
 MAX_READAHEAD = 64 * MiB
-PROGRESS_INTERVAL = 3.0
 CGROUP_MEMORY_LIMITS = (
     Path("/sys/fs/cgroup/memory.max"),  # cgroup v2
     Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),  # cgroup v1
@@ -183,68 +183,6 @@ def read_plan(config: dict[str, Any], limit: int | None) -> ReadPlan:
     return ReadPlan(
         batch_objects=4, batch_bytes=min(8 * MiB, readahead), batches_in_flight=16, readahead_bytes=readahead
     )
-
-
-class Progress:
-    """Publishes `progress-wNNNN.json` at most every `interval` seconds (and once at the end)."""
-
-    def __init__(
-        self,
-        ais: Ais,
-        out: dict[str, Any],
-        worker: int,
-        generation: int,
-        partition: int,
-        interval: float = PROGRESS_INTERVAL,
-    ) -> None:
-        self.ais, self.out, self.worker, self.generation = ais, out, worker, generation
-        self.partition, self.interval = partition, interval
-        self.name = naming.progress_name(str(out["base"]), worker)
-        self.last = time.monotonic()
-
-    def tick(self, samples: int, nbytes: int, durable: list[dict[str, Any]], force: bool = False) -> None:
-        """`durable`: the shards uploaded so far (what a retried worker resumes after)."""
-        now = time.monotonic()
-        if not force and now - self.last < self.interval:
-            return
-        self.last = now
-        body = {
-            "worker": self.worker,
-            "generation": self.generation,
-            "partitionSamples": self.partition,
-            "samples": samples,
-            "bytes": nbytes,
-            "shards": durable,
-        }
-        try:
-            self.ais.put(self.out["bucket"], self.name, json.dumps(body, sort_keys=True).encode(), self.out["provider"])
-        except Exception as e:  # progress is best effort; the report is what counts
-            log.warning("could not publish progress: %s", e)
-
-
-def resume_point(ais: Ais, out: dict[str, Any], worker: int, generation: int) -> list[dict[str, Any]]:
-    """The shards an earlier attempt of this worker finished, as recorded in its progress object, that are
-    present in AIS with the recorded size, whole units only (a unit's last part says `last`). Unit
-    boundaries come from the plan, so the rerun skips those units and writes the same remaining shards."""
-    data = ais.get(out["bucket"], naming.progress_name(str(out["base"]), worker), out["provider"])
-    if not data:
-        return []
-    body = json.loads(data)
-    if int(body.get("generation", -1)) != generation:
-        return []
-    sizes = {e.name: e.size for e in ais.list_objects(out["bucket"], out["provider"], str(out["pool"]))}
-    done: list[dict[str, Any]] = []
-    unit: list[dict[str, Any]] = []
-    for shard in body.get("shards") or []:
-        if not shard.get("unit") or sizes.get(shard.get("name")) != shard.get("bytes"):
-            break
-        if int(shard.get("part") or 0) != len(unit) or (unit and unit[0]["unit"] != shard["unit"]):
-            break
-        unit.append(shard)
-        if shard.get("last"):
-            done.extend(unit)
-            unit = []
-    return done
 
 
 def load_manifest(ais: Ais, out: dict[str, Any], generation: int) -> dict[str, Any]:
