@@ -144,7 +144,7 @@ def test_an_etl_of_another_version_is_removed_while_this_one_is_started() -> Non
 
 def sample(key: str) -> Sample:
     files = (("image.jpg", RawFile(f"{key}.jpg", 3)), ("cls", RawFile(f"{key}.cls", 1)))
-    return Sample(key=key, files=files, label=None)
+    return Sample(key=key, files=files)
 
 
 def test_the_etl_member_is_read_through_fetch_and_the_rest_by_the_batch_read() -> None:

@@ -162,7 +162,7 @@ def test_plan_and_counts_do_not_depend_on_workers_or_the_sort_buffer(
     assert plan4["sortRuns"] > 10 and store4.peak_runs == plan4["sortRuns"]
     assert not any("plan-run-" in k for k in store4.objects)  # runs deleted after planning
     for k in ("samples", "bytes", "members", "skipped", "rejectedFiles", "examples", "unmatchedFiles",
-              "labelsWithoutFiles", "listingDigest", "filesListed"):  # fmt: skip
+              "valuesWithoutFiles", "listingDigest", "filesListed"):  # fmt: skip
         assert plan1[k] == plan4[k], k
     assert len(plan4["chunks"]) == -(-plan4["samples"] // 7)
 

@@ -125,7 +125,7 @@ def test_manifest_matches_files(files: dict[str, bytes], manifest: ed.Manifest) 
     assert len(manifest["complete"]) + len(all_incomplete) == N
     assert manifest["complete"] == sorted(manifest["complete"], key=str.lower)
 
-    (orphan,) = manifest["labels_without_files"]
+    (orphan,) = manifest["values_without_files"]
     assert orphan in labels
     assert not any(orphan in p for p in files if p != ed.LIST_PATH)
 
@@ -147,7 +147,7 @@ def test_defect_counts() -> None:
     assert ed.defect_count(7390, 0.01) == 18
     assert ed.defect_count(1000, 0) == 0
     clean = ed.plan(20, sample_kib=KIB, incomplete_fraction=0).manifest
-    assert len(clean["complete"]) == 20 and not clean["junk_files"] and not clean["labels_without_files"]
+    assert len(clean["complete"]) == 20 and not clean["junk_files"] and not clean["values_without_files"]
     small = ed.plan(5, sample_kib=KIB).manifest
     assert len(small["complete"]) == 5
 

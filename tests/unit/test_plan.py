@@ -56,7 +56,7 @@ def sample(i: int, size: int = 10, files: int = 2) -> Sample:
     return Sample(
         key=f"s{i:05d}",
         files=tuple((f"m{j}", RawFile(f"d{j}/s{i:05d}.bin", size)) for j in range(files)),
-        label=str(i % 3) if i % 2 else None,
+        values=(("cls", str(i % 3)),) if i % 2 else (),
     )
 
 

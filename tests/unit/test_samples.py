@@ -181,10 +181,10 @@ def test_group_samples_oxford() -> None:
             ("image.jpg", RawFile("images/Abyssinian_1.jpg", 100)),
             ("mask.png", RawFile("annotations/trimaps/Abyssinian_1.png", 50)),
         ),
-        label="1",
+        values=(("cls", "1"),),
     )
     assert first.members()["mask.png"].path == "annotations/trimaps/Abyssinian_1.png"
-    assert result.samples[1].label == "2"
+    assert result.samples[1].value("cls") == "2"
     assert result.skipped == {"empty:image.jpg": 2, "missing:mask.png": 1, "missing:cls": 1}
     assert result.rejected_files == {"invalid-key": 3}
     assert result.examples["invalid-key"] == [
@@ -196,7 +196,7 @@ def test_group_samples_oxford() -> None:
     assert result.examples["missing:cls"] == ["nolabel_1"]
     assert result.unmatched_files == 2  # README.md and the xml; list.txt is excluded
     # a.b has no accepted file (key rejected), labelonly_1 has none at all.
-    assert result.labels_without_files == 2
+    assert result.values_without_files == 2
 
 
 def test_group_samples_order_independent() -> None:
@@ -255,7 +255,7 @@ def test_group_samples_label_conflicts() -> None:
     assert required.unmatched_files == 0
 
     optional = group_samples(files, fields, label, table, ["jpg"])
-    assert [(s.key, s.label) for s in optional.samples] == [("a", None), ("b", "3"), ("c", "4")]
+    assert [(s.key, s.value("cls")) for s in optional.samples] == [("a", None), ("b", "3"), ("c", "4")]
     assert optional.skipped == {}
 
 
@@ -268,7 +268,7 @@ def test_group_samples_empty_label_value_and_order_of_checks() -> None:
     assert result.samples == []
     assert result.skipped == {"empty:cls": 1, "missing:jpg": 1}
     result = group_samples(files, fields, label, table, ["png", "jpg"])
-    assert [(s.key, s.label) for s in result.samples] == [("a", None)]
+    assert [(s.key, s.value("cls")) for s in result.samples] == [("a", None)]
     assert result.skipped == {"empty:png": 1}
 
 

@@ -13,7 +13,8 @@ LAYOUT = "layout"
 
 
 def sample(key: str, size: int = 1000, label: str | None = "1", tag: str = "") -> Sample:
-    return Sample(key=key, files=(("image.jpg", RawFile(f"images/{key}.jpg", size, tag)),), label=label)
+    values = (("cls", label),) if label is not None else ()
+    return Sample(key=key, files=(("image.jpg", RawFile(f"images/{key}.jpg", size, tag)),), values=values)
 
 
 def cut(samples: list[Sample], max_samples: int | None = 40, max_bytes: int | None = None) -> list[tuple[str, int]]:

@@ -27,7 +27,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, TypedDict
+from typing import Any, Literal, TypedDict
 
 from PIL import Image, ImageDraw
 
@@ -159,7 +159,7 @@ class Manifest(TypedDict):
     classes: dict[str, str]
     incomplete: dict[str, list[str]]
     junk_files: list[str]
-    labels_without_files: list[str]
+    values_without_files: list[str]
     total_bytes: int
     files: int
     seed: int
@@ -184,7 +184,7 @@ class Plan:
     sample_kib: int
     incomplete_fraction: float
     samples: tuple[Sample, ...]
-    labels_without_files: tuple[str, ...]
+    values_without_files: tuple[str, ...]
     pool: tuple[_Base, ...]
     list_txt: bytes
     manifest: Manifest
@@ -399,7 +399,7 @@ def plan(
         "classes": {key: str(by_key[key].breed.class_id) for key in complete_keys},
         "incomplete": {r: _sort_keys(keys) for r, keys in incomplete.items()},
         "junk_files": sorted(junk_files),
-        "labels_without_files": list(orphans),
+        "values_without_files": list(orphans),
         "total_bytes": total,
         "files": files,
         "seed": seed,
@@ -599,16 +599,35 @@ def write_small_ais(
 
 
 def _parser() -> argparse.ArgumentParser:
+    from sds_tools.layouts import LAYOUT_NAMES, TABLE_FORMATS
+
     ap = argparse.ArgumentParser(
         prog="sds-example-data",
-        description="Generate a deterministic Oxford-IIIT-Pet-shaped dataset (real JPEG/PNG bytes).",
+        description="Generate a deterministic example dataset (real JPEG/PNG/WAV bytes): Oxford-IIIT-Pet-shaped by "
+        "default, or another --layout; writes the files plus expected.json.",
     )
+    ap.add_argument("--layout", choices=("oxford", *LAYOUT_NAMES), default="oxford", help="dataset layout")
     size = ap.add_mutually_exclusive_group()
-    size.add_argument("--samples", type=int, default=None, help=f"number of images (default {DEFAULT_SAMPLES})")
-    size.add_argument("--full", action="store_true", help=f"full Oxford size ({FULL_SAMPLES} images)")
-    ap.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    ap.add_argument("--sample-kib", type=int, default=DEFAULT_SAMPLE_KIB, help="target KiB per jpg+png")
-    ap.add_argument("--incomplete-fraction", type=float, default=DEFAULT_INCOMPLETE_FRACTION)
+    size.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help=f"oxford: images (default {DEFAULT_SAMPLES}); imagefolder: train images per class; audio-csv: clips; "
+        "coco, hf-metadata: images",
+    )
+    size.add_argument(
+        "--full",
+        action="store_true",
+        help=f"oxford: full Oxford size ({FULL_SAMPLES} images); imagefolder: ImageNet-1k",
+    )
+    ap.add_argument("--classes", type=int, help="imagefolder: number of classes")
+    ap.add_argument("--per-class", type=int, help="imagefolder: train images per class (as --samples)")
+    ap.add_argument("--val-per-class", type=int, help="imagefolder: val images per class")
+    ap.add_argument("--table", choices=TABLE_FORMATS, help="hf-metadata: metadata table format (default jsonl)")
+    ap.add_argument("--seed", type=int, default=None, help=f"default {DEFAULT_SEED} (oxford), 0 (other layouts)")
+    kib_help = f"target KiB per jpg+png (oxford, default {DEFAULT_SAMPLE_KIB}) or per JPEG (other layouts: 3)"
+    ap.add_argument("--sample-kib", type=int, default=None, help=kib_help)
+    ap.add_argument("--incomplete-fraction", type=float, default=None, help="oxford only")
     dest = ap.add_mutually_exclusive_group(required=True)
     dest.add_argument("--out", type=Path, help="write to this directory")
     dest.add_argument("--ais-endpoint", help="AIStore endpoint URL (needs --bucket)")
@@ -621,31 +640,67 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point (``sds-example-data``)."""
+    from sds_tools.layouts import write_layout_ais, write_layout_dir
+
     ap = _parser()
     args = ap.parse_args(argv)
     if args.ais_endpoint and not args.bucket:
         ap.error("--ais-endpoint needs --bucket")
     if args.out is not None and (args.bucket or args.prefix):
         ap.error("--bucket/--prefix only apply with --ais-endpoint")
-    n = FULL_SAMPLES if args.full else (DEFAULT_SAMPLES if args.samples is None else args.samples)
+    where = str(args.out) if args.out is not None else f"{args.provider}://{args.bucket}/{args.prefix}"
     start = time.perf_counter()
+    takes = {  # the flags each layout takes besides the destination and --seed
+        "oxford": {"samples", "full", "sample_kib", "incomplete_fraction"},
+        "imagefolder": {"samples", "full", "classes", "per_class", "val_per_class", "sample_kib"},
+        "audio-csv": {"samples"},
+        "coco": {"samples", "sample_kib"},
+        "hf-metadata": {"samples", "table", "sample_kib"},
+    }
+    for flag in sorted(set().union(*takes.values()) - takes[args.layout]):
+        if getattr(args, flag) not in (None, False):
+            ap.error(f"--{flag.replace('_', '-')} does not apply to --layout {args.layout}")
+    if args.layout != "oxford":
+        if args.samples is not None and args.per_class is not None:
+            ap.error("--samples and --per-class both give imagefolder's train images per class: give one")
+        if args.full and any(v is not None for v in (args.classes, args.per_class, args.val_per_class)):
+            ap.error("--full (ImageNet-1k's count) fixes --classes, --per-class and --val-per-class")
+        main_size = {"imagefolder": "train_per_class", "audio-csv": "clips"}.get(args.layout, "images")
+        flags = {
+            main_size: args.per_class if args.per_class is not None else args.samples,
+            "classes": args.classes,
+            "val_per_class": args.val_per_class,
+            "full": args.full or None,
+            "table": args.table,
+            "kib": args.sample_kib,
+        }
+        size: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
+        seed = 0 if args.seed is None else args.seed
+        try:
+            if args.out is not None:
+                stats = write_layout_dir(args.layout, args.out, seed, **size)
+            else:
+                stats = write_layout_ais(
+                    args.layout, args.ais_endpoint, args.bucket, args.prefix, args.provider, args.workers, seed, **size
+                )
+        except ValueError as exc:
+            ap.error(str(exc))
+        print(
+            f"sds-example-data: {stats['files']} files, {stats['bytes'] / 2**20:.1f} MiB "
+            f"({args.layout}, {stats['samples']} samples) -> {where} in {time.perf_counter() - start:.1f} s"
+        )
+        return 0
+    n = FULL_SAMPLES if args.full else (DEFAULT_SAMPLES if args.samples is None else args.samples)
+    seed = DEFAULT_SEED if args.seed is None else args.seed
+    kib = DEFAULT_SAMPLE_KIB if args.sample_kib is None else args.sample_kib
+    fraction = DEFAULT_INCOMPLETE_FRACTION if args.incomplete_fraction is None else args.incomplete_fraction
     try:
         if args.out is not None:
-            manifest = write_dir(args.out, n, args.seed, args.sample_kib, args.incomplete_fraction)
-            where = str(args.out)
+            manifest = write_dir(args.out, n, seed, kib, fraction)
         else:
             manifest = write_ais(
-                args.ais_endpoint,
-                args.bucket,
-                args.prefix,
-                args.provider,
-                args.workers,
-                n,
-                args.seed,
-                args.sample_kib,
-                args.incomplete_fraction,
+                args.ais_endpoint, args.bucket, args.prefix, args.provider, args.workers, n, seed, kib, fraction
             )
-            where = f"{args.provider}://{args.bucket}/{args.prefix}"
     except ValueError as exc:
         ap.error(str(exc))
     secs = time.perf_counter() - start

@@ -12,7 +12,7 @@ import logging
 import tarfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import requests
 import urllib3
@@ -287,6 +287,21 @@ class Ais(ClusterCalls):
             return True
 
         return self._object_call(head, False)
+
+    def copy_to(self, bucket: str, name: str, target: BinaryIO, provider: str = "ais") -> bool:
+        """Stream an object into `target` (a file: memory stays one chunk); False if it does not exist."""
+        try:
+            for chunk in self._bucket(bucket, provider).object(name).get_reader():
+                target.write(chunk)
+            return True
+        except (ErrObjNotFound, ErrBckNotFound):
+            return False
+        except AISError as e:
+            if e.status_code == 404:
+                return False
+            raise _unavailable(e) from e
+        except requests.RequestException as e:
+            raise AisUnavailable(f"AIS at {self.endpoint}: {e}") from e
 
     def stream_lines(self, bucket: str, name: str, provider: str = "ais", missing_ok: bool = True) -> Iterator[str]:
         """An object's text lines (without line ends), read as a stream; nothing if the object is absent

@@ -100,6 +100,12 @@ def unit_pool(spec: DatasetSpec, owner: Owner) -> str:
     return naming.unit_pool(spec.output.prefix, owner.uid)
 
 
+def _split_way(list_file: str | None, fraction: float | None, folder: str | None) -> dict[str, Any]:
+    if folder is not None:
+        return {"folder": folder}
+    return {"listFile": list_file} if list_file else {"fraction": fraction}
+
+
 def converter_config(spec: DatasetSpec, owner: Owner, workers: int | None = None) -> dict[str, Any]:
     """What every converter worker needs; serialised into the pod's environment.
 
@@ -129,6 +135,7 @@ def converter_config(spec: DatasetSpec, owner: Owner, workers: int | None = None
             else None
         ),
         "required": list(spec.required),
+        "layout": spec.layout.to_config(),
         "output": {
             "bucket": spec.output.bucket.name,
             "provider": spec.output.bucket.provider,
@@ -149,10 +156,7 @@ def converter_config(spec: DatasetSpec, owner: Owner, workers: int | None = None
         "orderSeed": spec.shuffle.seed if spec.shuffle and spec.shuffle.algorithm == "shuffle" else None,
         "splits": (
             {
-                "sets": [
-                    {"name": s.name, **({"listFile": s.list_file} if s.list_file else {"fraction": s.fraction})}
-                    for s in spec.splits.sets
-                ],
+                "sets": [{"name": s.name, **_split_way(s.list_file, s.fraction, s.folder)} for s in spec.splits.sets],
                 "rest": spec.splits.rest,
                 "keyColumn": spec.label.key_column if spec.label else 0,
                 "seed": spec.splits.seed,

@@ -207,6 +207,8 @@ def fill_counts(
         for reason, n in (r.get("skippedByReason") or {}).items():
             st.skipped_by_reason[str(reason)] = st.skipped_by_reason.get(str(reason), 0) + int(n)
     st.rejected_files = {str(k): int(v) for k, v in (plan.get("rejectedFiles") or {}).items()}
+    st.rows_unused = {str(k): int(v) for k, v in (plan.get("rows") or {}).items()}
+    st.classes = {str(k): int(v) for k, v in (plan.get("classes") or {}).items()}
     st.samples_skipped = sum(st.skipped_by_reason.values())
     st.samples_total = int(plan.get("samples") or 0) + sum(int(v) for v in (plan.get("skipped") or {}).values())
     st.shards_converted = sum(len(r.get("shards") or []) for r in done)

@@ -2,10 +2,10 @@
 
 The planner lists the source once, groups it (`samples.Grouper` over an external sort) and writes the
 complete samples, sorted by key, as chunk objects of `CHUNK_SAMPLES` samples (one JSON line per sample:
-``[key, label, [[member, path, size], ...]]``), then the manifest (`plan.json`): how many samples there are,
-the chunk names, and the dataset-wide counts (skips by reason, rejected files, examples, the listing digest).
-Worker `i` of `W` converts samples ``[i*N//W, (i+1)*N//W)``: it reads the manifest and streams only the chunks
-that overlap its range. The plan does not depend on `W`, and neither do the counts.
+``[key, {value member: value} or null, [[member, path, size], ...]]``), then the manifest (`plan.json`): how
+many samples there are, the chunk names, and the dataset-wide counts (skips by reason, rejected files,
+examples, the listing digest). Worker `i` of `W` converts samples ``[i*N//W, (i+1)*N//W)``: it reads the
+manifest and streams only the chunks that overlap its range. The plan does not depend on `W`, and neither do the counts.
 """
 
 from __future__ import annotations
@@ -28,16 +28,17 @@ class PlanError(Exception):
 def encode_sample(sample: Sample) -> str:
     """One plan line (no newline); the split, when there is one, is part of it (and so of its unit's identity)."""
     files = [[name, raw.path, raw.size, *([raw.tag] if raw.tag else [])] for name, raw in sample.files]
-    fields: list[object] = [sample.key, sample.label, files, *([sample.split] if sample.split is not None else [])]
+    values = dict(sample.values) or None
+    fields: list[object] = [sample.key, values, files, *([sample.split] if sample.split is not None else [])]
     return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
 
 
 def decode_sample(line: str) -> Sample:
-    key, label, files, *split = json.loads(line)
+    key, values, files, *split = json.loads(line)
     return Sample(
         key=str(key),
         files=tuple((str(f[0]), RawFile(str(f[1]), int(f[2]), str(f[3]) if len(f) > 3 else "")) for f in files),
-        label=None if label is None else str(label),
+        values=tuple(sorted((str(k), str(v)) for k, v in (values or {}).items())),
         split=str(split[0]) if split else None,
     )
 

@@ -5,19 +5,21 @@ Contract of :func:`group_samples` (user-facing):
 * Paths are relative to the dataset root, '/'-separated. The label file's own path is never matched
   against field patterns. A file matching no field pattern counts in ``unmatched_files``; a file matching
   several patterns belongs to the first matching field (in ``fields`` order).
-* A file's sample key is :func:`derive_key` of its path and field pattern. Keys are never rewritten: a key
-  that :func:`key_problem` refuses (empty, contains '.', '/', '\\' or control characters; this catches junk
-  such as ``._Abyssinian_1.png``) rejects that one file (``rejected_files["invalid-key"]``). A rejected
-  file does not make any other sample incomplete.
+* A file's sample key comes from `keys.key_of` (base name, path or regex, `spec.samples.key`). Keys are never
+  rewritten: a key that :func:`key_problem` refuses (empty, '.' in its last part, control characters, '/' in
+  a base-name key; this catches junk such as ``._Abyssinian_1.png``) rejects that one file
+  (``rejected_files["invalid-key"]``); a path a key regex does not match is rejected as ``no-key``.
+  A rejected file does not make any other sample incomplete.
 * Two different raw files with the same key and member name skip the sample as ``duplicate:<name>``;
   one of them is never picked silently.
-* A label comes from the label table by key. A key listed with different values is treated as having no
-  label; when the label is required the reason is ``conflicting:<label name>``.
+* Values (members that are not files) come from the label table, the class folder (`layout.ClassRule`) and
+  metadata tables (`layout.TableRule`), by key. A key given different values for one member is treated as
+  having none; when the member is required the reason is ``conflicting:<name>``.
 * Required names are checked in order and the first failure is the single skip reason:
   ``missing:<name>`` (file or label absent) or ``empty:<name>`` (0-byte file or empty label value).
 * Empty optional members are dropped, the sample is still written.
-* Only keys with at least one accepted field file form samples; label keys without any file are counted in
-  ``labels_without_files``.
+* Only keys with at least one accepted field file form samples; keys with values but no file are counted in
+  ``values_without_files`` (a table row naming no file).
 * ``samples`` is sorted by key and the result does not depend on input order. ``examples`` keeps the
   5 smallest keys (skips) or paths (rejections) per reason.
 """
@@ -25,26 +27,23 @@ Contract of :func:`group_samples` (user-facing):
 from __future__ import annotations
 
 import bisect
-import fnmatch
-import json
-import posixpath
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from sharded_dataset_operator.core.keys import derive_key as derive_key
+from sharded_dataset_operator.core.keys import glob_regex, key_of, key_problem
+from sharded_dataset_operator.core.keys import match_pattern as match_pattern
+from sharded_dataset_operator.core.layout import Layout
+from sharded_dataset_operator.core.sortrecords import LABEL_FILE, UNMATCHED, KeyGroup, class_record, file_record
+from sharded_dataset_operator.core.sortrecords import RawFile as RawFile
+from sharded_dataset_operator.core.sortrecords import groups_from_records as groups_from_records
+from sharded_dataset_operator.core.sortrecords import split_record as split_record
+from sharded_dataset_operator.core.sortrecords import value_record as value_record
+
 MAX_EXAMPLES = 5
 INVALID_KEY = "invalid-key"
-_BAD_KEY_CHAR = re.compile(r"[/\\\x00-\x1f\x7f]")
-
-
-@dataclass(frozen=True, slots=True)
-class RawFile:
-    """A raw file: path relative to the dataset root ('/'-separated, no leading '/'), size in bytes, and a tag
-    of its content as the listing gives it (an AIS checksum, a file's modification time; "" when unknown)."""
-
-    path: str
-    size: int
-    tag: str = ""
+NO_KEY = "no-key"
+NO_CLASS_FOLDER = "no-class-folder"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,14 +66,16 @@ class LabelRule:
 
 @dataclass(frozen=True, slots=True)
 class SplitRule:
-    """Splits by list files: key `k` belongs to split `names[i]` when list file `paths[i]` names it (column
-    `key_column`); a key in no list goes to `rest`, or is skipped as `not-in-split` without one; a key in two
-    lists is an overlap (counted with examples; the planner refuses the run)."""
+    """Splits by list files or by top-level folders: key `k` belongs to split `names[i]` when list file
+    `paths[i]` names it (column `key_column`), or when its files are under the folder `folders[i]`; a key in
+    none goes to `rest`, or is skipped as `not-in-split` without one; a key in two is an overlap (counted
+    with examples; the planner refuses the run)."""
 
     names: tuple[str, ...]
     paths: tuple[str, ...]
     key_column: int = 0
     rest: str | None = None
+    folders: tuple[str, ...] = ()
 
 
 NOT_IN_SPLIT = "not-in-split"
@@ -82,17 +83,22 @@ NOT_IN_SPLIT = "not-in-split"
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """A complete sample: ``files`` is sorted by member name; ``label`` is None when absent or optional;
-    ``split`` is the split it belongs to (None without splits)."""
+    """A complete sample: ``files`` is sorted by member name; ``values`` are the members that are not files
+    (label, class, table columns), sorted by name; ``split`` is the split it belongs to (None without
+    splits)."""
 
     key: str
     files: tuple[tuple[str, RawFile], ...]
-    label: str | None
+    values: tuple[tuple[str, str], ...] = ()
     split: str | None = None
 
     def members(self) -> dict[str, RawFile]:
         """Member name -> raw file."""
         return dict(self.files)
+
+    def value(self, name: str) -> str | None:
+        """The value member `name`, if the sample has it."""
+        return next((v for n, v in self.values if n == name), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,71 +119,11 @@ class GroupResult:
     rejected_files: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)
     unmatched_files: int = 0
-    labels_without_files: int = 0
+    values_without_files: int = 0  # keys with a label, table row or annotation but no field file
     split_keys_without_files: int = 0  # keys a split list names that have no field file
-    split_overlaps: int = 0  # keys named by more than one split list
+    split_overlaps: int = 0  # keys named by more than one split list or folder
     overlap_examples: list[str] = field(default_factory=list)  # "key (split, split)", at most MAX_EXAMPLES
-
-
-def match_pattern(path: str, pattern: str) -> bool:
-    """Case-sensitive glob match where wildcards never cross '/' and segment counts must be equal."""
-    parts = path.split("/")
-    pattern_parts = pattern.split("/")
-    if len(parts) != len(pattern_parts):
-        return False
-    return all(fnmatch.fnmatchcase(p, pp) for p, pp in zip(parts, pattern_parts, strict=True))
-
-
-def _glob_length(glob: str) -> int:
-    """Number of characters matched by a glob without '*' ('?', '[...]' and literals match one each)."""
-    count = 0
-    i = 0
-    n = len(glob)
-    while i < n:
-        if glob[i] == "[":
-            j = i + 1
-            if j < n and glob[j] == "!":
-                j += 1
-            if j < n and glob[j] == "]":
-                j += 1
-            while j < n and glob[j] != "]":
-                j += 1
-            # An unterminated '[' is a literal character, as in fnmatch.
-            i = j + 1 if j < n else i + 1
-        else:
-            i += 1
-        count += 1
-    return count
-
-
-def derive_key(path: str, pattern: str) -> str:
-    """Basename of ``path`` minus the pattern's extension (the text after the last '*' of its basename).
-
-    Without a '*' in the pattern basename, or when it ends in '*', the last ``.ext`` is stripped. If the text
-    after the last '*' holds '?' or '[...]', as many characters are stripped as it matches.
-    """
-    base = posixpath.basename(path)
-    pattern_base = posixpath.basename(pattern)
-    star = pattern_base.rfind("*")
-    if star < 0 or star == len(pattern_base) - 1:
-        return posixpath.splitext(base)[0]
-    suffix = pattern_base[star + 1 :]
-    if "?" in suffix or "[" in suffix:
-        return base[: len(base) - _glob_length(suffix)]
-    if base.endswith(suffix):
-        return base[: -len(suffix)]
-    return posixpath.splitext(base)[0]
-
-
-def key_problem(key: str) -> str | None:
-    """None for a valid WebDataset key, else ``empty-key``, ``dot-in-key`` or ``bad-char-in-key``."""
-    if not key:
-        return "empty-key"
-    if "." in key:
-        return "dot-in-key"
-    if _BAD_KEY_CHAR.search(key):
-        return "bad-char-in-key"
-    return None
+    classes: dict[str, int] = field(default_factory=dict)  # class name -> index (with a class rule)
 
 
 def label_entries(lines: Iterable[str], key_column: int, value_column: int) -> Iterator[tuple[str, str] | None]:
@@ -215,11 +161,12 @@ def parse_labels(text: str, key_column: int, value_column: int) -> LabelTable:
     return LabelTable(values=values, malformed_lines=malformed, conflicts=frozenset(conflicts))
 
 
-def default_required(fields: Sequence[FieldRule], label: LabelRule | None) -> list[str]:
-    """Every field name (in order, without repeats), then the label name."""
+def default_required(fields: Sequence[FieldRule], label: LabelRule | None, layout: Layout | None = None) -> list[str]:
+    """Every field name (in order, without repeats), then the label name, then the layout's value members."""
     names = list(dict.fromkeys(f.name for f in fields))
     if label is not None:
         names.append(label.name)
+    names.extend(n for n in (layout.value_members() if layout else []) if n not in names)
     return names
 
 
@@ -253,118 +200,40 @@ class _Tally:
 
 
 def _validate(
-    fields: Sequence[FieldRule], label: LabelRule | None, required: Sequence[str]
+    fields: Sequence[FieldRule], values: Sequence[str], required: Sequence[str]
 ) -> tuple[list[str], set[str]]:
     names = list(dict.fromkeys(f.name for f in fields))
-    for name in names:
+    for name in [*names, *values]:
         if not name or "/" in name:
             raise ValueError(f"invalid member name {name!r}")
     known = set(names)
-    if label is not None:
-        if not label.name or "/" in label.name:
-            raise ValueError(f"invalid label name {label.name!r}")
-        if label.name in known:
-            raise ValueError(f"label name {label.name!r} is also a field name")
-        known.add(label.name)
+    for name in values:
+        if name in known:
+            raise ValueError(f"member name {name!r} is given twice (fields, label, classes and tables)")
+        known.add(name)
     unknown = [r for r in required if r not in known]
     if unknown:
-        raise ValueError(f"required names are neither fields nor the label: {unknown}")
+        raise ValueError(f"required names are neither fields nor value members: {unknown}")
     return names, set(required)
 
 
-# ------------------------------------------------------------------------------------------ streaming grouping
-#
-# Grouping is done in two halves that both paths share: every listed file is classified on its own
-# (`Grouper.classify`: unmatched, rejected, or (key, member)), and every key is judged on its own
-# (`Grouper.judge`) once all of its files and label entries are known. In between, the files and label
-# entries of a key must be brought together: `group_samples` does it with a dict (small inputs, tests),
-# the planner with an external sort of `file_record`/`label_record` strings (any size, flat memory).
-#
-# A record is ``<key> NUL <kind> NUL <payload>``. Keys hold no control characters (`key_problem`), so
-# sorting the strings sorts by key first (a key sorts before every key it is a proper prefix of, exactly
-# as plain string order does), and all records of one key are adjacent.
-
-UNMATCHED = "unmatched"
-LABEL_FILE = "label-file"
-_SEP = "\0"
-
-
-@dataclass(slots=True)
-class KeyGroup:
-    """Everything known about one key: its files by member name, and its label value(s)."""
-
-    key: str
-    files: dict[str, list[RawFile]] = field(default_factory=dict)
-    labels: list[str] = field(default_factory=list)
-    splits: list[int] = field(default_factory=list)  # indexes of the split lists that name the key
-
-
-_NEEDS_ESCAPE = re.compile(r'[\x00-\x1f"\\]')
-
-
-def _quote(text: str) -> str:
-    """`text` as a JSON string; the common case (nothing to escape) without the json module (a fifth of the
-    planner's CPU on 400 k small files went to json.dumps and json.loads of paths)."""
-    return f'"{text}"' if not _NEEDS_ESCAPE.search(text) else json.dumps(text, ensure_ascii=False)
-
-
-def _unquote(quoted: str) -> str:
-    """The inverse of `_quote`: a JSON string without a backslash holds its characters literally."""
-    return quoted[1:-1] if "\\" not in quoted else str(json.loads(quoted))
-
-
-def file_record(key: str, member_index: int, raw: RawFile) -> str:
-    """Sortable record of an accepted field file (member by its index in the deduplicated field names)."""
-    return f"{key}{_SEP}f{member_index:02x}{_SEP}{raw.size}{_SEP}{_quote(raw.tag)}{_SEP}{_quote(raw.path)}"
-
-
-def label_record(key: str, value: str) -> str | None:
-    """Sortable record of a label-table entry; None for a key no record can carry (NUL or newline)."""
-    if _SEP in key or "\n" in key or "\r" in key:
-        return None
-    return f"{key}{_SEP}l{_SEP}{json.dumps(value, ensure_ascii=False)}"
-
-
-def split_record(key: str, index: int) -> str | None:
-    """Sortable record of a split list's entry (the key belongs to split `index`)."""
-    if _SEP in key or "\n" in key or "\r" in key:
-        return None
-    return f"{key}{_SEP}s{_SEP}{index}"
-
-
-def groups_from_records(records: Iterable[str], names: Sequence[str]) -> Iterator[KeyGroup]:
-    """Key groups from sorted records (identical adjacent records, i.e. a file listed twice, count once)."""
-    group: KeyGroup | None = None
-    previous = None
-    for record in records:
-        if record == previous:
-            continue
-        previous = record
-        key, kind, payload = record.split(_SEP, 2)
-        if group is None or group.key != key:
-            if group is not None:
-                yield group
-            group = KeyGroup(key)
-        if kind == "l":
-            value = json.loads(payload)
-            if value not in group.labels:
-                group.labels.append(value)
-        elif kind == "s":
-            if int(payload) not in group.splits:
-                group.splits.append(int(payload))
-        else:
-            size, tag, path = payload.split(_SEP, 2)
-            raw = RawFile(_unquote(path), int(size), _unquote(tag))
-            group.files.setdefault(names[int(kind[1:], 16)], []).append(raw)
-    if group is not None:
-        yield group
+def number_classes(found: Iterable[str], previous: dict[str, int]) -> dict[str, int]:
+    """Class indexes that never change once given: `previous` keeps its numbers (classes no longer found
+    included), and the classes found that it lacks get the next numbers in sorted order (on a first version:
+    0, 1, ... in sorted order, as torchvision's ImageFolder numbers them)."""
+    mapping = dict(previous)
+    following = max(mapping.values(), default=-1) + 1
+    for name in sorted(set(found) - set(mapping)):
+        mapping[name] = following
+        following += 1
+    return mapping
 
 
 class Grouper:
     """The grouping rules of the module docstring, applied one file and one key at a time.
 
     Counters and examples accumulate in `result` (whose `samples` stays empty: samples are returned by
-    `judge` to whoever streams them). Memory is the counters plus 5 examples per reason.
+    `judge` to whoever streams them). Memory is the counters, 5 examples per reason, and the class names.
     """
 
     def __init__(
@@ -373,75 +242,128 @@ class Grouper:
         label: LabelRule | None,
         required: Sequence[str],
         splits: SplitRule | None = None,
+        layout: Layout | None = None,
     ) -> None:
-        self.names, self.required_set = _validate(fields, label, required)
+        self.layout = layout or Layout()
+        self.value_names = [*([label.name] if label else []), *self.layout.value_members()]
+        self.names, self.required_set = _validate(fields, self.value_names, required)
         self.splits = splits
-        self._list_files = set(splits.paths) if splits is not None else set()
+        self._folders = {name: i for i, name in enumerate(splits.folders)} if splits is not None else {}
+        self._own_files = set(splits.paths) if splits is not None else set()
+        self._own_files.update(t.path for t in self.layout.tables)
+        if label is not None:
+            self._own_files.add(label.path)
         self.fields = list(fields)
         self.label = label
         self.required = list(required)
         self.result = GroupResult()
+        self.class_names: set[str] = set()
+        self.class_index: dict[str, int] | None = None
         self._rejected = _Tally()
         self._skipped = _Tally()
         self._index = {name: i for i, name in enumerate(self.names)}
-        # `match_pattern`, compiled once per rule: a regex per '/'-separated segment
-        self._segments = [(f, [re.compile(fnmatch.translate(s)) for s in f.pattern.split("/")]) for f in fields]
+        self._regex = self.layout.key.compiled()
+        self._nested = self.layout.key.mode != "basename"
+        self._patterns = [(f, glob_regex(f.pattern)) for f in fields]
 
     def _rule(self, path: str) -> FieldRule | None:
-        parts = path.split("/")
-        for rule, segments in self._segments:
-            if len(segments) == len(parts) and all(seg.match(p) for seg, p in zip(segments, parts, strict=True)):
-                return rule
-        return None
+        return next((rule for rule, regex in self._patterns if regex.fullmatch(path)), None)
+
+    def key_of(self, path: str) -> str | None:
+        """The key a file at `path` would have (a table row naming a file), None if no such file can be a
+        sample's member; nothing is counted."""
+        rule = self._rule(path)
+        if rule is None:
+            return None
+        key = key_of(path, rule.pattern, self.layout.key, self._regex)
+        return key if key is not None and key_problem(key, self._nested) is None else None
 
     def classify(self, raw: RawFile) -> tuple[str, int] | str:
-        """(key, member index) of an accepted file; else UNMATCHED, INVALID_KEY (counted) or LABEL_FILE."""
-        if (self.label is not None and raw.path == self.label.path) or raw.path in self._list_files:
+        """(key, member index) of an accepted file; else UNMATCHED, a rejection reason (counted) or
+        LABEL_FILE (the label table, a split list or a metadata table)."""
+        if raw.path in self._own_files:
             return LABEL_FILE
         rule = self._rule(raw.path)
         if rule is None:
             self.result.unmatched_files += 1
             return UNMATCHED
-        key = derive_key(raw.path, rule.pattern)
-        if key_problem(key) is not None:
-            self._rejected.add(INVALID_KEY, raw.path)
-            return INVALID_KEY
+        key = key_of(raw.path, rule.pattern, self.layout.key, self._regex)
+        reason = NO_KEY if key is None else (INVALID_KEY if key_problem(key, self._nested) is not None else None)
+        if reason is None and self.layout.classes is not None:
+            parts = raw.path.split("/")
+            segment = self.layout.classes.segment
+            if not -len(parts) <= segment < len(parts) - 1:
+                reason = NO_CLASS_FOLDER
+        if reason is not None or key is None:
+            self._rejected.add(reason or NO_KEY, raw.path)
+            return reason or NO_KEY
         return key, self._index[rule.name]
 
-    def record(self, raw: RawFile) -> str | None:
-        """The sortable record of an accepted file, None for any other (counted by `classify`)."""
+    def records(self, raw: RawFile) -> list[str]:
+        """The sortable records of an accepted file (the file, its class, its split folder); none for any
+        other file (counted by `classify`)."""
         verdict = self.classify(raw)
         if isinstance(verdict, str):
-            return None
-        return file_record(verdict[0], verdict[1], raw)
+            return []
+        key, index = verdict
+        out = [file_record(key, index, raw)]
+        if self.layout.classes is not None:
+            name = raw.path.split("/")[self.layout.classes.segment]
+            self.class_names.add(name)
+            out.append(class_record(key, name))
+        if self._folders:
+            folder = self._folders.get(raw.path.split("/", 1)[0])
+            record = split_record(key, folder) if folder is not None else None
+            if record is not None:
+                out.append(record)
+        return out
+
+    def number_classes(self, previous: dict[str, int]) -> dict[str, int]:
+        """Fix the class indexes (call after every file was classified, before judging)."""
+        self.class_index = number_classes(self.class_names, previous)
+        self.result.classes = dict(sorted(self.class_index.items(), key=lambda kv: kv[1]))
+        return self.class_index
+
+    def _values(self, group: KeyGroup) -> dict[str, list[str]]:
+        values = group.values
+        rule = self.layout.classes
+        if rule is not None and group.classes:
+            if self.class_index is None:
+                self.number_classes({})
+            assert self.class_index is not None
+            values = dict(values)
+            if rule.index_member:
+                values[rule.index_member] = [str(self.class_index[c]) for c in group.classes]
+            if rule.name_member:
+                values[rule.name_member] = list(group.classes)
+        return values
 
     def judge(self, group: KeyGroup) -> Sample | None:
         """The sample of a key, or None when it is skipped (counted by reason) or has no field file."""
-        label = self.label
         if not group.files:
-            if label is not None and group.labels:
-                self.result.labels_without_files += 1
+            if group.values:
+                self.result.values_without_files += 1
             if group.splits:
                 self.result.split_keys_without_files += 1
             return None
         found = group.files
+        values = self._values(group)
         reason = next((f"duplicate:{n}" for n in self.names if len(found.get(n, ())) > 1), None)
-        conflicting = len(group.labels) > 1
-        value = None if conflicting or not group.labels else group.labels[0]
         if reason is None:
             for name in self.required:
-                if label is not None and name == label.name:
-                    if conflicting:
-                        reason = f"conflicting:{name}"
-                    elif value is None:
-                        reason = f"missing:{name}"
-                    elif value == "":
-                        reason = f"empty:{name}"
-                else:
+                if name in self._index:
                     raw_files = found.get(name)
                     if not raw_files:
                         reason = f"missing:{name}"
                     elif raw_files[0].size == 0:
+                        reason = f"empty:{name}"
+                else:
+                    given = values.get(name) or []
+                    if len(given) > 1:
+                        reason = f"conflicting:{name}"
+                    elif not given:
+                        reason = f"missing:{name}"
+                    elif given[0] == "":
                         reason = f"empty:{name}"
                 if reason is not None:
                     break
@@ -463,11 +385,14 @@ class Grouper:
         if reason is not None:
             self._skipped.add(reason, group.key)
             return None
-        # Required members are non-empty here; empty optional ones are dropped.
+        # Required members are non-empty here; empty, conflicting optional ones are dropped.
         members = tuple((name, found[name][0]) for name in sorted(found) if found[name][0].size > 0)
-        if label is not None and value == "" and label.name not in self.required_set:
-            value = None
-        return Sample(key=group.key, files=members, label=value if label is not None else None, split=split)
+        kept = tuple(
+            (name, given[0])
+            for name in sorted(values)
+            if name in self.value_names and len(given := values[name]) == 1 and given[0] != ""
+        )
+        return Sample(key=group.key, files=members, values=kept, split=split)
 
     def finish(self) -> GroupResult:
         """The counters and examples (call once every key was judged)."""
@@ -483,24 +408,30 @@ def group_samples(
     label: LabelRule | None,
     labels: LabelTable | None,
     required: Sequence[str],
+    layout: Layout | None = None,
+    values: Iterable[tuple[str, str, str]] = (),
 ) -> GroupResult:
-    """Group raw files into complete samples in memory; see the module docstring for the exact rules."""
-    grouper = Grouper(fields, label, required)
+    """Group raw files into complete samples in memory; see the module docstring for the exact rules.
+    `values`: (key, member name, value) triples, as metadata tables give them."""
+    grouper = Grouper(fields, label, required, layout=layout)
     groups: dict[str, KeyGroup] = {}
     for raw in files:
-        verdict = grouper.classify(raw)
-        if isinstance(verdict, str):
-            continue
-        key, index = verdict
-        bucket = groups.setdefault(key, KeyGroup(key)).files.setdefault(grouper.names[index], [])
-        if raw not in bucket:
-            bucket.append(raw)
+        for record in grouper.records(raw):
+            for group in groups_from_records([record], grouper.names):
+                target = groups.setdefault(group.key, KeyGroup(group.key))
+                for name, found in group.files.items():
+                    bucket = target.files.setdefault(name, [])
+                    bucket.extend(r for r in found if r not in bucket)
+                target.classes.extend(c for c in group.classes if c not in target.classes)
     if label is not None and labels is not None:
         for key, value in labels.values.items():
             group = groups.setdefault(key, KeyGroup(key))
-            group.labels.append(value)
+            group.add_value(label.name, value)
             if key in labels.conflicts:
-                group.labels.append(value + "\0conflict")  # a second, different value
+                group.add_value(label.name, value + "\0conflict")  # a second, different value
+    for key, name, value in values:
+        groups.setdefault(key, KeyGroup(key)).add_value(name, value)
+    grouper.number_classes({})
     samples = [s for key in sorted(groups) if (s := grouper.judge(groups[key])) is not None]
     result = grouper.finish()
     result.samples = samples

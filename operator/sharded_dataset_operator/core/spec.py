@@ -11,7 +11,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from sharded_dataset_operator.core.layout import Layout, LayoutError, parse_layout
 from sharded_dataset_operator.core.samples import FieldRule, LabelRule, default_required
+from sharded_dataset_operator.core.splitspec import Splits as Splits
+from sharded_dataset_operator.core.splitspec import SplitSet as SplitSet
+from sharded_dataset_operator.core.splitspec import SplitSpecError, parse_splits
 from sharded_dataset_operator.core.versions import DEFAULT_RETAIN_SECONDS, parse_duration
 
 API_GROUP = "shardeddataset.dev"
@@ -267,36 +271,6 @@ def _transform(raw: dict[str, Any], members: list[str]) -> Transform | None:
 
 
 @dataclass(frozen=True, slots=True)
-class SplitSet:
-    """One named split: the keys its list file names (key column as in `spec.samples.labels`), or a fraction
-    of the samples (`fractions.py`)."""
-
-    name: str
-    list_file: str | None = None
-    fraction: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Splits:
-    """`spec.splits`: by list files (every complete sample goes to the split whose list names its key, or to
-    `rest`), or by fractions (by a seeded hash of the key, per label with `stratify_by`)."""
-
-    sets: tuple[SplitSet, ...]
-    rest: str | None = None
-    seed: str = "0"
-    stratify_by: str | None = None
-
-    @property
-    def by_fraction(self) -> bool:
-        return self.sets[0].fraction is not None
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """Every split a sample can be in, in spec order (`rest` last)."""
-        return (*(s.name for s in self.sets), *([self.rest] if self.rest else []))
-
-
-@dataclass(frozen=True, slots=True)
 class DatasetSpec:
     ais: AisTarget
     source: Source
@@ -311,6 +285,7 @@ class DatasetSpec:
     transform: Transform | None = None
     splits: Splits | None = None
     serve_etl: AisEtl | None = None  # spec.serve.etl: an AIS ETL kept running for readers (inline GET)
+    layout: Layout = field(default_factory=Layout)  # spec.samples.key, classes, tables
 
 
 def _reads(raw: dict[str, Any]) -> Reads:
@@ -377,13 +352,17 @@ def parse_spec(spec: dict[str, Any], *, name: str, default_endpoint: str) -> Dat
             value_column=int(labels_raw.get("valueColumn", 1)),
             name=str(labels_raw.get("name") or "cls"),
         )
-    names = [f.name for f in fields] + ([label.name] if label else [])
+    try:
+        layout = parse_layout(samples)
+    except LayoutError as e:
+        raise SpecError(str(e)) from e
+    names = list(dict.fromkeys(f.name for f in fields)) + ([label.name] if label else []) + layout.value_members()
     if len(set(names)) != len(names):
-        raise SpecError("spec.samples: field and label names must be unique")
-    required = tuple(samples.get("required") or default_required(fields, label))
+        raise SpecError("spec.samples: member names must be unique (fields, the label, classes and tables)")
+    required = tuple(samples.get("required") or default_required(fields, label, layout))
     for r in required:
         if r not in names:
-            raise SpecError(f"spec.samples.required: {r!r} is neither a field nor the label name")
+            raise SpecError(f"spec.samples.required: {r!r} is not a member (a field, the label, a class or a column)")
 
     out = spec.get("output") or {}
     max_samples = out.get("maxSamplesPerShard")
@@ -461,58 +440,13 @@ def parse_spec(spec: dict[str, Any], *, name: str, default_endpoint: str) -> Dat
         serve_etl=_ais_etl((spec.get("serve") or {})["etl"], [], "spec.serve.etl")
         if (spec.get("serve") or {}).get("etl")
         else None,
-        splits=_splits(spec.get("splits"), label),
+        splits=_splits(spec.get("splits"), ([label.name] if label else []) + layout.value_members()),
+        layout=layout,
     )
 
 
-SPLIT_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
-
-
-def _splits(raw: dict[str, Any] | None, label: LabelRule | None) -> Splits | None:
-    """`spec.splits` (the CRD checks the same; this names the field for a spec that bypassed it)."""
-    if not raw:
-        return None
-    sets = tuple(
-        SplitSet(
-            name=str(x.get("name") or ""),
-            list_file=str(x["listFile"]) if x.get("listFile") else None,
-            fraction=float(x["fraction"]) if x.get("fraction") is not None else None,
-        )
-        for x in raw.get("sets") or []
-    )
-    if not 2 <= len(sets) <= 8:
-        raise SpecError("spec.splits.sets: between 2 and 8 splits")
-    by_list = [s.list_file is not None and s.fraction is None for s in sets]
-    by_fraction = [s.fraction is not None and s.list_file is None for s in sets]
-    if not (all(by_list) or all(by_fraction)):
-        raise SpecError("spec.splits.sets: every split has a listFile, or every split a fraction (not both)")
-    seed = str(raw.get("seed") or "0")
-    stratify = str(raw["stratifyBy"]) if raw.get("stratifyBy") else None
-    if all(by_fraction):
-        fractions = [s.fraction or 0.0 for s in sets]
-        if any(not 0 < f <= 1 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-9:
-            raise SpecError(
-                f"spec.splits.sets[].fraction: each in (0, 1], summing to 1 (they sum to {sum(fractions):g})"
-            )
-        if raw.get("rest"):
-            raise SpecError("spec.splits.rest: only with list files (fractions place every sample)")
-        if not seed.isdigit():
-            raise SpecError("spec.splits.seed: must be a decimal number")
-        if stratify is not None and (label is None or stratify != label.name):
-            raise SpecError(f"spec.splits.stratifyBy: {stratify!r} is not the label (spec.samples.labels.name)")
-    elif stratify is not None:
-        raise SpecError("spec.splits.stratifyBy: only with fractions")
-    rest = str(raw["rest"]) if raw.get("rest") else None
-    names = [s.name for s in sets] + ([rest] if rest else [])
-    for i, n in enumerate(names):
-        if not SPLIT_NAME.match(n) or len(n) > 32:
-            where = f"spec.splits.sets[{i}].name" if i < len(sets) else "spec.splits.rest"
-            raise SpecError(f"{where}: {n!r} is not a split name (lowercase letters, digits and '-', at most 32)")
-    if len(set(names)) != len(names):
-        raise SpecError("spec.splits: split names must be unique (rest included)")
-    if all(by_fraction):
-        return Splits(sets=sets, seed=seed, stratify_by=stratify)
-    files = [s.list_file or "" for s in sets]
-    if any(not f or f.startswith("/") for f in files) or len(set(files)) != len(files):
-        raise SpecError("spec.splits.sets[].listFile: a relative path, one per split")
-    return Splits(sets=sets, rest=rest, seed=seed)
+def _splits(raw: dict[str, Any] | None, values: list[str]) -> Splits | None:
+    try:
+        return parse_splits(raw, values)
+    except SplitSpecError as e:
+        raise SpecError(str(e)) from e

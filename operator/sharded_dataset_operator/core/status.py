@@ -35,6 +35,7 @@ RECONCILING = "Reconciling"
 STALLED = "Stalled"
 UP_TO_DATE = "UpToDate"
 CONVERTED = "Converted"
+MAX_STATUS_CLASSES = 100  # status.classes.mapping up to this many classes (all of them: the index info.classes)
 SHUFFLED = "Shuffled"
 VERIFIED = "Verified"
 CONDITION_ORDER = (READY, RECONCILING, STALLED, UP_TO_DATE, CONVERTED, SHUFFLED, VERIFIED)
@@ -90,6 +91,8 @@ class DatasetStatus:
     samples_skipped: int = 0
     skipped_by_reason: dict[str, int] = field(default_factory=dict)
     rejected_files: dict[str, int] = field(default_factory=dict)
+    rows_unused: dict[str, int] = field(default_factory=dict)  # label and table rows not used, by reason
+    classes: dict[str, int] = field(default_factory=dict)  # class name -> index (spec.samples.classes)
     shards_converted: int = 0
     shards_reused: int = 0  # of the converted shards, those taken over from an earlier version
     samples_reused: int = 0
@@ -160,7 +163,18 @@ class DatasetStatus:
                 "skipped": self.samples_skipped,
                 "skippedByReason": dict(self.skipped_by_reason),
                 "rejectedFiles": dict(self.rejected_files),
+                **({"rows": dict(self.rows_unused)} if self.rows_unused else {}),
             },
+            **(
+                {
+                    "classes": {
+                        "count": len(self.classes),
+                        **({"mapping": dict(self.classes)} if len(self.classes) <= MAX_STATUS_CLASSES else {}),
+                    }
+                }
+                if self.classes
+                else {}
+            ),
             "shards": {
                 "converted": self.shards_converted,
                 "output": self.shards_output,

@@ -66,8 +66,7 @@ def _tar_bytes(size: int) -> int:
 def estimated_tar_bytes(sample: Sample, with_order: bool) -> int:
     """The sample's size in a converted shard before any transform: one header and padded data per member."""
     total = sum(_tar_bytes(raw.size) for _, raw in sample.files)
-    if sample.label is not None:
-        total += _tar_bytes(len(sample.label.encode()))
+    total += sum(_tar_bytes(len(value.encode())) for _, value in sample.values)
     if with_order:
         total += _tar_bytes(19)
     return total

@@ -149,6 +149,7 @@ def _publish(p: Pass, samples: int, verified: list[tuple[Track, list[tuple[Any, 
         "algorithm": spec.shuffle.algorithm if spec.shuffle else "none",
         "seed": spec.shuffle.seed if spec.shuffle else None,
         "replaces": p.obs.published.version if p.obs.published is not None else None,
+        **({"classes": classes} if (classes := (p.obs.plan or {}).get("classes")) else {}),
     }
     splits: dict[str, Any] = {}
     split_stables: list[WriteIndex] = []

@@ -299,7 +299,6 @@ def convert(
             raise plan.PlanError(f"plan chunk {name} is missing")
         return iter(data.decode("utf-8").splitlines())
 
-    label_name = (config.get("labels") or {}).get("name")
     through = etl_through(config, ais)
     transformer = Transformer.from_config(config.get("transform"))
     order_seed = config.get("orderSeed")
@@ -358,7 +357,7 @@ def convert(
         progress.tick(report.consumed, report.total_bytes, durable, force=True)
 
     def members_of(sample: Sample, members: list[tuple[str, bytes]]) -> list[tuple[str, bytes]] | Skip:
-        """The sample's members as they go into the shard (label, transform, order), or why it is skipped."""
+        """The sample's members as they go into the shard (values, transform, order), or why it is skipped."""
         for (name, raw), (_, data) in zip(sample.files, members, strict=True):
             if isinstance(data, Failed):
                 return Skip(ETL_ERROR, data.reason)
@@ -369,8 +368,7 @@ def convert(
                     f"{raw.path} is {len(data)} bytes but was {raw.size} when the source was listed: the source "
                     "changed during the run; change the spec (or recreate the resource) to rerun"
                 )
-        if label_name is not None and sample.label is not None:
-            members.append((label_name, sample.label.encode()))
+        members.extend((name, value.encode()) for name, value in sample.values)
         if transformer is not None:
             outcome = transformer.apply(sample.key, members)
             if isinstance(outcome, Skip):

@@ -33,6 +33,7 @@ from typing import Any
 from sharded_dataset_operator.clients.ais import Ais, ListingError
 from sharded_dataset_operator.core import fractions, naming, plan, reuse, units
 from sharded_dataset_operator.core.extsort import ExternalSorter
+from sharded_dataset_operator.core.layout import Layout, from_config
 from sharded_dataset_operator.core.samples import (
     FieldRule,
     Grouper,
@@ -41,8 +42,8 @@ from sharded_dataset_operator.core.samples import (
     SplitRule,
     groups_from_records,
     label_entries,
-    label_record,
     split_record,
+    value_record,
 )
 from sharded_dataset_operator.pods.assembly import (
     UNIT_CHUNK,
@@ -52,6 +53,7 @@ from sharded_dataset_operator.pods.assembly import (
     reusable_units,
 )
 from sharded_dataset_operator.pods.common import PermanentError, make_source, run_main
+from sharded_dataset_operator.pods.metadata import MetadataError, table_records
 from sharded_dataset_operator.pods.sources import Source, SourceError
 
 log = logging.getLogger("sds.planner")
@@ -73,7 +75,8 @@ class AisRunStore:
         self.ais.delete_objects(self.bucket, [name], self.provider)
 
 
-def rules(config: dict[str, Any]) -> tuple[list[FieldRule], LabelRule | None, list[str]]:
+def rules(config: dict[str, Any]) -> tuple[list[FieldRule], LabelRule | None, list[str], Layout]:
+    """The grouping rules of a converter configuration: fields, the label table, required members, layout."""
     fields = [FieldRule(pattern=f["pattern"], name=f["name"]) for f in config["fields"]]
     label = None
     if config.get("labels"):
@@ -81,7 +84,7 @@ def rules(config: dict[str, Any]) -> tuple[list[FieldRule], LabelRule | None, li
         label = LabelRule(
             path=lr["path"], key_column=int(lr["keyColumn"]), value_column=int(lr["valueColumn"]), name=lr["name"]
         )
-    return fields, label, list(config["required"])
+    return fields, label, list(config["required"]), from_config(config)
 
 
 def split_rule(config: dict[str, Any]) -> SplitRule | None:
@@ -90,11 +93,13 @@ def split_rule(config: dict[str, Any]) -> SplitRule | None:
     if not sp or fraction_splits(config) is not None:
         return None
     sets = list(sp["sets"])
+    by_folder = bool(sets) and bool(sets[0].get("folder"))
     return SplitRule(
         names=tuple(str(x["name"]) for x in sets),
-        paths=tuple(str(x["listFile"]) for x in sets),
+        paths=() if by_folder else tuple(str(x["listFile"]) for x in sets),
         key_column=int(sp.get("keyColumn") or 0),
         rest=sp.get("rest") or None,
+        folders=tuple(str(x["folder"]) for x in sets) if by_folder else (),
     )
 
 
@@ -135,7 +140,7 @@ def assign_fractions(
         sizes: Counter[str] = Counter()
         kept: dict[str, Counter[str]] = {}
         for sample in samples:
-            cls = (sample.label or "") if stratify else ""
+            cls = (sample.value(str(sp["stratifyBy"])) or "") if stratify else ""
             before = previous.split_of(sample.key) if previous is not None else None
             before = before if before in names else None
             lines.add(f"{sample.key}\0{plan.encode_sample(sample)}")
@@ -171,6 +176,19 @@ def previous_splits(ais: Ais, out: dict[str, Any], digest: str | None) -> reuse.
     return reuse.PreviousSplits(line for c in chunks for line in ais.stream_lines(bucket, str(c), provider))
 
 
+def previous_classes(ais: Ais, out: dict[str, Any]) -> dict[str, int]:
+    """The class indexes the version this one replaces gave (every class it ever numbered), so that no class
+    is renumbered. Fails closed: a previous plan that cannot be read is retried, never taken for "no classes"
+    (that would renumber every class a training job knows)."""
+    name = out.get("previous")
+    if not name:
+        return {}
+    data = ais.get(out["bucket"], str(name), out["provider"])
+    if data is None:
+        raise RuntimeError(f"the previous version's plan {name} cannot be read: its class indexes are needed")
+    return {str(k): int(v) for k, v in (json.loads(data).get("classes") or {}).items()}
+
+
 def make_plan(
     config: dict[str, Any],
     ais: Ais,
@@ -183,9 +201,10 @@ def make_plan(
     started = time.monotonic()
     out = config["output"]
     base = str(out["base"])
-    fields, label, required = rules(config)
+    fields, label, required, shape = rules(config)
     splits = split_rule(config)
-    grouper = Grouper(fields, label, required, splits)
+    grouper = Grouper(fields, label, required, splits, shape)
+    rows: Counter[str] = Counter()
     store = AisRunStore(ais, out["bucket"], out["provider"])
     sorter = ExternalSorter(store, naming.plan_run_prefix(base), buffer_bytes=sort_buffer_bytes)
     digest = hashlib.sha256()
@@ -214,9 +233,8 @@ def make_plan(
         try:
             for raw in source.files():
                 digest.update(f"{raw.path}\t{raw.size}\n".encode())
-                record = grouper.record(raw)
-                if record is not None:
-                    sorter.add(record)
+                for file_record in grouper.records(raw):
+                    sorter.add(file_record)
         except SourceError as e:
             raise PermanentError(str(e)) from e
         listed = source.listing.files
@@ -225,7 +243,7 @@ def make_plan(
             if lines is None and listed:  # an emptied source has no labels either: an empty plan (NoSamples)
                 raise PermanentError(f"labels file {label.path} not found in {source.describe()}")
             for entry in label_entries(lines if lines is not None else (), label.key_column, label.value_column):
-                record = None if entry is None else label_record(*entry)
+                record = None if entry is None else value_record(entry[0], label.name, entry[1])
                 if record is None:
                     malformed += 1
                 else:
@@ -241,6 +259,20 @@ def make_plan(
                     malformed += 1
                 else:
                     sorter.add(record)
+        for meta in shape.tables:
+            stream = source.open_file(meta.path)
+            if stream is None:
+                if listed:
+                    raise PermanentError(f"metadata table {meta.path} not found in {source.describe()}")
+                continue
+            with stream:
+                try:
+                    for value in table_records(grouper, meta, stream, rows, store, base, sort_buffer_bytes):
+                        sorter.add(value)
+                except MetadataError as e:
+                    raise PermanentError(str(e)) from e
+        if shape.classes is not None:
+            grouper.number_classes(previous_classes(ais, out))
         writer = plan.ChunkWriter(put, base, chunk_samples)
         judged: Iterator[Sample] = (
             s for g in groups_from_records(sorter.sorted(), grouper.names) if (s := grouper.judge(g))
@@ -309,7 +341,9 @@ def make_plan(
         "rejectedFiles": result.rejected_files,
         "examples": result.examples,
         "unmatchedFiles": result.unmatched_files,
-        "labelsWithoutFiles": result.labels_without_files,
+        "valuesWithoutFiles": result.values_without_files,
+        "rows": dict(sorted({**rows, **({"no-file": n} if (n := result.values_without_files) else {})}.items())),
+        "classes": result.classes or None,
         "splitKeysWithoutFiles": result.split_keys_without_files,
         "splitsDigest": splits_digest(config),
         "malformedLabelLines": malformed,

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from sharded_dataset_operator.clients.ais import Ais, BatchUnsupported, BucketNotFound, ListingError, MissingObject
 from sharded_dataset_operator.core.samples import RawFile
@@ -56,6 +57,10 @@ class Source(Protocol):
 
     def lines(self, path: str) -> Iterator[str] | None:
         """A text file's lines, streamed; None if it does not exist."""
+        ...
+
+    def open_file(self, path: str) -> BinaryIO | None:
+        """A file to read and seek (a metadata table), None if it does not exist; the caller closes it."""
         ...
 
     def describe(self) -> str: ...
@@ -125,6 +130,19 @@ class AisSource:
             return None
         return self.ais.stream_lines(self.bucket, self.prefix + path, self.provider)
 
+    def open_file(self, path: str) -> BinaryIO | None:
+        """The object copied into a temporary file (Parquet needs to seek; a 450 MB COCO file stays on disk)."""
+        spool = tempfile.TemporaryFile()  # noqa: SIM115 (returned open: the caller closes it)
+        try:
+            if not self.ais.copy_to(self.bucket, self.prefix + path, spool, self.provider):
+                spool.close()
+                return None
+        except BaseException:
+            spool.close()
+            raise
+        spool.seek(0)
+        return spool
+
     def describe(self) -> str:
         return f"{self.provider}://{self.bucket}/{self.prefix}"
 
@@ -170,6 +188,10 @@ class VolumeSource:
                     yield line.rstrip("\r\n")
 
         return read()
+
+    def open_file(self, path: str) -> BinaryIO | None:
+        full = self.root / path
+        return open(full, "rb") if full.is_file() else None
 
     def describe(self) -> str:
         return f"volume:{self.root}"

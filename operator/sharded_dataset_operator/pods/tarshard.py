@@ -10,7 +10,7 @@ import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sharded_dataset_operator.core.samples import key_problem
+from sharded_dataset_operator.core.keys import key_problem
 
 FIXED_MTIME = 0
 """mtime of every member; fixed so that reruns produce byte-identical shards."""
@@ -39,7 +39,7 @@ def encode_sample(key: str, members: Sequence[tuple[str, bytes]]) -> bytes:
 
     USTAR headers are used when the member name is ASCII and fits 100 bytes, PAX headers otherwise.
     """
-    problem = key_problem(key)
+    problem = key_problem(key, nested=True)  # base-name keys and path keys (cat/1)
     if problem is not None:
         raise ValueError(f"invalid sample key {key!r}: {problem}")
     ordered = sorted(members, key=lambda m: m[0])
