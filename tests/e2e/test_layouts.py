@@ -44,7 +44,7 @@ def resource(name: str, namespace: str, raw: str, out: str) -> dict[str, Any]:
     obj["metadata"].update(name=name, namespace=namespace)
     spec = obj["spec"]
     spec["source"]["ais"]["bucket"] = raw
-    spec["output"].update(bucket=out, maxShardSize="256KiB")
+    spec["output"].update(bucket=out, prefix=f"{name}-", maxShardSize="256KiB")  # one output bucket for all
     spec["shuffle"]["outputShardSize"] = "512KiB"
     if name in ("hf-csv", "hf-parquet"):
         table = spec["samples"]["tables"][0]
@@ -157,3 +157,39 @@ def test_layout_examples_convert_exactly_and_a_new_class_keeps_every_index(
     old = copy.deepcopy(layouts.expected_imagefolder(seed=3, **CASES["imagefolder"][2]).samples)
     kept = {s["__key__"]: s["cls"] for s in samples_of(ais, out, train, tmp_path / "again") if s["__key__"] in old}
     assert kept and all(cls == old[k]["cls"] for k, cls in kept.items())
+
+
+@pytest.mark.parametrize(
+    ("samples", "message"),
+    [
+        ({"key": {"from": "regex", "regex": "(?P<id>.*)"}}, "spec.samples.key.regex: needs a named group"),
+        (
+            {"tables": [{"path": "m.csv", "header": False, "members": [{"column": "a", "name": "txt"}]}]},
+            "a table without a header needs its column names",
+        ),
+        (
+            {
+                "tables": [
+                    {
+                        "path": "m.csv",
+                        "header": False,
+                        "columns": ["id"],
+                        "join": {"column": "id", "by": "key"},
+                        "members": [{"column": "text", "name": "txt"}],
+                    }
+                ]
+            },
+            "every column used must be among columns",
+        ),
+        ({"tables": [{"path": "meta.xlsx", "members": [{"column": "a", "name": "txt"}]}]}, "cannot be told"),
+        ({"classes": {"indexMember": "jpg"}}, "the class members must differ from every field name"),
+        ({"required": ["jpg", "caption"]}, "spec.samples.required: every entry must be a member"),
+    ],
+)
+def test_bad_layouts_are_refused_by_the_api_server_naming_the_field(
+    kube: Kube, samples: dict[str, Any], message: str
+) -> None:
+    obj = path_keys("default", "raw", "out")
+    obj["spec"]["samples"] = {"fields": [{"pattern": "*/*.jpg", "name": "jpg"}], **samples}
+    p = kube.try_run("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(obj))
+    assert p.returncode != 0 and message in p.stderr, p.stderr
