@@ -89,6 +89,10 @@ bench-scale: venv cluster-up deploy ## growth benchmark at three dataset sizes (
 bench-etl: venv cluster-up deploy ## the same resize in the converter and by AIS ETL, at two sizes (bench/README.md); writes bench/results/etl.json
 	$(ENV); $(PY) bench/etl.py $(BENCH_ARGS)
 
+.PHONY: bench-tables
+bench-tables: venv ## planner memory and time with a metadata table of 10k, 100k and 1M rows (no cluster); writes bench/results/tables.json
+	$(PY) bench/tables.py $(BENCH_ARGS)
+
 .PHONY: bench-refresh
 bench-refresh: venv cluster-up deploy ## a refresh after +1 % samples vs the full run, at 200k samples (bench/README.md); writes bench/results/refresh.json
 	$(ENV); $(PY) bench/refresh.py $(BENCH_ARGS)

@@ -193,3 +193,14 @@ def test_bad_layouts_are_refused_by_the_api_server_naming_the_field(
     obj["spec"]["samples"] = {"fields": [{"pattern": "*/*.jpg", "name": "jpg"}], **samples}
     p = kube.try_run("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(obj))
     assert p.returncode != 0 and message in p.stderr, p.stderr
+
+
+def test_splits_by_folder_and_by_a_table_column_are_accepted(kube: Kube) -> None:
+    obj = path_keys("default", "raw", "out")
+    obj["spec"]["samples"]["tables"] = [{"path": "meta.csv", "members": [{"column": "split", "name": "split"}]}]
+    obj["spec"]["splits"] = {"member": "split", "sets": [{"name": "train"}, {"name": "validation", "value": "val"}]}
+    p = kube.try_run("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(obj))
+    assert p.returncode == 0, p.stderr
+    obj["spec"]["splits"]["sets"][1]["folder"] = "val"  # a member split has a value, not a folder
+    p = kube.try_run("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(obj))
+    assert p.returncode != 0 and "with splits.member, only a name and a value" in p.stderr, p.stderr

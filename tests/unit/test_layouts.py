@@ -18,6 +18,7 @@ from sharded_dataset_operator.core.samples import (
     group_samples,
     groups_from_records,
     number_classes,
+    value_record,
 )
 from sharded_dataset_operator.core.spec import SpecError, parse_spec
 
@@ -272,3 +273,41 @@ def test_folder_splits_and_stratify_by_a_class_member_parse() -> None:
         )
     with pytest.raises(LayoutError):
         parse_layout({"classes": {"indexMember": "__order__"}})
+
+
+def test_splits_by_a_table_column() -> None:
+    fields = [FieldRule("images/*.jpg", "jpg")]
+    splits = SplitRule(names=("train", "validation"), paths=(), rest="other", member="split", values=("train", "val"))
+    layout = parse_layout(
+        {"tables": [{"path": "images/metadata.csv", "members": [{"column": "split", "name": "split"}]}]}
+    )
+    grouper = Grouper(fields, None, ["jpg"], splits, layout)
+    records = [
+        r for raw in files("images/a.jpg", "images/b.jpg", "images/c.jpg", "images/d.jpg") for r in grouper.records(raw)
+    ]
+    for key, value in (("a", "train"), ("b", "val"), ("c", "test")):
+        record = value_record(key, "split", value)
+        assert record is not None
+        records.append(record)
+    samples = [s for g in groups_from_records(sorted(records), grouper.names) if (s := grouper.judge(g))]
+    assert [(s.key, s.split) for s in samples] == [("a", "train"), ("b", "validation"), ("c", "other"), ("d", "other")]
+    spec = parse_spec(
+        _spec(
+            {"fields": [{"pattern": "images/*.jpg", "name": "jpg"}], **{"tables": [{"path": "images/metadata.csv",
+             "members": [{"column": "split", "name": "split"}]}]}},
+            {"member": "split", "sets": [{"name": "train"}, {"name": "validation", "value": "val"}]},
+        ),
+        name="ds",
+        default_endpoint="http://ais:51080",
+    )  # fmt: skip
+    assert spec.splits is not None and [(s.name, s.value) for s in spec.splits.sets] == [
+        ("train", "train"),
+        ("validation", "val"),
+    ]
+    by_kind = {"member": "kind", "sets": [{"name": "a"}, {"name": "b"}]}
+    with pytest.raises(SpecError, match=r"spec\.splits\.member: 'kind' is not a value member"):
+        parse_spec(
+            _spec({"fields": [{"pattern": "images/*.jpg", "name": "jpg"}]}, by_kind),
+            name="ds",
+            default_endpoint="http://ais:51080",
+        )

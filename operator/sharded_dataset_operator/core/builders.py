@@ -100,7 +100,9 @@ def unit_pool(spec: DatasetSpec, owner: Owner) -> str:
     return naming.unit_pool(spec.output.prefix, owner.uid)
 
 
-def _split_way(list_file: str | None, fraction: float | None, folder: str | None) -> dict[str, Any]:
+def _split_way(list_file: str | None, fraction: float | None, folder: str | None, value: str | None) -> dict[str, Any]:
+    if value is not None:
+        return {"value": value}
     if folder is not None:
         return {"folder": folder}
     return {"listFile": list_file} if list_file else {"fraction": fraction}
@@ -156,11 +158,14 @@ def converter_config(spec: DatasetSpec, owner: Owner, workers: int | None = None
         "orderSeed": spec.shuffle.seed if spec.shuffle and spec.shuffle.algorithm == "shuffle" else None,
         "splits": (
             {
-                "sets": [{"name": s.name, **_split_way(s.list_file, s.fraction, s.folder)} for s in spec.splits.sets],
+                "sets": [
+                    {"name": s.name, **_split_way(s.list_file, s.fraction, s.folder, s.value)} for s in spec.splits.sets
+                ],
                 "rest": spec.splits.rest,
                 "keyColumn": spec.label.key_column if spec.label else 0,
                 "seed": spec.splits.seed,
                 "stratifyBy": spec.splits.stratify_by,
+                "member": spec.splits.member,
             }
             if spec.splits
             else None

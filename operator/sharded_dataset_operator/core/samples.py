@@ -76,6 +76,8 @@ class SplitRule:
     key_column: int = 0
     rest: str | None = None
     folders: tuple[str, ...] = ()
+    member: str | None = None  # splits by this value member's value: `values[i]` for split `names[i]`
+    values: tuple[str, ...] = ()
 
 
 NOT_IN_SPLIT = "not-in-split"
@@ -370,6 +372,8 @@ class Grouper:
         split = None
         if reason is None and self.splits is not None:
             rule = self.splits
+            if rule.member is not None:
+                group.splits = [rule.values.index(v) for v in values.get(rule.member) or [] if v in rule.values]
             if len(group.splits) > 1:
                 self.result.split_overlaps += 1
                 if len(self.result.overlap_examples) < MAX_EXAMPLES:

@@ -1,4 +1,5 @@
-"""`spec.splits`: train/validation/test splits by list files, top-level folders or fractions (pure parsing)."""
+"""`spec.splits`: train/validation/test splits by list files, top-level folders, a member's value (a table
+column) or fractions (pure parsing)."""
 
 from __future__ import annotations
 
@@ -20,17 +21,20 @@ class SplitSet:
     list_file: str | None = None
     fraction: float | None = None
     folder: str | None = None  # the top-level folder that holds the split's files
+    value: str | None = None  # with `Splits.member`: the member value that puts a sample in this split
 
 
 @dataclass(frozen=True, slots=True)
 class Splits:
     """`spec.splits`: by list files (every complete sample goes to the split whose list names its key, or to
-    `rest`), or by fractions (by a seeded hash of the key, per label with `stratify_by`)."""
+    `rest`), by top-level folders, by a value member's value (`member`), or by fractions (by a seeded hash of
+    the key, per label with `stratify_by`)."""
 
     sets: tuple[SplitSet, ...]
     rest: str | None = None
     seed: str = "0"
     stratify_by: str | None = None
+    member: str | None = None  # splits by the value of this value member (a table column, a class)
 
     @property
     def by_fraction(self) -> bool:
@@ -45,6 +49,36 @@ class Splits:
 SPLIT_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
 
+def _names(sets: tuple[SplitSet, ...], rest: str | None) -> None:
+    names = [s.name for s in sets] + ([rest] if rest else [])
+    for i, n in enumerate(names):
+        if not SPLIT_NAME.match(n) or len(n) > 32:
+            where = f"spec.splits.sets[{i}].name" if i < len(sets) else "spec.splits.rest"
+            raise SplitSpecError(f"{where}: {n!r} is not a split name (lowercase letters, digits and '-', at most 32)")
+    if len(set(names)) != len(names):
+        raise SplitSpecError("spec.splits: split names must be unique (rest included)")
+
+
+def _by_member(raw: dict[str, Any], sets: tuple[SplitSet, ...], values: list[str]) -> Splits:
+    """Splits by a value member: a sample goes to the split whose `value` its member has (a table's split
+    column, say); another value goes to `rest`, or the sample is skipped as not-in-split."""
+    member = str(raw["member"])
+    if member not in values:
+        raise SplitSpecError(f"spec.splits.member: {member!r} is not a value member (a table member, a class member)")
+    if any(s.list_file is not None or s.fraction is not None or s.folder is not None for s in sets):
+        raise SplitSpecError(
+            "spec.splits.sets: with splits.member, a split has a value (no listFile, fraction, folder)"
+        )
+    if raw.get("stratifyBy"):
+        raise SplitSpecError("spec.splits.stratifyBy: only with fractions")
+    given = [s.value or "" for s in sets]
+    if any(not v for v in given) or len(set(given)) != len(given):
+        raise SplitSpecError("spec.splits.sets[].value: one value per split")
+    rest = str(raw["rest"]) if raw.get("rest") else None
+    _names(sets, rest)
+    return Splits(sets=sets, rest=rest, member=member)
+
+
 def parse_splits(raw: dict[str, Any] | None, values: list[str]) -> Splits | None:
     """`spec.splits` (the CRD checks the same; this names the field for a spec that bypassed it)."""
     if not raw:
@@ -55,11 +89,14 @@ def parse_splits(raw: dict[str, Any] | None, values: list[str]) -> Splits | None
             list_file=str(x["listFile"]) if x.get("listFile") else None,
             fraction=float(x["fraction"]) if x.get("fraction") is not None else None,
             folder=str(x["folder"]) if x.get("folder") else None,
+            value=str(x.get("value") or x.get("name") or "") if raw.get("member") else None,
         )
         for x in raw.get("sets") or []
     )
     if not 2 <= len(sets) <= 8:
         raise SplitSpecError("spec.splits.sets: between 2 and 8 splits")
+    if raw.get("member"):
+        return _by_member(raw, sets, values)
     kinds = [(s.list_file is not None) + (s.fraction is not None) + (s.folder is not None) for s in sets]
     by_list = [s.list_file is not None and k == 1 for s, k in zip(sets, kinds, strict=True)]
     by_fraction = [s.fraction is not None and k == 1 for s, k in zip(sets, kinds, strict=True)]
@@ -87,13 +124,7 @@ def parse_splits(raw: dict[str, Any] | None, values: list[str]) -> Splits | None
     elif stratify is not None:
         raise SplitSpecError("spec.splits.stratifyBy: only with fractions")
     rest = str(raw["rest"]) if raw.get("rest") else None
-    names = [s.name for s in sets] + ([rest] if rest else [])
-    for i, n in enumerate(names):
-        if not SPLIT_NAME.match(n) or len(n) > 32:
-            where = f"spec.splits.sets[{i}].name" if i < len(sets) else "spec.splits.rest"
-            raise SplitSpecError(f"{where}: {n!r} is not a split name (lowercase letters, digits and '-', at most 32)")
-    if len(set(names)) != len(names):
-        raise SplitSpecError("spec.splits: split names must be unique (rest included)")
+    _names(sets, rest)
     if all(by_fraction):
         return Splits(sets=sets, seed=seed, stratify_by=stratify)
     if all(by_folder):

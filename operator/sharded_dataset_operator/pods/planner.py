@@ -94,12 +94,15 @@ def split_rule(config: dict[str, Any]) -> SplitRule | None:
         return None
     sets = list(sp["sets"])
     by_folder = bool(sets) and bool(sets[0].get("folder"))
+    member = sp.get("member") or None
     return SplitRule(
         names=tuple(str(x["name"]) for x in sets),
-        paths=() if by_folder else tuple(str(x["listFile"]) for x in sets),
+        paths=() if by_folder or member else tuple(str(x["listFile"]) for x in sets),
         key_column=int(sp.get("keyColumn") or 0),
         rest=sp.get("rest") or None,
         folders=tuple(str(x["folder"]) for x in sets) if by_folder else (),
+        member=member,
+        values=tuple(str(x["value"]) for x in sets) if member else (),
     )
 
 
@@ -115,6 +118,8 @@ def splits_digest(config: dict[str, Any]) -> str | None:
     if not sp:
         return None
     relevant = {k: sp.get(k) for k in ("sets", "rest", "seed", "stratifyBy", "keyColumn")}
+    if sp.get("member"):  # only when set: digests of datasets from before member splits stay the same
+        relevant["member"] = sp["member"]
     return hashlib.blake2b(json.dumps(relevant, sort_keys=True).encode(), digest_size=8).hexdigest()
 
 
