@@ -35,9 +35,9 @@ build_etcd() {
 
 build_ais() {
   if have "$AIS_BIN" aisnode; then log "aisnode v$AIS_VERSION: cached"; return; fi
-  log "building aisnode v$AIS_VERSION with tags 'dsort mono etl'"
+  log "building aisnode v$AIS_VERSION with tags 'dsort mono etl aws'"
   local tmp="$AIS_BIN.tmp"; rm -rf "$tmp"; mkdir -p "$tmp"
-  (cd "$HACK_DIR/tools/ais" && go build -trimpath -tags "dsort mono etl" \
+  (cd "$HACK_DIR/tools/ais" && go build -trimpath -tags "dsort mono etl aws" \
     -ldflags "-s -w -X main.build=v$AIS_VERSION -X main.buildtime=1970-01-01T00:00:00Z" \
     -o "$tmp/aisnode" github.com/NVIDIA/aistore/cmd/aisnode)
   rm -rf "$AIS_BIN"; mv "$tmp" "$AIS_BIN"
@@ -51,6 +51,15 @@ build_authn() { # the AIS AuthN server (hack/cluster.sh with AIS_AUTH=1), same m
     -ldflags "-s -w -X main.build=v$AIS_VERSION -X main.buildtime=1970-01-01T00:00:00Z" \
     -o "$AIS_BIN/authn.tmp" github.com/NVIDIA/aistore/cmd/authn)
   mv "$AIS_BIN/authn.tmp" "$AIS_BIN/authn"
+}
+
+build_versitygw() { # the local cluster's S3 server: an S3 gateway over a local directory (hack/cluster.sh)
+  if have "$VERSITYGW_BIN" versitygw; then log "versitygw v$VERSITYGW_VERSION: cached"; return; fi
+  log "building versitygw v$VERSITYGW_VERSION"
+  local tmp="$VERSITYGW_BIN.tmp"; rm -rf "$tmp"; mkdir -p "$tmp"
+  (cd "$HACK_DIR/tools/versitygw" && go build -trimpath -ldflags "-s -w" -o "$tmp/versitygw" \
+    github.com/versity/versitygw/cmd/versitygw)
+  rm -rf "$VERSITYGW_BIN"; mv "$tmp" "$VERSITYGW_BIN"
 }
 
 build_helm() {
@@ -81,7 +90,7 @@ build_pause() {
   rm -rf "$PAUSE_BIN"; mv "$tmp" "$PAUSE_BIN"
 }
 
-targets=("$@"); (( ${#targets[@]} )) || targets=(pause etcd ais helm coredns k8s)
+targets=("$@"); (( ${#targets[@]} )) || targets=(pause etcd ais helm coredns versitygw k8s)
 for t in "${targets[@]}"; do
   start=$SECONDS
   "build_$t"

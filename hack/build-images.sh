@@ -111,6 +111,21 @@ build_authn() {
   log "authn image built: $AUTHN_IMAGE"
 }
 
+# The local cluster's S3 server (versitygw over a hostPath directory): its binary on the Debian base.
+build_versitygw() {
+  "$HACK_DIR/build-binaries.sh" versitygw
+  local out="$IMAGE_CACHE/versitygw-v$VERSITYGW_VERSION.tar" c
+  [[ -s "$out" ]] && { log "versitygw image: cached"; return; }
+  build_base
+  c=$(buildah from "$BASE_IMAGE")
+  buildah copy --quiet --chmod 0755 "$c" "$VERSITYGW_BIN/versitygw" /usr/local/bin/versitygw >/dev/null
+  buildah config --cmd '' --entrypoint '["/usr/local/bin/versitygw"]' "$c"
+  buildah commit --quiet --rm "$c" "$VERSITYGW_IMAGE" >/dev/null
+  rm -f "$out.tmp"
+  buildah push --quiet "$VERSITYGW_IMAGE" "oci-archive:$out.tmp:$VERSITYGW_IMAGE" >/dev/null && mv "$out.tmp" "$out"
+  log "versitygw image built: $VERSITYGW_IMAGE"
+}
+
 # A rebuild re-tags the image and leaves the previous one untagged; with the vfs driver every such image is
 # full copies of its layers (~1 GB), so each `make image` used to leave ~1 GB behind (21 GB after a day of
 # builds, until AIS on the same disk passed its capacity high watermark). Untagged images nothing builds on
@@ -123,6 +138,6 @@ prune_untagged() {
   else log "some untagged images are still held by containers of failed builds (buildah containers): kept"; fi
 }
 
-targets=("$@"); (( ${#targets[@]} )) || targets=(pause aisnode project transforms etl)
+targets=("$@"); (( ${#targets[@]} )) || targets=(pause aisnode versitygw project transforms etl)
 for t in "${targets[@]}"; do start=$SECONDS; "build_$t"; log "$t done in $((SECONDS - start))s"; done
 prune_untagged

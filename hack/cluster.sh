@@ -45,6 +45,13 @@ AUTHN_PORT=52001
 OPERATOR_NS=sharded-dataset-operator
 ADMIN_SECRET=sharded-dataset-operator-ais-admin
 GUARD_CHAIN=SDO-GUARD
+# A real S3 server (versitygw, an S3 gateway over a directory) as a pod on the node's bridge address: the
+# backend of AIS's s3:// buckets (aisnode is built with the `aws` tag) and where tests write S3 data directly.
+S3_PORT=7070
+S3_ENDPOINT_URL="http://$NODE_IP:$S3_PORT"
+S3_DIR="$STATE/s3"
+S3_REGION=us-east-1
+S3_SECRET=ais-s3-credentials  # in namespaces ais (the targets) and s3 (the server)
 
 kubectl() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
 ctr() { command ctr --address "$CONTAINERD_SOCK" "$@"; }
@@ -308,6 +315,7 @@ import_images() {
   import_image "$IMAGE_CACHE/$PAUSE_IMAGE_FILE" "$PAUSE_IMAGE"
   import_image "$IMAGE_CACHE/project.tar" "$PROJECT_IMAGE"
   import_image "$IMAGE_CACHE/$AISNODE_IMAGE_FILE" "$AISNODE_IMAGE"
+  import_image "$IMAGE_CACHE/versitygw-v$VERSITYGW_VERSION.tar" "$VERSITYGW_IMAGE"
   if [[ -s "$IMAGE_CACHE/transforms.tar" ]]; then import_image "$IMAGE_CACHE/transforms.tar" "$TRANSFORMS_IMAGE"; fi
   if [[ -s "$IMAGE_CACHE/etl.tar" ]]; then import_image "$IMAGE_CACHE/etl.tar" "$ETL_IMAGE"; fi
 }
@@ -418,9 +426,12 @@ EOF
 
 ais_cluster_conf() { # ais_cluster_conf FILE PRIMARY_URL AUTH_JSON
   local file=$1 primary=$2 auth=$3
+  # features 16384 = S3-Use-Path-Style (cmn/feat, bit 14), inherited by every s3:// bucket: versitygw is
+  # addressed as http://10.244.0.1:7070/BUCKET, not as a virtual host
   cat >"$file" <<EOF
 {
-  "backend": {},
+  "backend": {"aws": {}},
+  "features": "16384",
   "timeout": {
     "cplane_operation": "2s", "max_keepalive": "5s", "cold_get_conflict": "5s", "max_host_busy": "20s",
     "startup_time": "30s", "join_startup_time": "1m", "send_file_time": "5m", "ec_streams_time": "10m",
@@ -564,6 +575,11 @@ spec:
           env:
             - {name: AIS_DATA, value: "$root"}
             - {name: AIS_PRIMARY_EP, value: "$primary"}
+            # s3:// buckets: the local S3 server and its credentials (read once, at start)
+            - {name: S3_ENDPOINT, value: "$S3_ENDPOINT_URL"}
+            - {name: AWS_REGION, value: "$S3_REGION"}
+            - {name: AWS_ACCESS_KEY_ID, valueFrom: {secretKeyRef: {name: $S3_SECRET, key: access-key}}}
+            - {name: AWS_SECRET_ACCESS_KEY, valueFrom: {secretKeyRef: {name: $S3_SECRET, key: secret-key}}}
             - {name: MY_POD, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
             - {name: MY_NODE, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}
             - {name: K8S_NS, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
@@ -589,6 +605,55 @@ spec:
         - {name: promote, hostPath: {path: $PROMOTE_DIR, type: DirectoryOrCreate}}
 EOF
 }
+
+s3_credentials() { # once per cluster: random keys, kept in $S3_DIR (the Secrets and `cluster.sh env` read them)
+  mkdir -p "$S3_DIR/data"
+  [[ -s "$S3_DIR/access-key" ]] || head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n' | tr a-f A-F >"$S3_DIR/access-key"
+  [[ -s "$S3_DIR/secret-key" ]] || head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$S3_DIR/secret-key"
+  chmod 600 "$S3_DIR/access-key" "$S3_DIR/secret-key"
+}
+
+apply_s3_secret() { # apply_s3_secret NAMESPACE
+  kubectl -n "$1" create secret generic "$S3_SECRET" --from-file=access-key="$S3_DIR/access-key" \
+    --from-file=secret-key="$S3_DIR/secret-key" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+}
+
+apply_s3() { # the S3 server: versitygw's posix backend over $S3_DIR/data (one folder per bucket)
+  s3_credentials
+  kubectl create namespace s3 --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  apply_s3_secret s3
+  apply_s3_secret ais
+  kubectl apply -f - >/dev/null <<EOF
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: versitygw, namespace: s3, labels: {app: versitygw}}
+spec:
+  replicas: 1
+  strategy: {type: Recreate}
+  selector: {matchLabels: {app: versitygw}}
+  template:
+    metadata: {labels: {app: versitygw}}
+    spec:
+      automountServiceAccountToken: false
+      enableServiceLinks: false
+      hostNetwork: true  # on the bridge address, like AIS: the targets (host network) and the host reach it there
+      terminationGracePeriodSeconds: 5
+      containers:
+        - name: versitygw
+          image: $VERSITYGW_IMAGE
+          imagePullPolicy: Never
+          args: ["--port", "$NODE_IP:$S3_PORT", "--region", "$S3_REGION", "posix", "/data"]
+          env:
+            - {name: ROOT_ACCESS_KEY_ID, valueFrom: {secretKeyRef: {name: $S3_SECRET, key: access-key}}}
+            - {name: ROOT_SECRET_ACCESS_KEY, valueFrom: {secretKeyRef: {name: $S3_SECRET, key: secret-key}}}
+          readinessProbe: {tcpSocket: {host: $NODE_IP, port: $S3_PORT}, periodSeconds: 2}
+          volumeMounts: [{name: data, mountPath: /data}]
+      volumes:
+        - {name: data, hostPath: {path: $S3_DIR/data, type: Directory}}
+EOF
+}
+
+s3_ready() { [[ "$(curl -s -o /dev/null -w '%{http_code}' "$S3_ENDPOINT_URL/")" =~ ^[2-4][0-9][0-9]$ ]]; }
 
 apply_ais() {
   mkdir -p "$AIS_DATA"
@@ -710,7 +775,7 @@ cmd_up() {
   fi
   cmd_down
   "$HACK_DIR/build-binaries.sh"
-  "$HACK_DIR/build-images.sh" pause aisnode
+  "$HACK_DIR/build-images.sh" pause aisnode versitygw
   [[ -s "$IMAGE_CACHE/project.tar" && "${SDO_REBUILD_IMAGE:-0}" != 1 ]] || "$HACK_DIR/build-images.sh" project
   mkdir -p "$STATE" "$LOGS" "$PIDS"
   log "starting cluster (state: $STATE)"
@@ -726,9 +791,11 @@ cmd_up() {
   start_coredns
   wait_for "node $NODE_NAME Ready" 120 node_ready || die "node not Ready; see $LOGS/kubelet.log"
   ais_namespace
+  apply_s3
   apply_ais
   wait_for "serviceaccount default/default" 60 kubectl get serviceaccount default -n default
   wait_for "AIS cluster ready" 120 ais_ready || die "AIS not ready; see kubectl -n ais get pods and $LOGS/ais-*"
+  wait_for "S3 server ready" 60 s3_ready || die "S3 server not ready: kubectl -n s3 logs deploy/versitygw"
   wait_for "all components healthy" 60 all_healthy || { status; die "cluster unhealthy"; }
   if [[ $AIS_AUTH == 1 ]]; then auth_up; fi
   touch "$STATE/up"
@@ -805,6 +872,7 @@ status_base() {
   check "node $NODE_NAME Ready" node_ready
   check "ais pods (StatefulSets)" ais_pods_ready
   check "ais (prr)" ais_ready
+  check "s3 server (versitygw)" s3_ready
   local n; n=$(curl -sf "$AIS_ENDPOINT_URL/v1/daemon?what=smap" 2>/dev/null | jq '.tmap | length' 2>/dev/null || echo 0)
   check "ais targets ($n/$AIS_TARGETS)" test "$n" -ge "$AIS_TARGETS"
   return $bad
@@ -827,6 +895,10 @@ cmd_env() {
 export KUBECONFIG=$KUBECONFIG_PATH
 export AIS_ENDPOINT=$AIS_ENDPOINT_URL
 export PATH=$K8S_BIN:$HELM_BIN:\$PATH
+export S3_ENDPOINT=$S3_ENDPOINT_URL
+export AWS_REGION=$S3_REGION
+export AWS_ACCESS_KEY_ID=$(cat "$S3_DIR/access-key" 2>/dev/null)
+export AWS_SECRET_ACCESS_KEY=$(cat "$S3_DIR/secret-key" 2>/dev/null)
 EOF
   if auth_enabled; then
     cat <<EOF

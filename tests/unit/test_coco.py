@@ -198,7 +198,7 @@ def test_large_file_streams_in_bounded_memory() -> None:
     tracemalloc.start()
     try:
         counts = {"images": 0, "annotations": 0, "categories": 0}
-        order = []
+        order: list[str] = []
         for section, element in coco_elements(io.BufferedReader(source), chunk_bytes=1 << 20):
             if not order or order[-1] != section:
                 order.append(section)
@@ -213,7 +213,7 @@ def test_large_file_streams_in_bounded_memory() -> None:
     assert order == ["images", "annotations", "categories"]
     assert counts == {"images": images, "annotations": annotations, "categories": 80}
     assert source.produced > 30_000_000
-    assert peak < 8 << 20, f"peak {peak} bytes"
+    assert peak < 6 << 20, f"peak {peak} bytes"
 
 
 @pytest.mark.timeout(60)  # reading on to the end (and parsing again at every chunk) takes minutes
@@ -227,7 +227,7 @@ def test_an_invalid_element_fails_without_reading_the_rest() -> None:
     source = LazyStream(pieces())
     got = []
     with pytest.raises(CocoError, match=f"invalid JSON at character {start.index(b',,') + 1}"):
-        for item in coco_elements(source, chunk_bytes=1 << 16):
+        for item in coco_elements(io.BufferedReader(source), chunk_bytes=1 << 16):
             got.append(item)
     assert got == [("images", {"id": 0, "file_name": "a.jpg"})]
     assert source.produced < 1 << 20

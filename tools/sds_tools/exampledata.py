@@ -631,6 +631,10 @@ def _parser() -> argparse.ArgumentParser:
     dest = ap.add_mutually_exclusive_group(required=True)
     dest.add_argument("--out", type=Path, help="write to this directory")
     dest.add_argument("--ais-endpoint", help="AIStore endpoint URL (needs --bucket)")
+    dest.add_argument(
+        "--s3-bucket",
+        help="write straight to this S3 bucket (S3_ENDPOINT, AWS_ACCESS_KEY_ID, ... from the environment)",
+    )
     ap.add_argument("--bucket")
     ap.add_argument("--prefix", default="")
     ap.add_argument("--provider", default="ais")
@@ -640,7 +644,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point (``sds-example-data``)."""
-    from sds_tools.layouts import write_layout_ais, write_layout_dir
+    from sds_tools.layouts import layout_output, write_layout_ais, write_layout_dir
+    from sds_tools.s3 import write_s3
 
     ap = _parser()
     args = ap.parse_args(argv)
@@ -648,7 +653,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--ais-endpoint needs --bucket")
     if args.out is not None and (args.bucket or args.prefix):
         ap.error("--bucket/--prefix only apply with --ais-endpoint")
+    if args.s3_bucket and args.bucket:
+        ap.error("--bucket is for --ais-endpoint; --s3-bucket names the S3 bucket")
     where = str(args.out) if args.out is not None else f"{args.provider}://{args.bucket}/{args.prefix}"
+    if args.s3_bucket:
+        where = f"s3://{args.s3_bucket}/{args.prefix}"
     start = time.perf_counter()
     takes = {  # the flags each layout takes besides the destination and --seed
         "oxford": {"samples", "full", "sample_kib", "incomplete_fraction"},
@@ -679,6 +688,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.out is not None:
                 stats = write_layout_dir(args.layout, args.out, seed, **size)
+            elif args.s3_bucket:
+                files, expected, stats = layout_output(args.layout, seed, **size)
+                write_s3(args.s3_bucket, [*files, (MANIFEST_NAME, expected)], args.prefix, args.workers)
             else:
                 stats = write_layout_ais(
                     args.layout, args.ais_endpoint, args.bucket, args.prefix, args.provider, args.workers, seed, **size
@@ -697,6 +709,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.out is not None:
             manifest = write_dir(args.out, n, seed, kib, fraction)
+        elif args.s3_bucket:
+            p = plan(n, seed, kib, fraction)
+            manifest = p.manifest
+            write_s3(args.s3_bucket, [*render(p), (MANIFEST_NAME, manifest_json(manifest))], args.prefix, args.workers)
         else:
             manifest = write_ais(
                 args.ais_endpoint, args.bucket, args.prefix, args.provider, args.workers, n, seed, kib, fraction

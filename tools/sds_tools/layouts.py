@@ -441,6 +441,11 @@ def _written(name: str, seed: int, size: dict[str, Any]) -> tuple[Iterator[tuple
     return counted(), manifest, stats
 
 
+def layout_output(name: str, seed: int = 0, **size: Any) -> tuple[Iterator[tuple[str, bytes]], bytes, dict[str, int]]:
+    """Layout ``name``'s files (streamed), its ``expected.json`` and its stats (filled as the files stream by)."""
+    return _written(name, seed, size)
+
+
 def write_layout_dir(name: str, root: Path | str, seed: int = 0, **size: Any) -> dict[str, int]:
     """Write layout ``name`` under ``root`` plus ``root/expected.json``; return files, bytes and samples."""
     files, manifest, stats = _written(name, seed, size)

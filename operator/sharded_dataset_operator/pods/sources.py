@@ -41,6 +41,7 @@ class ReadStats:
     batch_requests: int = 0
     object_requests: int = 0
     files: int = 0
+    cold_batches: int = 0  # batches of a remote bucket read object by object (not in AIS yet)
 
 
 class Source(Protocol):
@@ -75,6 +76,11 @@ class AisSource:
 
     def files(self) -> Iterator[RawFile]:
         n = len(self.prefix)
+        if self.provider != "ais":
+            # a remote bucket (s3://...) is listed by its own backend, page by page with continuation tokens;
+            # the targets' count would only be of the objects AIS has cached so far
+            yield from self._listed(n)
+            return
         # the bucket's own count, to check the listing against, asked for meanwhile (the summary is a job that
         # takes seconds; both see the same bucket unless it changes during the listing, which fails either way)
         with ThreadPoolExecutor(1, thread_name_prefix="count") as pool:
@@ -111,7 +117,12 @@ class AisSource:
                 self.reads.files += len(out)
                 return out
             except MissingObject as e:
-                raise MissingFile(f"{e} (it disappeared during conversion)") from e
+                if self.provider == "ais":
+                    raise MissingFile(f"{e} (it disappeared during conversion)") from e
+                # A remote bucket (s3://...): Get-Batch serves only objects AIS holds already. Those it has not
+                # fetched from the backend yet are read one at a time (a cold GET each fetches and keeps it); an
+                # object the backend no longer has fails below as a missing file.
+                self.reads.cold_batches += 1
             except BatchUnsupported as e:
                 log.warning("Get-Batch is not available (%s): reading one object at a time", e)
                 self.mode = READS_OBJECT
