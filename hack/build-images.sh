@@ -82,48 +82,41 @@ build_etl() {
   log "etl image built: $ETL_IMAGE"
 }
 
-# aisnode (AIS proxy and target, hack/cluster.sh runs them as StatefulSets): the binary on the Debian base.
+# binary_image BINARY IMAGE ARCHIVE [USER]: a Go binary alone on the Debian base, as /usr/local/bin/<name> and its
+# entrypoint, saved as an OCI archive for hack/cluster.sh to import.
+binary_image() {
+  local bin=$1 image=$2 out=$3 user=${4:-} name c
+  name=$(basename "$bin")
+  build_base
+  c=$(buildah from "$BASE_IMAGE")
+  buildah copy --quiet --chmod 0755 "$c" "$bin" "/usr/local/bin/$name" >/dev/null
+  buildah config --cmd '' --entrypoint "[\"/usr/local/bin/$name\"]" ${user:+--user "$user"} "$c"
+  buildah commit --quiet --rm "$c" "$image" >/dev/null
+  rm -f "$out.tmp"
+  buildah push --quiet "$image" "oci-archive:$out.tmp:$image" >/dev/null && mv "$out.tmp" "$out"
+  log "$name image built: $image"
+}
+
+# aisnode (AIS proxy and target, hack/cluster.sh runs them as StatefulSets).
 build_aisnode() {
   "$HACK_DIR/build-binaries.sh" ais
-  local out="$IMAGE_CACHE/$AISNODE_IMAGE_FILE" c
+  local out="$IMAGE_CACHE/$AISNODE_IMAGE_FILE"
   [[ -s "$out" ]] && { log "aisnode image: cached"; return; }
-  build_base
-  c=$(buildah from "$BASE_IMAGE")
-  buildah copy --quiet --chmod 0755 "$c" "$AIS_BIN/aisnode" /usr/local/bin/aisnode >/dev/null
-  buildah config --cmd '' --entrypoint '["/usr/local/bin/aisnode"]' "$c"
-  buildah commit --quiet --rm "$c" "$AISNODE_IMAGE" >/dev/null
-  rm -f "$out.tmp"
-  buildah push --quiet "$AISNODE_IMAGE" "oci-archive:$out.tmp:$AISNODE_IMAGE" >/dev/null && mv "$out.tmp" "$out"
-  log "aisnode image built: $AISNODE_IMAGE"
+  binary_image "$AIS_BIN/aisnode" "$AISNODE_IMAGE" "$out"
 }
 
-# The AIS AuthN server (hack/cluster.sh with AIS_AUTH=1): its binary on the Debian base, run as nobody.
+# The AIS AuthN server (hack/cluster.sh with AIS_AUTH=1), run as nobody.
 build_authn() {
-  build_base
   "$HACK_DIR/build-binaries.sh" authn
-  local out="$IMAGE_CACHE/authn.tar" c
-  c=$(buildah from "$BASE_IMAGE")
-  buildah copy --quiet --chmod 0755 "$c" "$AIS_BIN/authn" /usr/local/bin/authn >/dev/null
-  buildah config --cmd '' --entrypoint '["/usr/local/bin/authn"]' --user 65534:65534 "$c"
-  buildah commit --quiet --rm "$c" "$AUTHN_IMAGE" >/dev/null
-  rm -f "$out.tmp"
-  buildah push --quiet "$AUTHN_IMAGE" "oci-archive:$out.tmp:$AUTHN_IMAGE" >/dev/null && mv "$out.tmp" "$out"
-  log "authn image built: $AUTHN_IMAGE"
+  binary_image "$AIS_BIN/authn" "$AUTHN_IMAGE" "$IMAGE_CACHE/authn.tar" 65534:65534
 }
 
-# The local cluster's S3 server (versitygw over a hostPath directory): its binary on the Debian base.
+# The local cluster's S3 server (versitygw over a hostPath directory).
 build_versitygw() {
   "$HACK_DIR/build-binaries.sh" versitygw
-  local out="$IMAGE_CACHE/versitygw-v$VERSITYGW_VERSION.tar" c
+  local out="$IMAGE_CACHE/versitygw-v$VERSITYGW_VERSION.tar"
   [[ -s "$out" ]] && { log "versitygw image: cached"; return; }
-  build_base
-  c=$(buildah from "$BASE_IMAGE")
-  buildah copy --quiet --chmod 0755 "$c" "$VERSITYGW_BIN/versitygw" /usr/local/bin/versitygw >/dev/null
-  buildah config --cmd '' --entrypoint '["/usr/local/bin/versitygw"]' "$c"
-  buildah commit --quiet --rm "$c" "$VERSITYGW_IMAGE" >/dev/null
-  rm -f "$out.tmp"
-  buildah push --quiet "$VERSITYGW_IMAGE" "oci-archive:$out.tmp:$VERSITYGW_IMAGE" >/dev/null && mv "$out.tmp" "$out"
-  log "versitygw image built: $VERSITYGW_IMAGE"
+  binary_image "$VERSITYGW_BIN/versitygw" "$VERSITYGW_IMAGE" "$out"
 }
 
 # A rebuild re-tags the image and leaves the previous one untagged; with the vfs driver every such image is

@@ -17,25 +17,11 @@ from sds_tools import layouts
 from sharded_dataset_operator.clients.ais import Ais
 from sharded_dataset_operator.core.builders import order_rank
 
+from ..layout_cases import CASES, point_at_table
 from .conftest import REPO, Kube, unique, wait_until
 from .test_operator import read_shards, wait_ready
 
 pytestmark = pytest.mark.e2e
-
-CASES = {  # resource name -> (example, layout, size)
-    "imagefolder": ("10-imagefolder.yaml", "imagefolder", {"classes": 5, "train_per_class": 6, "val_per_class": 2}),
-    "audio-csv": ("11-audio-csv.yaml", "audio-csv", {"clips": 24}),
-    "coco": ("12-coco.yaml", "coco", {"images": 14}),
-    "hf-metadata": ("13-hf-metadata.yaml", "hf-metadata", {"images": 16, "table": "jsonl"}),
-    "hf-csv": ("13-hf-metadata.yaml", "hf-metadata", {"images": 16, "table": "csv"}),
-    "hf-parquet": ("13-hf-metadata.yaml", "hf-metadata", {"images": 16, "table": "parquet"}),
-}
-EXPECTED = {
-    "imagefolder": layouts.expected_imagefolder,
-    "audio-csv": layouts.expected_audio_csv,
-    "coco": layouts.expected_coco,
-    "hf-metadata": layouts.expected_hf_metadata,
-}
 
 
 def resource(name: str, namespace: str, raw: str, out: str) -> dict[str, Any]:
@@ -46,11 +32,7 @@ def resource(name: str, namespace: str, raw: str, out: str) -> dict[str, Any]:
     spec["source"]["ais"]["bucket"] = raw
     spec["output"].update(bucket=out, prefix=f"{name}-", maxShardSize="256KiB")  # one output bucket for all
     spec["shuffle"]["outputShardSize"] = "512KiB"
-    if name in ("hf-csv", "hf-parquet"):
-        table = spec["samples"]["tables"][0]
-        table["path"] = f"images/metadata.{size['table']}"
-        if size["table"] == "csv":  # CSV has no types and no list column: the score as written
-            table["json"]["columns"] = ["score"]
+    point_at_table(spec, size)
     return obj
 
 
@@ -109,7 +91,7 @@ def test_layout_examples_convert_exactly_and_a_new_class_keeps_every_index(
     ready = {name: wait_ready(kube, namespace, name, timeout=600) for name in [*CASES, "path-keys"]}
     for name, (_, layout, size) in CASES.items():
         st = ready[name]["status"]
-        want = EXPECTED[layout](seed=3, **size)
+        want = layouts.expected(layout, seed=3, **size)
         seed = str(resource(name, namespace, "", "")["spec"]["shuffle"]["seed"])
         assert st["samples"]["written"] == len(want.samples), name
         assert st["samples"]["skippedByReason"] == want.skipped, name
@@ -154,7 +136,7 @@ def test_layout_examples_convert_exactly_and_a_new_class_keeps_every_index(
     assert index["info"]["classes"] == mapping
     new = [s for s in samples_of(ais, out, train, tmp_path / "refreshed") if s["__key__"].startswith("aaa_")]
     assert len(new) == 3 and {s["cls"] for s in new} == {str(len(before)).encode()}
-    old = copy.deepcopy(layouts.expected_imagefolder(seed=3, **CASES["imagefolder"][2]).samples)
+    old = copy.deepcopy(layouts.expected("imagefolder", seed=3, **CASES["imagefolder"][2]).samples)
     kept = {s["__key__"]: s["cls"] for s in samples_of(ais, out, train, tmp_path / "again") if s["__key__"] in old}
     assert kept and all(cls == old[k]["cls"] for k, cls in kept.items())
 
@@ -204,3 +186,17 @@ def test_splits_by_folder_and_by_a_table_column_are_accepted(kube: Kube) -> None
     obj["spec"]["splits"]["sets"][1]["folder"] = "val"  # a member split has a value, not a folder
     p = kube.try_run("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(obj))
     assert p.returncode != 0 and "with splits.member, only a name and a value" in p.stderr, p.stderr
+
+
+def test_stratify_by_a_class_is_accepted_and_a_split_member_must_be_a_value_member(kube: Kube) -> None:
+    obj = path_keys("default", "raw", "out")
+    obj["spec"]["samples"]["classes"] = {"indexMember": "cls"}
+    obj["spec"]["splits"] = {
+        "stratifyBy": "cls",
+        "sets": [{"name": "a", "fraction": 0.5}, {"name": "b", "fraction": 0.5}],
+    }
+    p = kube.try_run("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(obj))
+    assert p.returncode == 0, p.stderr
+    obj["spec"]["splits"] = {"member": "split", "sets": [{"name": "a"}, {"name": "b"}]}
+    p = kube.try_run("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(obj))
+    assert p.returncode != 0 and "spec.splits.member must be a value member" in p.stderr, p.stderr

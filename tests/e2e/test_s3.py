@@ -1,10 +1,13 @@
 """S3 sources end to end (issue 27): data written straight to the local cluster's S3 server (versitygw), not
 through AIS, converted through AIS's s3:// bucket of the same name, every sample byte-identical to what was
-written to S3; a source bucket S3 does not have is a clear SourceNotFound."""
+written to S3; a refresh after changes made directly in S3 builds from S3 as it is now; a source bucket S3 does
+not have is a clear SourceNotFound."""
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +15,11 @@ import pytest
 import yaml
 
 from sds_tools import exampledata
-from sds_tools.s3 import write_s3
+from sds_tools.s3 import client, write_s3
 from sharded_dataset_operator.clients.ais import Ais
+from sharded_dataset_operator.core import naming
 
-from .conftest import REPO, Kube, unique
+from .conftest import REPO, Kube, unique, wait_until
 from .test_operator import assert_complete_samples, read_shards, wait_phase, wait_ready
 
 pytestmark = pytest.mark.e2e
@@ -77,3 +81,75 @@ def test_an_s3_bucket_that_does_not_exist_is_source_not_found(
     assert failed["status"]["phase"] != "Ready", failed["status"]
     assert "SourceNotFound" in json.dumps(failed["status"]), json.dumps(failed["status"], indent=1)
     assert stalled.get("status") in ("True", "False")
+
+
+def test_a_refresh_sees_s3_as_it_is_now_and_converts_only_what_changed(
+    kube: Kube, namespace: str, ais: Ais, cluster_env: dict[str, str], operator: Any, tmp_path: Path
+) -> None:
+    """Objects rewritten in S3 with new bytes of the same size (after AIS cached them), deleted and added, all
+    directly in S3: the refreshed version is byte-identical to S3's new content, and only the units of the
+    changed samples were converted again."""
+    raw = S3Dataset(200, seed=31)
+    out = unique("s3fresh")
+    obj = example_14(namespace, raw.bucket, out)
+    obj["metadata"]["name"] = "fresh"
+    obj["spec"]["output"].update(maxSamplesPerShard=10, retainPrevious="0s")
+    kube.apply(obj)
+    first = wait_ready(kube, namespace, "fresh", timeout=400)
+    assert first["status"]["versions"]["published"]["version"] == "g1"
+
+    s3 = client()
+    complete = sorted(raw.manifest["complete"])
+    rewritten = [complete[20], complete[120]]  # new bytes, same size
+    for key in rewritten:
+        name = f"images/{key}.jpg"
+        data = bytearray(raw.files[name])
+        data[len(data) // 2] ^= 0xFF
+        raw.files[name] = bytes(data)
+        s3.put_object(Bucket=raw.bucket, Key=name, Body=raw.files[name])
+    deleted = [complete[60], complete[160]]
+    for key in deleted:
+        for name in (f"images/{key}.jpg", f"annotations/trimaps/{key}.png"):
+            s3.delete_object(Bucket=raw.bucket, Key=name)
+            raw.files.pop(name)
+    added = [f"{complete[i].rsplit('_', 1)[0]}_9{i:03d}" for i in (5, 105)]
+    lines = (s3.get_object(Bucket=raw.bucket, Key="annotations/list.txt")["Body"].read()).decode().splitlines()
+    for i, key in enumerate(added):
+        donor = complete[i * 3]
+        for name, donor_name in ((f"images/{key}.jpg", f"images/{donor}.jpg"),
+                                 (f"annotations/trimaps/{key}.png", f"annotations/trimaps/{donor}.png")):  # fmt: skip
+            raw.files[name] = raw.files[donor_name] + key.encode()
+            s3.put_object(Bucket=raw.bucket, Key=name, Body=raw.files[name])
+        raw.manifest["classes"][key] = "7"
+        lines.append(f"{key} 7 1 7")
+    s3.put_object(Bucket=raw.bucket, Key="annotations/list.txt", Body=("\n".join(lines) + "\n").encode())
+    raw.manifest["complete"] = sorted({*complete, *added} - set(deleted))
+
+    kube.run("annotate", "sds", "fresh", "-n", namespace, "shardeddataset.dev/refresh=s3-changed")
+    done = wait_until(
+        lambda: (
+            (o := kube.get("sds", "fresh", namespace))
+            and ((o.get("status") or {}).get("versions") or {}).get("published", {}).get("refresh") == "s3-changed"
+            and o
+        ),
+        400,
+        "the refresh published",
+    )
+    st = done["status"]
+    assert st["samples"]["written"] == len(raw.manifest["complete"])
+    index = json.loads(ais.get(out, st["indexObject"].removeprefix(f"ais://{out}/")) or b"{}")
+    samples = read_shards(ais, out, [s["url"] for s in index["shardlist"]], tmp_path)
+    assert_complete_samples(raw, samples, seed="2023")  # type: ignore[arg-type]
+
+    # only the changed samples' units were converted: every rewritten and added key is in a shard this
+    # version converted, and most shards were reused
+    version = st["versions"]["published"]["version"]
+    base = f"s3-{naming.uid_tag(first['metadata']['uid'])}-{version}-"
+    reports = [json.loads(ais.get(out, e.name) or b"{}") for e in ais.list_objects(out, prefix=f"{base}report-")]
+    converted_keys: set[str] = set()
+    for shard in (s for r in reports for s in r["shards"]):
+        with tarfile.open(fileobj=io.BytesIO(ais.get(out, shard["name"]) or b"")) as tf:
+            converted_keys |= {m.name.split(".", 1)[0] for m in tf}
+    assert {*rewritten, *added} <= converted_keys
+    assert st["conversion"]["reusedShards"] > 0
+    assert len(converted_keys) <= 6 * 10, len(converted_keys)  # a handful of units of 10, not the dataset

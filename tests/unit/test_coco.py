@@ -19,29 +19,7 @@ from sharded_dataset_operator.core.coco import (
     image_of,
 )
 
-
-class LazyStream(io.RawIOBase):
-    """A read-only stream whose bytes are made on demand from an iterator of pieces."""
-
-    def __init__(self, pieces: Iterator[bytes]) -> None:
-        self._pieces = pieces
-        self._pending = b""
-        self.produced = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while not self._pending:
-            piece = next(self._pieces, None)
-            if piece is None:
-                return 0
-            self._pending = piece
-        n = min(len(buffer), len(self._pending))
-        buffer[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        self.produced += n
-        return n
+from .streams import LazyStream
 
 
 def elements(text: str | bytes, chunk_bytes: int = 1 << 20) -> list[tuple[str, Any]]:

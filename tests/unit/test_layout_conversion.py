@@ -19,23 +19,9 @@ from sharded_dataset_operator.pods.converter import convert
 from sharded_dataset_operator.pods.planner import make_plan
 from sharded_dataset_operator.pods.sources import VolumeSource
 
+from ..layout_cases import CASES, point_at_table
 from .conftest import REPO
 from .test_converter import OWNER, MemoryStore
-
-CASES = {
-    "imagefolder": ("10-imagefolder.yaml", "imagefolder", {"classes": 4, "train_per_class": 5, "val_per_class": 2}),
-    "audio-csv": ("11-audio-csv.yaml", "audio-csv", {"clips": 20}),
-    "coco": ("12-coco.yaml", "coco", {"images": 12}),
-    "hf-jsonl": ("13-hf-metadata.yaml", "hf-metadata", {"images": 16, "table": "jsonl"}),
-    "hf-csv": ("13-hf-metadata.yaml", "hf-metadata", {"images": 16, "table": "csv"}),
-    "hf-parquet": ("13-hf-metadata.yaml", "hf-metadata", {"images": 16, "table": "parquet"}),
-}
-EXPECTED = {
-    "imagefolder": layouts.expected_imagefolder,
-    "audio-csv": layouts.expected_audio_csv,
-    "coco": layouts.expected_coco,
-    "hf-metadata": layouts.expected_hf_metadata,
-}
 
 
 def example_config(name: str, workers: int = 2) -> dict[str, Any]:
@@ -44,11 +30,7 @@ def example_config(name: str, workers: int = 2) -> dict[str, Any]:
     spec["source"] = {"volume": {"claimName": "raw"}}
     spec["output"].update(maxShardSize="64KiB")
     spec["conversion"] = {"workers": workers}
-    if size.get("table") in ("csv", "parquet"):
-        table = spec["samples"]["tables"][0]
-        table["path"] = f"images/metadata.{size['table']}"
-        if size["table"] == "csv":
-            table["json"]["columns"] = ["score"]
+    point_at_table(spec, size)
     return converter_config(parse_spec(spec, name=name, default_endpoint="http://ais:1"), OWNER)
 
 
@@ -75,7 +57,7 @@ def converted(store: MemoryStore) -> tuple[dict[str, dict[str, bytes]], dict[str
 def test_each_layout_converts_exactly_what_the_generator_expects(tmp_path: Path, name: str) -> None:
     _, layout, size = CASES[name]
     layouts.write_layout_dir(layout, tmp_path, seed=5, **size)
-    want = EXPECTED[layout](seed=5, **size)
+    want = layouts.expected(layout, seed=5, **size)
     cfg = example_config(name)
     store = MemoryStore()
     manifest = make_plan(cfg, store, VolumeSource(str(tmp_path)), sort_buffer_bytes=4096)  # type: ignore[arg-type]

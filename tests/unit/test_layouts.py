@@ -311,3 +311,28 @@ def test_splits_by_a_table_column() -> None:
             name="ds",
             default_endpoint="http://ais:51080",
         )
+
+
+def test_table_rows_become_value_records_of_the_file_they_name() -> None:
+    import io
+    import json
+    from collections import Counter
+
+    from sharded_dataset_operator.pods.metadata import table_records
+
+    layout = parse_layout(
+        {"tables": [{"path": "images/metadata.jsonl", "members": [{"column": "text", "name": "txt"}]}]}
+    )
+    grouper = Grouper([FieldRule("images/*.jpg", "jpg")], None, ["jpg", "txt"], layout=layout)
+    lines = [
+        {"file_name": "./0001.jpg", "text": "one"},
+        {"file_name": "0002.jpg", "text": "two"},
+        {"file_name": "notes.txt", "text": "no field matches"},
+        {"text": "no join"},
+    ]
+    data = "\n".join(json.dumps(x) for x in lines).encode()
+    counts: Counter[str] = Counter()
+    stream = io.BytesIO(data)
+    records = list(table_records(grouper, layout.tables[0], stream, counts, None, "b-", 1 << 20))  # type: ignore[arg-type]
+    assert records == [value_record("0001", "txt", "one"), value_record("0002", "txt", "two")]
+    assert counts == {"no-field": 1, "no-join-value": 1}

@@ -27,34 +27,12 @@ from sharded_dataset_operator.core.tables import (
     value_text,
 )
 
+from .streams import LazyStream
+
 
 def rows(data: bytes, fmt: str = "csv", join: str = "file_name", select: tuple[str, ...] = (), **kw: Any) -> list[Any]:
     spec = TableSpec(path="meta/table", format=fmt, join=join, select=select, **kw)
     return list(read_rows(spec, io.BytesIO(data)))
-
-
-class LazyStream(io.RawIOBase):
-    """A read-only stream whose bytes are made on demand from an iterator of pieces."""
-
-    def __init__(self, pieces: Iterator[bytes]) -> None:
-        self._pieces = pieces
-        self._pending = b""
-        self.produced = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while not self._pending:
-            piece = next(self._pieces, None)
-            if piece is None:
-                return 0
-            self._pending = piece
-        n = min(len(buffer), len(self._pending))
-        buffer[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        self.produced += n
-        return n
 
 
 # format_of

@@ -441,6 +441,13 @@ def _written(name: str, seed: int, size: dict[str, Any]) -> tuple[Iterator[tuple
     return counted(), manifest, stats
 
 
+def expected(name: str, seed: int = 0, **size: Any) -> Expected:
+    """What a correct conversion of layout ``name`` holds (small sizes only: held in memory)."""
+    if name not in _PLANS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUT_NAMES)}")
+    return _PLANS[name](seed, **size).expected()
+
+
 def layout_output(name: str, seed: int = 0, **size: Any) -> tuple[Iterator[tuple[str, bytes]], bytes, dict[str, int]]:
     """Layout ``name``'s files (streamed), its ``expected.json`` and its stats (filled as the files stream by)."""
     return _written(name, seed, size)

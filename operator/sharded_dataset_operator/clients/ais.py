@@ -158,14 +158,21 @@ class Ais(ClusterCalls):
         archives: bool = False,
         page_size: int = 0,
         ahead: bool = False,
+        remote_props: bool = False,
     ) -> Iterator[list[Any]]:
         """The listing page by page (SDK `BucketEntry` lists), strictly: it must end with an empty
         continuation token, and a run of empty pages that never ends is a `ListingError`.
 
         `ahead`: ask for the next page while the caller works on this one (the planner: AIS takes about as long
         to produce a page as the planner takes to classify it).
+
+        `remote_props`: a remote bucket's objects as its backend has them now (an S3 object's current ETag as
+        its `checksum`), not as AIS cached them: without it, an object changed in S3 after AIS cached it is
+        listed with the cached copy's ETag.
         """
         flags = [ListObjectFlag.ARCH_DIR] if archives else []
+        if remote_props:
+            flags.append(ListObjectFlag.ONLY_REMOTE_PROPS)
         bck = self._bucket(bucket, provider)
 
         def fetch(token: str, uuid: str) -> BucketList:
@@ -288,26 +295,24 @@ class Ais(ClusterCalls):
 
         return self._object_call(head, False)
 
-    def copy_to(self, bucket: str, name: str, target: BinaryIO, provider: str = "ais") -> bool:
-        """Stream an object into `target` (a file: memory stays one chunk); False if it does not exist."""
-        try:
-            for chunk in self._bucket(bucket, provider).object(name).get_reader():
+    def copy_to(self, bucket: str, name: str, target: BinaryIO, provider: str = "ais", latest: bool = False) -> bool:
+        """Stream an object into `target` (a file: memory stays one chunk); False if it does not exist. `latest`
+        as in `get`."""
+
+        def copy() -> bool:
+            for chunk in self._bucket(bucket, provider).object(name).get_reader(latest=latest):
                 target.write(chunk)
             return True
-        except (ErrObjNotFound, ErrBckNotFound):
-            return False
-        except AISError as e:
-            if e.status_code == 404:
-                return False
-            raise _unavailable(e) from e
-        except requests.RequestException as e:
-            raise AisUnavailable(f"AIS at {self.endpoint}: {e}") from e
 
-    def stream_lines(self, bucket: str, name: str, provider: str = "ais", missing_ok: bool = True) -> Iterator[str]:
+        return self._object_call(copy, False)
+
+    def stream_lines(
+        self, bucket: str, name: str, provider: str = "ais", missing_ok: bool = True, latest: bool = False
+    ) -> Iterator[str]:
         """An object's text lines (without line ends), read as a stream; nothing if the object is absent
-        (MissingObject instead, unless `missing_ok`)."""
+        (MissingObject instead, unless `missing_ok`). `latest` as in `get`."""
         try:
-            reader = self._bucket(bucket, provider).object(name).get_reader()
+            reader = self._bucket(bucket, provider).object(name).get_reader(latest=latest)
             tail = b""
             for chunk in reader:
                 tail += chunk
@@ -329,17 +334,21 @@ class Ais(ClusterCalls):
         except requests.RequestException as e:
             raise AisUnavailable(f"AIS at {self.endpoint}: {e}") from e
 
-    def get(self, bucket: str, name: str, provider: str = "ais", direct: bool = False) -> bytes | None:
+    def get(
+        self, bucket: str, name: str, provider: str = "ais", direct: bool = False, latest: bool = False
+    ) -> bytes | None:
         """Object content, or None if it does not exist.
 
         `direct` reads from the target that owns the object instead of being redirected there by the proxy
-        (one HTTP round trip instead of two: what the converter does for every raw file).
+        (one HTTP round trip instead of two: what the converter does for every raw file). `latest`: of a remote
+        bucket, the backend's current version (AIS checks it and fetches it again if its copy is stale).
         """
 
         direct = direct and not self.token  # with AuthN on, targets refuse requests that bypass the proxy
 
         def read() -> bytes | None:
-            data: bytes = self._bucket(bucket, provider).object(name).get_reader(direct=direct).read_all()
+            reader = self._bucket(bucket, provider).object(name).get_reader(direct=direct, latest=latest)
+            data: bytes = reader.read_all()
             return data
 
         return self._object_call(read, None)

@@ -44,6 +44,18 @@ def regex_problem(regex: str) -> str | None:
     return None
 
 
+def _bracket_end(glob: str, i: int) -> int:
+    """The index of the ']' that closes the '[' at `i` (a ']' first in the class is a member), or -1 when it is
+    unterminated (then the '[' is a literal character, as in fnmatch)."""
+    j = i + 1
+    if j < len(glob) and glob[j] == "!":
+        j += 1
+    if j < len(glob) and glob[j] == "]":
+        j += 1
+    j = glob.find("]", j)
+    return j
+
+
 def _segment_regex(segment: str) -> str:
     """One '/'-free glob segment as a regular expression."""
     out: list[str] = []
@@ -57,14 +69,8 @@ def _segment_regex(segment: str) -> str:
         elif c == "?":
             out.append("[^/]")
         elif c == "[":
-            j = i + 1
-            if j < n and segment[j] == "!":
-                j += 1
-            if j < n and segment[j] == "]":
-                j += 1
-            while j < n and segment[j] != "]":
-                j += 1
-            if j >= n:  # an unterminated '[' is a literal character, as in fnmatch
+            j = _bracket_end(segment, i)
+            if j < 0:
                 out.append(re.escape(c))
             else:
                 body = segment[i + 1 : j]
@@ -101,20 +107,9 @@ def _glob_length(glob: str) -> int:
     """Number of characters matched by a glob without '*' ('?', '[...]' and literals match one each)."""
     count = 0
     i = 0
-    n = len(glob)
-    while i < n:
-        if glob[i] == "[":
-            j = i + 1
-            if j < n and glob[j] == "!":
-                j += 1
-            if j < n and glob[j] == "]":
-                j += 1
-            while j < n and glob[j] != "]":
-                j += 1
-            # An unterminated '[' is a literal character, as in fnmatch.
-            i = j + 1 if j < n else i + 1
-        else:
-            i += 1
+    while i < len(glob):
+        j = _bracket_end(glob, i) if glob[i] == "[" else -1
+        i = j + 1 if j >= 0 else i + 1
         count += 1
     return count
 

@@ -9,6 +9,7 @@ so only one image's annotations are held at a time. Rows that cannot be used are
 from __future__ import annotations
 
 import json
+import posixpath
 from collections import Counter
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -30,8 +31,8 @@ class MetadataError(Exception):
 
 
 def _key(grouper: Grouper, table: TableRule, join: str) -> str | None:
-    if table.join_by == "path":
-        return grouper.key_of(table.prefix + join)
+    if table.join_by == "path":  # `./0001.jpg` and `0001.jpg` name the same file
+        return grouper.key_of(posixpath.normpath(table.prefix + join))
     return join if key_problem(join, grouper.layout.key.mode != "basename") is None else None
 
 

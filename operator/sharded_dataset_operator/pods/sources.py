@@ -41,7 +41,6 @@ class ReadStats:
     batch_requests: int = 0
     object_requests: int = 0
     files: int = 0
-    cold_batches: int = 0  # batches of a remote bucket read object by object (not in AIS yet)
 
 
 class Source(Protocol):
@@ -74,11 +73,16 @@ class AisSource:
         self.listing = ListingStats()
         self.reads = ReadStats()
 
+    @property
+    def remote(self) -> bool:
+        """A remote bucket (s3://... through AIS): listed as its backend has it, read at its current version."""
+        return self.provider != "ais"
+
     def files(self) -> Iterator[RawFile]:
         n = len(self.prefix)
-        if self.provider != "ais":
-            # a remote bucket (s3://...) is listed by its own backend, page by page with continuation tokens;
-            # the targets' count would only be of the objects AIS has cached so far
+        if self.remote:
+            # a remote bucket is listed by its own backend, page by page with continuation tokens (the targets'
+            # count would only be of the objects AIS has cached so far)
             yield from self._listed(n)
             return
         # the bucket's own count, to check the listing against, asked for meanwhile (the summary is a job that
@@ -98,7 +102,11 @@ class AisSource:
 
     def _listed(self, n: int) -> Iterator[RawFile]:
         try:
-            pages = self.ais.list_pages(self.bucket, self.provider, self.prefix, props="name,size,checksum", ahead=True)
+            # the tag of a remote object is its backend's current ETag (a rewrite with the same size changes it)
+            props = "name,size,checksum"
+            pages = self.ais.list_pages(
+                self.bucket, self.provider, self.prefix, props=props, ahead=True, remote_props=self.remote
+            )
             for page in pages:
                 self.listing.pages += 1
                 for e in page:
@@ -110,6 +118,8 @@ class AisSource:
 
     def read_many(self, paths: Sequence[str]) -> list[bytes]:
         names = [self.prefix + p for p in paths]
+        if self.remote:
+            return self._read_latest(names)
         if self.mode == READS_BATCH:
             try:
                 out = self.ais.get_batch(self.bucket, names, self.provider)
@@ -117,12 +127,7 @@ class AisSource:
                 self.reads.files += len(out)
                 return out
             except MissingObject as e:
-                if self.provider == "ais":
-                    raise MissingFile(f"{e} (it disappeared during conversion)") from e
-                # A remote bucket (s3://...): Get-Batch serves only objects AIS holds already. Those it has not
-                # fetched from the backend yet are read one at a time (a cold GET each fetches and keeps it); an
-                # object the backend no longer has fails below as a missing file.
-                self.reads.cold_batches += 1
+                raise MissingFile(f"{e} (it disappeared during conversion)") from e
             except BatchUnsupported as e:
                 log.warning("Get-Batch is not available (%s): reading one object at a time", e)
                 self.mode = READS_OBJECT
@@ -136,16 +141,30 @@ class AisSource:
         self.reads.files += len(out)
         return out
 
+    def _read_latest(self, names: list[str]) -> list[bytes]:
+        """A remote bucket's objects at their backend's current version, one GET each: AIS fetches an object it
+        does not hold, or holds an older copy of, and serves the rest from its targets. (Get-Batch serves only
+        what AIS holds, without asking the backend: it would read stale copies and miss uncached objects.)"""
+        out = []
+        for name in names:
+            data = self.ais.get(self.bucket, name, self.provider, latest=True)
+            self.reads.object_requests += 1
+            if data is None:
+                raise MissingFile(f"{self.provider}://{self.bucket}/{name} disappeared during conversion")
+            out.append(data)
+        self.reads.files += len(out)
+        return out
+
     def lines(self, path: str) -> Iterator[str] | None:
         if not self.ais.exists(self.bucket, self.prefix + path, self.provider):
             return None
-        return self.ais.stream_lines(self.bucket, self.prefix + path, self.provider)
+        return self.ais.stream_lines(self.bucket, self.prefix + path, self.provider, latest=self.remote)
 
     def open_file(self, path: str) -> BinaryIO | None:
         """The object copied into a temporary file (Parquet needs to seek; a 450 MB COCO file stays on disk)."""
         spool = tempfile.TemporaryFile()  # noqa: SIM115 (returned open: the caller closes it)
         try:
-            if not self.ais.copy_to(self.bucket, self.prefix + path, spool, self.provider):
+            if not self.ais.copy_to(self.bucket, self.prefix + path, spool, self.provider, latest=self.remote):
                 spool.close()
                 return None
         except BaseException:
