@@ -118,9 +118,7 @@ class AisSource:
 
     def read_many(self, paths: Sequence[str]) -> list[bytes]:
         names = [self.prefix + p for p in paths]
-        if self.remote:
-            return self._read_latest(names)
-        if self.mode == READS_BATCH:
+        if self.mode == READS_BATCH and not self.remote:
             try:
                 out = self.ais.get_batch(self.bucket, names, self.provider)
                 self.reads.batch_requests += 1
@@ -131,23 +129,15 @@ class AisSource:
             except BatchUnsupported as e:
                 log.warning("Get-Batch is not available (%s): reading one object at a time", e)
                 self.mode = READS_OBJECT
+        # One GET each. A remote bucket's objects are read at the backend's current version: AIS fetches an object
+        # it does not hold, or holds an older copy of, and serves the rest from its targets (Get-Batch serves only
+        # what AIS holds, without asking the backend: it would read stale copies and miss uncached objects).
         out = []
         for name in names:
-            data = self.ais.get(self.bucket, name, self.provider, direct=True)
-            self.reads.object_requests += 1
-            if data is None:
-                raise MissingFile(f"{self.provider}://{self.bucket}/{name} disappeared during conversion")
-            out.append(data)
-        self.reads.files += len(out)
-        return out
-
-    def _read_latest(self, names: list[str]) -> list[bytes]:
-        """A remote bucket's objects at their backend's current version, one GET each: AIS fetches an object it
-        does not hold, or holds an older copy of, and serves the rest from its targets. (Get-Batch serves only
-        what AIS holds, without asking the backend: it would read stale copies and miss uncached objects.)"""
-        out = []
-        for name in names:
-            data = self.ais.get(self.bucket, name, self.provider, latest=True)
+            if self.remote:
+                data = self.ais.get(self.bucket, name, self.provider, latest=True)
+            else:
+                data = self.ais.get(self.bucket, name, self.provider, direct=True)
             self.reads.object_requests += 1
             if data is None:
                 raise MissingFile(f"{self.provider}://{self.bucket}/{name} disappeared during conversion")
