@@ -368,6 +368,11 @@ INVALID = [
      "spec.splits.stratifyBy must be the label, a class member or a table member"),
     ("bad split name", {"splits": {"sets": [{"name": "Train", "listFile": "a.txt"},
                                            {"name": "test", "listFile": "b.txt"}]}}, "spec.splits.sets[0].name"),
+    ("schedule that does not parse", {"refresh": {"schedule": "every night"}}, "spec.refresh.schedule"),
+    ("schedule with a minute 60", {"refresh": {"schedule": "60 3 * * *"}}, "spec.refresh.schedule"),
+    ("schedule of a volume source", {"source": {"volume": {"claimName": "c"}}, "refresh": {"schedule": "@daily"}},
+     "spec.refresh.schedule needs an AIS source"),
+    ("bad time zone", {"refresh": {"schedule": "@daily", "timeZone": "../etc/passwd"}}, "spec.refresh.timeZone"),
 ]  # fmt: skip
 
 

@@ -1,7 +1,7 @@
 """S3 sources end to end (issue 27): data written straight to the local cluster's S3 server (versitygw), not
 through AIS, converted through AIS's s3:// bucket of the same name, every sample byte-identical to what was
-written to S3; a refresh after changes made directly in S3 builds from S3 as it is now; a source bucket S3 does
-not have is a clear SourceNotFound."""
+written to S3; a refresh after changes made directly in S3 builds from S3 as it is now; a schedule every minute
+builds a version only when S3 changed; a source bucket S3 does not have is a clear SourceNotFound."""
 
 from __future__ import annotations
 
@@ -153,3 +153,78 @@ def test_a_refresh_sees_s3_as_it_is_now_and_converts_only_what_changed(
     assert {*rewritten, *added} <= converted_keys
     assert st["conversion"]["reusedShards"] > 0
     assert len(converted_keys) <= 6 * 10, len(converted_keys)  # a handful of units of 10, not the dataset
+
+
+def test_a_schedule_builds_a_version_only_when_s3_changed(
+    kube: Kube, namespace: str, ais: Ais, cluster_env: dict[str, str], operator: Any, tmp_path: Path
+) -> None:
+    """Example 15 with a schedule every minute: two ticks over an unchanged S3 bucket build nothing; one object
+    rewritten in S3 (same size, new bytes) is found at the next tick and built into exactly one new version,
+    byte-identical to S3; the tick after it finds nothing new again."""
+    raw = S3Dataset(60, seed=41)
+    out = unique("s3tick")
+    obj: dict[str, Any] = yaml.safe_load((REPO / "examples" / "15-scheduled-refresh.yaml").read_text())
+    obj["metadata"]["namespace"] = namespace
+    obj["spec"]["source"]["ais"]["bucket"] = raw.bucket
+    obj["spec"]["output"].update(bucket=out, maxShardSize="1MiB", retainPrevious="0s")
+    obj["spec"]["refresh"] = {"schedule": "* * * * *", "timeZone": "Europe/Berlin"}
+    name = obj["metadata"]["name"]
+    kube.apply(obj)
+    first = wait_ready(kube, namespace, name, timeout=400)
+    assert first["status"]["versions"]["published"]["version"] == "g1"
+
+    def checked_after(last: str | None) -> dict[str, Any]:
+        """The resource once its refresh status shows a check made after `last`."""
+        return wait_until(
+            lambda: (
+                (o := kube.get("sds", name, namespace))
+                and (o.get("status") or {}).get("refresh", {}).get("lastCheck") not in (None, last)
+                and o
+            ),
+            150,
+            f"a check after {last}",
+        )
+
+    last = None
+    for _ in range(2):  # two ticks, nothing changed in S3
+        o = checked_after(last)
+        refresh = o["status"]["refresh"]
+        assert refresh["changed"] is False, refresh
+        assert "unchanged since version g1" in refresh["message"]
+        assert o["status"]["versions"]["published"]["version"] == "g1"
+        assert "shardeddataset.dev/refresh" not in (o["metadata"].get("annotations") or {})
+        last = refresh["lastCheck"]
+    assert refresh["nextCheck"] > last
+
+    key = sorted(raw.manifest["complete"])[7]
+    image = f"images/{key}.jpg"
+    data = bytearray(raw.files[image])
+    data[len(data) // 3] ^= 0x5A  # same size, new bytes: only the ETag tells
+    raw.files[image] = bytes(data)
+    client().put_object(Bucket=raw.bucket, Key=image, Body=raw.files[image])
+
+    o = checked_after(last)
+    assert o["status"]["refresh"]["changed"] is True, o["status"]["refresh"]
+    request = o["metadata"]["annotations"]["shardeddataset.dev/refresh"]
+    assert request.startswith("scheduled-")
+    done = wait_until(
+        lambda: (
+            (x := kube.get("sds", name, namespace))
+            and ((x.get("status") or {}).get("versions") or {}).get("published", {}).get("refresh") == request
+            and x.get("status", {}).get("phase") == "Ready"
+            and x
+        ),
+        400,
+        "the scheduled version published",
+    )
+    st = done["status"]
+    version = st["versions"]["published"]["version"]
+    assert version == o["status"]["refresh"]["version"] != "g1"
+    index = json.loads(ais.get(out, st["indexObject"].removeprefix(f"ais://{out}/")) or b"{}")
+    samples = read_shards(ais, out, [s["url"] for s in index["shardlist"]], tmp_path)
+    assert_complete_samples(raw, samples, seed="2023")  # type: ignore[arg-type]
+
+    after = checked_after(done["status"]["refresh"].get("lastCheck"))  # the first tick after publishing
+    assert after["status"]["refresh"]["changed"] is False, after["status"]["refresh"]
+    assert after["status"]["versions"]["published"]["version"] == version  # exactly one new version
+    assert after["metadata"]["annotations"]["shardeddataset.dev/refresh"] == request

@@ -13,6 +13,7 @@ from typing import Any
 
 from sharded_dataset_operator.core.layout import Layout, LayoutError, parse_layout
 from sharded_dataset_operator.core.samples import FieldRule, LabelRule, default_required
+from sharded_dataset_operator.core.schedule import RefreshSchedule, ScheduleError, parse_refresh
 from sharded_dataset_operator.core.splitspec import Splits as Splits
 from sharded_dataset_operator.core.splitspec import SplitSet as SplitSet
 from sharded_dataset_operator.core.splitspec import SplitSpecError, parse_splits
@@ -286,6 +287,7 @@ class DatasetSpec:
     splits: Splits | None = None
     serve_etl: AisEtl | None = None  # spec.serve.etl: an AIS ETL kept running for readers (inline GET)
     layout: Layout = field(default_factory=Layout)  # spec.samples.key, classes, tables
+    refresh: RefreshSchedule | None = None  # spec.refresh.schedule: checks of the source at each tick
 
 
 def _reads(raw: dict[str, Any]) -> Reads:
@@ -423,6 +425,12 @@ def parse_spec(spec: dict[str, Any], *, name: str, default_endpoint: str) -> Dat
     transform = _transform(spec.get("transform") or {}, names)
     if transform is not None and transform.ais_etl is not None and source.bucket is None:
         raise SpecError("spec.transform.aisEtl: needs an AIS source (spec.source.ais): AIS ETL reads AIS objects")
+    try:
+        refresh = parse_refresh(spec.get("refresh"))
+    except ScheduleError as e:
+        raise SpecError(str(e)) from e
+    if refresh is not None and source.bucket is None:
+        raise SpecError("spec.refresh.schedule: needs an AIS source (spec.source.ais); a volume is not listed")
     policy = str(spec.get("deletionPolicy") or "Retain")
     if policy not in ("Retain", "Delete"):
         raise SpecError("spec.deletionPolicy: must be Retain or Delete")
@@ -442,6 +450,7 @@ def parse_spec(spec: dict[str, Any], *, name: str, default_endpoint: str) -> Dat
         else None,
         splits=_splits(spec.get("splits"), ([label.name] if label else []) + layout.value_members()),
         layout=layout,
+        refresh=refresh,
     )
 
 

@@ -150,6 +150,7 @@ def _publish(p: Pass, samples: int, verified: list[tuple[Track, list[tuple[Any, 
         "seed": spec.shuffle.seed if spec.shuffle else None,
         "replaces": p.obs.published.version if p.obs.published is not None else None,
         **({"classes": classes} if (classes := (p.obs.plan or {}).get("classes")) else {}),
+        **({"sourceFingerprint": fp} if (fp := (p.obs.plan or {}).get("sourceFingerprint")) else {}),
     }
     splits: dict[str, Any] = {}
     split_stables: list[WriteIndex] = []

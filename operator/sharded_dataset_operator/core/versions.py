@@ -46,6 +46,7 @@ class IndexInfo:
     record: dict[str, Any] = field(default_factory=dict)
     splits: dict[str, Any] = field(default_factory=dict)  # per split: index, versionIndex, samples, shards, bytes
     replaces: str = ""  # the version the stable index named when this one's index was written
+    source_fingerprint: str = ""  # the listing the version was planned from (`core.fingerprint`)
 
     @classmethod
     def from_index(cls, body: dict[str, Any] | None, uid: str) -> IndexInfo | None:
@@ -72,6 +73,7 @@ class IndexInfo:
             record=dict(info.get("artifacts") or {}),
             splits=dict(splits),
             replaces=str(info.get("replaces") or ""),
+            source_fingerprint=str(info.get("sourceFingerprint") or ""),
         )
 
     def summary(self) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from typing import Any
 from sharded_dataset_operator.clients.ais import Ais, ListingError
 from sharded_dataset_operator.core import fractions, naming, plan, reuse, units
 from sharded_dataset_operator.core.extsort import ExternalSorter
+from sharded_dataset_operator.core.fingerprint import ListingFingerprint
 from sharded_dataset_operator.core.layout import Layout, from_config
 from sharded_dataset_operator.core.samples import (
     FieldRule,
@@ -226,6 +227,7 @@ def make_plan(
         return (line for chunk in previous[1] for line in ais.stream_lines(out["bucket"], chunk, out["provider"]))
 
     fingerprint = 0
+    listing = ListingFingerprint()
     old_lines = previous_members(ais, out)
     diff = reuse.KeyDiff(old_lines) if old_lines is not None else None
     walk = reuse.MembershipWalk(old_members(), previous[0]) if previous is not None else None
@@ -238,6 +240,7 @@ def make_plan(
         try:
             for raw in source.files():
                 digest.update(f"{raw.path}\t{raw.size}\n".encode())
+                listing.add(raw.path, raw.size, raw.tag)
                 for file_record in grouper.records(raw):
                     sorter.add(file_record)
         except SourceError as e:
@@ -335,6 +338,7 @@ def make_plan(
         "kind": plan.PLAN_KIND,
         "generation": int(config["generation"]),
         "listingDigest": digest.hexdigest()[:16],
+        "sourceFingerprint": listing.value(),
         "filesListed": listed,
         "listPages": source.listing.pages,
         "samples": writer.samples,

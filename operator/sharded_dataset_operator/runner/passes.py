@@ -32,7 +32,7 @@ from sharded_dataset_operator.core.decision import after_actions, decide
 from sharded_dataset_operator.core.spec import DatasetSpec, SpecError, parse_spec
 from sharded_dataset_operator.core.status import RECONCILING, STALLED, DatasetStatus, Phase, set_condition
 from sharded_dataset_operator.core.versions import IndexInfo
-from sharded_dataset_operator.runner import failpoints
+from sharded_dataset_operator.runner import failpoints, scheduled
 from sharded_dataset_operator.runner.executor import OutputConflict, execute
 from sharded_dataset_operator.runner.metrics import METRICS
 from sharded_dataset_operator.runner.objcache import LimitExceeded, ObjectUnreadable
@@ -119,8 +119,10 @@ def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
         METRICS.forget(namespace, name)
         return PassResult(requeue=None)
     METRICS.seen(namespace, name, obj.get("status") or {})
-    if obj["metadata"].get("deletionTimestamp") or is_settled(obj):
+    if obj["metadata"].get("deletionTimestamp"):
         return PassResult(requeue=None)
+    if is_settled(obj):
+        return _settled(obj, settings)
     owner = owner_of(obj)
     previous = obj.get("status") or {}
     now = times.now_iso()
@@ -204,6 +206,26 @@ def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
     METRICS.passed(previous, status, decision.events)
     METRICS.seen(namespace, name, status)
     return PassResult(requeue=decision.requeue, events=decision.events)
+
+
+def _settled(obj: dict[str, Any], settings: Settings) -> PassResult:
+    """Nothing to build: only the refresh schedule (`runner.scheduled`), when the spec has one or had one."""
+    if not ((obj.get("spec") or {}).get("refresh") or {}).get("schedule") and not (obj.get("status") or {}).get(
+        "refresh"
+    ):
+        return PassResult(requeue=None)
+    meta = obj["metadata"]
+    try:
+        spec = parse_spec(obj.get("spec") or {}, name=meta["name"], default_endpoint=settings.ais_endpoint)
+    except (SpecError, KeyError, TypeError, ValueError):
+        return PassResult(requeue=None)  # (a spec that does not parse is never settled: its pass says why)
+
+    def connect() -> tuple[Ais, IndexInfo | None]:
+        ais = ais_for(spec, meta["namespace"])
+        return ais, read_published(ais, spec, meta["uid"], meta["namespace"])
+
+    wait, events = scheduled.check(obj, spec, connect, scheduled.utcnow())
+    return PassResult(requeue=None if wait is None or wait >= settings.idle_interval else max(wait, 1.0), events=events)
 
 
 def _fail_invalid(
