@@ -580,6 +580,7 @@ spec:
             - {name: AWS_REGION, value: "$S3_REGION"}
             - {name: AWS_ACCESS_KEY_ID, valueFrom: {secretKeyRef: {name: $S3_SECRET, key: access-key}}}
             - {name: AWS_SECRET_ACCESS_KEY, valueFrom: {secretKeyRef: {name: $S3_SECRET, key: secret-key}}}
+            - {name: AIS_S3_CONFIG_DIR, value: /etc/ais-s3}  # its *cred* files: the profiles buckets may name
             - {name: MY_POD, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
             - {name: MY_NODE, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}
             - {name: K8S_NS, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
@@ -598,9 +599,11 @@ spec:
             - {name: data, mountPath: $root}
             - {name: logs, mountPath: $LOGS}
             - {name: promote, mountPath: $PROMOTE_DIR}
+            - {name: s3-profiles, mountPath: /etc/ais-s3, readOnly: true}
       volumes:
         - {name: data, hostPath: {path: $root, type: Directory}}
         - {name: logs, hostPath: {path: $LOGS, type: Directory}}
+        - {name: s3-profiles, secret: {secretName: $S3_SECRET, items: [{key: credentials, path: credentials}]}}
         # files on this host that the tests and the example data promote into objects (sds_tools.exampledata.PROMOTE_ROOT)
         - {name: promote, hostPath: {path: $PROMOTE_DIR, type: DirectoryOrCreate}}
 EOF
@@ -613,9 +616,17 @@ s3_credentials() { # once per cluster: random keys, kept in $S3_DIR (the Secrets
   chmod 600 "$S3_DIR/access-key" "$S3_DIR/secret-key"
 }
 
+s3_profiles() { # the targets' shared credentials file: the keys as profile default, and a profile S3 does not
+  # know (`revoked`: a bucket with extra.aws.profile=revoked is what wrong credentials look like; the e2e tests)
+  printf '[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n' \
+    "$(cat "$S3_DIR/access-key")" "$(cat "$S3_DIR/secret-key")"
+  printf '[revoked]\naws_access_key_id = SDOREVOKED0000000000\naws_secret_access_key = %s\n' "$(printf '0%.0s' {1..40})"
+}
+
 apply_s3_secret() { # apply_s3_secret NAMESPACE
   kubectl -n "$1" create secret generic "$S3_SECRET" --from-file=access-key="$S3_DIR/access-key" \
-    --from-file=secret-key="$S3_DIR/secret-key" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+    --from-file=secret-key="$S3_DIR/secret-key" --from-file=credentials=<(s3_profiles) \
+    --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 }
 
 apply_s3() { # the S3 server: versitygw's posix backend over $S3_DIR/data (one folder per bucket)

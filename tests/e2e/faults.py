@@ -112,3 +112,35 @@ def above_high_watermark(endpoint: str) -> Iterator[None]:
     finally:
         set_space(int(space["cleanupwm"]), int(space["lowwm"]), int(space["highwm"]))
         wait(lambda: not ais.capacity_problems(), "capacity errors left after restoring the watermarks")
+
+
+def _versitygw_pids() -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if cmd and cmd[0].endswith(b"versitygw"):
+                pids.append(int(proc.name))
+    return pids
+
+
+@contextlib.contextmanager
+def s3_down(kube: Kubectl, s3_answers: Callable[[], bool]) -> Iterator[None]:
+    """The local S3 server (versitygw, namespace s3) gone for the duration of the block: scaled to no replica and
+    its process SIGKILLed at once (no graceful stop while the test races the converters). On exit it is scaled
+    back and must answer again within 60 s."""
+    kube.run("-n", "s3", "scale", "deploy/versitygw", "--replicas=0")
+    try:
+        for pid in _versitygw_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        yield
+    finally:
+        kube.run("-n", "s3", "scale", "deploy/versitygw", "--replicas=1")
+        deadline = time.monotonic() + 60
+        while not s3_answers() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert s3_answers(), "the S3 server did not come back within 60 s"

@@ -45,3 +45,24 @@ def test_a_consumer_that_stops_early_leaves_no_request_behind(monkeypatch: pytes
     assert next(pages) == ["a"]
     pages.close()  # type: ignore[attr-defined]
     assert asked[:2] == ["", "t1"] and len(asked) <= 2
+
+
+def test_a_backend_refusing_ais_credentials_is_access_denied_never_missing() -> None:
+    """AIS answers a GET of a remote object with 404, and a listing with 500, when S3 refuses the credentials
+    AIS uses: told apart by the backend's error code, so it is never an absent object or an outage."""
+    from aistore.sdk.errors import AISError, ErrObjNotFound
+
+    from sharded_dataset_operator.clients import ais as ais_client
+    from sharded_dataset_operator.clients.ais_errors import BackendDenied, unavailable
+
+    refused = ('{"message":"aws-error[XAdminUserNotFound: No user exists with the provided access key ID '
+               '(profile=\\"revoked\\")]","status":404}')  # fmt: skip
+    with pytest.raises(BackendDenied, match="refused the credentials AIS uses"):
+        ais_client._is_missing(ErrObjNotFound(404, refused, "http://ais/v1/objects/b/o", None))
+    assert ais_client._is_missing(ErrObjNotFound(404, '{"message":"object s3://b/o does not exist"}', "u", None))
+    assert isinstance(unavailable(AISError(500, refused.replace("404", "500"), "u", None)), BackendDenied)
+    signature = "aws-error[SignatureDoesNotMatch: The request signature we calculated does not match]"
+    assert isinstance(unavailable(AISError(500, signature, "u", None)), BackendDenied)
+    assert not isinstance(unavailable(AISError(500, "aws-error[connection refused]", "u", None)), BackendDenied)
+    own = AISError(503, "AccessDenied in a message of AIS itself", "u", None)
+    assert not isinstance(unavailable(own), BackendDenied)

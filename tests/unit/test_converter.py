@@ -208,10 +208,43 @@ def test_a_file_gone_or_changed_after_planning_fails_the_worker(tmp_path: Path) 
     with pytest.raises(PermanentError, match="source changed"):
         convert(cfg, 0, store, VolumeSource(str(root)))  # type: ignore[arg-type]
     victim.unlink()
-    from sharded_dataset_operator.pods.reads import MissingFile
+    from sharded_dataset_operator.pods.common import SourceChanged
+    from sharded_dataset_operator.pods.reads import Vanished
 
-    with pytest.raises(MissingFile, match="disappeared"):
+    with pytest.raises(Vanished, match="disappeared"):
         convert(cfg, 0, store, VolumeSource(str(root)))  # type: ignore[arg-type]
+    assert SourceChanged.reason == "SourceChanged"
+
+
+@pytest.mark.parametrize("disturbed", [False, True])
+def test_a_vanished_file_is_source_changed_unless_the_cluster_changed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, disturbed: bool
+) -> None:
+    """A 404 while AIS is whole is the source's own change: permanent, tagged SourceChanged for the operator. The
+    same 404 while a target left (its objects not served meanwhile) is the cluster's weather: retried."""
+    from sharded_dataset_operator.core.builders import CONFIG_ENV, EXIT_PERMANENT
+    from sharded_dataset_operator.core.failures import pod_reason
+    from sharded_dataset_operator.pods import common
+    from sharded_dataset_operator.pods.reads import Vanished
+
+    monkeypatch.setenv(CONFIG_ENV, "{}")
+    monkeypatch.setenv("AIS_ENDPOINT", "http://127.0.0.1:9")
+    log = tmp_path / "termination-log"
+    monkeypatch.setattr(common, "TERMINATION_LOG", str(log))
+    views = iter([Membership(7, 2, 2), Membership(8, 1, 1) if disturbed else Membership(7, 2, 2)])
+    monkeypatch.setattr(common.Ais, "membership", lambda self: next(views, Membership(7, 2, 2)))
+    monkeypatch.setattr(common, "unreachable_exit", lambda e, whole: EXIT_UNAVAILABLE)
+
+    def run(config: dict[str, Any], index: int, ais: Any) -> str:
+        raise Vanished("s3://raw/images/a.jpg disappeared during conversion")
+
+    code = common.run_main(run)
+    if disturbed:
+        assert code == EXIT_UNAVAILABLE and not log.exists()
+    else:
+        assert code == EXIT_PERMANENT
+        assert pod_reason(log.read_text(), "ConversionFailed") == "SourceChanged"
+        assert "images/a.jpg disappeared" in log.read_text()
 
 
 def test_convert_without_a_plan_is_retried_not_permanent(tmp_path: Path) -> None:

@@ -34,3 +34,13 @@ def test_failpoints_fire_only_when_enabled_requested_and_not_yet_fired() -> None
     assert not failpoints.armed(True, {failpoints.ANNOTATION: point, failpoints.FIRED_ANNOTATION: point}, point)
     assert failpoints.for_dataset(True, {}, lambda _: None) is failpoints.none
     assert failpoints.for_dataset(False, {failpoints.ANNOTATION: point}, lambda _: None) is failpoints.none
+
+
+def test_a_pods_tagged_reason_is_the_failures_reason() -> None:
+    from sharded_dataset_operator.core.failures import pod_reason, pod_reason_tag
+
+    msg = "[worker 1, exit 3] " + pod_reason_tag("SourceChanged", "s3://b/x.jpg disappeared during conversion")
+    assert pod_reason(msg, "ConversionFailed") == "SourceChanged"
+    assert pod_reason("[worker 0, exit 3] [AccessDenied] HTTP 403", "PlanningFailed") == "AccessDenied"
+    assert pod_reason("[worker 0, exit 1] [Unheard] of", "ConversionFailed") == "ConversionFailed"  # not a reason
+    assert pod_reason("", "PlanningFailed") == "PlanningFailed"

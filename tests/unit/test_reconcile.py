@@ -217,6 +217,39 @@ def test_running_job_reports_progress_without_actions() -> None:
     assert "6/9 samples" in d.status.message
 
 
+def test_workers_waiting_for_the_source_are_stalled_until_they_convert_again() -> None:
+    waiting = {"reason": "SourceUnavailable", "message": "S3 does not answer", "since": "2026-12-04T10:00:00Z"}
+    obs = Observed(
+        previous={"observedGeneration": 3, "phase": "Converting"},
+        plan=plan(9),
+        job=JobState("pets-convert-g3", 3, active=2),
+        progress={0: {"worker": 0, "generation": 3, "samples": 2, "bytes": 100, "waiting": waiting},
+                  1: {"worker": 1, "generation": 3, "samples": 1, "bytes": 50}},
+    )  # fmt: skip
+    d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
+    assert d.actions == [] and d.status.phase == Phase.CONVERTING and d.status.stalled
+    assert (
+        d.status.reason == "SourceUnavailable" and "since 2026-12-04T10:00:00Z: S3 does not answer" in d.status.message
+    )
+    assert [e.reason for e in d.events] == ["SourceUnavailable"]
+    del obs.progress[0]["waiting"]  # the next pod converts again: its progress write drops the mark
+    again = decide(spec(), OWNER, obs, DEFAULTS, NOW)
+    assert not again.status.stalled and again.status.reason == "Converting"
+    obs.progress[0]["waiting"], obs.progress[0]["generation"] = waiting, 2  # an older version's mark: not ours
+    assert not decide(spec(), OWNER, obs, DEFAULTS, NOW).status.stalled
+
+
+def test_a_failed_pods_tagged_reason_is_the_status_reason() -> None:
+    msg = "[worker 0, exit 3] [SourceChanged] s3://raw/images/a.jpg disappeared during conversion"
+    job = JobState("pets-convert-g3", 3, failed=1, failed_reason="FailedIndexes", failed_message=msg)
+    d = decide(spec(), OWNER, Observed(previous={}, plan=plan(), job=job), DEFAULTS, NOW)
+    assert d.status.phase == Phase.FAILED and d.status.reason == "SourceChanged" and "a.jpg" in d.status.message
+    denied = JobState("pets-plan-g3", 3, failed=1, failed_reason="FailedIndexes",
+                      failed_message="[worker 0, exit 3] [AccessDenied] the bucket's backend refused")  # fmt: skip
+    d = decide(spec(), OWNER, Observed(previous={}, planner=denied), DEFAULTS, NOW)
+    assert d.status.reason == "AccessDenied"
+
+
 def test_progress_aggregation() -> None:
     p = plan(10)
     # a worker's report replaces its progress object; other generations' progress is ignored

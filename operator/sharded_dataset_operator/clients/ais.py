@@ -30,6 +30,8 @@ from sharded_dataset_operator.clients.ais_errors import (
     DENIED,
     AccessDenied,
     AisUnavailable,
+    BackendDenied,
+    BackendUnavailable,
     BatchUnsupported,
     BucketNotFound,
     DsortRejected,
@@ -37,6 +39,7 @@ from sharded_dataset_operator.clients.ais_errors import (
     EtlRejected,
     ListingError,
     MissingObject,
+    backend_denied,
     redact,
 )
 from sharded_dataset_operator.clients.ais_errors import unavailable as _unavailable
@@ -48,6 +51,8 @@ __all__ = [
     "AccessDenied",
     "Ais",
     "AisUnavailable",
+    "BackendDenied",
+    "BackendUnavailable",
     "BatchUnsupported",
     "BucketNotFound",
     "DsortRejected",
@@ -116,10 +121,8 @@ class Ais(ClusterCalls):
         try:
             self._bucket(name, provider).head()
             return True
-        except (ErrBckNotFound, ErrRemoteBckNotFound):
-            return False
         except AISError as e:
-            if e.status_code == 404:
+            if _is_missing(e):
                 return False
             raise _unavailable(e) from e
         except requests.RequestException as e:
@@ -139,10 +142,8 @@ class Ais(ClusterCalls):
                 prefix=prefix, props="name,size", page_size=0, flags=flags
             ):
                 yield Entry(name=e.name, size=int(e.size or 0))
-        except (ErrBckNotFound, ErrRemoteBckNotFound) as e:
-            raise BucketNotFound(f"bucket {provider}://{bucket} not found") from e
         except AISError as e:
-            if e.status_code == 404:
+            if _is_missing(e):
                 raise BucketNotFound(f"bucket {provider}://{bucket} not found") from e
             raise _unavailable(e) from e
         except requests.RequestException as e:
@@ -178,9 +179,9 @@ class Ais(ClusterCalls):
         def fetch(token: str, uuid: str) -> BucketList:
             try:
                 return self._list_page(bck, prefix, props, page_size, uuid, token, flags)
-            except (ErrBckNotFound, ErrRemoteBckNotFound) as e:
-                raise BucketNotFound(f"bucket {provider}://{bucket} not found") from e
             except AISError as e:
+                if isinstance(e, (ErrBckNotFound, ErrRemoteBckNotFound)) and _is_missing(e):
+                    raise BucketNotFound(f"bucket {provider}://{bucket} not found") from e
                 raise _unavailable(e) from e
             except requests.RequestException as e:
                 raise AisUnavailable(f"AIS at {self.endpoint}: {e}") from e
@@ -321,12 +322,8 @@ class Ais(ClusterCalls):
                     yield line.rstrip(b"\r").decode("utf-8", errors="replace")
             if tail:
                 yield tail.rstrip(b"\r").decode("utf-8", errors="replace")
-        except (ErrObjNotFound, ErrBckNotFound):
-            if not missing_ok:
-                raise MissingObject(f"{provider}://{bucket}/{name} not found") from None
-            return
         except AISError as e:
-            if e.status_code == 404:
+            if _is_missing(e):
                 if not missing_ok:
                     raise MissingObject(f"{provider}://{bucket}/{name} not found") from None
                 return
@@ -357,10 +354,8 @@ class Ais(ClusterCalls):
         """`fn()`, with a missing object or bucket as `missing` and any other failure as AisUnavailable."""
         try:
             return fn()
-        except (ErrObjNotFound, ErrBckNotFound):
-            return missing
         except AISError as e:
-            if e.status_code == 404:
+            if _is_missing(e):
                 return missing
             raise _unavailable(e) from e
         except requests.RequestException as e:
@@ -437,3 +432,12 @@ def _skip_environment_lookups(client: Client) -> None:
     manager = getattr(getattr(client, "_request_client", None), "session_manager", None)
     if manager is not None:
         manager.session.trust_env = False
+
+
+def _is_missing(e: AISError) -> bool:
+    """A 404 of a missing object or bucket; raises BackendDenied for a remote backend's refusal of AIS's
+    credentials, which AIS also answers with 404 (never taken for "missing")."""
+    denied = backend_denied(e)
+    if denied is not None:
+        raise denied from e
+    return isinstance(e, (ErrObjNotFound, ErrBckNotFound, ErrRemoteBckNotFound)) or e.status_code == 404

@@ -9,7 +9,7 @@ from sharded_dataset_operator.core import builders, naming, units
 from sharded_dataset_operator.core.actions import CreateJob, Decision, Event, InitEtl
 from sharded_dataset_operator.core.observed import Track
 from sharded_dataset_operator.core.spec import DatasetSpec
-from sharded_dataset_operator.core.state import Pass, seconds_since
+from sharded_dataset_operator.core.state import Pass, seconds_since, stalled
 from sharded_dataset_operator.core.status import CONVERTED, DatasetStatus, Phase, StepState
 from sharded_dataset_operator.core.times import epoch
 from sharded_dataset_operator.core.verify import Totals
@@ -49,6 +49,9 @@ def step(p: Pass) -> Decision | None:
         )
         if settled is not None:
             return settled
+        wait = _waiting(p)
+        if wait is not None:  # the workers wait for the source (its remote store is down): Stalled, resumes
+            return stalled(p.decision, p.prev_stalled, Phase.CONVERTING, *wait)
         return p.working(
             Phase.CONVERTING,
             "Converting",
@@ -106,6 +109,21 @@ def step(p: Pass) -> Decision | None:
         p.tracks.append(Track(name, sorted(r["name"] for r in recs), order, written, samples, tar_bytes))
     st.splits = {t.split or "": {"samples": t.samples, "convertedShards": len(t.shards)} for t in p.tracks}
     return None
+
+
+def _waiting(p: Pass) -> tuple[str, str] | None:
+    """(reason, message) of the longest wait a running worker says it is in (`pods.progress.mark_waiting`); a
+    worker that converts again drops its mark with its next progress write."""
+    waits = [
+        w
+        for i, pr in sorted(p.obs.progress.items())
+        if i not in p.reports and int(pr.get("generation", -1)) == p.owner.generation
+        and isinstance(w := pr.get("waiting"), dict)
+    ]  # fmt: skip
+    if not waits:
+        return None
+    first = min(waits, key=lambda w: str(w.get("since") or ""))
+    return str(first.get("reason") or "SourceUnavailable"), f"since {first.get('since')}: {first.get('message')}"
 
 
 def _etl(p: Pass) -> Decision | None:

@@ -171,9 +171,11 @@ def _retry_requested(p: Pass) -> Decision:
     base, b = builders.converted_base(p.spec, p.owner), p.spec.output.bucket
     attempt_objects = [DeletePrefix(b.name, b.provider, naming.report_prefix(base)),
                        DeletePrefix(b.name, b.provider, naming.progress_prefix(base))]  # fmt: skip
-    if reason in ("PlanningFailed", "PlanMissing", "NoSamples", "SplitEmpty"):
+    if reason in ("PlanningFailed", "PlanMissing", "NoSamples", "SplitEmpty", "SourceChanged", "SourceNotFound",
+                  "AccessDenied"):  # fmt: skip
         # planning again from a clean slate: a converter Job or reports left from before would be taken for the
-        # new plan's (SplitEmpty, too, is decided on converted samples, and the source may have changed since)
+        # new plan's (SplitEmpty, too, is decided on converted samples, and the source may have changed since;
+        # a source that changed under the converters, or refused them, is listed anew)
         jobs = (naming.job_name(p.owner.name, version, "plan"), naming.job_name(p.owner.name, version))
         p.decision.actions.append(DeleteJobs(jobs))
         p.decision.actions.append(DeleteObjects(b.name, b.provider, (naming.plan_manifest_name(base),)))

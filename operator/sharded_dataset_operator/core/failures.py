@@ -9,6 +9,7 @@ records, input shards missing, a verification mismatch, no complete samples): th
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -43,6 +44,23 @@ _PERMANENT_MARKERS = (
     "out of space",
     "no space left",
 )
+
+
+POD_REASONS = ("SourceChanged", "SourceNotFound", "AccessDenied")
+"""Reasons a planner or converter pod names in its termination message (`[Reason] text`, `pod_reason_tag`):
+the Job's failure is shown with that reason instead of the step's generic one (PlanningFailed,
+ConversionFailed)."""
+_TAG = re.compile(r"\[(" + "|".join(POD_REASONS) + r")\]")
+
+
+def pod_reason_tag(reason: str, message: str) -> str:
+    return f"[{reason}] {message}"
+
+
+def pod_reason(message: str, default: str) -> str:
+    """The reason a failed pod named (the first tag in `message`), else `default`."""
+    m = _TAG.search(message or "")
+    return m.group(1) if m else default
 
 
 def classify_dsort_abort(errors: Iterable[str]) -> str:

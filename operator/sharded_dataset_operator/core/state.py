@@ -80,7 +80,7 @@ class Pass:
             return self.working(Phase.CONVERTING, working, f"waiting for the previous {what} Job to go")
         if job.failed_reason:
             msg = f"{what} Job {job.name} failed: {job.failed_message or job.failed_reason}"
-            return self.failed(CONVERTED, failed, msg)
+            return self.failed(CONVERTED, failures.pod_reason(job.failed_message, failed), msg)
         if job.complete:
             return self.missing_output(job, *missing)
         return None

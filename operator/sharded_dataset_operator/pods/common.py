@@ -10,8 +10,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sharded_dataset_operator.clients.ais import AccessDenied, Ais, Membership
+from sharded_dataset_operator.clients.ais import AccessDenied, Ais, BackendUnavailable, Membership
 from sharded_dataset_operator.core.builders import CONFIG_ENV, EXIT_PERMANENT, EXIT_UNAVAILABLE
+from sharded_dataset_operator.core.failures import pod_reason_tag
+from sharded_dataset_operator.core.times import now_iso
+from sharded_dataset_operator.pods.progress import mark_waiting
+from sharded_dataset_operator.pods.reads import Vanished
 from sharded_dataset_operator.pods.sources import READS_BATCH, AisSource, Source, VolumeSource
 
 log = logging.getLogger("sds.converter")
@@ -34,7 +38,20 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 class PermanentError(Exception):
-    """A problem a retry cannot fix (bad source, bad labels file, a plan that no longer matches the source)."""
+    """A problem a retry cannot fix (bad source, bad labels file, a plan that no longer matches the source).
+    `reason`: what the operator shows it as (`core.failures.POD_REASONS`), when not the step's generic failure."""
+
+    reason: str | None = None
+
+
+class SourceChanged(PermanentError):
+    """The source is not what was listed any more: an object vanished, or has another size, since planning."""
+
+    reason = "SourceChanged"
+
+
+class SourceMissing(PermanentError):
+    reason = "SourceNotFound"
 
 
 def make_source(config: dict[str, Any], ais: Ais) -> Source:
@@ -54,8 +71,9 @@ def terminate(message: str) -> None:
         pass
 
 
-def run_main(run: Callable[[dict[str, Any], int, Ais], str]) -> int:
-    """Read the pod's environment, call `run(config, index, ais)`, map the outcome to an exit code."""
+def run_main(run: Callable[[dict[str, Any], int, Ais], str], *, progress: bool = False) -> int:
+    """Read the pod's environment, call `run(config, index, ais)`, map the outcome to an exit code.
+    `progress`: the worker has a progress object (a converter), where a wait for the source is said."""
     logging.basicConfig(level=os.environ.get("SDS_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(message)s")
     try:
         config = json.loads(os.environ[CONFIG_ENV])
@@ -77,18 +95,29 @@ def run_main(run: Callable[[dict[str, Any], int, Ais], str]) -> int:
         return EXIT_TERMINATED
     except PermanentError as e:
         log.error("permanent failure: %s", e)
-        terminate(str(e))
+        terminate(pod_reason_tag(e.reason, str(e)) if e.reason else str(e))
         return EXIT_PERMANENT
-    except AccessDenied as e:  # the token may not do this: a retry with the same token cannot help
+    except AccessDenied as e:  # the token (or AIS's credentials for a remote bucket) may not: a retry cannot help
         log.error("access denied: %s", e)
-        terminate(f"AIS denied access to this dataset's token: {e}")
+        terminate(pod_reason_tag("AccessDenied", str(e)))
         return EXIT_PERMANENT
+    except BackendUnavailable as e:  # AIS is fine, the remote store behind the source is not: wait, hand over
+        log.warning("the source's backend does not answer: %s", e)
+        if progress:
+            why = f"{e} (the converters wait for it and resume by themselves)"
+            mark_waiting(ais, config["output"], index, int(config.get("generation") or 0), "SourceUnavailable", why,
+                         now_iso())  # fmt: skip
+        return unreachable_exit(e, lambda: source_answers(ais, config), what="the source's backend")
     except Exception as e:
         log.exception("failed")
         now = ais.membership()
         if cluster_disturbed(start, now):
             log.warning("the cluster changed under the worker: was %s, now %s", start, now)
             return unreachable_exit(e, lambda: cluster_whole(start, ais.membership()))
+        if isinstance(e, Vanished):  # with the cluster whole, a 404 is the source's own: it changed since planning
+            why = f"{e}; the source changed since it was listed: refresh (or let the schedule) build it as it is now"
+            terminate(pod_reason_tag("SourceChanged", why))
+            return EXIT_PERMANENT
         terminate(f"{type(e).__name__}: {e}")
         return 1
     log.info(summary)
@@ -127,12 +156,26 @@ def cluster_disturbed(start: Membership | None, now: Membership | None) -> bool:
     return now.version != start.version or bool(restarted(start, now))
 
 
+def source_answers(ais: Ais, config: dict[str, Any]) -> bool:
+    """Whether the source's remote store answers a listing (one page) through AIS again."""
+    src = config.get("source") or {}
+    if src.get("kind") != "ais":
+        return True
+    try:
+        pages = ais.list_pages(src["bucket"], src["provider"], src.get("prefix", ""), page_size=1, remote_props=True)
+        next(iter(pages), None)
+        return True
+    except Exception:
+        return False
+
+
 def unreachable_exit(
     error: Exception,
     whole: Callable[[], bool],
     wait: float = AIS_WAIT_SECONDS,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    what: str = "AIS cluster",
 ) -> int:
     """AIS (or one of its targets) went away under the worker: wait (bounded) until the cluster is whole again,
     then exit for a fresh pod.
@@ -146,8 +189,8 @@ def unreachable_exit(
     while not back and clock() < deadline:
         sleep(2.0)
         back = whole()
-    state = "is whole again" if back else f"is still not whole after {wait:.0f}s"
-    message = f"AIS cluster disturbed ({type(error).__name__}: {error}); it {state}: a fresh pod resumes"
+    state = "is back" if back else f"is still away after {wait:.0f}s"
+    message = f"{what} disturbed ({type(error).__name__}: {error}); it {state}: a fresh pod resumes"
     log.warning(message)
     terminate(message)
     return EXIT_UNAVAILABLE

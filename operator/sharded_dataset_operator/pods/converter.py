@@ -33,9 +33,9 @@ from sharded_dataset_operator.core import naming, plan, units
 from sharded_dataset_operator.core.builders import ORDER_MEMBER, order_rank
 from sharded_dataset_operator.core.samples import Sample
 from sharded_dataset_operator.core.verify import Totals
-from sharded_dataset_operator.pods.common import PermanentError, make_source, run_main
+from sharded_dataset_operator.pods.common import PermanentError, SourceChanged, make_source, run_main
 from sharded_dataset_operator.pods.progress import PROGRESS_INTERVAL, Progress, resume_point
-from sharded_dataset_operator.pods.reads import Failed, FetchFailed, MissingFile, ReadPlan, Through, read_samples
+from sharded_dataset_operator.pods.reads import Failed, FetchFailed, ReadPlan, Through, Vanished, read_samples
 from sharded_dataset_operator.pods.sources import READS_BATCH, Source
 from sharded_dataset_operator.pods.tarshard import FinishedShard, ShardCutter, encode_sample
 from sharded_dataset_operator.pods.transforms import DROPPED, Skip, Transformer
@@ -259,7 +259,7 @@ def etl_through(config: dict[str, Any], ais: Ais) -> Through | None:
         except EtlObjectError as e:
             raise FetchFailed(str(e)) from e
         except MissingObject as e:
-            raise MissingFile(f"{provider}://{bucket}/{prefix}{path} disappeared during conversion") from e
+            raise Vanished(f"{provider}://{bucket}/{prefix}{path} disappeared during conversion") from e
 
     return Through(member=str(etl["member"]), fetch=fetch)
 
@@ -364,7 +364,7 @@ def convert(
             if through is not None and name == through.member:
                 continue  # what the ETL made of it
             if len(data) != raw.size:
-                raise PermanentError(
+                raise SourceChanged(
                     f"{raw.path} is {len(data)} bytes but was {raw.size} when the source was listed: the source "
                     "changed during the run; change the spec (or recreate the resource) to rerun"
                 )
@@ -455,7 +455,7 @@ def run(config: dict[str, Any], index: int, ais: Ais) -> str:
 
 
 def main() -> int:
-    return run_main(run)
+    return run_main(run, progress=True)
 
 
 if __name__ == "__main__":

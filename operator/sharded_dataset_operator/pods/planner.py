@@ -53,7 +53,7 @@ from sharded_dataset_operator.pods.assembly import (
     previous_units,
     reusable_units,
 )
-from sharded_dataset_operator.pods.common import PermanentError, make_source, run_main
+from sharded_dataset_operator.pods.common import PermanentError, SourceMissing, make_source, run_main
 from sharded_dataset_operator.pods.metadata import MetadataError, table_records
 from sharded_dataset_operator.pods.sources import Source, SourceError
 
@@ -244,7 +244,7 @@ def make_plan(
                 for file_record in grouper.records(raw):
                     sorter.add(file_record)
         except SourceError as e:
-            raise PermanentError(str(e)) from e
+            raise SourceMissing(str(e)) from e
         listed = source.listing.files
         if label is not None:
             lines = source.lines(label.path)

@@ -84,3 +84,23 @@ def resume_point(ais: Ais, out: dict[str, Any], worker: int, generation: int) ->
             done.extend(unit)
             unit = []
     return done
+
+
+def mark_waiting(
+    ais: Ais, out: dict[str, Any], worker: int, generation: int, reason: str, message: str, now: str
+) -> None:
+    """Say in the worker's progress object why it waits (the operator shows it; the next tick of a worker that
+    makes progress drops it). The shards recorded there stay: they are where the next pod resumes."""
+    name = naming.progress_name(str(out["base"]), worker)
+    try:
+        data = ais.get(out["bucket"], name, out["provider"])
+        body = json.loads(data) if data else {}
+        if not isinstance(body, dict):
+            return  # torn: left alone (`resume_point` starts over on it)
+        body.setdefault("worker", worker)
+        body.setdefault("generation", generation)
+        since = (body.get("waiting") or {}).get("since") or now
+        body["waiting"] = {"reason": reason, "message": message[:1000], "since": since}
+        ais.put(out["bucket"], name, json.dumps(body, sort_keys=True).encode(), out["provider"])
+    except Exception as e:  # best effort, like every progress write
+        log.warning("could not record the wait in %s: %s", name, e)

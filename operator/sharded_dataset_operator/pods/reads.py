@@ -21,6 +21,10 @@ class MissingFile(Exception):
     """A file of the plan is gone (or came back empty where it had bytes): the worker fails and is retried."""
 
 
+class Vanished(MissingFile):
+    """The source no longer has a listed file (its store answered 404): the source changed since planning."""
+
+
 @dataclass(frozen=True, slots=True)
 class ReadPlan:
     """How to read: batch limits and concurrency."""

@@ -18,7 +18,7 @@ from typing import BinaryIO, Protocol
 
 from sharded_dataset_operator.clients.ais import Ais, BatchUnsupported, BucketNotFound, ListingError, MissingObject
 from sharded_dataset_operator.core.samples import RawFile
-from sharded_dataset_operator.pods.reads import MissingFile
+from sharded_dataset_operator.pods.reads import Vanished
 
 log = logging.getLogger("sds.converter")
 
@@ -125,7 +125,7 @@ class AisSource:
                 self.reads.files += len(out)
                 return out
             except MissingObject as e:
-                raise MissingFile(f"{e} (it disappeared during conversion)") from e
+                raise Vanished(f"{e} (it disappeared during conversion)") from e
             except BatchUnsupported as e:
                 log.warning("Get-Batch is not available (%s): reading one object at a time", e)
                 self.mode = READS_OBJECT
@@ -140,7 +140,7 @@ class AisSource:
                 data = self.ais.get(self.bucket, name, self.provider, direct=True)
             self.reads.object_requests += 1
             if data is None:
-                raise MissingFile(f"{self.provider}://{self.bucket}/{name} disappeared during conversion")
+                raise Vanished(f"{self.provider}://{self.bucket}/{name} disappeared during conversion")
             out.append(data)
         self.reads.files += len(out)
         return out
@@ -193,7 +193,7 @@ class VolumeSource:
             try:
                 out.append((self.root / p).read_bytes())
             except FileNotFoundError as e:
-                raise MissingFile(f"{self.root / p} disappeared during conversion") from e
+                raise Vanished(f"{self.root / p} disappeared during conversion") from e
         self.reads.files += len(out)
         return out
 

@@ -16,6 +16,7 @@ from sharded_dataset_operator.clients.ais import (
     AccessDenied,
     Ais,
     AisUnavailable,
+    BackendDenied,
     BucketNotFound,
     ListingError,
 )
@@ -181,7 +182,7 @@ def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
     except LookupError as e:  # token Secret missing
         return _transient(owner, previous, "SecretNotFound", str(e), now, settings.stall_after, stalled=True)
     except AccessDenied as e:
-        msg = f"AIS denied this dataset's token: {e}"
+        msg = str(e) if isinstance(e, BackendDenied) else f"AIS denied this dataset's token: {e}"
         return _transient(owner, previous, "AccessDenied", msg, now, settings.stall_after, stalled=True, retry=60.0)
     except OutputConflict as e:
         return _transient(owner, previous, "OutputConflict", str(e), now, settings.stall_after, stalled=True)
