@@ -44,24 +44,30 @@ class S3Dataset:
         }
 
 
-def example_14(namespace: str, bucket: str, out: str) -> dict[str, Any]:
+def example_14(namespace: str, bucket: str, out: str, prefetch: bool = False) -> dict[str, Any]:
+    """Example 14 for a test; read cold (one latest-version GET per object) unless `prefetch` (as written)."""
     obj: dict[str, Any] = yaml.safe_load((REPO / "examples" / "14-s3-source.yaml").read_text())
     obj["metadata"]["namespace"] = namespace
-    obj["spec"]["source"]["ais"]["bucket"] = bucket
+    obj["spec"]["source"]["ais"].update(bucket=bucket, prefetch=prefetch)
     obj["spec"]["output"].update(bucket=out, maxShardSize="1MiB")
     obj["spec"]["shuffle"]["outputShardSize"] = "2MiB"
     return obj
 
 
-def test_example_14_an_s3_source_converts_through_ais_byte_identical(
+def test_example_14_an_s3_source_prefetched_into_ais_converts_byte_identical(
     kube: Kube, namespace: str, ais: Ais, cluster_env: dict[str, str], operator: Any, tmp_path: Path
 ) -> None:
     raw = S3Dataset(SAMPLES)
     out = unique("s3out")
-    obj = example_14(namespace, raw.bucket, out)
+    obj = example_14(namespace, raw.bucket, out, prefetch=True)
     kube.apply(obj)
     ready = wait_ready(kube, namespace, obj["metadata"]["name"], timeout=400)
     st = ready["status"]
+    assert st["prefetch"]["finishedAt"] and not st["prefetch"].get("failed"), st["prefetch"]  # read warm
+    base = f"s3-{naming.uid_tag(ready['metadata']['uid'])}-g1-"
+    reports = [json.loads(ais.get(out, e.name) or b"{}") for e in ais.list_objects(out, prefix=f"{base}report-")]
+    reads = [r["reads"] for r in reports]
+    assert reads and all(r["batchRequests"] > 0 and r["objectRequests"] == 0 for r in reads), reads
     assert st["samples"]["written"] == len(raw.manifest["complete"])
     index = json.loads(ais.get(out, st["indexObject"].removeprefix(f"ais://{out}/")) or b"{}")
     samples = read_shards(ais, out, [s["url"] for s in index["shardlist"]], tmp_path)

@@ -24,7 +24,7 @@ from sharded_dataset_operator.clients.ais_errors import (
     MissingObject,
     redact,
 )
-from sharded_dataset_operator.core.model import DsortJob
+from sharded_dataset_operator.core.model import AisJob, DsortJob
 from sharded_dataset_operator.core.times import epoch
 
 log = logging.getLogger(__name__)
@@ -215,6 +215,27 @@ class ClusterCalls:
             to_create=to_create,
             ended_at=max(ended) if ended else None,
         )
+
+    def prefetch_start(self, bucket: str, provider: str, prefix: str) -> str:
+        """Start one AIS prefetch job over a remote bucket's objects under `prefix` (all of them when it is
+        empty), each at the backend's latest version; returns the job id."""
+        value = {"template": prefix, "latest-ver": True}
+        r = self._rest("POST", f"/v1/buckets/{bucket}", params={"provider": provider},
+                       json={"action": "prefetch-listrange", "value": value})  # fmt: skip
+        if r.status_code >= 400:
+            raise AisUnavailable(f"prefetch of {provider}://{bucket}/{prefix}: HTTP {r.status_code}: {r.text[:300]}")
+        return r.text.strip().strip('"')
+
+    def job_status(self, job_id: str) -> AisJob | None:
+        """An AIS job (xaction) as AIS reports it; None when AIS does not know it (any more)."""
+        r = self._rest("GET", "/v1/cluster", params={"what": "status"}, json={"ID": job_id, "Kind": ""})
+        if r.status_code == 404:
+            return None
+        if r.status_code >= 400:
+            raise AisUnavailable(f"AIS job {job_id}: HTTP {r.status_code}: {r.text[:300]}")
+        body: dict[str, Any] = r.json() or {}
+        finished = bool(body.get("end_time")) and not str(body.get("end_time")).startswith("0001")
+        return AisJob(job_id, finished, bool(body.get("aborted")), str(body.get("err") or ""))
 
     def dsort_abort(self, job_id: str) -> None:
         self._rest("DELETE", "/v1/sort/abort", params={"uuid": job_id})

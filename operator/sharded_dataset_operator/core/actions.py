@@ -59,6 +59,15 @@ class StartDsort:
 
 
 @dataclass(frozen=True, slots=True)
+class StartPrefetch:
+    """One AIS prefetch job over the source's objects under `prefix` (at their latest version)."""
+
+    bucket: str
+    provider: str
+    prefix: str
+
+
+@dataclass(frozen=True, slots=True)
 class WriteIndex:
     bucket: str
     provider: str
@@ -111,6 +120,7 @@ Action = (
     | DeletePrefix
     | InitEtl
     | DeleteEtls
+    | StartPrefetch
 )
 
 
@@ -129,6 +139,9 @@ DENIED = "AccessDenied"  # the dataset's token may not do what the dSort job wou
 
 
 REJECTED = "ShuffleRejected"  # AIS refused the dSort request (FAIL)
+
+
+NOT_STARTED = "NotStarted"  # an optional job (a prefetch) AIS did not start: the build goes on without it
 
 
 ETL_FAILED = "EtlFailed"  # AIS could not start an ETL (FAIL, unless it is the readers' ETL)

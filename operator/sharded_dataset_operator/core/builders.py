@@ -299,15 +299,18 @@ def build_converter_job(
     component: str = CONVERTER,
     workers: int | None = None,
     previous_plan: str | None = None,
+    warm: bool = False,
 ) -> dict[str, Any]:
     """The Indexed Job whose pod N converts its share of the plan's units to convert (or, as `PLANNER`, writes
-    the plan); `workers` pods (default `spec.conversion.workers`)."""
+    the plan); `workers` pods (default `spec.conversion.workers`); `warm`: the source was prefetched into AIS."""
     step, module = _STEPS[component]
     labels = child_labels(owner, component)
     workers = workers or spec.conversion.workers
     config = converter_config(spec, owner, workers)
     if previous_plan:
         config["output"]["previous"] = previous_plan
+    if warm:
+        config["source"]["warm"] = True
     env: list[dict[str, Any]] = [
         {"name": CONFIG_ENV, "value": json.dumps(config, sort_keys=True)},
         {"name": "AIS_ENDPOINT", "value": spec.ais.endpoint},

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sharded_dataset_operator.core import builders, naming, units
+from sharded_dataset_operator.core import builders, naming, prefetch, units
 from sharded_dataset_operator.core.actions import CreateJob, Decision, Event, InitEtl
 from sharded_dataset_operator.core.observed import Track
 from sharded_dataset_operator.core.spec import DatasetSpec
@@ -38,9 +38,9 @@ def step(p: Pass) -> Decision | None:
         if waiting is not None:
             return waiting
         if obs.job is None:
-            p.decision.actions.append(
-                CreateJob(builders.build_converter_job(spec, p.owner, p.defaults, workers=workers))
-            )
+            warm = prefetch.warm(p.st.prefetch)
+            job = builders.build_converter_job(spec, p.owner, p.defaults, workers=workers, warm=warm)
+            p.decision.actions.append(CreateJob(job))
             return p.working(Phase.CONVERTING, "Converting", f"starting {workers} converter worker(s) for {todo}")
         missing = sorted(set(range(workers)) - set(p.reports))
         msg = f"converter Job completed but reports of worker(s) {missing} are missing"

@@ -23,6 +23,7 @@ from sharded_dataset_operator.core import (
     conversion,
     naming,
     planning,
+    prefetch,
     shuffle,
     verification,
     versions,
@@ -44,6 +45,7 @@ from sharded_dataset_operator.core.actions import (
     InitEtl,
     Outcome,
     StartDsort,
+    StartPrefetch,
     SweepUnits,
 )
 from sharded_dataset_operator.core.builders import ConverterDefaults, Owner
@@ -155,7 +157,7 @@ def _build(p: Pass) -> Decision:
     retry = p.obs.retry_request
     if p.prev_phase == Phase.FAILED and retry and retry != (p.st.retry or {}).get("request"):
         return _retry_requested(p)
-    steps: tuple[Callable[[Pass], Decision | None], ...] = (planning.step, conversion.step, shuffle.step)
+    steps: tuple[Callable[[Pass], Decision | None], ...] = (planning.step, prefetch.step, conversion.step, shuffle.step)
     for step in steps:  # the first that is not done decides
         outcome = step(p)
         if outcome is not None:
@@ -234,6 +236,11 @@ def after_actions(d: Decision, outcomes: list[Outcome]) -> Decision:
             case SweepUnits(restore=back) if o.kind != DONE:
                 restore.extend(back)
                 d.events.append(Event("Warning", "CleanupFailed", f"deleting converted shards: {o.error}"))
+            case StartPrefetch():
+                record, event = prefetch.after_start(d.status.prefetch, o.result if o.kind == DONE else None,
+                                                     o.error, o.at)  # fmt: skip
+                d.status.prefetch = record
+                d.events.extend([event] if event else [])
             case InitEtl(name=name, serving=serving):
                 if o.kind == DONE:
                     d.events.append(Event("Normal", "EtlStarted", f"AIS ETL {name} runs next to every target"))

@@ -44,3 +44,13 @@ class JobState:
     failed_message: str = ""
     deleting: bool = False
     completed_at: float | None = None  # epoch seconds
+
+
+@dataclass(frozen=True, slots=True)
+class AisJob:
+    """An AIS batch job (xaction) as AIS reports it: running, finished, or aborted with its error."""
+
+    id: str
+    finished: bool
+    aborted: bool
+    error: str = ""

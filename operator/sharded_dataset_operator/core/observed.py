@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sharded_dataset_operator.core.model import DsortJob, JobState
+from sharded_dataset_operator.core.model import AisJob, DsortJob, JobState
 from sharded_dataset_operator.core.verify import OutputTally, Totals
 from sharded_dataset_operator.core.versions import IndexInfo
 
@@ -36,6 +36,7 @@ class Observed:
     output_conflict: str | None = None  # the stable index belongs to another resource: why, naming it
     etls: dict[str, str] = field(default_factory=dict)  # this resource's AIS ETLs (naming.etl_prefix): stage
     rebalancing: tuple[str, ...] = ()  # AIS's running rebalance jobs, asked for before a dSort attempt starts
+    prefetch: AisJob | None = None  # the prefetch job status.prefetch records (None: none, or AIS forgot it)
     approval: str | None = None  # the approve annotation (guard.APPROVE_ANNOTATION): the version a person approved
     split_stables: dict[str, str | None] = field(default_factory=dict)  # with splits: the version each split's
     # stable index names (None: it names none of this resource's)

@@ -87,6 +87,7 @@ class Source:
     claim_name: str | None  # kind volume
     path: str
     revision: str = ""  # free-form marker; changing it only changes the generation (a GitOps refresh)
+    prefetch: bool = False  # a remote bucket: warm the source into AIS (one AIS prefetch job) before converting
 
     @property
     def kind(self) -> str:
@@ -328,7 +329,10 @@ def parse_spec(spec: dict[str, Any], *, name: str, default_endpoint: str) -> Dat
             claim_name=None,
             path="",
             revision=revision,
+            prefetch=bool(src["ais"].get("prefetch", False)),
         )
+        if source.prefetch and source.bucket is not None and source.bucket.provider == "ais":
+            raise SpecError("spec.source.ais.prefetch: only a remote bucket (provider aws, gcp, ...) is prefetched")
     else:
         claim = src["volume"].get("claimName")
         if not claim:

@@ -118,6 +118,7 @@ class DatasetStatus:
     versions: dict[str, Any] | None = None
     splits: dict[str, dict[str, Any]] | None = None  # per split: samples, shards, bytes, index, shuffle
     etl: dict[str, Any] | None = None  # the AIS ETL the conversion reads through: name, stage, image
+    prefetch: dict[str, Any] | None = None  # spec.source.ais.prefetch: the AIS prefetch job and how it ended
     serve: dict[str, Any] | None = None  # spec.serve.etl: the readers' ETL (name, stage, image, message)
     publish_guard: dict[str, Any] | None = None  # guard.Verdict.status(): what publishing would remove, held or not
 
@@ -208,6 +209,7 @@ class DatasetStatus:
             status["versions"] = self.versions
         status["splits"] = self.splits  # None removes it (a spec without splits any more)
         status["etl"] = self.etl
+        status["prefetch"] = self.prefetch
         status["serve"] = self.serve
         status["publishGuard"] = self.publish_guard
         return status

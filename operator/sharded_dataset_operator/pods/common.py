@@ -58,7 +58,7 @@ def make_source(config: dict[str, Any], ais: Ais) -> Source:
     src = config["source"]
     if src["kind"] == "ais":
         reads = str((config.get("reads") or {}).get("mode") or READS_BATCH)
-        return AisSource(ais, src["bucket"], src["provider"], src.get("prefix", ""), reads)
+        return AisSource(ais, src["bucket"], src["provider"], src.get("prefix", ""), reads, bool(src.get("warm")))
     return VolumeSource(src["root"])
 
 

@@ -67,9 +67,12 @@ class Source(Protocol):
 
 
 class AisSource:
-    def __init__(self, ais: Ais, bucket: str, provider: str, prefix: str, reads: str = READS_BATCH) -> None:
+    def __init__(
+        self, ais: Ais, bucket: str, provider: str, prefix: str, reads: str = READS_BATCH, warm: bool = False
+    ) -> None:
         self.ais, self.bucket, self.provider, self.prefix = ais, bucket, provider, prefix
         self.mode = reads
+        self.warm = warm  # a remote bucket prefetched into AIS for this run: read with Get-Batch from AIS's copies
         self.listing = ListingStats()
         self.reads = ReadStats()
 
@@ -118,14 +121,17 @@ class AisSource:
 
     def read_many(self, paths: Sequence[str]) -> list[bytes]:
         names = [self.prefix + p for p in paths]
-        if self.mode == READS_BATCH and not self.remote:
+        if self.mode == READS_BATCH and (not self.remote or self.warm):
             try:
                 out = self.ais.get_batch(self.bucket, names, self.provider)
                 self.reads.batch_requests += 1
                 self.reads.files += len(out)
                 return out
             except MissingObject as e:
-                raise Vanished(f"{e} (it disappeared during conversion)") from e
+                if not self.remote:
+                    raise Vanished(f"{e} (it disappeared during conversion)") from e
+                # not (or no longer) in AIS although prefetched (evicted meanwhile): this batch from the backend
+                log.info("%s: reading this batch from the remote store", e)
             except BatchUnsupported as e:
                 log.warning("Get-Batch is not available (%s): reading one object at a time", e)
                 self.mode = READS_OBJECT

@@ -270,6 +270,13 @@ def _carry_out(
             log.info("%s/%s: started dSort job %s", owner.namespace, owner.name, job_id)
             failpoint(failpoints.AFTER_DSORT_START)
             return Outcome(action, result=job_id)
+        case actions.StartPrefetch(bucket=bucket, provider=provider, prefix=prefix):
+            try:
+                job_id = ais.prefetch_start(bucket, provider, prefix)
+            except (AisUnavailable, AccessDenied) as e:  # optional: the build goes on, reading cold
+                return Outcome(action, actions.NOT_STARTED, error=str(e)[:500], at=times.now_iso())
+            log.info("%s/%s: started AIS prefetch job %s", owner.namespace, owner.name, job_id)
+            return Outcome(action, result=job_id)
         case actions.WriteIndex(
             bucket=bucket, provider=provider, name=name, body=body, publishes=publishes, guarded=guarded
         ):

@@ -163,6 +163,9 @@ def observe(ais: Ais, spec: DatasetSpec, owner: Owner, previous: dict[str, Any],
                 obs.source_problem = kube.pvc_problem(owner.namespace, spec.source.claim_name)
         return obs
     obs.job = kube.get_job(owner.namespace, naming.job_name(owner.name, owner.version), gen)
+    warming = previous.get("prefetch") or {}
+    if spec.source.prefetch and obs.job is None and warming.get("jobId") and not warming.get("finishedAt"):
+        obs.prefetch = ais.job_status(str(warming["jobId"]))
     obs.reports = by_worker(
         objcache.CACHE.read(ais, out.name, out.provider, naming.report_prefix(base), sticky=True, namespace=ns)
     )
