@@ -93,6 +93,10 @@ bench-etl: venv cluster-up deploy ## the same resize in the converter and by AIS
 bench-tables: venv ## planner memory and time with a metadata table of 10k, 100k and 1M rows (no cluster); writes bench/results/tables.json
 	$(PY) bench/tables.py $(BENCH_ARGS)
 
+.PHONY: bench-s3
+bench-s3: venv cluster-up deploy ## S3 sources read cold, prefetched and warm at two sizes, and a scheduled check per 100k objects (bench/README.md); writes bench/results/s3.json
+	$(ENV); $(PY) bench/s3.py $(BENCH_ARGS)
+
 .PHONY: bench-refresh
 bench-refresh: venv cluster-up deploy ## a refresh after +1 % samples vs the full run, at 200k samples (bench/README.md); writes bench/results/refresh.json
 	$(ENV); $(PY) bench/refresh.py $(BENCH_ARGS)

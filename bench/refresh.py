@@ -40,21 +40,22 @@ STEPS = ("Planning", "Converting", "Shuffling", "Verifying")
 
 
 class Resource:
-    """The benchmark's ShardedDataset: apply, annotate, and time its steps from the status."""
+    """A benchmark's ShardedDataset: apply, annotate, and time its steps (`steps`, in order) from the status."""
 
-    def __init__(self) -> None:
+    def __init__(self, namespace: str = NAMESPACE, name: str = NAME, steps: tuple[str, ...] = STEPS) -> None:
         from kubernetes import client as k8s
         from kubernetes import config as kcfg
 
         kcfg.load_kube_config()
         self.core, self.custom = k8s.CoreV1Api(), k8s.CustomObjectsApi()
+        self.namespace, self.name, self.steps = namespace, name, steps
 
     def get(self) -> dict[str, Any] | None:
-        return common.get_dataset(self.custom, NAMESPACE, NAME)
+        return common.get_dataset(self.custom, self.namespace, self.name)
 
     def delete(self) -> None:
         if self.get() is not None:
-            self.custom.delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, NAME)
+            self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.name)
             common.wait_gone(self.get, 600)
 
     def apply(self, spec: dict[str, Any]) -> None:
@@ -62,17 +63,18 @@ class Resource:
         from kubernetes.client.rest import ApiException
 
         try:
-            self.core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=NAMESPACE)))
+            self.core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=self.namespace)))
             time.sleep(2)  # the default service account
         except ApiException as e:
             if e.status != 409:
                 raise
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ShardedDataset", "metadata": {"name": NAME}, "spec": spec}
-        self.custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, body)
+        meta = {"name": self.name}
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ShardedDataset", "metadata": meta, "spec": spec}
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
 
     def refresh(self, value: str) -> None:
         body = {"metadata": {"annotations": {"shardeddataset.dev/refresh": value}}}
-        self.custom.patch_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, NAME, body)
+        self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.name, body)
 
     def build(self, wanted: str, timeout: float) -> Result:
         """Poll until version `wanted` is published; the time each step was first seen, from the start."""
@@ -94,7 +96,7 @@ class Resource:
             time.sleep(common.POLL_S)
         else:
             raise RuntimeError(f"version {wanted} not published after {timeout} s: {json.dumps(status)[:1500]}")
-        seen = [(s, marks[s]) for s in (*STEPS, "Published") if s in marks]
+        seen = [(s, marks[s]) for s in (*self.steps, "Published") if s in marks]
         stages = {a.lower(): round(tb - ta, 2) for (a, ta), (_, tb) in itertools.pairwise(seen)}
         return {"to_published_s": round(marks["Published"], 2), "stages_s": stages, "status": status}
 

@@ -9,6 +9,7 @@ the AIS proxy, always with the AuthN admin's token (its password is read from a 
                                 allows dSort to cluster admins only); its token is written to F (mode 0600)
   tenant NAME --bucket B ...    create the buckets (if missing), a role with read-write rights on exactly
     [--read-only R ...]         those buckets (read-only on R), a user NAME with that role; print its token
+                                (`aws://NAME`: a remote bucket, which must exist in its store)
   revoke --token-file F         revoke a token (AuthN tells the cluster)
 
 A tenant's role grants `rw` on its buckets (GET, HEAD, PUT, APPEND, DELETE and MOVE of objects, HEAD and LIST of
@@ -105,13 +106,19 @@ def tenant_token(
     authn, ais = admin(args)
     uuid = cluster_uuid(ais)
     for b in [*buckets, *read_only]:
-        if ais.call("HEAD", f"/v1/buckets/{b}", ok=(404,)) is None:
+        if "://" not in b and ais.call("HEAD", f"/v1/buckets/{b}", ok=(404,)) is None:
             ais.call("POST", f"/v1/buckets/{b}", {"action": "create-bck"}, ok=(409,))
+
+    def bck(b: str) -> dict[str, Any]:
+        """`name` (an AIS bucket) or `aws://name` (a remote bucket: it must exist in its store)."""
+        provider, _, bucket = b.rpartition("://")
+        return {"name": bucket, "provider": provider or "ais", "namespace": {"uuid": uuid, "name": ""}}
+
     role = {
         "name": f"tenant-{name}",
         "desc": f"read-write on {', '.join(buckets)}",
         "buckets": [
-            {"bck": {"name": b, "provider": "ais", "namespace": {"uuid": uuid, "name": ""}}, "perm": str(perm)}
+            {"bck": bck(b), "perm": str(perm)}
             for b, perm in [*((b, ACCESS_RW) for b in buckets), *((b, ACCESS_RO) for b in read_only)]
         ],
     }

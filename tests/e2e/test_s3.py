@@ -172,7 +172,7 @@ def test_a_schedule_builds_a_version_only_when_s3_changed(
     obj: dict[str, Any] = yaml.safe_load((REPO / "examples" / "15-scheduled-refresh.yaml").read_text())
     obj["metadata"]["namespace"] = namespace
     obj["spec"]["source"]["ais"]["bucket"] = raw.bucket
-    obj["spec"]["output"].update(bucket=out, maxShardSize="1MiB", retainPrevious="0s")
+    obj["spec"]["output"].update(bucket=out, maxShardSize="1MiB")  # g1 is kept 24h: checks go on meanwhile
     obj["spec"]["refresh"] = {"schedule": "* * * * *", "timeZone": "Europe/Berlin"}
     name = obj["metadata"]["name"]
     kube.apply(obj)
@@ -230,6 +230,7 @@ def test_a_schedule_builds_a_version_only_when_s3_changed(
     samples = read_shards(ais, out, [s["url"] for s in index["shardlist"]], tmp_path)
     assert_complete_samples(raw, samples, seed="2023")  # type: ignore[arg-type]
 
+    assert [p["version"] for p in st["versions"]["previous"]] == ["g1"]  # kept for its readers (retainPrevious)
     after = checked_after(done["status"]["refresh"].get("lastCheck"))  # the first tick after publishing
     assert after["status"]["refresh"]["changed"] is False, after["status"]["refresh"]
     assert after["status"]["versions"]["published"]["version"] == version  # exactly one new version

@@ -371,3 +371,26 @@ def destroy_bucket(auth: AuthEnv, bucket: str) -> None:
     r = requests.delete(f"{auth.endpoint}/v1/buckets/{bucket}", json={"action": "destroy-bck"},
                         headers={"Authorization": f"Bearer {auth.admin_token}"}, timeout=30)  # fmt: skip
     r.raise_for_status()
+
+
+def test_a_tenants_s3_source_needs_rights_on_the_remote_bucket(
+    kube: Kube, namespace: str, second_namespace: str, auth: AuthEnv, tenancy_operator: None, tmp_path: Path
+) -> None:
+    """An S3 bucket through the AuthN-enabled AIS: a tenant whose role grants read on `aws://<bucket>` converts
+    it, byte-identical; a tenant without that right is refused AccessDenied naming the bucket, and writes
+    nothing."""
+    from .test_s3 import S3Dataset
+
+    raw = S3Dataset(40, seed=37)
+    allowed = tenant(kube, auth, namespace, read_only=(f"aws://{raw.bucket}",))
+    other = tenant(kube, auth, second_namespace)
+    s3_source = {"ais": {"bucket": raw.bucket, "provider": "aws"}}
+    kube.apply(tenant_dataset("s3-denied", other, other.raw, other.out, source=s3_source))
+    obj = stalled_reason(kube, second_namespace, "s3-denied", "AccessDenied", timeout=300)
+    assert raw.bucket in obj["status"]["message"], obj["status"]["message"]
+    assert not [e for e in auth.admin.list_objects(other.out)]  # nothing written
+
+    kube.apply(tenant_dataset("s3-allowed", allowed, allowed.raw, allowed.out, source=s3_source))
+    ready = wait_ready(kube, namespace, "s3-allowed", timeout=300)
+    shards = check_index(auth.admin, ready, allowed.out, "shuffled-index.json")
+    assert_complete_samples(raw, read_shards(auth.admin, allowed.out, [s["url"] for s in shards], tmp_path))  # type: ignore[arg-type]

@@ -206,7 +206,20 @@ def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
         kube.patch_status(namespace, name, status)
     METRICS.passed(previous, status, decision.events)
     METRICS.seen(namespace, name, status)
-    return PassResult(requeue=decision.requeue, events=decision.events)
+    requeue, events = decision.requeue, decision.events
+    published = obs.published
+    if spec.refresh is not None and published is not None and published.version == owner.version:
+        # the wanted version was published by an earlier pass (this pass compares with what it read), though
+        # there is still work (a previous version kept for its readers, say): the schedule's checks go on
+
+        def connect() -> tuple[Ais, IndexInfo | None]:
+            return ais, published
+
+        wait, checked = scheduled.check({**obj, "status": {**previous, **status}}, spec, connect, scheduled.utcnow())
+        events = [*events, *checked]
+        if wait is not None and wait < settings.idle_interval:
+            requeue = max(wait, 1.0) if requeue is None else min(requeue, max(wait, 1.0))
+    return PassResult(requeue=requeue, events=events)
 
 
 def _settled(obj: dict[str, Any], settings: Settings) -> PassResult:
