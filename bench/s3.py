@@ -13,8 +13,8 @@ On the local cluster's S3 server (versitygw; AIS in front of it with the `aws` b
 Each conversion is timed from the status (planning, prefetching, converting); the rates are samples per second
 of prefetching + converting, and the ratios compare each mode with `cold` of the same size. The local S3 server
 answers in well under a millisecond, unlike S3 across a network, so each size runs twice: as is, and with
-`--latency-ms` (default 10 ms each way, a 20 ms round trip) added to every packet to and from the S3 server's
-port (tc netem on the loopback device the targets reach it through; removed at the end).
+`--latencies` (default 0 and 10 ms each way, a 20 ms round trip) added between AIS and S3 for the benchmark's buckets
+(a relay on the bridge address that holds each chunk, set as their `extra.aws.endpoint`; undone at the end).
 
 Then the cost of a scheduled refresh check: the very listing a tick does (`runner.scheduled.listing_fingerprint`,
 names, sizes and S3 ETags through AIS, fingerprinted while streamed) over 10 k and 100 k objects, in seconds
@@ -32,6 +32,7 @@ import os
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import common
 from common import Result
@@ -44,35 +45,81 @@ LISTING_SIZES = (10_000, 100_000)
 STEPS = ("Planning", "Prefetching", "Converting", "Shuffling", "Verifying")
 
 
-S3_PORT = 7070  # hack/cluster.sh's versitygw
-
-
-def tc(*args: str, check: bool = True) -> None:
-    import subprocess
-
-    subprocess.run(["tc", *args], check=check, capture_output=True)
+S3_HOST, S3_PORT = "10.244.0.1", 7070  # hack/cluster.sh's versitygw
+PROXY_PORT = 7071
 
 
 class Latency:
-    """`ms` of delay each way on the loopback device for S3's port only (a prio qdisc, netem on one band)."""
+    """`ms` of delay each way between AIS and S3 for the buckets given to `route`: a TCP relay on the bridge
+    address (`PROXY_PORT`) that holds every chunk `ms` before passing it on, named as those buckets' S3 endpoint
+    (`extra.aws.endpoint`), so only the benchmark's buckets are slowed down. (This kernel has no netem.)"""
 
-    def __init__(self, ms: int) -> None:
-        self.ms = ms
+    def __init__(self, endpoint: str, ms: int) -> None:
+        self.endpoint, self.ms = endpoint, ms
+        self.routed: list[str] = []
+        self.loop: Any = None
 
-    def __enter__(self) -> None:
+    async def _pipe(self, reader: Any, writer: Any) -> None:
+        import asyncio
+
+        try:
+            while data := await reader.read(65536):
+                await asyncio.sleep(self.ms / 1000)
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def _client(self, reader: Any, writer: Any) -> None:
+        import asyncio
+
+        up_reader, up_writer = await asyncio.open_connection(S3_HOST, S3_PORT)
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    def __enter__(self) -> Latency:
         if not self.ms:
-            return
-        tc("qdisc", "del", "dev", "lo", "root", check=False)
-        tc("qdisc", "add", "dev", "lo", "root", "handle", "1:", "prio", "bands", "4",
-           "priomap", *["0"] * 16)  # fmt: skip
-        tc("qdisc", "add", "dev", "lo", "parent", "1:4", "handle", "40:", "netem", "delay", f"{self.ms}ms")
-        for match in ("dport", "sport"):
-            tc("filter", "add", "dev", "lo", "parent", "1:0", "protocol", "ip", "u32", "match", "ip", match,
-               str(S3_PORT), "0xffff", "flowid", "1:4")  # fmt: skip
+            return self
+        import asyncio
+        import threading
+
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def serve() -> None:
+            assert self.loop is not None
+            asyncio.set_event_loop(self.loop)
+            server = self.loop.run_until_complete(asyncio.start_server(self._client, S3_HOST, PROXY_PORT))
+            ready.set()
+            self.loop.run_forever()
+            server.close()
+
+        threading.Thread(target=serve, daemon=True).start()
+        ready.wait(10)
+        return self
+
+    def route(self, bucket: str) -> None:
+        """S3 requests of AIS for `bucket` go through the relay (until the block ends)."""
+        if self.ms:
+            set_endpoint(self.endpoint, bucket, f"http://{S3_HOST}:{PROXY_PORT}")
+            self.routed.append(bucket)
 
     def __exit__(self, *exc: object) -> None:
-        if self.ms:
-            tc("qdisc", "del", "dev", "lo", "root", check=False)
+        for bucket in self.routed:
+            set_endpoint(self.endpoint, bucket, "")
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def set_endpoint(endpoint: str, bucket: str, s3: str) -> None:
+    import json
+
+    import requests
+
+    body = {"action": "set-bprops", "value": {"extra": {"aws": {"endpoint": s3}}}}
+    r = requests.patch(f"{endpoint}/v1/buckets/{bucket}", params={"provider": "aws"}, data=json.dumps(body), timeout=30)
+    r.raise_for_status()
 
 
 def write_dataset(bucket: str, n: int, seed: int) -> int:
@@ -183,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="1000,4000", help="samples per dataset, comma-separated (default 1000,4000)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=2, help="listings per check size (the best counts)")
-    ap.add_argument("--latency-ms", type=int, default=10, help="delay each way to S3 in the second pass (0: none)")
+    ap.add_argument("--latencies", default="0,10", help="ms of delay each way to S3, one pass each (default 0,10)")
     ap.add_argument("--skip-check", action="store_true", help="no scheduled-check cost (no 100k-object bucket)")
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--out", type=Path, default=common.RESULTS)
@@ -194,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     res: Result = {"host_cpus": os.cpu_count(), "workers": args.workers, "sizes": []}
     run = uuid.uuid4().hex[:6]
-    for latency in (0, args.latency_ms):
+    latencies = [int(x) for x in args.latencies.split(",")]
+    for latency in latencies:
         for n in (int(x) for x in args.sizes.split(",")):
             first, second = f"bench-s3-{n}-{latency}-{run}-a", f"bench-s3-{n}-{latency}-{run}-b"
             try:
@@ -203,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
                 write_dataset(second, n, seed=7)
                 modes = [("cold", first, False), ("prefetched", second, True), ("warm", first, False),
                          ("warm-prefetched", first, True)]  # fmt: skip
-                with Latency(latency):
+                with Latency(endpoint, latency) as slow:
+                    slow.route(first)
+                    slow.route(second)
                     runs = [convert(endpoint, label, b, pf, args.workers, args.timeout) for label, b, pf in modes]
             finally:
                 for b in (first, second):
@@ -214,8 +264,9 @@ def main(argv: list[str] | None = None) -> int:
             common.log(f"{n} samples, {latency} ms: speed relative to cold {ratios}")
     if not args.skip_check:
         res["scheduled_check"] = []
-        for latency in (0, args.latency_ms):
-            with Latency(latency):
+        for latency in latencies:
+            with Latency(endpoint, latency) as slow:
+                slow.route(LISTING_BUCKET)
                 rows = check_cost(endpoint, args.repeat)
             res["scheduled_check"] += [{**row, "latency_ms_each_way": latency} for row in rows]
     res["wall_s"] = round(time.time() - started, 1)

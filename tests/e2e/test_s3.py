@@ -45,7 +45,7 @@ class S3Dataset:
 
 
 def example_14(namespace: str, bucket: str, out: str, prefetch: bool = False) -> dict[str, Any]:
-    """Example 14 for a test; read cold (one latest-version GET per object) unless `prefetch` (as written)."""
+    """Example 14 for a test; read cold (one latest-version GET per object, as written) unless `prefetch`."""
     obj: dict[str, Any] = yaml.safe_load((REPO / "examples" / "14-s3-source.yaml").read_text())
     obj["metadata"]["namespace"] = namespace
     obj["spec"]["source"]["ais"].update(bucket=bucket, prefetch=prefetch)

@@ -39,14 +39,34 @@ def assert_published_exactly(ais: Ais, out: str, obj: dict[str, Any], raw: S3Dat
     assert_complete_samples(raw, samples, seed="2023")  # type: ignore[arg-type]
 
 
+def retry_until_exact(
+    kube: Kube, namespace: str, name: str, request: str, ais: Ais, out: str, raw: S3Dataset, tmp_path: Path
+) -> None:
+    """Ask for a retry of the Failed `name`; it must reach Ready holding exactly `raw`'s complete samples."""
+    kube.run("annotate", "sds", name, "-n", namespace, f"shardeddataset.dev/retry={request}")
+    ready = wait_until(
+        lambda: (o := kube.get("sds", name, namespace)) and o["status"].get("phase") == "Ready" and o,
+        400,
+        f"{name} Ready after the retry ({request})",
+    )
+    assert_published_exactly(ais, out, ready, raw, tmp_path)
+
+
+def apply_s3_dataset(kube: Kube, namespace: str, name: str, raw: S3Dataset, **output: Any) -> str:
+    """Example 14 named `name` over `raw`, read cold, into a new output bucket (returned)."""
+    out = unique(f"s3{name}")
+    obj = example_14(namespace, raw.bucket, out)
+    obj["metadata"]["name"] = name
+    obj["spec"]["output"].update(output)
+    kube.apply(obj)
+    return out
+
+
 def test_an_object_deleted_in_s3_after_planning_is_source_changed_and_a_retry_plans_anew(
     kube: Kube, namespace: str, ais: Ais, cluster_env: dict[str, str], operator: Any, tmp_path: Path
 ) -> None:
     raw = S3Dataset(60, seed=43)
-    out = unique("s3gone")
-    obj = example_14(namespace, raw.bucket, out)
-    obj["metadata"]["name"] = "gone"
-    kube.apply(obj)
+    out = apply_s3_dataset(kube, namespace, "gone", raw)
     wait_until(lambda: plan_written(ais, out), 300, "the plan", interval=0.1)
     key = sorted(raw.manifest["complete"])[30]
     client().delete_object(Bucket=raw.bucket, Key=f"images/{key}.jpg")  # before any converter pod reads it
@@ -61,13 +81,7 @@ def test_an_object_deleted_in_s3_after_planning_is_source_changed_and_a_retry_pl
 
     raw.files.pop(f"images/{key}.jpg")
     raw.manifest["complete"] = [k for k in raw.manifest["complete"] if k != key]
-    kube.run("annotate", "sds", "gone", "-n", namespace, "shardeddataset.dev/retry=after-the-deletion")
-    ready = wait_until(
-        lambda: (o := kube.get("sds", "gone", namespace)) and o["status"].get("phase") == "Ready" and o,
-        400,
-        "Ready after the retry",
-    )
-    assert_published_exactly(ais, out, ready, raw, tmp_path)
+    retry_until_exact(kube, namespace, "gone", "after-the-deletion", ais, out, raw, tmp_path)
 
 
 def set_profile(endpoint: str, bucket: str, profile: str) -> None:
@@ -85,10 +99,7 @@ def test_s3_refusing_the_credentials_ais_uses_is_access_denied(
     raw = S3Dataset(30, seed=47)
     endpoint = cluster_env["AIS_ENDPOINT"]
     set_profile(endpoint, raw.bucket, "revoked")
-    out = unique("s3denied")
-    obj = example_14(namespace, raw.bucket, out)
-    obj["metadata"]["name"] = "denied"
-    kube.apply(obj)
+    out = apply_s3_dataset(kube, namespace, "denied", raw)
     denied = wait_until(
         lambda: (
             (o := kube.get("sds", "denied", namespace))
@@ -106,24 +117,14 @@ def test_s3_refusing_the_credentials_ais_uses_is_access_denied(
     assert not (denied["status"].get("versions") or {}).get("published")
 
     set_profile(endpoint, raw.bucket, "default")
-    kube.run("annotate", "sds", "denied", "-n", namespace, "shardeddataset.dev/retry=credentials-fixed")
-    ready = wait_until(
-        lambda: (o := kube.get("sds", "denied", namespace)) and o["status"].get("phase") == "Ready" and o,
-        400,
-        "Ready after the credentials were fixed",
-    )
-    assert_published_exactly(ais, out, ready, raw, tmp_path)
+    retry_until_exact(kube, namespace, "denied", "credentials-fixed", ais, out, raw, tmp_path)
 
 
 def test_the_s3_server_down_for_a_minute_stalls_the_conversion_which_resumes_by_itself(
     kube: Kube, namespace: str, ais: Ais, cluster_env: dict[str, str], operator: Any, tmp_path: Path
 ) -> None:
     raw = S3Dataset(80, seed=53)
-    out = unique("s3down")
-    obj = example_14(namespace, raw.bucket, out)
-    obj["metadata"]["name"] = "down"
-    obj["spec"]["output"]["maxSamplesPerShard"] = 10
-    kube.apply(obj)
+    out = apply_s3_dataset(kube, namespace, "down", raw, maxSamplesPerShard=10)
     s3 = client()
 
     def s3_answers() -> bool:
