@@ -11,6 +11,8 @@ import os
 import re
 import time
 
+import pytest
+
 from tests.sim import driver
 
 
@@ -29,10 +31,19 @@ def _run(seed: int) -> list[str]:
 def run_seeds(seeds: list[int]) -> dict[int, list[str]]:
     if len(seeds) < 200:
         return {s: _run(s) for s in seeds}
-    with multiprocessing.get_context("fork").Pool(int(os.environ.get("SDS_SIM_PROCS", "2"))) as pool:
-        return dict(zip(seeds, pool.map(_run, seeds, chunksize=50), strict=True))
+    # spawn, not fork: earlier tests in the same process leave threads (thread pools, HTTP servers) whose locks a
+    # forked child could inherit held, which hung one CI run until pytest's timeout; spawned workers start clean.
+    # A bounded wait turns any other hang into a failure that says so.
+    with multiprocessing.get_context("spawn").Pool(int(os.environ.get("SDS_SIM_PROCS", "2"))) as pool:
+        pending = pool.map_async(_run, seeds, chunksize=50)
+        try:
+            found = pending.get(timeout=float(os.environ.get("SDS_SIM_WAIT", str(max(600, len(seeds) / 10)))))
+        except multiprocessing.TimeoutError:
+            raise AssertionError(f"the simulation's workers did not finish {len(seeds)} runs in time") from None
+        return dict(zip(seeds, found, strict=True))
 
 
+@pytest.mark.timeout(0 if os.environ.get("SDS_SIM_SOAK") else 900)  # a soak runs 20x as long as the default
 def test_simulation() -> None:
     if os.environ.get("SDS_SIM_SEED"):
         seeds = [int(os.environ["SDS_SIM_SEED"])]
