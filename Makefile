@@ -97,6 +97,10 @@ bench-tables: venv ## planner memory and time with a metadata table of 10k, 100k
 bench-s3: venv cluster-up deploy ## S3 sources read cold, prefetched and warm at two sizes, and a scheduled check per 100k objects (bench/README.md); writes bench/results/s3.json
 	$(ENV); $(PY) bench/s3.py $(BENCH_ARGS)
 
+.PHONY: bench-imagenet
+bench-imagenet: venv cluster-up deploy ## ImageNet-1k's class folders at 1/16, 1/4 and full count (1.33 M images), apply -> Ready per phase, memory, disk, shard sizes, +1 % refresh (--quick: minutes); writes bench/results/imagenet.json
+	$(ENV); $(PY) bench/imagenet.py $(BENCH_ARGS)
+
 .PHONY: bench-refresh
 bench-refresh: venv cluster-up deploy ## a refresh after +1 % samples vs the full run, at 200k samples (bench/README.md); writes bench/results/refresh.json
 	$(ENV); $(PY) bench/refresh.py $(BENCH_ARGS)

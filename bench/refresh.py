@@ -107,11 +107,11 @@ def version_id(generation: int, refresh: str = "") -> str:
     return vid(generation, refresh)
 
 
-def plan_of(endpoint: str, status: dict[str, Any]) -> dict[str, Any]:
+def plan_of(endpoint: str, status: dict[str, Any], bucket: str = OUT_BUCKET) -> dict[str, Any]:
     from sharded_dataset_operator.clients.ais import Ais
 
     record = next(a for a in status["artifacts"] if a["version"] == status["versions"]["published"]["version"])
-    return dict(json.loads(Ais(endpoint).get(OUT_BUCKET, record["plan"]) or b"{}"))
+    return dict(json.loads(Ais(endpoint).get(bucket, record["plan"]) or b"{}"))
 
 
 def summary(label: str, endpoint: str, built: Result) -> Result:

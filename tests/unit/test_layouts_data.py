@@ -6,6 +6,7 @@ import csv
 import fnmatch
 import hashlib
 import io
+import itertools
 import json
 import re
 import time
@@ -294,3 +295,16 @@ def test_cli_layouts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
         with pytest.raises(SystemExit):
             ed.main([*bad, "--out", str(tmp_path / "x")])
     assert not (tmp_path / "x").exists()
+
+
+def test_imagefolder_full_shrunk_keeps_every_class_at_a_fraction_of_the_images() -> None:
+    full = lt.imagefolder_counts(full=True)
+    for shrink in (4, 16, 256):
+        counts = lt.imagefolder_counts(full=True, shrink=shrink)
+        assert counts["classes"] == 1000
+        assert abs(counts["train"] - full["train"] / shrink) <= 500  # each class rounded
+        assert counts["val"] == 1000 * max(1, round(50 / shrink))
+    first = [p for p, _ in itertools.islice(lt.imagefolder(full=True, shrink=16).files, 200)]
+    assert len({p.split("/")[1] for p in first}) > 1  # a class folder holds ~80 images, then the next begins
+    with pytest.raises(ValueError, match="needs full"):
+        lt.imagefolder_counts(shrink=4)

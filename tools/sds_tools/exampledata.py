@@ -556,7 +556,16 @@ def write_small_ais(
     missing_every: int = 100,
     files_per_promote: int = PROMOTE_BATCH_FILES,
 ) -> dict[str, int]:
-    """Create `small_files` as objects of a new bucket by promoting files (fast: no HTTP request per object).
+    """Create `small_files` as objects of a new bucket by promoting files (see `promote_files`)."""
+    promote_files(endpoint, bucket, small_files(n_samples, seed, size, missing_every), files_per_promote)
+    return small_counts(n_samples, missing_every)
+
+
+def promote_files(
+    endpoint: str, bucket: str, files: Iterable[tuple[str, bytes]], files_per_promote: int = PROMOTE_BATCH_FILES
+) -> int:
+    """Create `files` ((name, bytes), streamed) as objects of `bucket` (created if missing) by promoting them
+    (fast: no HTTP request per object); returns how many.
 
     Files are staged and promoted `files_per_promote` at a time: a target counts a promoted directory's files
     before it answers the proxy, and for a few million files that outlasts the control-plane timeout.
@@ -577,22 +586,25 @@ def write_small_ais(
             client.job(job).wait(timeout=1800)
         shutil.rmtree(staging, ignore_errors=True)
 
-    staged = 0
+    staged = total = 0
+    made: set[Path] = set()
     try:
-        for name, data in small_files(n_samples, seed, size, missing_every):
+        for name, data in files:
             path = staging / name
-            if not path.parent.is_dir():
-                path.parent.mkdir(parents=True)
+            if path.parent not in made:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                made.add(path.parent)
             path.write_bytes(data)
             staged += 1
             if staged == files_per_promote:
                 promote()
-                staged = 0
+                total, staged, made = total + staged, 0, set()
         if staged:
             promote()
+            total += staged
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return small_counts(n_samples, missing_every)
+    return total
 
 
 # ------------------------------------------------------------------------------------------------- CLI
@@ -620,6 +632,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help=f"oxford: full Oxford size ({FULL_SAMPLES} images); imagefolder: ImageNet-1k",
     )
+    ap.add_argument("--shrink", type=int, help="imagefolder --full: ImageNet-1k's counts per class divided by N")
     ap.add_argument("--classes", type=int, help="imagefolder: number of classes")
     ap.add_argument("--per-class", type=int, help="imagefolder: train images per class (as --samples)")
     ap.add_argument("--val-per-class", type=int, help="imagefolder: val images per class")
@@ -661,7 +674,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     takes = {  # the flags each layout takes besides the destination and --seed
         "oxford": {"samples", "full", "sample_kib", "incomplete_fraction"},
-        "imagefolder": {"samples", "full", "classes", "per_class", "val_per_class", "sample_kib"},
+        "imagefolder": {"samples", "full", "shrink", "classes", "per_class", "val_per_class", "sample_kib"},
         "audio-csv": {"samples"},
         "coco": {"samples", "sample_kib"},
         "hf-metadata": {"samples", "table", "sample_kib"},
@@ -672,6 +685,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.layout != "oxford":
         if args.samples is not None and args.per_class is not None:
             ap.error("--samples and --per-class both give imagefolder's train images per class: give one")
+        if args.shrink is not None and not args.full:
+            ap.error("--shrink divides ImageNet-1k's counts: it needs --full")
         if args.full and any(v is not None for v in (args.classes, args.per_class, args.val_per_class)):
             ap.error("--full (ImageNet-1k's count) fixes --classes, --per-class and --val-per-class")
         main_size = {"imagefolder": "train_per_class", "audio-csv": "clips"}.get(args.layout, "images")
@@ -680,6 +695,7 @@ def main(argv: list[str] | None = None) -> int:
             "classes": args.classes,
             "val_per_class": args.val_per_class,
             "full": args.full or None,
+            "shrink": args.shrink,
             "table": args.table,
             "kib": args.sample_kib,
         }

@@ -126,11 +126,14 @@ class _Folder:
 
 def _folder(
     seed: int, *, classes: int = 6, train_per_class: int = 5, val_per_class: int = 2, full: bool = False,
-    kib: int = DEFAULT_KIB,
+    kib: int = DEFAULT_KIB, shrink: int = 1,
 ) -> _Folder:  # fmt: skip
-    _positive(kib=kib)
+    _positive(kib=kib, shrink=shrink)
+    if shrink > 1 and not full:
+        raise ValueError("shrink divides ImageNet-1k's counts: it needs full")
     if full:
-        classes, val_per_class, train = IMAGENET_CLASSES, IMAGENET_VAL // IMAGENET_CLASSES, imagenet_train_counts()
+        classes, val_per_class = IMAGENET_CLASSES, max(1, round(IMAGENET_VAL / IMAGENET_CLASSES / shrink))
+        train = tuple(max(1, round(n / shrink)) for n in imagenet_train_counts())
     else:
         _positive(classes=classes, train_per_class=train_per_class)
         if val_per_class < 0:
@@ -150,7 +153,8 @@ def _folder(
 
 def imagefolder(seed: int = 0, **size: Any) -> LayoutData:
     """ImageNet-shaped class folders. Size: ``classes=6, train_per_class=5, val_per_class=2, kib=3``, or
-    ``full=True``: ImageNet-1k's counts (1000 classes, 1,281,167 + 50,000 images), streamed, without defects.
+    ``full=True``: ImageNet-1k's counts (1000 classes, 1,281,167 + 50,000 images), streamed, without defects;
+    with ``shrink=N`` each class's counts divided by N (rounded, at least 1: 1000 classes at 1/N of the images).
     Otherwise one train image is empty (skipped as ``empty:jpg``) and one class folder has a ``desktop.ini``."""
     return LayoutData(_folder(seed, **size).files())
 
@@ -159,10 +163,15 @@ def expected_imagefolder(seed: int = 0, **size: Any) -> Expected:
     return _folder(seed, **size).expected()
 
 
-def imagefolder_counts(full: bool = False, **size: int) -> dict[str, int]:
+def imagefolder_counts(full: bool = False, shrink: int = 1, **size: int) -> dict[str, int]:
     """Image files per split (the 0-byte one included) and classes of ``imagefolder(**size)``, without its files."""
-    f = _folder(0, full=full, **size)
+    f = _folder(0, full=full, shrink=shrink, **size)
     return {"train": sum(f.train), "val": f.val * len(f.wnids), "classes": len(f.wnids)}
+
+
+def imagefolder_classes(**size: Any) -> list[str]:
+    """The class folder names of ``imagefolder(**size)``, sorted."""
+    return sorted(_folder(0, **size).wnids)
 
 
 def add_class_files(name: str, seed: int, count: int, kib: int = DEFAULT_KIB) -> list[tuple[str, bytes]]:

@@ -5,6 +5,7 @@ which provides the session and the SDK client."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,29 @@ class Membership:
 
 
 UPTIME_HEADER = "ais-node-uptime"  # nanoseconds since the node's process started (AIS /v1/health?cii=true)
+
+
+class ArchivedJobs:
+    """dSort jobs that AIS has archived (finished or aborted: their metrics no longer change), by (endpoint, id),
+    so that a pass asks for the details of running jobs only. Bounded: the oldest entries go first."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self.jobs: dict[tuple[str, str], DsortJob] = {}
+        self.lock = threading.Lock()
+
+    def get(self, endpoint: str, job_id: str) -> DsortJob | None:
+        with self.lock:
+            return self.jobs.get((endpoint, job_id))
+
+    def put(self, endpoint: str, job: DsortJob) -> None:
+        with self.lock:
+            self.jobs[(endpoint, job.id)] = job
+            while len(self.jobs) > self.limit:
+                del self.jobs[next(iter(self.jobs))]
+
+
+ARCHIVED = ArchivedJobs()
 
 
 def started_at(now: float, uptime_ns: str | None) -> float:
@@ -166,13 +190,20 @@ class ClusterCalls:
         return r.text.strip().strip('"')
 
     def dsort_find(self, regex: str) -> list[DsortJob]:
-        """dSort jobs whose description matches the POSIX `regex` (finished ones included)."""
+        """dSort jobs whose description matches the POSIX `regex` (finished ones included): one listing, and the
+        details of each job that is still running or not seen archived before (`ARCHIVED`)."""
         r = self._rest("GET", "/v1/sort", params={"regex": regex})
         if r.status_code >= 400:
             raise AisUnavailable(f"listing dSort jobs: HTTP {r.status_code}: {r.text[:300]}")
         jobs: list[DsortJob] = []
         for j in r.json() or []:
-            jobs.append(self.dsort_job(str(j["id"])) or job_from_list(j))
+            job_id, archived = str(j["id"]), bool(j.get("archived"))
+            known = ARCHIVED.get(self.endpoint, job_id) if archived else None
+            if known is None:
+                known = self.dsort_job(job_id) or job_from_list(j)
+                if archived:
+                    ARCHIVED.put(self.endpoint, known)
+            jobs.append(known)
         return jobs
 
     def dsort_job(self, job_id: str) -> DsortJob | None:
