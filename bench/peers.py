@@ -21,7 +21,8 @@ Per tool: samples/s, MiB/s of output, host CPU-seconds per 1,000 samples (every 
 included, minus the idle rate measured just before), peak memory of the tool's own processes (sum of RSS over
 its process tree, PSS, sampled every 0.5 s), output shard sizes against the target, and what the output is (whether
 `webdataset` reads it as the layout's samples). Ratios to the operator's (unshuffled) apply -> Ready.
-Writes bench/results/peers.json. Needs the `hack/cluster.sh env` environment and the bench extra (litdata).
+Writes bench/results/peers.json and peers.png. Needs the `hack/cluster.sh env` environment and the bench
+extra (litdata).
 """
 
 from __future__ import annotations
@@ -338,6 +339,29 @@ def run_archive(endpoint: str, src: str) -> Result:
 IDLE = [0.0]
 
 
+def chart(res: Result, path: Path) -> None:
+    """Samples/s, CPU-seconds per 1,000 samples and peak memory per tool."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tools = list(res["tools"])
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    for ax, key, title in zip(
+        axes,
+        ("samples_per_s", "cpu_s_per_1k_samples", "peak_rss_mib"),
+        ("samples/s", "host CPU-s per 1,000 samples", "peak memory (MiB, PSS)"),
+        strict=True,
+    ):
+        ax.bar(tools, [res["tools"][t].get(key) or 0 for t in tools], color="#4c72b0")
+        ax.set(title=title)
+        ax.tick_params(axis="x", labelrotation=30)
+    fig.suptitle(f"{res['images']} ImageNet-shaped images (1/{res['shrink']}), 2 workers each")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1/64 of ImageNet-1k's counts (20,734 images)")
@@ -381,8 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     res["bench_wall_s"] = round(time.time() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     common.write_json(args.out / "peers.json", res)
+    chart(res, args.out / "peers.png")
     print(json.dumps(res.get("ratios_to_operator"), indent=1))
-    print(f"results: {args.out / 'peers.json'}; wall {res['bench_wall_s']:.0f} s")
+    print(f"results: {args.out / 'peers.json'}, {args.out / 'peers.png'}; wall {res['bench_wall_s']:.0f} s")
     return 0
 
 
