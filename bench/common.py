@@ -10,9 +10,11 @@ the standard library at top level: a converter child then holds what a converter
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -309,3 +311,78 @@ def operator_pid() -> int | None:
         if OPERATOR_MODULE in cmd and "-m" in cmd:
             found.append(p.pid)
     return found[0] if len(found) == 1 else (found[0] if found else None)
+
+
+class PeakSampler(threading.Thread):
+    """The peaks (MiB) of what `probe` reads (name -> MiB), sampled every `interval` seconds while the `with`
+    block runs. A failed sample (a process ending or restarting mid-sample) is skipped, not fatal."""
+
+    def __init__(self, probe: Callable[[], dict[str, float]], interval: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.probe, self.interval = probe, interval
+        self.peak: dict[str, float] = {}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            with contextlib.suppress(Exception):
+                for name, mib in self.probe().items():
+                    self.peak[name] = max(self.peak.get(name, 0.0), mib)
+            self.done.wait(self.interval)
+
+    def __enter__(self) -> PeakSampler:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.join()
+
+    def result(self) -> dict[str, float]:
+        return {k: round(v, 1) for k, v in self.peak.items()}
+
+
+def operator_rss() -> dict[str, float]:
+    """The operator process's RSS (MiB), as `{"operator": ...}` ({} while it is not running)."""
+    import psutil  # type: ignore[import-untyped,unused-ignore]
+
+    pid = operator_pid()
+    return {"operator": float(psutil.Process(pid).memory_info().rss) / MIB} if pid else {}
+
+
+def summed_pss(pick: Callable[[Any], bool]) -> Callable[[], dict[str, float]]:
+    """A probe: the summed PSS (MiB) of the processes `pick` selects, as `{"pss": ...}` (PSS splits shared pages
+    between the processes that share them, so forked workers are not counted twice)."""
+
+    def probe() -> dict[str, float]:
+        import psutil  # type: ignore[import-untyped,unused-ignore]
+
+        total = 0.0
+        for p in psutil.process_iter():
+            with contextlib.suppress(Exception):
+                if pick(p):
+                    total += p.memory_full_info().pss / MIB
+        return {"pss": total}
+
+    return probe
+
+
+def peak_rss_by_role(roles: dict[str, str]) -> Callable[[], dict[str, float]]:
+    """A probe: per role, the largest VmHWM (the kernel's own peak RSS, MiB) of the processes whose command line
+    holds the role's marker (so a peak between two samples is not missed)."""
+
+    def probe() -> dict[str, float]:
+        import psutil  # type: ignore[import-untyped,unused-ignore]
+
+        out = dict.fromkeys(roles, 0.0)
+        for p in psutil.process_iter(["cmdline"]):
+            cmd = " ".join(p.info.get("cmdline") or [])
+            role = next((r for r, marker in roles.items() if marker in cmd), None)
+            if role is None:
+                continue
+            with contextlib.suppress(OSError), open(f"/proc/{p.pid}/status") as f:
+                hwm = next((int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:")), 0.0)
+                out[role] = max(out[role], hwm)
+        return out
+
+    return probe

@@ -26,14 +26,12 @@ Writes bench/results/imagenet.json and imagenet.png. Needs the `hack/cluster.sh 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
 import shutil
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -72,39 +70,8 @@ def ensure_imagenet(endpoint: str, shrink: int) -> tuple[str, dict[str, int], fl
     return bucket, counts, round(took, 1)
 
 
-class Peaks(threading.Thread):
-    """Peak memory (VmHWM, MiB) of the operator, planner and converter processes on this host."""
-
-    ROLES = {"operator": common.OPERATOR_MODULE, "planner": "pods.planner", "converter": "pods.converter"}
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.peak = dict.fromkeys(self.ROLES, 0.0)
-        self.stop = threading.Event()
-
-    def sample(self) -> None:
-        import psutil  # type: ignore[import-untyped,unused-ignore]
-
-        for p in psutil.process_iter(["cmdline"]):
-            cmd = " ".join(p.info.get("cmdline") or [])
-            role = next((r for r, marker in self.ROLES.items() if marker in cmd), None)
-            if role is None:
-                continue
-            try:
-                with open(f"/proc/{p.pid}/status") as f:
-                    hwm = next((int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:")), 0.0)
-            except OSError:
-                continue
-            self.peak[role] = max(self.peak[role], hwm)
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            with contextlib.suppress(Exception):  # a process ending mid-sample: keep sampling
-                self.sample()
-            self.stop.wait(0.5)
-
-    def result(self) -> dict[str, float]:
-        return {k: round(v, 1) for k, v in self.peak.items()}
+PEAK_ROLES = {"operator": common.OPERATOR_MODULE, "planner": "pods.planner", "converter": "pods.converter"}
+"""The processes whose peak memory a run reports, by a marker in their command line (pods' processes on this host)."""
 
 
 def spec(bucket: str, workers: int, shuffle: bool = True) -> dict[str, Any]:
@@ -162,6 +129,37 @@ def series_sizes(endpoint: str, prefix: str) -> tuple[list[int], list[int]]:
     return every, [size for shards in series.values() for _, size in sorted(shards)[:-1]]
 
 
+def last_units(endpoint: str, base: str) -> set[str]:
+    """The ids of each convert stream's last unit (the one cut at the stream's end), from the unit table."""
+    from sharded_dataset_operator.clients.ais import Ais
+    from sharded_dataset_operator.core.units import TAKEN_OVER, Unit
+
+    ais = Ais(endpoint)
+    manifest = json.loads(ais.get(OUT_BUCKET, f"{base}plan.json") or b"{}")
+    last: dict[str, tuple[int, str]] = {}
+    for chunk in (manifest.get("units") or {}).get("chunks") or []:
+        for line in (ais.get(OUT_BUCKET, chunk) or b"").decode().splitlines():
+            unit, kind = Unit.parse(line)
+            if kind != TAKEN_OVER and unit.start >= last.get(unit.stream, (-1, ""))[0]:
+                last[unit.stream] = (unit.start, unit.id)
+    return {uid for _, uid in last.values()}
+
+
+def converted_report(endpoint: str, pool: str, base: str, target: int) -> Result:
+    """Converted unit shards against `maxShardSize`: all, and without each convert stream's last unit."""
+    from sharded_dataset_operator.clients.ais import Ais
+
+    last = last_units(endpoint, base)
+    every: list[int] = []
+    full: list[int] = []
+    for e in Ais(endpoint).list_objects(OUT_BUCKET, "ais", pool):
+        if e.name.endswith(".tar"):
+            every.append(e.size)
+            if e.name.removeprefix(pool).rsplit("-", 1)[0] not in last:
+                full.append(e.size)
+    return {"all": size_stats(every, target), "without_last_of_each_split": size_stats(full, target)}
+
+
 def shard_report(endpoint: str, prefixes: list[str], target: int) -> Result:
     every: list[int] = []
     full: list[int] = []
@@ -202,6 +200,22 @@ def record_bytes(endpoint: str, base: str) -> Result:
     return out
 
 
+def verification_listing(endpoint: str, prefixes: list[str]) -> Result:
+    """The operator's verification listing (`observation.tally_output`: AIS's archive listing, streamed into
+    per-shard counters) over the published output, timed alone after Ready."""
+    from sharded_dataset_operator.clients.ais import Ais
+    from sharded_dataset_operator.runner.observation import tally_output
+
+    ais = Ais(endpoint)
+    t = time.perf_counter()
+    members = shards = 0
+    for prefix in prefixes:
+        tally = tally_output(ais, OUT_BUCKET, "ais", prefix)
+        members += tally.totals.members
+        shards += len(tally.shards)
+    return {"seconds": round(time.perf_counter() - t, 2), "members": members, "shards": shards}
+
+
 def bucket_bytes(endpoint: str, bucket: str) -> int:
     from sharded_dataset_operator.clients.ais import Ais
 
@@ -234,16 +248,11 @@ def run_size(
     common.drop_bucket(endpoint, OUT_BUCKET)
     common.settle()
     disk_before = shutil.disk_usage("/").used
-    peaks = Peaks()
-    peaks.start()
-    applied = time.time()
-    s = spec(bucket, workers, shuffle)
-    resource.apply(s)
-    try:
+    with common.PeakSampler(common.peak_rss_by_role(PEAK_ROLES)) as peaks:
+        applied = time.time()
+        s = spec(bucket, workers, shuffle)
+        resource.apply(s)
         built = resource.build(refresh.version_id(1), timeout)
-    finally:
-        peaks.stop.set()
-        peaks.join()
     disk_after = shutil.disk_usage("/").used
     status = built["status"]
     stages = dict(built["stages_s"])
@@ -275,12 +284,16 @@ def run_size(
             "source": round(bucket_bytes(endpoint, bucket) / 2**30, 2),
             "output_bucket": round(bucket_bytes(endpoint, OUT_BUCKET) / 2**30, 2),
         },
-        "converted_shards": shard_report(endpoint, [record["pool"]["prefix"]], _bytes(s["output"]["maxShardSize"])),
+        "converted_shards": converted_report(
+            endpoint, record["pool"]["prefix"], record["locations"][0]["prefix"], _bytes(s["output"]["maxShardSize"])
+        ),
         "output_shards": shard_report(endpoint, [loc["prefix"] for loc in record["locations"][1:]], shuffled_target),
         "samples_per_output_shard": index_samples(endpoint, status),
         "record_bytes": record_bytes(endpoint, record["locations"][0]["prefix"]),
+        "verification_listing": verification_listing(endpoint, [loc["prefix"] for loc in record["locations"][1:]]),
         "samples_per_s": round(status["samples"]["written"] / total, 1),
     }
+    out["verification_listing"]["pct_of_ready"] = round(100 * out["verification_listing"]["seconds"] / total, 1)
     common.log(f"1/{shrink}: {out['samples']} samples Ready in {total} s {stages}; dSort {dsort_s} s; operator "
                f"overhead {out['operator_overhead_pct']} %; peaks {out['peak_rss_mib']}")  # fmt: skip
     if with_refresh:
@@ -375,9 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     res["growth"] = {
         "samples_ratio": round(last_run["samples"] / first["samples"], 1),
         **{
-            f"{role}_rss_ratio": round(last_run["peak_rss_mib"][role] / first["peak_rss_mib"][role], 3)
-            for role in Peaks.ROLES
-            if first["peak_rss_mib"][role]
+            f"{role}_rss_ratio": round(last_run["peak_rss_mib"].get(role, 0.0) / first["peak_rss_mib"][role], 3)
+            for role in PEAK_ROLES
+            if first["peak_rss_mib"].get(role)
         },
     }
     res["targets"] = {

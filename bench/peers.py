@@ -35,7 +35,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -66,27 +65,6 @@ def idle_rate(seconds: float = 10.0) -> float:
     return (host_busy_s() - b0) / (time.time() - t0)
 
 
-class TreeMemory(threading.Thread):
-    """Peak of the summed PSS (MiB: shared pages split between the processes that share them, so forked
-    workers are not counted twice) of the processes `pick` selects, sampled every 0.5 s."""
-
-    def __init__(self, pick: Callable[[Any], bool]) -> None:
-        super().__init__(daemon=True)
-        self.pick, self.peak, self.stop = pick, 0.0, threading.Event()
-
-    def run(self) -> None:
-        import psutil  # type: ignore[import-untyped,unused-ignore]
-
-        while not self.stop.is_set():
-            total = 0.0
-            for p in psutil.process_iter():
-                with contextlib.suppress(Exception):
-                    if self.pick(p):
-                        total += p.memory_full_info().pss / common.MIB
-            self.peak = max(self.peak, total)
-            self.stop.wait(0.5)
-
-
 def descendants_of(pid: int) -> Callable[[Any], bool]:
     import psutil  # type: ignore[import-untyped,unused-ignore]
 
@@ -102,14 +80,9 @@ def descendants_of(pid: int) -> Callable[[Any], bool]:
 
 def measured(run: Callable[[], Result], pick: Callable[[Any], bool], idle: float) -> Result:
     """Run `run` with the host's CPU and the picked processes' memory measured around it."""
-    mem = TreeMemory(pick)
-    mem.start()
-    b0, t0 = host_busy_s(), time.time()
-    try:
+    with common.PeakSampler(common.summed_pss(pick)) as mem:
+        b0, t0 = host_busy_s(), time.time()
         out = run()
-    finally:
-        mem.stop.set()
-        mem.join()
     wall = out.get("wall_s") or (time.time() - t0)
     cpu = host_busy_s() - b0 - idle * (time.time() - t0)
     samples = int(out["samples"])
@@ -120,7 +93,7 @@ def measured(run: Callable[[], Result], pick: Callable[[Any], bool], idle: float
         "mib_per_s": round(out["bytes"] / common.MIB / wall, 1),
         "host_cpu_s": round(cpu, 1),
         "cpu_s_per_1k_samples": round(cpu * 1000 / max(1, samples), 2),
-        "peak_rss_mib": round(mem.peak, 1) if mem.peak else out.get("peak_rss_mib"),
+        "peak_rss_mib": mem.result().get("pss") or out.get("peak_rss_mib"),
     }
 
 
@@ -221,12 +194,12 @@ def run_operator(endpoint: str, shrink: int, shuffle: bool) -> Result:
         r = imagenet.run_size(endpoint, shrink, 2, 4 * 3600, False, shuffle)
         return {**r, "wall_s": r["apply_to_ready_s"], "bytes": r["bytes_gib"]["output_bucket"] * 2**30}
 
-    role_markers = tuple(imagenet.Peaks.ROLES.values())
+    role_markers = tuple(imagenet.PEAK_ROLES.values())
     out = measured(go, lambda p: any(m in " ".join(p.cmdline()) for m in role_markers), IDLE[0])
     keep = ("wall_s", "samples", "samples_per_s", "mib_per_s", "host_cpu_s", "cpu_s_per_1k_samples", "peak_rss_mib",
             "stages_s", "dsort_s", "operator_overhead_pct")  # fmt: skip
     res = {k: out[k] for k in keep}
-    res["shards"] = out["converted_shards"]["without_last_of_each_series"]
+    res["shards"] = out["converted_shards"]["without_last_of_each_split"]
     if shuffle:
         res["output_shards"] = out["output_shards"]["without_last_of_each_series"]
         res["output"] = "WebDataset tars (jpg, cls) per split, shuffled by dSort, verified; wids indexes"

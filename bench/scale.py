@@ -17,12 +17,10 @@ sets it). Small-file buckets are created by promoting files (fast) and kept for 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,28 +65,6 @@ def ensure_small(endpoint: str, n: int) -> tuple[str, dict[str, int]]:
     return bucket, counts
 
 
-class RssSampler(threading.Thread):
-    """Peak RSS of the operator process (found on the host by its command line), sampled every 0.25 s."""
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.peak = 0.0
-        self.stop = threading.Event()
-
-    @staticmethod
-    def now() -> float:
-        import psutil  # type: ignore[import-untyped,unused-ignore]
-
-        pid = common.operator_pid()
-        return float(psutil.Process(pid).memory_info().rss) / common.MIB if pid else float("nan")
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            with contextlib.suppress(Exception):  # the process may restart; keep sampling
-                self.peak = max(self.peak, self.now())
-            self.stop.wait(0.25)
-
-
 def run_resource(
     endpoint: str,
     bucket: str,
@@ -129,9 +105,7 @@ def run_resource(
         spec[k] = {**v, "bucket": OUT_BUCKET} if k == "output" else v
     spec["conversion"] = {"workers": workers}
     spec["shuffle"] = {**spec.get("shuffle", {}), "outputShardSize": "64MiB"}
-    rss = RssSampler()
-    rss_before = RssSampler.now()
-    rss.start()
+    rss_before = common.operator_rss().get("operator", float("nan"))
     marks: dict[str, float] = {}
     t0 = time.time()  # epoch seconds: dSort's own times are compared with it
     custom.create_namespaced_custom_object(
@@ -142,7 +116,7 @@ def run_resource(
         {"apiVersion": f"{group}/{version}", "kind": "ShardedDataset", "metadata": {"name": NAME}, "spec": spec},
     )
     status: dict[str, Any] = {}
-    try:
+    with common.PeakSampler(common.operator_rss, 0.25) as rss:
         while time.time() - t0 < timeout:
             status = (get() or {}).get("status") or {}
             reason = next((c["reason"] for c in status.get("conditions") or [] if c["type"] == "Reconciling"), "")
@@ -154,9 +128,6 @@ def run_resource(
             if during is not None:
                 during(status)
             time.sleep(0.2)
-    finally:
-        rss.stop.set()
-        rss.join()
     if status.get("phase") != "Ready":
         raise RuntimeError(f"bench resource did not become Ready: {json.dumps(status)[:2000]}")
     order = ["Planning", "Converting", "Shuffling", "Verifying", "Ready"]
@@ -184,7 +155,7 @@ def run_resource(
         "resumed_shards": sum(int(r.get("resumedShards") or 0) for r in reports),
         "plan_s": plan.get("seconds"),
         "operator_rss_before_mib": round(rss_before, 1),
-        "operator_rss_peak_mib": round(max(rss.peak, rss_before), 1),
+        "operator_rss_peak_mib": round(max(rss.peak.get("operator", 0.0), rss_before), 1),
     }
     delete()
     common.log(f"resource over {bucket}: Ready in {out['apply_to_ready_s']} s {stages}; operator peak RSS "

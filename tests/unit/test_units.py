@@ -32,14 +32,29 @@ def keys(n: int, start: int = 0) -> list[str]:
     return [f"k{i:07d}" for i in range(start, start + n)]
 
 
-def test_units_respect_both_limits_and_are_about_half_full() -> None:
+def test_units_respect_both_limits_and_are_nearly_full() -> None:
     units = cut([sample(k) for k in keys(20_000)], max_samples=40)
     assert all(n <= 40 for _, n in units)
-    mean = sum(n for _, n in units) / len(units)
-    assert 12 <= mean <= 24, mean
+    # 40 samples: the window is 8 samples wide (a 2-sample window would make every cut positional)
+    assert all(n >= 32 for _, n in units[:-1]), min(n for _, n in units[:-1])
+    assert 32 <= sum(n for _, n in units) / len(units) <= 36
     by_bytes = cut([sample(k, size=10_000) for k in keys(5_000)], max_samples=None, max_bytes=200_000)
     per_sample = estimated_tar_bytes(sample("x", 10_000), True)
     assert all(n * per_sample + 1024 <= 200_000 for _, n in by_bytes)
+
+
+def test_shards_of_small_samples_are_within_five_percent_of_max_shard_size() -> None:
+    """ImageNet-like: ~3 KiB samples against a limit of a few hundred of them (64 MiB holds ~20,000)."""
+    rng = random.Random(7)
+    max_bytes = 2 * 1024 * 1024
+    cutter = UnitCutter(LAYOUT, None, max_bytes, with_order=True)
+    samples = [sample(k, size=rng.randrange(1_500, 5_000)) for k in keys(60_000)]
+    units = [u for s in samples for u in cutter.add(s)] + cutter.finish()
+    sizes = [(u.tar_bytes + 1024) / max_bytes for u in units[:-1]]
+    assert len(sizes) >= 50
+    assert all(0.95 <= r <= 1.0 for r in sizes), (min(sizes), max(sizes))
+    forced = sum(1 for u in units[:-1] if u.tar_bytes + 1024 + 6_000 > max_bytes)  # no room for one more
+    assert forced <= len(sizes) // 5, forced
 
 
 def test_an_appended_sample_changes_only_the_last_unit() -> None:

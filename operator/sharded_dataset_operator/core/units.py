@@ -2,10 +2,12 @@
 
 The planner cuts the sorted sample stream into *units*, key ranges that each become one converted shard (or
 a few, when a transform makes a unit larger than `maxShardSize`). A cut depends on the samples themselves,
-not on their position: after a sample whose key hashes below a threshold (content-defined, like rsync's
-chunks), with a forced cut only where a unit would exceed `maxSamplesPerShard` or `maxShardSize`. Adding,
-removing or changing a sample therefore changes only the unit it falls in (and, after a forced cut, the
-units up to the next content-defined cut); every other unit keeps its samples.
+not only on their position: once a unit is nearly full (its last `CUT_WINDOW` of `maxSamplesPerShard` or
+`maxShardSize`, wider for large samples), after a sample whose key hashes below a threshold
+(content-defined, like rsync's chunks, with a minimum size like FastCDC's), with a forced cut only where a
+unit would exceed a limit. Units are therefore within `CUT_WINDOW` of the limit (their shard sizes within
+5 % of `maxShardSize`), and adding, removing or changing a sample changes only the unit it falls in and,
+rarely, the next few, until a cut falls on the same sample again; every other unit keeps its samples.
 
 A unit's identity (`UnitHasher`) is a hash of everything that decides its bytes: the layout and conversion
 settings (`layout_digest`) and its samples' plan lines (`plan.encode_sample`: the key, the label and each
@@ -33,9 +35,14 @@ from sharded_dataset_operator.core.samples import Sample
 UNIT_FORMAT = "sds-units-v1"
 TAR_BLOCK = 512
 FINGERPRINT_MOD = 1 << 64
-CUT_SPACING = 2
-"""Content-defined cuts come on average every 1/CUT_SPACING of the limits, so forced cuts are rare
-(about e^-CUT_SPACING of the units, 14 %) and units stay about half full."""
+CUT_WINDOW = 0.05
+"""A content-defined cut is taken only in a unit's last 5 % (of either limit): units are at least 95 % full."""
+CUT_WINDOW_SAMPLES = 8
+"""...but the window holds at least about 8 samples, so a cut can move with the content when samples are
+large against the limit (a window of one sample would make every cut positional)."""
+CUT_SPACING = 3
+"""About 3 samples of a window qualify for a cut on average, so a unit ends by content in its window
+(forced at the limit for about e^-3 = 5 % of the units) and a shifted window finds the same cut again."""
 
 
 def layout_digest(config: dict[str, Any]) -> str:
@@ -77,14 +84,19 @@ def _unit_float(key: str) -> float:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") / 2.0**64
 
 
-def natural_cut(key: str, tar_bytes: int, max_samples: int | None, max_bytes: int | None) -> bool:
-    """Whether a unit ends after this sample by content (the chance grows with the sample's share of a limit)."""
-    chance = 0.0
+def natural_cut(key: str, tar_bytes: int, fill: float, max_samples: int | None, max_bytes: int | None) -> bool:
+    """Whether a unit `fill` full (its larger share of the two limits, this sample included, with the tar's end)
+    ends after this sample by content: only inside the cut window, with a chance that grows with the sample's
+    share of a limit."""
+    share = 0.0
     if max_samples:
-        chance = CUT_SPACING / max_samples
+        share = 1 / max_samples
     if max_bytes:
-        chance = max(chance, CUT_SPACING * tar_bytes / max_bytes)
-    return _unit_float(key) < chance
+        share = max(share, tar_bytes / max_bytes)
+    window = min(1.0, max(CUT_WINDOW, CUT_WINDOW_SAMPLES * share))
+    if fill < 1.0 - window:
+        return False
+    return _unit_float(key) < CUT_SPACING * share / window
 
 
 CONVERT, REUSED, TAKEN_OVER = 0, 1, 2
@@ -177,12 +189,19 @@ class UnitCutter:
         self._bytes += nbytes
         self._last = sample.key
         self.position += 1
-        if natural_cut(sample.key, nbytes, self.max_samples, self.max_bytes):
+        if natural_cut(sample.key, nbytes, self._fill(), self.max_samples, self.max_bytes):
             closed.append(self._close())
         return closed
 
     def finish(self) -> list[Unit]:
         return [self._close()] if self._count else []
+
+    def _fill(self) -> float:
+        """How full the open unit is: its larger share of the two limits (bytes with the tar's end blocks)."""
+        fill = self._count / self.max_samples if self.max_samples else 0.0
+        if self.max_bytes:
+            fill = max(fill, (self._bytes + 2 * TAR_BLOCK) / self.max_bytes)
+        return fill
 
     def _close(self) -> Unit:
         unit = Unit(self._hasher.hexdigest(), self._start, self._count, self._first, self._last, self._bytes,
