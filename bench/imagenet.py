@@ -202,7 +202,7 @@ def record_bytes(endpoint: str, base: str) -> Result:
 
 def verification_listing(endpoint: str, prefixes: list[str]) -> Result:
     """The operator's verification listing (`observation.tally_output`: AIS's archive listing, streamed into
-    per-shard counters) over the published output, timed alone after Ready."""
+    per-shard counters) over the published output (each split's dSort attempt prefixes), timed alone after Ready."""
     from sharded_dataset_operator.clients.ais import Ais
     from sharded_dataset_operator.runner.observation import tally_output
 
@@ -290,7 +290,7 @@ def run_size(
         "output_shards": shard_report(endpoint, [loc["prefix"] for loc in record["locations"][1:]], shuffled_target),
         "samples_per_output_shard": index_samples(endpoint, status),
         "record_bytes": record_bytes(endpoint, record["locations"][0]["prefix"]),
-        "verification_listing": verification_listing(endpoint, [loc["prefix"] for loc in record["locations"][1:]]),
+        "verification_listing": verification_listing(endpoint, [loc["prefix"] + "a" for loc in record["locations"][1:]]),
         "samples_per_s": round(status["samples"]["written"] / total, 1),
     }
     out["verification_listing"]["pct_of_ready"] = round(100 * out["verification_listing"]["seconds"] / total, 1)

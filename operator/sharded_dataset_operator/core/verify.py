@@ -98,6 +98,14 @@ class OutputTally:
         current.members += 1
         self.totals.add(member, size)
 
+    def merge(self, other: OutputTally) -> None:
+        """Append another tally's shards (listed apart, e.g. one shard's listing) after this one's."""
+        self.shards.extend(other.shards)
+        self.totals.merge(other.totals)
+        for problem in other.problems:
+            self._problem(problem)
+        self._last_key = None
+
     def _problem(self, message: str) -> None:
         if len(self.problems) < 5:
             self.problems.append(message)

@@ -4,6 +4,7 @@ decided here."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sharded_dataset_operator.clients import kube
@@ -202,20 +203,44 @@ def observe(ais: Ais, spec: DatasetSpec, owner: Owner, previous: dict[str, Any],
     return obs
 
 
+VERIFY_LISTING_THREADS = 2
+"""Shards whose members are listed at once. ImageNet at 1/4 (19 shards, 1.0 M members, two AIS targets): one
+archive listing of the whole prefix 13.0 s, one per shard 5.9 s with 2 at once and 6.8 s with 4, the operator's
+CPU 2.2 s in every case: AIS producing the pages is the limit."""
+
+
 def tally_output(ais: Ais, bucket: str, provider: str, prefix: str, only: frozenset[str] | None = None) -> OutputTally:
-    """Stream the archive listing of the output shards into per-shard counters (never a list of members).
+    """Count the output shards under `prefix` from AIS's archive listing into per-shard counters (never a list of
+    members): the shards from a plain listing, then each shard's members from an archive listing of that shard
+    alone, `VERIFY_LISTING_THREADS` at once, counted in name order.
 
     `only`: the shards to count among others under the prefix (a version's converted shards, without shuffle).
+    A shard whose own listing does not show it (deleted in between) fails the listing, never counts as empty.
     """
-    tally = OutputTally(prefix, only)
+    names = [e.name for e in ais.list_objects(bucket, provider, prefix) if e.name.endswith(".tar")]
+    names = [n for n in names if only is None or n in only]
+    if len(names) > objcache.MAX_LISTED:
+        raise LimitExceeded(f"more than {objcache.MAX_LISTED} output shards under {provider}://{bucket}/{prefix}")
     checksum_type = ais.checksum_type(bucket, provider)
-    for page in ais.list_pages(bucket, provider, prefix, props="name,size,checksum", archives=True):
-        if len(tally.shards) > objcache.MAX_LISTED:
-            raise LimitExceeded(f"more than {objcache.MAX_LISTED} output shards under {provider}://{bucket}/{prefix}")
-        for e in page:
-            value = str(e.checksum or "")
-            tally.add(str(e.name), int(e.size or 0), {"type": checksum_type, "value": value} if value else None)
-    counted = ais.object_count(bucket, provider, prefix)
+
+    def one_shard(name: str) -> OutputTally:
+        part = OutputTally(name)
+        members = name + "/"
+        for page in ais.list_pages(bucket, provider, name, props="name,size,checksum", archives=True):
+            for e in page:
+                entry = str(e.name)
+                if entry == name or entry.startswith(members):
+                    value = str(e.checksum or "")
+                    part.add(entry, int(e.size or 0), {"type": checksum_type, "value": value} if value else None)
+        if [s.name for s in part.shards] != [name]:
+            raise ListingError(f"the archive listing of {provider}://{bucket}/{name} does not show the shard")
+        return part
+
+    tally = OutputTally(prefix, only)
+    with ThreadPoolExecutor(max(1, min(VERIFY_LISTING_THREADS, len(names))), thread_name_prefix="verify") as pool:
+        for part in pool.map(one_shard, names):
+            tally.merge(part)
+    counted = ais.object_count(bucket, provider, prefix)  # a second look: a listing cut short by a target down
     if (counted != len(tally.shards)) if only is None else (counted < len(tally.shards)):
         raise ListingError(
             f"listing {provider}://{bucket}/{prefix} returned {len(tally.shards)} shards "
