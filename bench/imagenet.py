@@ -263,6 +263,7 @@ def run_size(
     overhead = total - converting - dsort_s
     plan = refresh.plan_of(endpoint, status, OUT_BUCKET)
     record = next(a for a in status["artifacts"] if a["version"] == status["versions"]["published"]["version"])
+    outputs = record["locations"][1:]  # each split's shuffled output (the first location: the converted base)
     shuffled_target = _bytes((s.get("shuffle") or {}).get("outputShardSize") or "100MiB")
     out: Result = {
         "shrink": shrink,
@@ -287,10 +288,10 @@ def run_size(
         "converted_shards": converted_report(
             endpoint, record["pool"]["prefix"], record["locations"][0]["prefix"], _bytes(s["output"]["maxShardSize"])
         ),
-        "output_shards": shard_report(endpoint, [loc["prefix"] for loc in record["locations"][1:]], shuffled_target),
+        "output_shards": shard_report(endpoint, [loc["prefix"] for loc in outputs], shuffled_target),
         "samples_per_output_shard": index_samples(endpoint, status),
         "record_bytes": record_bytes(endpoint, record["locations"][0]["prefix"]),
-        "verification_listing": verification_listing(endpoint, [loc["prefix"] + "a" for loc in record["locations"][1:]]),
+        "verification_listing": verification_listing(endpoint, [f"{loc['prefix']}a" for loc in outputs]),
         "samples_per_s": round(status["samples"]["written"] / total, 1),
     }
     out["verification_listing"]["pct_of_ready"] = round(100 * out["verification_listing"]["seconds"] / total, 1)
