@@ -10,7 +10,7 @@ import pytest
 
 from sharded_dataset_operator.clients.ais import Entry, ListingError
 from sharded_dataset_operator.core.verify import OutputTally
-from sharded_dataset_operator.runner import observation
+from sharded_dataset_operator.runner import objcache, observation
 from sharded_dataset_operator.runner.observation import tally_output
 
 PREFIX = "out-5f3a9c1e00004000-g1-a1-"
@@ -128,3 +128,23 @@ def test_a_shard_whose_name_extends_another_is_not_counted_twice() -> None:
     got = tally_output(ais, "b", "ais", PREFIX)  # type: ignore[arg-type]
     assert got.totals == one_listing(ArchiveAis(content)).totals
     assert len(got.shards) == 3 and not got.problems
+
+
+def test_more_shards_than_the_operator_counts_stop_the_listing_before_any_member_is_listed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(objcache, "MAX_LISTED", 3)
+
+    class Streaming(ArchiveAis):
+        read = 0
+
+        def list_objects(self, bucket: str, provider: str = "ais", prefix: str = "") -> Any:
+            for entry in super().list_objects(bucket, provider, prefix):
+                self.read += 1
+                yield entry
+
+    ais = Streaming(shards(50))
+    with pytest.raises(objcache.LimitExceeded, match="more than 3 output shards"):
+        tally_output(ais, "b", "ais", PREFIX)  # type: ignore[arg-type]
+    assert ais.read == 4  # the listing was left at the first shard too many, not read to its end
+    assert ais.archive_listings == []

@@ -217,10 +217,14 @@ def tally_output(ais: Ais, bucket: str, provider: str, prefix: str, only: frozen
     `only`: the shards to count among others under the prefix (a version's converted shards, without shuffle).
     A shard whose own listing does not show it (deleted in between) fails the listing, never counts as empty.
     """
-    names = [e.name for e in ais.list_objects(bucket, provider, prefix) if e.name.endswith(".tar")]
-    names = [n for n in names if only is None or n in only]
-    if len(names) > objcache.MAX_LISTED:
-        raise LimitExceeded(f"more than {objcache.MAX_LISTED} output shards under {provider}://{bucket}/{prefix}")
+    names: list[str] = []
+    for e in ais.list_objects(bucket, provider, prefix):
+        if e.name.endswith(".tar") and (only is None or e.name in only):
+            names.append(e.name)
+            if len(names) > objcache.MAX_LISTED:  # stop listing: a tenant's prefix must not fill our memory
+                raise LimitExceeded(
+                    f"more than {objcache.MAX_LISTED} output shards under {provider}://{bucket}/{prefix}"
+                )
     checksum_type = ais.checksum_type(bucket, provider)
 
     def one_shard(name: str) -> OutputTally:
