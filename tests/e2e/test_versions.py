@@ -304,3 +304,80 @@ def test_a_refresh_converts_only_the_changed_units_and_the_newest_request_wins(
     wait_until(lambda: not list(ais.list_objects(out, prefix=f"samples-{tag}-g1-")), 60, "g1 deleted")
     held = set(converted) | {s["name"] for s in reused["shards"]}
     wait_until(lambda: {e.name for e in ais.list_objects(out, prefix=pool)} == held, 60, "only held units left")
+
+
+def test_an_append_refresh_shuffles_only_the_added_samples_and_keeps_the_published_shards(
+    kube: Kube, namespace: str, ais: Ais, cluster_env: dict[str, str], operator: Any, tmp_path: Any
+) -> None:
+    """spec.shuffle.refreshMode Append: a refresh that only added samples gives dSort the new units alone and
+    copies the published version's shuffled shards (byte for byte) into the new version; a refresh that changed
+    a sample shuffles everything again, and the ShuffleMode event says why."""
+    from .test_operator import RawDataset, assert_complete_samples, check_index, read_shards
+    from .test_promises import events
+
+    raw = RawDataset(ais, cluster_env["AIS_ENDPOINT"], 300, seed=13, sample_kib=8)
+    out = unique("append")
+    obj = dataset("grows", namespace, raw.bucket, out, conversion={"workers": 2})
+    obj["spec"]["output"] = {"bucket": out, "prefix": "samples-", "maxSamplesPerShard": 20, "retainPrevious": "0s"}
+    obj["spec"]["shuffle"]["refreshMode"] = "Append"
+    obj["spec"]["shuffle"]["outputShardSize"] = "256KiB"
+    kube.apply(obj)
+    wait_ready(kube, namespace, "grows")
+    old_index = json.loads(ais.get(out, "shuffled-index.json") or b"{}")
+    old_shards = [ais.get(out, s["url"]) for s in sorted(old_index["shardlist"], key=lambda s: s["url"])]
+    assert len(old_shards) >= 3 and "appended" not in old_index["info"]
+
+    # 5 new samples, sorting among the old keys; nothing else changes
+    complete = sorted(raw.manifest["complete"])
+    added = [f"{complete[i].rsplit('_', 1)[0]}_8{i:03d}" for i in range(0, 300, 60)]
+    lines = (ais.get(raw.bucket, "annotations/list.txt") or b"").decode().splitlines()
+    for i, key in enumerate(added):
+        donor = complete[i * 11]
+        for path in (f"images/{key}.jpg", f"annotations/trimaps/{key}.png"):
+            raw.files[path] = raw.files[path.replace(key, donor)] + key.encode()
+            ais.put(raw.bucket, path, raw.files[path])
+        raw.manifest["classes"][key] = "5"
+        lines.append(f"{key} 5 1 5")
+    ais.put(raw.bucket, "annotations/list.txt", ("\n".join(lines) + "\n").encode())
+    raw.manifest["complete"] = sorted([*complete, *added])
+
+    kube.run("annotate", "sds", "grows", "-n", namespace, "shardeddataset.dev/refresh=more")
+    done = wait_until(
+        lambda: (o := kube.get("sds", "grows", namespace)) and published(o) == _version_of("more") and o,
+        300,
+        "the append refresh published",
+    )
+    assert done["status"]["samples"]["written"] == len(raw.manifest["complete"]), done["status"]["samples"]
+    shardlist = check_index(ais, done, out, "shuffled-index.json")
+    index = json.loads(ais.get(out, "shuffled-index.json") or b"{}")
+    assert index["info"]["appended"] == {"to": "g1", "keptShards": len(old_shards)}
+    kept = sorted(s["url"] for s in shardlist if "-a1-k" in s["url"])
+    assert [ais.get(out, url) for url in kept] == old_shards  # the published shards, copied byte for byte
+    new = [s["url"] for s in shardlist if s["url"] not in kept]
+    new_samples = read_shards(ais, out, new, _fresh(tmp_path / "new"))
+    assert sorted(s["__key__"] for s in new_samples) == sorted(added)  # dSort shuffled the added samples only
+    all_samples = read_shards(ais, out, [s["url"] for s in shardlist], _fresh(tmp_path / "all"))
+    assert_complete_samples(raw, all_samples)
+    assert any("appending 5 new samples" in m for m in events(kube, namespace, "grows", "ShuffleMode"))
+
+    # a relabelled sample breaks its unit: everything is shuffled again, and the event says why
+    lines = [" ".join([complete[7], "9", *ln.split()[2:]]) if ln.startswith(f"{complete[7]} ") else ln for ln in lines]
+    ais.put(raw.bucket, "annotations/list.txt", ("\n".join(lines) + "\n").encode())
+    raw.manifest["classes"][complete[7]] = "9"
+    kube.run("annotate", "sds", "grows", "-n", namespace, "shardeddataset.dev/refresh=relabel", "--overwrite")
+    again = wait_until(
+        lambda: (o := kube.get("sds", "grows", namespace)) and published(o) == _version_of("relabel") and o,
+        300,
+        "the reshuffling refresh published",
+    )
+    shardlist = check_index(ais, again, out, "shuffled-index.json")
+    assert "appended" not in json.loads(ais.get(out, "shuffled-index.json") or b"{}")["info"]
+    assert not any("-k" in s["url"].rsplit("-a", 1)[-1] for s in shardlist)
+    assert_complete_samples(raw, read_shards(ais, out, [s["url"] for s in shardlist], _fresh(tmp_path / "again")))
+    why = [m for m in events(kube, namespace, "grows", "ShuffleMode") if "shuffled again" in m]
+    assert why and "lost or changed samples" in why[0], why
+
+
+def _fresh(directory: Any) -> Any:
+    directory.mkdir()
+    return directory

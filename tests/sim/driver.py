@@ -42,6 +42,7 @@ class Scenario:
     fault_passes: int
     rate: float
     crash_rate: float
+    append: bool = False  # spec.shuffle.refreshMode Append
 
 
 @dataclass(slots=True)
@@ -72,6 +73,7 @@ def scenario(seed: int, rng: random.Random) -> Scenario:
         fault_passes=rng.randint(0, 40),
         rate=rng.uniform(0.01, 0.12),
         crash_rate=rng.uniform(0.0, 0.05),
+        append=rng.random() < 0.5,
     )
 
 
@@ -93,6 +95,7 @@ def raw_spec(sc: Scenario) -> dict[str, Any]:
             "outputPrefix": "shuffled-",
             "outputShardSize": "6KiB",
             "maxAttempts": sc.max_attempts,
+            **({"refreshMode": "Append"} if sc.append else {}),
         }
     if sc.splits:
         spec["splits"] = {
@@ -197,6 +200,8 @@ def user_events(
             garbage.append(name)
             if TRACE:
                 print(f"event: garbage at {name}")
+    elif roll < 0.17 or (sc.append and roll > 0.88):
+        grow_source(ais, rng, meta, k)
     if rng.random() < 0.03:  # a person approves a held version, or (by mistake) another one
         held = str(((obj.get("status") or {}).get("publishGuard") or {}).get("version") or "")
         meta["annotations"][guard.APPROVE_ANNOTATION] = held if held and rng.random() < 0.5 else f"g{rng.randint(1, 9)}"
@@ -206,6 +211,18 @@ def user_events(
         ais.faults.refusing = not ais.faults.refusing
     if rng.random() < 0.05:
         ais.faults.rebalancing = not ais.faults.rebalancing
+
+
+def grow_source(ais: FakeAis, rng: random.Random, meta: dict[str, Any], k: int) -> None:
+    """The source grows (one to three new labelled images, in the trainval list), then a refresh."""
+    new = [f"n{k:03d}{i}" for i in range(rng.randint(1, 3))]
+    src = ais.buckets[SOURCE]
+    for key in new:
+        ais.store(SOURCE, f"images/{key}.jpg", b"x" * rng.randint(100, 1500))
+    for listing, lines in (("list.txt", [f"{key} {rng.randint(1, 3)}" for key in new]), ("trainval.txt", new)):
+        before = src[listing].data.decode().strip() if listing in src else ""
+        ais.store(SOURCE, listing, "\n".join([*([before] if before else []), *lines]).encode())
+    meta["annotations"][versions.REFRESH_ANNOTATION] = f"g{k}"
 
 
 def status_reason(obj: dict[str, Any]) -> str:
@@ -219,6 +236,7 @@ def drive(
     obj, faults = kube.obj, ais.faults
     deadline = sc.fault_passes + SETTLE_PASSES
     retried = ""
+    grown = False
     garbage: list[str] = []
     k = 0
     while k < deadline:
@@ -258,6 +276,13 @@ def drive(
         if faults.on or not passes.is_settled(obj):
             continue
         phase, reason = (obj.get("status") or {}).get("phase"), status_reason(obj)
+        if phase == "Ready" and sc.append and not grown:
+            # a second act: the source grows after the version is published, under faults again for a while
+            grown = True
+            grow_source(ais, rng, obj["metadata"], k)
+            sc.fault_passes = k + rng.randint(0, 20)
+            deadline = sc.fault_passes + SETTLE_PASSES
+            continue
         if phase == "Ready":
             check_leaks(checker)
             break

@@ -7,6 +7,7 @@ exceptions when a fault is injected; `FakeKube` stands in for the `clients.kube`
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -267,6 +268,16 @@ class FakeAis:
         self.store(bucket, name, data)
         self.faults.crash()
 
+    def copy_objects(self, bucket: str, pairs: list[tuple[str, str]], provider: str = "ais") -> int:
+        for source, destination in pairs:
+            self._write(f"COPY {source}")
+            obj = self._bucket(bucket).get(source)
+            if obj is None:
+                raise MissingObject(f"ais://{bucket}/{source} not found: not copied")
+            self.buckets[bucket][destination] = obj
+            self.faults.crash()
+        return len(pairs)
+
     def delete_objects(self, bucket: str, names: list[str], provider: str = "ais") -> int:
         self._write("DELETE")
         for n in names:
@@ -512,6 +523,7 @@ class Pods:
         self.ais, self.kube, self.source = ais, kube, source
         self.planned: dict[str, int] = {}  # version -> complete samples its planner found
         self.bad_reports = False  # a converter bug: a report that misses a unit (ConversionIncomplete)
+        self.unit_lines: dict[str, list[str]] = {}  # unit id -> its samples' plan lines (the membership)
 
     def step(self, faulty: bool) -> None:
         rng = self.ais.rng
@@ -569,7 +581,9 @@ class Pods:
         return out, {k: v for k, v in skipped.items() if v}
 
     def plan(self, j: SimJob) -> None:
-        """What `converter/planner.py` writes, as far as the operator and the converters read it."""
+        """What `converter/planner.py` writes, as far as the operator and the converters read it: the units of
+        the previous version (`output.previous`) whose samples are all unchanged and whose shard exists are
+        taken over whole; the rest of the samples (the convert stream, chunk 0) are cut into units."""
         config, out = j.config, j.config["output"]
         bucket, base = str(out["bucket"]), str(out["base"])
         samples, skipped = self._samples(config)
@@ -577,35 +591,46 @@ class Pods:
         lines = [sample_line(k, lab, size, split) for k, lab, size, split in samples]
         table: list[str] = []
         fingerprint = 0
+        kept, broken, previous_units, records = self._take_over(config, set(lines), layout)
+        taken_lines = {line for u in kept for line in self.unit_lines[u.id]}
+        convert = [i for i, line in enumerate(lines) if line not in taken_lines]
+        stream_lines = [lines[i] for i in convert]
+        for u in kept:
+            table.append(dataclasses.replace(u, start=-1).line(units.TAKEN_OVER))
+            fingerprint = (fingerprint + u.fingerprint) % units.FINGERPRINT_MOD
         streams: dict[str, list[int]] = {}
-        for i, (_, _, _, split) in enumerate(samples):
-            streams.setdefault(split or "", []).append(i)
+        for n, i in enumerate(convert):
+            streams.setdefault(samples[i][3] or "", []).append(n)
         per = int(out.get("maxSamples") or 10)
         for stream, idx in sorted(streams.items()):
             for s in range(0, len(idx), per):
                 chunk = idx[s : s + per]
                 hasher, fp = units.UnitHasher(layout), 0
-                for i in chunk:
-                    hasher.add(lines[i])
-                    fp = (fp + units.line_digest(lines[i])) % units.FINGERPRINT_MOD
+                for n in chunk:
+                    hasher.add(stream_lines[n])
+                    fp = (fp + units.line_digest(stream_lines[n])) % units.FINGERPRINT_MOD
                 fingerprint = (fingerprint + fp) % units.FINGERPRINT_MOD
-                first, last = samples[chunk[0]][0], samples[chunk[-1]][0]
+                first, last = samples[convert[chunk[0]]][0], samples[convert[chunk[-1]]][0]
                 unit = units.Unit(hasher.hexdigest(), chunk[0], len(chunk), first, last, 0, fp, stream)
+                self.unit_lines[unit.id] = [stream_lines[n] for n in chunk]
                 table.append(unit.line(units.CONVERT))
         put = self.ais.store
-        put(bucket, naming.plan_chunk_name(base, 0), "\n".join(lines).encode())
+        put(bucket, naming.plan_chunk_name(base, 0), "\n".join(stream_lines).encode())
         put(bucket, naming.plan_units_name(base, 0), "\n".join(table).encode())
+        totals = Totals()
+        for r in records:
+            totals.merge(Totals.from_dict(r))
         reused = {
             "kind": "sds-reused-v1",
             "generation": config["generation"],
             "version": config["version"],
-            "units": 0,
-            "shards": [],
-            "written": 0,
-            "bytes": 0,
-            "consumed": 0,
-            "planFingerprint": 0,
-            **Totals().to_dict(),
+            "units": len(kept),
+            "shards": records,
+            "written": sum(int(r["samples"]) for r in records),
+            "bytes": sum(int(r["bytes"]) for r in records),
+            "consumed": sum(u.count for u in kept),
+            "planFingerprint": sum(u.fingerprint for u in kept) % units.FINGERPRINT_MOD,
+            **totals.to_dict(),
         }
         put(bucket, naming.reused_name(base), json.dumps(reused).encode())
         manifest = {
@@ -617,15 +642,53 @@ class Pods:
             "units": {
                 "layout": layout,
                 "count": len(table),
-                "convert": len(table),
+                "convert": len(table) - len(kept),
                 "chunks": [naming.plan_units_name(base, 0)],
-                "convertSamples": len(samples),
-                "reused": 0,
+                "convertSamples": len(convert),
+                "reused": len(kept),
+                "takenOver": len(kept),
+                "previous": out.get("previous") if previous_units is not None else None,
+                "previousBroken": broken,
+                "previousUnits": previous_units,
                 "fingerprint": fingerprint,
             },
         }
         put(bucket, naming.plan_manifest_name(base), json.dumps(manifest).encode())
         self.planned[str(config["version"])] = len(samples)
+
+    def _take_over(
+        self, config: dict[str, Any], lines: set[str], layout: str
+    ) -> tuple[list[units.Unit], int, int | None, list[dict[str, Any]]]:
+        """(units taken over, previous units broken, previous unit count, their shards' records)."""
+        out = config["output"]
+        bucket, pool = str(out["bucket"]), str(out["pool"])
+        previous = self.ais.load(bucket, str(out.get("previous") or ""))
+        table = (previous or {}).get("units") or {}
+        if not previous or table.get("layout") != layout:
+            return [], 0, None, []
+        old = []
+        for chunk in table.get("chunks") or []:
+            obj = self.ais.buckets.get(bucket, {}).get(str(chunk))
+            if obj is None:
+                return [], 0, None, []  # as the real planner: a table it cannot read takes nothing over
+            old += [units.Unit.parse(x)[0] for x in obj.data.decode().splitlines() if x]
+        kept, broken, records = [], 0, []
+        for u in old:
+            if not set(self.unit_lines.get(u.id, ["?"])) <= lines:
+                broken += 1
+                continue
+            shard = self.ais.buckets.get(bucket, {}).get(naming.unit_shard_name(pool, u.id, 0))
+            if shard is None or shard.members is None:
+                continue  # intact, but its shard is gone: converted again
+            totals = Totals()
+            for m, size in shard.members:
+                totals.add(m, size)
+            kept.append(u)
+            records.append({"name": naming.unit_shard_name(pool, u.id, 0), "unit": u.id, "part": 0, "last": True,
+                            "samples": u.count, "bytes": shard.size, "consumed": u.count, "firstKey": u.first_key,
+                            "lastKey": u.last_key, "planFingerprint": u.fingerprint, "takenOver": True,
+                            **({"split": u.stream} if u.stream else {}), **totals.to_dict()})  # fmt: skip
+        return kept, broken, len(old), records
 
     def convert(self, j: SimJob, worker: int, bad: bool) -> bool:
         """Worker `worker` converts its units (reading the plan and the source now); False: it failed."""
@@ -637,7 +700,8 @@ class Pods:
         if manifest is None or table is None or chunk is None:
             return False
         lines = chunk.data.decode().splitlines()
-        all_units = [units.Unit.parse(x)[0] for x in table.data.decode().splitlines() if x]
+        parsed = [units.Unit.parse(x) for x in table.data.decode().splitlines() if x]
+        all_units = [u for u, kind in parsed if kind == units.CONVERT]  # not the units taken over
         first, last = units.assigned(len(all_units), j.workers, worker)
         src = self.ais.buckets.get(self.source, {})
         records: list[dict[str, Any]] = []

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from sharded_dataset_operator.clients import ais as ais_module
+from sharded_dataset_operator.clients import ais_objects as ais_module
 from sharded_dataset_operator.clients.ais import AccessDenied, Ais, AisUnavailable
 from sharded_dataset_operator.core.model import AisJob
 

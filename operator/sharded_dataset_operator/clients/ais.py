@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import tarfile
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO, TypeVar
@@ -51,6 +50,7 @@ from sharded_dataset_operator.clients.ais_errors import (
     redact,
 )
 from sharded_dataset_operator.clients.ais_errors import unavailable as _unavailable
+from sharded_dataset_operator.clients.ais_objects import ObjectBatchCalls
 from sharded_dataset_operator.core.model import Entry
 
 __all__ = [
@@ -77,11 +77,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-MULTI_DELETE_FROM = 16
-"""Names from which a delete is one AIS multi-object job rather than a DELETE per object (a job costs a few
-requests: start, then status polls)."""
-MULTI_DELETE_BATCH = 10_000
-"""Names per multi-object delete job (the request body holds them all)."""
 MAX_EMPTY_PAGES = 100  # pages with no entries but a continuation token, in a row, before a listing is refused
 
 
@@ -97,7 +92,7 @@ def _retry_config(attempts: int) -> RetryConfig:
     )
 
 
-class Ais(ClusterCalls):
+class Ais(ClusterCalls, ObjectBatchCalls):
     """AIS access for one endpoint (and optional AuthN token)."""
 
     def __init__(
@@ -386,95 +381,6 @@ class Ais(ClusterCalls):
 
     def put(self, bucket: str, name: str, data: bytes, provider: str = "ais") -> None:
         self._call(lambda: self._bucket(bucket, provider).object(name).get_writer().put_content(data))
-
-    def delete_objects(
-        self, bucket: str, names: list[str], provider: str = "ais", *, multi_from: int = MULTI_DELETE_FROM
-    ) -> int:
-        """Delete the named objects (missing ones are fine); returns how many were asked for.
-
-        From `multi_from` names on: one AIS multi-object delete job per `MULTI_DELETE_BATCH` names, each waited
-        for. Fewer names, or a job that cannot be started, watched or that ends with an error (a token without
-        the cluster's rights, say): one DELETE per object, which reports the error of any object that is left.
-        """
-        rest = names
-        if len(names) >= multi_from:
-            rest = []
-            for start in range(0, len(names), MULTI_DELETE_BATCH):
-                chunk = names[start : start + MULTI_DELETE_BATCH]
-                if not self._delete_job(bucket, chunk, provider):
-                    rest.extend(chunk)
-        for name in rest:
-            try:
-                self._bucket(bucket, provider).object(name).delete()
-            except (ErrObjNotFound, ErrBckNotFound):
-                continue
-            except AISError as e:
-                if e.status_code != 404:
-                    raise _unavailable(e) from e
-            except requests.RequestException as e:
-                raise AisUnavailable(f"AIS at {self.endpoint}: {e}") from e
-        return len(names)
-
-    def _delete_job(self, bucket: str, names: list[str], provider: str, timeout: float = 600.0) -> bool:
-        """One multi-object delete job over `names`, waited for; False when it could not be started or
-        watched, or did not end cleanly (the caller deletes those names one by one)."""
-        try:
-            job = str(self._call(lambda: self._bucket(bucket, provider).objects(obj_names=names).delete())).strip()
-        except BucketNotFound:
-            return True  # no bucket, no objects
-        except AccessDenied as e:
-            log.info("multi-object delete in %s://%s refused (%s): deleting one by one", provider, bucket, e)
-            return False
-        job = job.strip('"')
-        if not job:
-            return False
-        deadline = time.monotonic() + timeout
-        pause = 0.02
-        while True:
-            try:
-                status = self.job_status(job)
-            except AccessDenied:
-                return False  # may start jobs but not watch them: make sure one object at a time
-            if status is None:
-                return False  # AIS does not know the job (any more): nothing says it finished
-            if status.finished:
-                if status.aborted or status.error:
-                    log.info("multi-object delete job %s in %s://%s: %s, deleting one by one", job, provider, bucket,
-                                status.error or "aborted")  # fmt: skip
-                    return False
-                return True
-            if time.monotonic() > deadline:
-                raise AisUnavailable(f"multi-object delete job {job} in {provider}://{bucket} ran over {timeout:.0f} s")
-            time.sleep(pause)
-            pause = min(pause * 2, 0.5)
-
-    def delete_prefix(
-        self, bucket: str, prefix: str, provider: str = "ais", keep: frozenset[str] = frozenset(), batch: int = 10_000
-    ) -> int:
-        """Delete every object whose name starts with `prefix` (but those in `keep`); returns the count.
-
-        At most `batch` names are held at a time: the listing is taken again after each batch is deleted.
-        """
-        if not prefix:
-            raise ValueError("refusing to delete a whole bucket")
-        deleted = 0
-        previous: list[str] = []
-        while True:
-            names: list[str] = []
-            try:
-                for e in self.list_objects(bucket, provider, prefix):
-                    if e.name not in keep:
-                        names.append(e.name)
-                        if len(names) >= batch:
-                            break
-            except BucketNotFound:
-                return deleted
-            if not names:
-                return deleted
-            if names == previous:
-                raise AisUnavailable(f"objects under {provider}://{bucket}/{prefix} are still listed after deletion")
-            deleted += self.delete_objects(bucket, names, provider)
-            previous = names
 
     def _call(self, fn: Any) -> Any:
         try:

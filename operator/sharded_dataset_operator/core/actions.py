@@ -59,6 +59,16 @@ class StartDsort:
 
 
 @dataclass(frozen=True, slots=True)
+class CopyObjects:
+    """Server-side copies within one bucket, (source, destination) names: an Append refresh's copies of the
+    published version's shuffled shards into the new dSort attempt's output (`core.append`)."""
+
+    bucket: str
+    provider: str
+    pairs: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class StartPrefetch:
     """One AIS prefetch job over the source's objects under `prefix` (at their latest version)."""
 
@@ -115,6 +125,7 @@ Action = (
     | CleanupArtifacts
     | SweepUnits
     | StartDsort
+    | CopyObjects
     | WriteIndex
     | DeleteObjects
     | DeletePrefix
@@ -147,7 +158,10 @@ NOT_STARTED = "NotStarted"  # an optional job (a prefetch) AIS did not start: th
 ETL_FAILED = "EtlFailed"  # AIS could not start an ETL (FAIL, unless it is the readers' ETL)
 
 
-STOPS = (DENIED, REJECTED, ETL_FAILED)
+COPY_FAILED = "CopyFailed"  # a copy of a published shard failed: the dSort after it is not started (retried)
+
+
+STOPS = (DENIED, REJECTED, ETL_FAILED, COPY_FAILED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,4 +193,4 @@ class Decision:
     requeue: float | None = ACTIVE_REQUEUE
 
 
-CREATING = (EnsureBucket, CreateJob, StartDsort, WriteIndex, InitEtl)
+CREATING = (EnsureBucket, CreateJob, StartDsort, CopyObjects, WriteIndex, InitEtl)

@@ -7,7 +7,7 @@ from typing import Any
 
 from sharded_dataset_operator.core import builders, naming, prefetch, units
 from sharded_dataset_operator.core.actions import CreateJob, Decision, Event, InitEtl
-from sharded_dataset_operator.core.observed import Track
+from sharded_dataset_operator.core.observed import TakenOver, Track
 from sharded_dataset_operator.core.spec import DatasetSpec
 from sharded_dataset_operator.core.state import Pass, seconds_since, stalled
 from sharded_dataset_operator.core.status import CONVERTED, DatasetStatus, Phase, StepState
@@ -88,7 +88,8 @@ def step(p: Pass) -> Decision | None:
         p.written.merge(Totals.from_dict(r))
     if spec.splits is None:
         tar_bytes = sum(int(r.get("bytes") or 0) for r in done)
-        p.tracks = [Track(None, p.converted_shards, p.key_order, p.written, st.samples_written, tar_bytes)]
+        kept = TakenOver.of(records)
+        p.tracks = [Track(None, p.converted_shards, p.key_order, p.written, st.samples_written, tar_bytes, kept)]
         return None
     by_split: dict[str, list[dict[str, Any]]] = {name: [] for name in spec.splits.names}
     for record in records:
@@ -106,7 +107,8 @@ def step(p: Pass) -> Decision | None:
             return p.failed(CONVERTED, "SplitEmpty", f"split {name} holds no complete sample")
         order = [r["name"] for r in sorted(recs, key=lambda r: (str(r.get("firstKey") or ""), r.get("part") or 0))]
         tar_bytes = sum(int(r.get("bytes") or 0) for r in recs)
-        p.tracks.append(Track(name, sorted(r["name"] for r in recs), order, written, samples, tar_bytes))
+        shards = sorted(r["name"] for r in recs)
+        p.tracks.append(Track(name, shards, order, written, samples, tar_bytes, TakenOver.of(recs)))
     st.splits = {t.split or "": {"samples": t.samples, "convertedShards": len(t.shards)} for t in p.tracks}
     return None
 

@@ -36,6 +36,7 @@ from sharded_dataset_operator.core.actions import (
     REJECTED,
     Action,
     CleanupArtifacts,
+    CopyObjects,
     Decision,
     DeleteEtls,
     DeleteJobs,
@@ -196,6 +197,7 @@ def _retry_requested(p: Pass) -> Decision:
 
 
 ACTIVE_REQUEST_DELAY = 2.0
+COPY_RETRY_SECONDS = 15.0  # before the next pass after a copy of a published shard failed
 
 
 def _keep_shuffle_record(d: Decision, start: StartDsort) -> None:
@@ -241,6 +243,9 @@ def after_actions(d: Decision, outcomes: list[Outcome]) -> Decision:
                                                      o.error, o.at)  # fmt: skip
                 d.status.prefetch = record
                 d.events.extend([event] if event else [])
+            case CopyObjects() if o.kind != DONE:  # the dSort after it was not started: the next pass tries again
+                d.events.append(Event("Warning", "CopyFailed", f"copying the published version's shards: {o.error}"))
+                d.requeue = max(d.requeue or 0.0, COPY_RETRY_SECONDS)
             case InitEtl(name=name, serving=serving):
                 if o.kind == DONE:
                     d.events.append(Event("Normal", "EtlStarted", f"AIS ETL {name} runs next to every target"))

@@ -11,6 +11,15 @@ from sharded_dataset_operator.core.verify import OutputTally, Totals
 from sharded_dataset_operator.core.versions import IndexInfo
 
 
+@dataclass(frozen=True, slots=True)
+class PublishedShard:
+    """One shard of the published version, as its index lists it (object name resolved)."""
+
+    name: str
+    samples: int
+    size: int
+
+
 @dataclass(slots=True)
 class Observed:
     """Everything the decision needs; `output` is gathered only when `Decision.need_output` asks for it."""
@@ -41,6 +50,31 @@ class Observed:
     split_stables: dict[str, str | None] = field(default_factory=dict)  # with splits: the version each split's
     # stable index names (None: it names none of this resource's)
     split_sources: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (version, split): own
+    published_shards: dict[str, list[PublishedShard]] = field(default_factory=dict)  # with refreshMode Append:
+    # the published version's shards by output ("" or the split), from its indexes (absent: not read)
+
+
+@dataclass(slots=True)
+class TakenOver:
+    """The converted shards of an output whose units the plan took over whole from the published version."""
+
+    shards: frozenset[str] = frozenset()
+    samples: int = 0
+    written: Totals = field(default_factory=Totals)
+    tar_bytes: int = 0
+
+    @classmethod
+    def of(cls, records: list[dict[str, Any]]) -> TakenOver:
+        kept = [r for r in records if r.get("takenOver")]
+        written = Totals()
+        for r in kept:
+            written.merge(Totals.from_dict(r))
+        return cls(
+            frozenset(str(r["name"]) for r in kept),
+            sum(int(r.get("samples") or 0) for r in kept),
+            written,
+            sum(int(r.get("bytes") or 0) for r in kept),
+        )
 
 
 @dataclass(slots=True)
@@ -53,3 +87,4 @@ class Track:
     written: Totals
     samples: int
     tar_bytes: int
+    taken_over: TakenOver = field(default_factory=TakenOver)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sharded_dataset_operator.core import builders, failures, naming
-from sharded_dataset_operator.core.actions import Decision, DeletePrefix, Event, StartDsort
+from sharded_dataset_operator.core import append, builders, failures, naming
+from sharded_dataset_operator.core.actions import CopyObjects, Decision, DeletePrefix, Event, StartDsort
 from sharded_dataset_operator.core.model import DsortJob
 from sharded_dataset_operator.core.observed import Track
 from sharded_dataset_operator.core.state import Pass, building_version, seconds_since
@@ -99,15 +99,8 @@ def _shuffle_track(p: Pass, track: Track) -> Decision | None:
                 p.decision.events.append(
                     Event("Warning", "ShuffleRetry", f"{what} attempt {nxt - base}/{budget} after: {after}")
                 )
-        p.decision.actions.append(
-            StartDsort(
-                builders.build_dsort_spec(
-                    spec, owner, track.shards, track.written.member_bytes, track.tar_bytes, nxt, split
-                ),
-                split,
-                dict(recorded) if same_version else {},
-            )
-        )
+        request = _dsort_request(p, track, nxt)
+        p.decision.actions.append(StartDsort(request, split, dict(recorded) if same_version else {}))
         state = {
             "attempt": nxt,
             "startedAt": p.now,
@@ -124,6 +117,30 @@ def _shuffle_track(p: Pass, track: Track) -> Decision | None:
         # every key, absent ones as None: the status is merge-patched, and a key left out would outlive its attempt
         st.splits.setdefault(split, {})["shuffle"] = {k: state.get(k) for k in SHUFFLE_KEYS}
     return outcome
+
+
+def _dsort_request(p: Pass, track: Track, attempt: int) -> dict[str, Any]:
+    """The attempt's dSort request: of every converted shard of the output, or with `refreshMode: Append` of
+    the new ones only, after the copies of the published version's shuffled shards (`core.append`)."""
+    spec, owner, split = p.spec, p.owner, track.split
+    assert spec.shuffle is not None
+    attempt_base = naming.attempt_base(builders.output_base(spec, owner, split), attempt)
+    how = append.plan_track(p, track, attempt_base) if append.wanted(p) else None
+    what = "dSort" if split is None else f"dSort of split {split}"
+    if isinstance(how, append.Appending):
+        b = spec.shuffle.output_bucket
+        p.decision.actions.append(CopyObjects(b.name, b.provider, how.copies))
+        p.decision.events.append(Event("Normal", "ShuffleMode", (
+            f"{what} attempt {attempt}: appending {how.new_samples} new samples ({len(how.new_shards)} converted "
+            f"shards) to the {how.kept_samples} of version {how.published}, whose {len(how.copies)} shuffled shards "
+            "are copied")))  # fmt: skip
+        return builders.build_dsort_spec(spec, owner, how.new_shards, how.member_bytes, how.tar_bytes, attempt, split)
+    if how is not None and p.obs.published is not None:
+        p.decision.events.append(Event("Normal", "ShuffleMode", f"{what} attempt {attempt}: every sample is "
+                                       f"shuffled again (refreshMode Append does not apply: {how})"))  # fmt: skip
+    return builders.build_dsort_spec(
+        spec, owner, track.shards, track.written.member_bytes, track.tar_bytes, attempt, split
+    )
 
 
 def lost_dsort_attempt(

@@ -138,6 +138,9 @@ class Conversion:
     reads: Reads = field(default_factory=lambda: Reads())
 
 
+REFRESH_RESHUFFLE, REFRESH_APPEND = "Reshuffle", "Append"  # spec.shuffle.refreshMode
+
+
 @dataclass(frozen=True, slots=True)
 class Shuffle:
     algorithm: str
@@ -147,6 +150,7 @@ class Shuffle:
     output_bucket: Bucket
     delete_input: bool
     max_attempts: int = 3
+    refresh_mode: str = "Reshuffle"  # Reshuffle | Append: how a refresh that only added samples is shuffled
 
 
 IMAGE_FORMATS = {"jpeg": "jpg", "png": "png", "webp": "webp"}  # format -> member extension
@@ -418,6 +422,7 @@ def parse_spec(spec: dict[str, Any], *, name: str, default_endpoint: str) -> Dat
             ),
             delete_input=bool(sh.get("deleteInput", False)),
             max_attempts=int(sh.get("maxAttempts") or 3),
+            refresh_mode=str(sh.get("refreshMode") or REFRESH_RESHUFFLE),
         )
         if shuffle.algorithm not in ("shuffle", "alphanumeric", "none"):
             raise SpecError("spec.shuffle.algorithm: must be shuffle, alphanumeric or none")
@@ -425,6 +430,8 @@ def parse_spec(spec: dict[str, Any], *, name: str, default_endpoint: str) -> Dat
             raise SpecError("spec.shuffle.seed: must be a decimal number")
         if not 1 <= shuffle.max_attempts <= 10:
             raise SpecError("spec.shuffle.maxAttempts: must be within 1..10")
+        if shuffle.refresh_mode not in (REFRESH_RESHUFFLE, REFRESH_APPEND):
+            raise SpecError("spec.shuffle.refreshMode: must be Reshuffle or Append")
 
     transform = _transform(spec.get("transform") or {}, names)
     if transform is not None and transform.ais_etl is not None and source.bucket is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sharded_dataset_operator.core import builders, failures, guard, naming
+from sharded_dataset_operator.core import append, builders, failures, guard, naming
 from sharded_dataset_operator.core.actions import ACTIVE_REQUEUE, Decision, Event, WriteIndex
 from sharded_dataset_operator.core.builders import Owner
 from sharded_dataset_operator.core.conversion import conversion_progress
@@ -23,6 +23,7 @@ def step(p: Pass) -> Decision:
     spec, owner, obs, st = p.spec, p.owner, p.obs, p.st
     st.progress = conversion_progress(p.plan or {}, {}, p.reports, owner.generation, p.reused)
     verified: list[tuple[Track, list[tuple[Any, ...]], OutputTally]] = []
+    kept = 0  # copies of the published version's shards (refreshMode Append)
     for track in p.tracks:
         attempt = st.shuffle_attempt
         if track.split is not None and spec.shuffle is not None:
@@ -55,6 +56,8 @@ def step(p: Pass) -> Decision:
             position = {name: i for i, name in enumerate(track.key_order)}
             shards.sort(key=lambda s: position.get(str(s[0]), len(position)))
         verified.append((track, shards, tally))
+        if spec.shuffle is not None:
+            kept += sum(append.is_kept(verify_prefix, s.name) for s in tally.shards)
     total = sum(t.samples for t, _, _ in verified)
     held = _publish_guard(p, total, verified)
     if held is not None:
@@ -67,7 +70,7 @@ def step(p: Pass) -> Decision:
         "Verified",
         f"{total} samples, {p.written.members} members, {p.written.member_bytes} bytes in {nshards} shards",
     )
-    _publish(p, total, verified)
+    _publish(p, total, verified, kept)
     st.index_object = stable_url(spec)
     st.completion_time = (p.prev.get("completionTime") if p.prev_phase == Phase.READY else None) or p.now
     st.phase = Phase.READY
@@ -123,7 +126,9 @@ def _published_as_last_seen(p: Pass) -> IndexInfo | None:
                      str(seen.get("publishedAt") or ""), int(seen.get("samples") or 0), 0, 0, "")  # fmt: skip
 
 
-def _publish(p: Pass, samples: int, verified: list[tuple[Track, list[tuple[Any, ...]], OutputTally]]) -> None:
+def _publish(
+    p: Pass, samples: int, verified: list[tuple[Track, list[tuple[Any, ...]], OutputTally]], kept: int = 0
+) -> None:
     """Write the version's own index (once), then the stable index as a copy of it: the single PUT that
     switches readers to this version. A pass that finds the version's index already written (the operator
     stopped between the two PUTs) copies that one, so the publication time and content never change.
@@ -149,6 +154,7 @@ def _publish(p: Pass, samples: int, verified: list[tuple[Track, list[tuple[Any, 
         "algorithm": spec.shuffle.algorithm if spec.shuffle else "none",
         "seed": spec.shuffle.seed if spec.shuffle else None,
         "replaces": p.obs.published.version if p.obs.published is not None else None,
+        **({"appended": {"to": p.obs.published.version, "keptShards": kept}} if kept and p.obs.published else {}),
         **({"classes": classes} if (classes := (p.obs.plan or {}).get("classes")) else {}),
         **({"sourceFingerprint": fp} if (fp := (p.obs.plan or {}).get("sourceFingerprint")) else {}),
     }

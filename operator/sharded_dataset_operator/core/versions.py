@@ -31,6 +31,15 @@ REFRESH_ANNOTATION = "shardeddataset.dev/refresh"
 DEFAULT_RETAIN_SECONDS = 3600.0
 
 
+def parse_url(url: str) -> tuple[str, str, str] | None:
+    """(bucket, provider, name) of an index URL `provider://bucket/name` (None: not one)."""
+    provider, sep, rest = url.partition("://")
+    bucket, slash, name = rest.partition("/")
+    if not (sep and slash and provider and bucket and name):
+        return None
+    return bucket, provider, name
+
+
 @dataclass(frozen=True, slots=True)
 class IndexInfo:
     """What a version's index says about it (its `info` block)."""

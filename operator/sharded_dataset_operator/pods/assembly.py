@@ -81,7 +81,7 @@ class UnitTable:
 
     def take_over(self, unit: units.Unit) -> None:
         """An intact unit of the version this one replaces (its shards exist: `known`)."""
-        self._reuse(unit, self.known[unit.id])
+        self._reuse(unit, [{**r, "takenOver": True} for r in self.known[unit.id]])
         self.taken_over += 1
         self.taken_over_samples += unit.count
         self._line(dataclasses.replace(unit, start=-1).line(units.TAKEN_OVER))

@@ -370,6 +370,7 @@ def make_plan(
             "takenOverSamples": table.taken_over_samples,
             "previous": out.get("previous") if previous is not None else None,
             "previousBroken": broken,
+            "previousUnits": len(previous[0].units) if previous is not None else None,
             "streams": assembler.streams(writer),
             "members": assembler.members.chunks,
             "fingerprint": fingerprint,

@@ -270,6 +270,12 @@ def _carry_out(
             log.info("%s/%s: started dSort job %s", owner.namespace, owner.name, job_id)
             failpoint(failpoints.AFTER_DSORT_START)
             return Outcome(action, result=job_id)
+        case actions.CopyObjects(bucket=bucket, provider=provider, pairs=pairs):
+            try:
+                ais.copy_objects(bucket, list(pairs), provider)
+            except (MissingObject, AisUnavailable, AccessDenied) as e:
+                return Outcome(action, actions.COPY_FAILED, error=str(e)[:500], at=times.now_iso())
+            log.info("%s/%s: copied %d objects in %s://%s", owner.namespace, owner.name, len(pairs), provider, bucket)
         case actions.StartPrefetch(bucket=bucket, provider=provider, prefix=prefix):
             try:
                 job_id = ais.prefetch_start(bucket, provider, prefix)

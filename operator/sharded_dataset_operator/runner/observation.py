@@ -22,8 +22,8 @@ from sharded_dataset_operator.core import (
 )
 from sharded_dataset_operator.core.builders import Owner
 from sharded_dataset_operator.core.model import DsortJob
-from sharded_dataset_operator.core.observed import Observed
-from sharded_dataset_operator.core.spec import DatasetSpec
+from sharded_dataset_operator.core.observed import Observed, PublishedShard
+from sharded_dataset_operator.core.spec import REFRESH_APPEND, DatasetSpec
 from sharded_dataset_operator.core.verify import OutputTally
 from sharded_dataset_operator.core.versions import IndexInfo
 from sharded_dataset_operator.runner import objcache
@@ -90,6 +90,37 @@ def observe_versions(ais: Ais, spec: DatasetSpec, owner: Owner, obs: Observed) -
             obs.version_indexes[info.version] = info
     if not obs.output_conflict:
         observe_split_indexes(ais, spec, owner, obs, wanted)
+    appending = spec.shuffle is not None and spec.shuffle.refresh_mode == REFRESH_APPEND
+    if appending and obs.published is not None and obs.published.version != owner.version and not foreign:
+        obs.published_shards = published_shards(ais, obs.published, stable, ns)
+
+
+def published_shards(
+    ais: Ais, published: IndexInfo, stable: dict[str, Any] | None, namespace: str
+) -> dict[str, list[PublishedShard]]:
+    """The published version's shards by output ("" or each split), resolved as readers resolve them (relative
+    to their index); an output whose index cannot be read is left out (`core.append` then reshuffles it)."""
+    out: dict[str, list[PublishedShard]] = {}
+    bodies: list[tuple[str, str, dict[str, Any] | None]] = []
+    if published.splits:
+        for split, entry in sorted(published.splits.items()):
+            url = str((entry or {}).get("versionIndex") or "")
+            bucket, provider, name = versions.parse_url(url) or ("", "", "")
+            body = read_json(ais, bucket, provider, name, namespace=namespace) if name else None
+            bodies.append((split, name, body))
+    else:
+        bodies.append(("", (versions.parse_url(published.index) or ("", "", ""))[2], stable))
+    for key, index_name, body in bodies:
+        shardlist = (body or {}).get("shardlist")
+        if not index_name or not isinstance(shardlist, list):
+            continue
+        directory = index_name.rsplit("/", 1)[0] + "/" if "/" in index_name else ""
+        out[key] = [
+            PublishedShard(directory + str(e["url"]), int(e.get("nsamples") or 0), int(e.get("filesize") or 0))
+            for e in shardlist
+            if isinstance(e, dict) and e.get("url") and "://" not in str(e["url"])
+        ]
+    return out
 
 
 def observe_split_indexes(ais: Ais, spec: DatasetSpec, owner: Owner, obs: Observed, wanted: dict[str, Any]) -> None:
