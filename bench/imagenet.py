@@ -83,6 +83,8 @@ def spec(bucket: str, workers: int, shuffle: bool = True) -> dict[str, Any]:
     s["source"] = {"ais": {"bucket": bucket, "provider": "ais"}}
     s["output"] = {**s["output"], "bucket": OUT_BUCKET, "retainPrevious": "0s"}
     s["conversion"] = {"workers": workers}
+    if shuffle:  # the +1 % refresh shuffles the new images alone and copies the published shards
+        s["shuffle"] = {**s["shuffle"], "refreshMode": "Append"}
     s["deletionPolicy"] = "Delete"
     return s
 
@@ -298,15 +300,23 @@ def run_size(
     common.log(f"1/{shrink}: {out['samples']} samples Ready in {total} s {stages}; dSort {dsort_s} s; operator "
                f"overhead {out['operator_overhead_pct']} %; peaks {out['peak_rss_mib']}")  # fmt: skip
     if with_refresh:
+        from sharded_dataset_operator.clients.ais import Ais
+
         added = add_images(endpoint, bucket, shrink, 0.01)
         try:
             common.settle()
             resource.refresh("a")
+            since = time.time()
             again = resource.build(refresh.version_id(1, "a"), timeout)
+            window = dsort_window(endpoint, since)
+            index = json.loads(Ais(endpoint).get(OUT_BUCKET, again["status"]["indexObject"].split("/", 3)[3]) or b"{}")
             out["refresh"] = {
                 "added_images": len(added),
                 "to_published_s": again["to_published_s"],
                 "stages_s": again["stages_s"],
+                "dsort_s": round(window[1] - window[0], 2) if window else 0.0,
+                "dsort_jobs": window[2] if window else 0,
+                "appended": (index.get("info") or {}).get("appended"),
                 "ratio_to_full": round(again["to_published_s"] / total, 3),
             }
             common.log(f"refresh +{len(added)} images: published in {again['to_published_s']} s "
@@ -315,8 +325,6 @@ def run_size(
             out["refresh"] = {"added_images": len(added), "error": str(e)[:2000]}
             common.log(f"refresh failed: {str(e)[:300]}")
         finally:
-            from sharded_dataset_operator.clients.ais import Ais
-
             Ais(endpoint).delete_objects(bucket, added)
     resource.delete()
     common.drop_bucket(endpoint, OUT_BUCKET)

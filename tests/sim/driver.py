@@ -278,7 +278,7 @@ def drive(
         phase, reason = (obj.get("status") or {}).get("phase"), status_reason(obj)
         if phase == "Ready" and sc.append and not grown:
             # a second act: the source grows after the version is published, under faults again for a while
-            grown = True
+            grown, retried = True, ""  # (the act's own failures get their own retry)
             grow_source(ais, rng, obj["metadata"], k)
             sc.fault_passes = k + rng.randint(0, 20)
             deadline = sc.fault_passes + SETTLE_PASSES

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from copy import deepcopy as copy_of
 from typing import Any
 
 import pytest
 
 from sharded_dataset_operator.core import append, builders, naming
-from sharded_dataset_operator.core.actions import COPY_FAILED, CopyObjects, Outcome, StartDsort, WriteIndex
+from sharded_dataset_operator.core.actions import (
+    COPY_FAILED,
+    CopyObjects,
+    DeletePrefix,
+    Outcome,
+    StartDsort,
+    WriteIndex,
+)
 from sharded_dataset_operator.core.builders import Owner
 from sharded_dataset_operator.core.decision import after_actions, decide
 from sharded_dataset_operator.core.model import JobState
@@ -197,3 +205,100 @@ def test_the_published_shards_are_resolved_as_readers_resolve_them(monkeypatch: 
     shards = observation.published_shards(None, info, None, "ml")  # type: ignore[arg-type]
     assert shards == {"train": [PublishedShard("ds/train-a1-000000.tar", 2, 5)]}  # val unreadable: left out
     assert reads == [("out", "ais", "ds/train-index.json"), ("out", "ais", "ds/val-index.json")]
+
+
+def split_refresh() -> Observed:
+    """Splits: trainval gained a002 (a new unit), test gained nothing; g3's units were taken over whole."""
+    from .test_splits import KEYS, record
+
+    kept = [{**record("trainval", KEYS["trainval"][:2], 0), "takenOver": True},
+            {**record("test", KEYS["test"], 2), "takenOver": True}]  # fmt: skip
+    new = record("trainval", KEYS["trainval"][2:], 1)
+    reused = {"kind": "sds-reused-v1", "generation": 3, "units": 2, "shards": kept, "written": 4, "bytes": 4 * 2048,
+              "consumed": 4, "planFingerprint": 7, **_sum(kept).to_dict()}  # fmt: skip
+    table = {"count": 3, "convert": 1, "convertSamples": 1, "reused": 2, "chunks": [], "fingerprint": 18,
+             "previous": PUBLISHED_PLAN, "previousBroken": 0, "takenOver": 2, "previousUnits": 2}  # fmt: skip
+    report = {"worker": 0, "generation": 3, "written": 1, "bytes": 2048, "shards": [new], "planFingerprint": 11,
+              **_sum([new]).to_dict()}  # fmt: skip
+    old = {s: f"shuffled-{s}-5f3a9c1e00004000-g3-a1-000000.tar" for s in ("trainval", "test")}
+    return Observed(
+        previous={"observedGeneration": 3, "phase": "Converting"},
+        plan={"kind": "sds-plan-v1", "generation": 3, "samples": 5, "skipped": {}, "units": table},
+        reports={0: report},
+        reused=reused,
+        published=published(),
+        published_shards={
+            "trainval": [PublishedShard(old["trainval"], 2, 99)],
+            "test": [PublishedShard(old["test"], 2, 99)],
+        },
+    )
+
+
+def _sum(records: list[dict[str, Any]]) -> Any:
+    from sharded_dataset_operator.core.verify import Totals
+
+    t = Totals()
+    for r in records:
+        t.merge(Totals.from_dict(r))
+    return t
+
+
+def split_job(split: str, attempt: int = 1) -> Any:
+    desc = naming.dsort_description("ml", "pets", UID, REFRESHED.version, attempt, split)
+    return finished_dsort(id=f"srt-{split}", description=desc)
+
+
+def test_a_split_the_refresh_added_nothing_to_is_copied_without_a_dsort_and_verified() -> None:
+    from .test_splits import KEYS, SPLITS
+    from .test_splits import listing as split_listing
+
+    raw = raw_spec(splits=SPLITS)
+    raw["shuffle"] = {**raw["shuffle"], "refreshMode": "Append"}
+    s = _parse(raw)
+    obs = split_refresh()
+    d = decide(s, REFRESHED, obs, DEFAULTS, NOW)
+    (copy,) = [a for a in d.actions if isinstance(a, CopyObjects)]
+    (start,) = [a for a in d.actions if isinstance(a, StartDsort)]
+    assert (copy.split, copy.only) == ("trainval", False) and len(start.spec["input_format"]["objnames"]) == 1
+    # trainval shuffled; test: the copies alone, no dSort, recorded before they are made
+    obs.previous = after_actions(d, [Outcome(a, result="srt-trainval") for a in d.actions]).status.to_dict([], NOW)
+    obs.split_attempts = {"trainval": {1: split_job("trainval")}, "test": {}}
+    d = decide(s, REFRESHED, obs, DEFAULTS, NOW)
+    (copy,) = [a for a in d.actions if isinstance(a, CopyObjects)]
+    test_base = naming.attempt_base(builders.output_base(s, REFRESHED, "test"), 1)
+    assert (copy.split, copy.only, copy.pairs) == ("test", True, ((obs.published_shards["test"][0].name,
+                                                                   f"{test_base}k000000.tar"),))  # fmt: skip
+    assert not any(isinstance(a, StartDsort) for a in d.actions) and d.status.reason == "Copying"
+    assert d.record_first is not None and d.record_first["splits"]["test"]["shuffle"]["copyOnly"] is True
+    crashed = copy_of({**obs.previous, "splits": {**obs.previous["splits"], **d.record_first["splits"]}})
+    # the copy failed: nothing counted, tried again
+    again = decide(s, REFRESHED, obs, DEFAULTS, NOW)
+    (retry,) = [a for a in again.actions if isinstance(a, CopyObjects)]
+    failed = after_actions(again, [Outcome(retry, COPY_FAILED, error="AIS at x: 503")])
+    assert (failed.status.splits or {})["test"]["shuffle"]["attempt"] is None
+    # the copy done: the split is shuffled, then verified from its copies like any output
+    done = after_actions(d, [Outcome(copy)])
+    obs.previous = done.status.to_dict([], NOW)
+    assert obs.previous["splits"]["test"]["shuffle"]["finished"] is True
+    d = decide(s, REFRESHED, obs, DEFAULTS, NOW)
+    assert d.need_output and d.output_prefix == naming.attempt_base(builders.output_base(s, REFRESHED, "trainval"), 1)
+    train = split_listing(d.output_prefix, KEYS["trainval"])
+    obs.outputs[d.output_key] = train
+    d = decide(s, REFRESHED, obs, DEFAULTS, NOW)
+    assert d.need_output and d.output_prefix == test_base
+    tally = split_listing(test_base, [])
+    tally.add(f"{test_base}k000000.tar", 1000, {"type": "xxhash2", "value": "c"})
+    for k in KEYS["test"]:
+        tally.add(f"{test_base}k000000.tar/{k}.cls", 1)
+        tally.add(f"{test_base}k000000.tar/{k}.image.jpg", 10)
+    obs.outputs[d.output_key] = tally
+    d = decide(s, REFRESHED, obs, DEFAULTS, NOW)
+    assert d.status.phase == Phase.READY, d.status.message
+    # a copy cut short by a crash (recorded, never marked done) is an ended attempt: deleted, then copied again
+    obs.previous, obs.outputs = crashed, {}
+    d = decide(s, REFRESHED, obs, DEFAULTS, NOW)
+    assert d.status.reason == "ShuffleRetrying" and not d.actions  # after the backoff
+    d = decide(s, REFRESHED, obs, DEFAULTS, "2026-11-23T10:05:00Z")
+    (copy,) = [a for a in d.actions if isinstance(a, CopyObjects)]
+    assert copy.only and copy.pairs[0][1].startswith(naming.attempt_base(builders.output_base(s, REFRESHED, "test"), 2))
+    assert any(isinstance(a, DeletePrefix) and a.prefix == test_base for a in d.actions)

@@ -66,6 +66,9 @@ class CopyObjects:
     bucket: str
     provider: str
     pairs: tuple[tuple[str, str], ...]
+    split: str | None = None  # the split whose output they go to
+    only: bool = False  # the copies are that split's whole output: its shuffle record is `finished` once done
+    recorded: dict[str, Any] | None = None  # that split's shuffle record before this pass, put back on a failure
 
 
 @dataclass(frozen=True, slots=True)

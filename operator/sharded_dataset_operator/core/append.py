@@ -13,6 +13,7 @@ a published shard list that cannot be read, or does not add up to those units) r
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sharded_dataset_operator.core.observed import PublishedShard, Track
 from sharded_dataset_operator.core.spec import REFRESH_APPEND
@@ -25,8 +26,9 @@ published version's name order (dSort's own output is `<attempt base><NNNNNN>.ta
 
 @dataclass(frozen=True, slots=True)
 class Appending:
-    """What an Append attempt of one output does: dSort `new_shards` only, copy `copies` (published shard, its
-    copy) into the attempt's output."""
+    """What an Append attempt of one output does: dSort `new_shards` only (none: a split the refresh added
+    nothing to, whose output is the copies alone), copy `copies` (published shard, its copy) into the attempt's
+    output."""
 
     new_shards: list[str]
     member_bytes: int
@@ -77,8 +79,8 @@ def plan_track(p: Pass, track: Track, attempt_base: str) -> Appending | str:
         return f"the shard list of version {version} could not be read"
     kept = track.taken_over
     new = [s for s in track.shards if s not in kept.shards]
-    if not new:
-        return "no sample was added to this output"
+    if not new and track.split is None:
+        return "no sample was added"
     held = sum(s.samples for s in shards)
     if held != kept.samples:
         return f"version {version}'s shards hold {held} samples, the units taken over from it {kept.samples}"
@@ -92,6 +94,15 @@ def plan_track(p: Pass, track: Track, attempt_base: str) -> Appending | str:
         kept_samples=kept.samples,
         published=version,
     )
+
+
+def copied(recorded: dict[str, Any], dsort_attempt: int) -> dict[str, Any] | None:
+    """The shuffle record of a split whose output is only the published version's copies, once the copy is done
+    (after_actions marks it `finished`); None for anything else. A dSort attempt after it takes precedence."""
+    attempt = int(recorded.get("attempt") or 0)
+    if not (recorded.get("copyOnly") and recorded.get("finished")) or attempt <= dsort_attempt:
+        return None
+    return {"attempt": attempt, "startedAt": recorded.get("startedAt"), "finished": True, "copyOnly": True}
 
 
 def _name(s: PublishedShard) -> str:

@@ -144,7 +144,7 @@ def _record_first(prev: dict[str, Any], d: Decision, now: str) -> dict[str, Any]
     """
     saved = {versions.record_version(r) for r in prev.get("artifacts") or []}
     new = any(versions.record_version(r) not in saved for r in d.status.artifacts or [])
-    starts = any(isinstance(a, StartDsort) for a in d.actions)
+    starts = any(isinstance(a, StartDsort | CopyObjects) for a in d.actions)
     if not (starts or (new and any(isinstance(a, CREATING) for a in d.actions))):
         return None
     ahead = d.status.to_dict([], now)
@@ -243,6 +243,9 @@ def after_actions(d: Decision, outcomes: list[Outcome]) -> Decision:
                                                      o.error, o.at)  # fmt: skip
                 d.status.prefetch = record
                 d.events.extend([event] if event else [])
+            case CopyObjects(split=split, only=only) if o.kind == DONE and only and split is not None:
+                d.status.splits = d.status.splits or {}
+                d.status.splits.setdefault(split, {}).setdefault("shuffle", {})["finished"] = True
             case CopyObjects() if o.kind != DONE:  # the dSort after it was not started: the next pass tries again
                 d.events.append(Event("Warning", "CopyFailed", f"copying the published version's shards: {o.error}"))
                 d.requeue = max(d.requeue or 0.0, COPY_RETRY_SECONDS)
@@ -257,9 +260,12 @@ def after_actions(d: Decision, outcomes: list[Outcome]) -> Decision:
         if o.kind in (DENIED, REJECTED):
             stop = o
     started = {id(o.action) for o in outcomes if isinstance(o.action, StartDsort) and o.kind == DONE}
+    copied = {id(o.action) for o in outcomes if isinstance(o.action, CopyObjects) and o.kind == DONE}
     for action in d.actions:  # deletions the pass did not reach, dSort jobs it did not start
         if isinstance(action, StartDsort) and id(action) not in started:
             _keep_shuffle_record(d, action)
+        if isinstance(action, CopyObjects) and action.only and id(action) not in copied:
+            _keep_shuffle_record(d, StartDsort({}, action.split, action.recorded))
         if id(action) not in reached:
             if isinstance(action, CleanupArtifacts):
                 restore.append(action.record)

@@ -13,7 +13,7 @@ from sharded_dataset_operator.core.state import Pass, building_version, seconds_
 from sharded_dataset_operator.core.status import SHUFFLED, Phase, StepState
 from sharded_dataset_operator.core.times import epoch
 
-SHUFFLE_KEYS = ("attempt", "dsortJobId", "startedAt", "outputTemplate", "finished")  # a split's shuffle record
+SHUFFLE_KEYS = ("attempt", "dsortJobId", "startedAt", "outputTemplate", "finished", "copyOnly")  # a split's record
 REBALANCE_POLL = 5.0  # seconds between looks while a dSort attempt waits for AIS's rebalance to end
 
 
@@ -54,7 +54,12 @@ def _shuffle_track(p: Pass, track: Track) -> Decision | None:
     job = attempts.get(attempt)
     start_next = job is None
     outcome: Decision | None = None
-    if job is not None:
+    copied = append.copied(recorded if same_version else {}, attempt)
+    if copied is not None:  # a split of an Append refresh whose output is the published one's copies, done
+        template = naming.output_template(naming.attempt_base(out_base, copied["attempt"]))
+        state, start_next = {**copied, "outputTemplate": template}, False
+        st.steps[SHUFFLED] = StepState(True, "Shuffled", f"split {split}: the published version's shards copied")
+    elif job is not None:
         state = {"attempt": attempt, "dsortJobId": job.id}
         if recorded.get("attempt") == attempt and same_version:
             state["startedAt"] = recorded.get("startedAt")
@@ -99,15 +104,21 @@ def _shuffle_track(p: Pass, track: Track) -> Decision | None:
                 p.decision.events.append(
                     Event("Warning", "ShuffleRetry", f"{what} attempt {nxt - base}/{budget} after: {after}")
                 )
-        request = _dsort_request(p, track, nxt)
-        p.decision.actions.append(StartDsort(request, split, dict(recorded) if same_version else {}))
         state = {
             "attempt": nxt,
             "startedAt": p.now,
             "outputTemplate": naming.output_template(naming.attempt_base(out_base, nxt)),
         }
-        st.steps[SHUFFLED] = StepState(False, "Shuffling", f"starting {what} attempt {nxt - base}/{budget}")
-        outcome = p.working(Phase.SHUFFLING, "Shuffling", f"starting {what} (attempt {nxt - base}/{budget})")
+        request = _dsort_request(p, track, nxt, dict(recorded) if same_version else {})
+        if request is None:  # an Append refresh added nothing to this split: its copies are the whole output
+            state["copyOnly"] = True
+            msg = f"split {split}: copying the published version's shuffled shards (no sample was added to it)"
+            st.steps[SHUFFLED] = StepState(False, "Copying", msg)
+            outcome = p.working(Phase.SHUFFLING, "Copying", msg)
+        else:
+            p.decision.actions.append(StartDsort(request, split, dict(recorded) if same_version else {}))
+            st.steps[SHUFFLED] = StepState(False, "Shuffling", f"starting {what} attempt {nxt - base}/{budget}")
+            outcome = p.working(Phase.SHUFFLING, "Shuffling", f"starting {what} (attempt {nxt - base}/{budget})")
     if split is None or outcome is not None:  # the top-level fields show the output being shuffled
         st.dsort_job_id = state.get("dsortJobId")
         st.shuffle_attempt, st.shuffle_started_at = state.get("attempt"), state.get("startedAt")
@@ -119,9 +130,10 @@ def _shuffle_track(p: Pass, track: Track) -> Decision | None:
     return outcome
 
 
-def _dsort_request(p: Pass, track: Track, attempt: int) -> dict[str, Any]:
+def _dsort_request(p: Pass, track: Track, attempt: int, recorded: dict[str, Any]) -> dict[str, Any] | None:
     """The attempt's dSort request: of every converted shard of the output, or with `refreshMode: Append` of
-    the new ones only, after the copies of the published version's shuffled shards (`core.append`)."""
+    the new ones only, after the copies of the published version's shuffled shards (`core.append`); None when
+    the copies are the whole output (a split the refresh added nothing to)."""
     spec, owner, split = p.spec, p.owner, track.split
     assert spec.shuffle is not None
     attempt_base = naming.attempt_base(builders.output_base(spec, owner, split), attempt)
@@ -129,7 +141,13 @@ def _dsort_request(p: Pass, track: Track, attempt: int) -> dict[str, Any]:
     what = "dSort" if split is None else f"dSort of split {split}"
     if isinstance(how, append.Appending):
         b = spec.shuffle.output_bucket
-        p.decision.actions.append(CopyObjects(b.name, b.provider, how.copies))
+        only = not how.new_shards
+        p.decision.actions.append(CopyObjects(b.name, b.provider, how.copies, split, only, recorded))
+        if only:
+            p.decision.events.append(Event("Normal", "ShuffleMode", (
+                f"split {split}: no sample was added; the {len(how.copies)} shuffled shards of version "
+                f"{how.published} are copied, no dSort")))  # fmt: skip
+            return None
         p.decision.events.append(Event("Normal", "ShuffleMode", (
             f"{what} attempt {attempt}: appending {how.new_samples} new samples ({len(how.new_shards)} converted "
             f"shards) to the {how.kept_samples} of version {how.published}, whose {len(how.copies)} shuffled shards "
@@ -158,6 +176,8 @@ def lost_dsort_attempt(
     the budget. An attempt already recorded as shuffled counts as finished (its output is still verified).
     """
     shuffle = (previous.get("shuffle") or {}) if record is None else record
+    if shuffle.get("copyOnly") and shuffle.get("finished"):
+        return None  # a split's copies, done (`append.copied`); copies cut short are a lost attempt like any
     attempt, job_id = shuffle.get("attempt"), shuffle.get("dsortJobId")
     if previous.get("observedGeneration") != generation or not attempt or not (job_id or shuffle.get("startedAt")):
         return None  # (an attempt is recorded before it starts: without a job id, the pass stopped in between)
