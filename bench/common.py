@@ -16,7 +16,7 @@ import multiprocessing as mp
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -109,6 +109,24 @@ def settle() -> None:
         empty_trash(endpoint)
     os.sync()
     time.sleep(1.0)
+
+
+@contextlib.contextmanager
+def high_watermark(endpoint: str, percent: int | None) -> Iterator[None]:
+    """AIS's `space.highwm` at `percent` for a while (None: as configured), restored on exit. On a shared disk
+    the other tenants' bytes count against the watermark too (see `empty_trash`)."""
+    import requests
+
+    if percent is None:
+        yield
+        return
+    before = requests.get(f"{endpoint}/v1/cluster", params={"what": "cluster_config"}, timeout=10).json()["space"]
+    requests.put(f"{endpoint}/v1/cluster/set-config", params={"space.highwm": percent}, timeout=10).raise_for_status()
+    try:
+        yield
+    finally:
+        requests.put(f"{endpoint}/v1/cluster/set-config", params={"space.highwm": int(before["highwm"])},
+                     timeout=10).raise_for_status()  # fmt: skip
 
 
 def empty_trash(endpoint: str) -> None:

@@ -242,7 +242,13 @@ def add_images(endpoint: str, bucket: str, shrink: int, share: float) -> list[st
 
 
 def run_size(
-    endpoint: str, shrink: int, workers: int, timeout: float, with_refresh: bool, shuffle: bool = True
+    endpoint: str,
+    shrink: int,
+    workers: int,
+    timeout: float,
+    with_refresh: bool,
+    shuffle: bool = True,
+    highwm: int | None = None,
 ) -> Result:
     bucket, counts, generated_s = ensure_imagenet(endpoint, shrink)
     resource = refresh.Resource(NAMESPACE, NAME, STEPS)
@@ -305,9 +311,10 @@ def run_size(
         added = add_images(endpoint, bucket, shrink, 0.01)
         try:
             common.settle()
-            resource.refresh("a")
-            since = time.time()
-            again = resource.build(refresh.version_id(1, "a"), timeout)
+            with common.high_watermark(endpoint, highwm):
+                resource.refresh("a")
+                since = time.time()
+                again = resource.build(refresh.version_id(1, "a"), timeout)
             window = dsort_window(endpoint, since)
             index = json.loads(Ais(endpoint).get(OUT_BUCKET, again["status"]["indexObject"].split("/", 3)[3]) or b"{}")
             out["refresh"] = {
@@ -318,6 +325,7 @@ def run_size(
                 "dsort_jobs": window[2] if window else 0,
                 "appended": (index.get("info") or {}).get("appended"),
                 "ratio_to_full": round(again["to_published_s"] / total, 3),
+                "ais_highwm_pct": highwm,
             }
             common.log(f"refresh +{len(added)} images: published in {again['to_published_s']} s "
                        f"({out['refresh']['ratio_to_full']} of the full run)")  # fmt: skip
@@ -372,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shrinks", help="comma-separated divisors of ImageNet's counts (default 16,4,1)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--skip-refresh", action="store_true")
+    ap.add_argument("--refresh-highwm", type=int, help="AIS space.highwm (%%) during the refresh (a shared disk)")
     ap.add_argument("--timeout", type=float, default=4 * 3600)
     ap.add_argument("--out", type=Path, default=common.RESULTS)
     args = ap.parse_args(argv)
@@ -384,7 +393,10 @@ def main(argv: list[str] | None = None) -> int:
     for i, shrink in enumerate(shrinks):
         last = i == len(shrinks) - 1
         try:
-            res["runs"].append(run_size(endpoint, shrink, args.workers, args.timeout, last and not args.skip_refresh))
+            refreshing = last and not args.skip_refresh
+            res["runs"].append(
+                run_size(endpoint, shrink, args.workers, args.timeout, refreshing, highwm=args.refresh_highwm)
+            )
         except RuntimeError as e:  # a size that did not reach Ready: recorded, and the run stops
             res["failed"] = {"shrink": shrink, "error": str(e)[:3000]}
             common.log(f"1/{shrink} failed: {str(e)[:300]}")

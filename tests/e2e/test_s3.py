@@ -228,6 +228,10 @@ def test_a_schedule_builds_a_version_only_when_s3_changed(
     index = json.loads(ais.get(out, st["indexObject"].removeprefix(f"ais://{out}/")) or b"{}")
     samples = read_shards(ais, out, [s["url"] for s in index["shardlist"]], tmp_path)
     assert_complete_samples(raw, samples, seed="2023")  # type: ignore[arg-type]
+    # refreshMode Append: a rewritten object is a changed sample, so everything was shuffled again
+    modes = [str(e.get("message")) for e in kube.events(namespace, name) if e["reason"] == "ShuffleMode"]
+    assert any("shuffled again" in m and "lost or changed samples" in m for m in modes), modes
+    assert "appended" not in index["info"]
 
     assert [p["version"] for p in st["versions"]["previous"]] == ["g1"]  # kept for its readers (retainPrevious)
     after = checked_after(done["status"]["refresh"].get("lastCheck"))  # the first tick after publishing

@@ -1,4 +1,5 @@
-"""Deletes through AIS's multi-object delete jobs, in batches, falling back to one DELETE per object."""
+"""Deletes through AIS's multi-object delete jobs, in batches, falling back to one DELETE per object; and
+server-side copies."""
 
 from __future__ import annotations
 
@@ -129,3 +130,45 @@ def test_a_job_that_never_finishes_is_an_outage_not_a_success(
     with pytest.raises(AisUnavailable, match="ran over"):
         ais.delete_objects("out", names(20))
     assert fake.single == []
+
+
+class CopyingBucket:
+    """What `Ais.copy_objects` uses of an SDK bucket: `object(src).copy(object(dst))`, here with a dict store."""
+
+    def __init__(self, store: dict[str, bytes], fail: Exception | None = None) -> None:
+        self.store, self.fail = store, fail
+
+    def object(self, name: str) -> Any:
+        bucket = self
+
+        class Obj:
+            def copy(self, to: Any) -> None:
+                if bucket.fail is not None:
+                    raise bucket.fail
+                if name not in bucket.store:
+                    from aistore.sdk.errors import ErrObjNotFound
+
+                    raise ErrObjNotFound(404, f"{name} does not exist", "", "")
+                bucket.store[to.name] = bucket.store[name]
+
+        o = Obj()
+        o.name = name  # type: ignore[attr-defined]
+        return o
+
+
+def test_copies_are_made_inside_ais_and_a_missing_source_or_an_outage_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sharded_dataset_operator.clients.ais import MissingObject
+
+    store = {f"old-{i}.tar": bytes([i]) for i in range(5)}
+    ais = Ais("http://127.0.0.1:9")
+    monkeypatch.setattr(ais, "_bucket", lambda name, provider: CopyingBucket(store))
+    pairs = [(f"old-{i}.tar", f"new-k{i:06d}.tar") for i in range(5)]
+    assert ais.copy_objects("b", pairs) == 5
+    assert all(store[d] == store[s] for s, d in pairs)
+    with pytest.raises(MissingObject, match=r"ais://b/gone\.tar not found"):
+        ais.copy_objects("b", [("gone.tar", "x.tar")])
+    import requests
+
+    monkeypatch.setattr(ais, "_bucket", lambda name, provider: CopyingBucket(store, requests.ConnectionError("down")))
+    with pytest.raises(AisUnavailable, match="down"):
+        ais.copy_objects("b", pairs)

@@ -84,6 +84,8 @@ def test_parse_spec_defaults_for_a_minimal_object() -> None:
         ({"samples": {"fields": []}}, "spec.samples.fields"),
         ({"samples": {"fields": [{"pattern": "a", "name": "x"}], "required": ["y"]}}, "spec.samples.required"),
         ({"shuffle": {"algorithm": "random"}}, "spec.shuffle.algorithm"),
+        ({"shuffle": {"refreshMode": "Merge"}}, "spec.shuffle.refreshMode"),
+        ({"shuffle": {"algorithm": "alphanumeric", "refreshMode": "Append"}}, "spec.shuffle.refreshMode"),
         ({"deletionPolicy": "Maybe"}, "spec.deletionPolicy"),
     ],
 )

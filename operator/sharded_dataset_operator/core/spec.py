@@ -432,6 +432,8 @@ def parse_spec(spec: dict[str, Any], *, name: str, default_endpoint: str) -> Dat
             raise SpecError("spec.shuffle.maxAttempts: must be within 1..10")
         if shuffle.refresh_mode not in (REFRESH_RESHUFFLE, REFRESH_APPEND):
             raise SpecError("spec.shuffle.refreshMode: must be Reshuffle or Append")
+        if shuffle.refresh_mode == REFRESH_APPEND and shuffle.algorithm != "shuffle":
+            raise SpecError("spec.shuffle.refreshMode: Append needs algorithm shuffle (a sorted order would not be global)")
 
     transform = _transform(spec.get("transform") or {}, names)
     if transform is not None and transform.ais_etl is not None and source.bucket is None:
