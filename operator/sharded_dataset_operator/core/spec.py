@@ -433,7 +433,7 @@ def parse_spec(spec: dict[str, Any], *, name: str, default_endpoint: str) -> Dat
         if shuffle.refresh_mode not in (REFRESH_RESHUFFLE, REFRESH_APPEND):
             raise SpecError("spec.shuffle.refreshMode: must be Reshuffle or Append")
         if shuffle.refresh_mode == REFRESH_APPEND and shuffle.algorithm != "shuffle":
-            raise SpecError("spec.shuffle.refreshMode: Append needs algorithm shuffle (a sorted order would not be global)")
+            raise SpecError("spec.shuffle.refreshMode: Append needs algorithm shuffle (a sorted order is not global)")
 
     transform = _transform(spec.get("transform") or {}, names)
     if transform is not None and transform.ais_etl is not None and source.bucket is None:
