@@ -11,6 +11,7 @@ files. Every tool writes ~64 MiB shards of the samples `{jpg: the file, cls: the
   apply -> Ready is planning, conversion, verification and publishing (the part comparable with the others);
   `operator-shuffled`: the example as it is, with dSort;
 - `litdata`: LitData's `optimize` (2 workers) from the local files to local disk, in its own chunk format;
+  `litdata-s3`: the same to the local cluster's S3 server (versitygw, as `s3://` with its endpoint);
 - `ais-archive`: what AIS's ishard does, server side: the listed objects cut into ~64 MiB groups in name
   order, one AIS archive (multi-object `archive`) job per group, then the destination listed until every
   shard is there (as ishard waits). ishard itself cannot be
@@ -231,24 +232,59 @@ def litdata_sample(item: tuple[str, int]) -> dict[str, Any]:
         return {"jpg": f.read(), "cls": cls}
 
 
+LITDATA_S3_BUCKET = "bench-peers-litdata"
+
+
+def s3_options() -> dict[str, Any]:
+    """The local cluster's S3 server (versitygw) as LitData's and boto3's storage options (`cluster.sh env`)."""
+    return {"endpoint_url": os.environ["S3_ENDPOINT"], "aws_access_key_id": os.environ["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": os.environ["AWS_SECRET_ACCESS_KEY"],
+            "region_name": os.environ.get("AWS_REGION", "us-east-1")}  # fmt: skip
+
+
+def s3_chunks(prefix: str, delete: bool = False) -> list[int]:
+    """Sizes of LitData's `.bin` chunks under s3://LITDATA_S3_BUCKET/prefix (deleted after, with `delete`)."""
+    import boto3
+
+    s3 = boto3.client("s3", **s3_options())
+    objects = [o for page in s3.get_paginator("list_objects_v2").paginate(Bucket=LITDATA_S3_BUCKET, Prefix=prefix)
+               for o in page.get("Contents", [])]  # fmt: skip
+    for o in objects if delete else []:
+        s3.delete_object(Bucket=LITDATA_S3_BUCKET, Key=o["Key"])
+    return [int(o["Size"]) for o in objects if str(o["Key"]).endswith(".bin")]
+
+
 def litdata_child(items: list[tuple[str, int]], out_dir: str, go: Any, q: Any) -> None:
     import litdata  # type: ignore[import-untyped,unused-ignore]
 
+    s3 = out_dir.startswith("s3://")
     q.put(("ready", 0))
     go.wait()
     t0 = time.time()
     litdata.optimize(fn=litdata_sample, inputs=items, output_dir=out_dir, chunk_bytes="64MB", num_workers=2,
-                     mode="overwrite")  # fmt: skip
-    chunks = [p.stat().st_size for p in Path(out_dir).glob("*.bin")]
-    q.put(("done", 0, {"t0": t0, "t1": time.time(), "samples": len(items), "bytes": sum(chunks),
+                     mode="overwrite", storage_options=s3_options() if s3 else {})  # fmt: skip
+    t1 = time.time()
+    local = [p.stat().st_size for p in Path(out_dir).glob("*.bin")] if not s3 else []
+    chunks = s3_chunks(out_dir.split("/", 3)[3]) if s3 else local
+    q.put(("done", 0, {"t0": t0, "t1": t1, "samples": len(items), "bytes": sum(chunks),
                        "chunk_sizes": chunks, "cpu_s": 0.0}))  # fmt: skip
 
 
-def run_litdata(shrink: int) -> Result:
+def run_litdata(shrink: int, s3: bool = False) -> Result:
+    """LitData `optimize` from the local files to local disk, or (`s3`) to the local cluster's S3 server."""
     import litdata  # type: ignore[import-untyped,unused-ignore]
 
     _, items = local_copy(shrink)
-    out_dir = tempfile.mkdtemp(prefix="bench-peers-litdata-", dir="/var/tmp")
+    prefix = f"imagenet-{shrink}"
+    if s3:
+        import boto3
+
+        client = boto3.client("s3", **s3_options())
+        with contextlib.suppress(Exception):  # it exists from an earlier run
+            client.create_bucket(Bucket=LITDATA_S3_BUCKET)
+        s3_chunks(prefix, delete=True)
+    out_dir = f"s3://{LITDATA_S3_BUCKET}/{prefix}" if s3 else tempfile.mkdtemp(prefix="bench-peers-litdata-",
+                                                                            dir="/var/tmp")  # fmt: skip
     pids: list[int] = []
     box: dict[str, Any] = {}
 
@@ -262,9 +298,13 @@ def run_litdata(shrink: int) -> Result:
         out["shards"] = sizes(box["chunk_sizes"], 64_000_000)
         out["shards"]["target"] = "chunk_bytes 64MB (10^6)"
     finally:
-        shutil.rmtree(out_dir, ignore_errors=True)
+        if s3:
+            s3_chunks(prefix, delete=True)
+        else:
+            shutil.rmtree(out_dir, ignore_errors=True)
     out["version"] = litdata.__version__
-    out["output"] = "LitData chunks (.bin + index.json), local disk; not WebDataset"
+    where = "the local cluster's S3 server (versitygw)" if s3 else "local disk"
+    out["output"] = f"LitData chunks (.bin + index.json), {where}; not WebDataset"
     out["valid_webdataset"] = False
     return out
 
@@ -339,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1/64 of ImageNet-1k's counts (20,734 images)")
     ap.add_argument("--shrink", type=int, help="divisor of ImageNet-1k's counts (default 16)")
-    ap.add_argument("--tools", default="script,operator,operator-shuffled,litdata,ais-archive")
+    ap.add_argument("--tools", default="script,operator,operator-shuffled,litdata,litdata-s3,ais-archive")
     ap.add_argument("--out", type=Path, default=common.RESULTS)
     args = ap.parse_args(argv)
     endpoint = common.ais_endpoint(ap, "bench-peers")
@@ -356,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         "operator": lambda: run_operator(endpoint, shrink, False),
         "operator-shuffled": lambda: run_operator(endpoint, shrink, True),
         "litdata": lambda: run_litdata(shrink),
+        "litdata-s3": lambda: run_litdata(shrink, s3=True),
         "ais-archive": lambda: run_archive(endpoint, src),
     }
     args.out.mkdir(parents=True, exist_ok=True)
