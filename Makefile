@@ -101,6 +101,10 @@ bench-s3: venv cluster-up deploy ## S3 sources read cold, prefetched and warm at
 bench-imagenet: venv cluster-up deploy ## ImageNet-1k's class folders at 1/16, 1/4 and full count (1.33 M images), apply -> Ready per phase, memory, disk, shard sizes, +1 % refresh (--quick: minutes); writes bench/results/imagenet.json
 	$(ENV); $(PY) bench/imagenet.py $(BENCH_ARGS)
 
+.PHONY: bench-peers
+bench-peers: venv cluster-up deploy ## the same ImageNet-shaped data through the seed's script, the operator, LitData (local disk and S3) and AIS's archive jobs (--quick: minutes); writes bench/results/peers.json
+	$(ENV); $(PY) bench/peers.py $(BENCH_ARGS)
+
 .PHONY: bench-refresh
 bench-refresh: venv cluster-up deploy ## a refresh after +1 % samples vs the full run, at 200k samples (bench/README.md); writes bench/results/refresh.json
 	$(ENV); $(PY) bench/refresh.py $(BENCH_ARGS)
