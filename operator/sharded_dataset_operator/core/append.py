@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sharded_dataset_operator.core.observed import PublishedShard, Track
+from sharded_dataset_operator.core.observed import Track
 from sharded_dataset_operator.core.spec import REFRESH_APPEND
 from sharded_dataset_operator.core.state import Pass
 
@@ -84,7 +84,8 @@ def plan_track(p: Pass, track: Track, attempt_base: str) -> Appending | str:
     held = sum(s.samples for s in shards)
     if held != kept.samples:
         return f"version {version}'s shards hold {held} samples, the units taken over from it {kept.samples}"
-    copies = tuple((s.name, kept_name(attempt_base, i)) for i, s in enumerate(sorted(shards, key=_name)))
+    names = sorted(s.name for s in shards)
+    copies = tuple((name, kept_name(attempt_base, i)) for i, name in enumerate(names))
     return Appending(
         new_shards=new,
         member_bytes=track.written.member_bytes - kept.written.member_bytes,
@@ -103,10 +104,6 @@ def copied(recorded: dict[str, Any], dsort_attempt: int) -> dict[str, Any] | Non
     if not (recorded.get("copyOnly") and recorded.get("finished")) or attempt <= dsort_attempt:
         return None
     return {"attempt": attempt, "startedAt": recorded.get("startedAt"), "finished": True, "copyOnly": True}
-
-
-def _name(s: PublishedShard) -> str:
-    return s.name
 
 
 def wanted(p: Pass) -> bool:

@@ -200,12 +200,12 @@ ACTIVE_REQUEST_DELAY = 2.0
 COPY_RETRY_SECONDS = 15.0  # before the next pass after a copy of a published shard failed
 
 
-def _keep_shuffle_record(d: Decision, start: StartDsort) -> None:
-    """The shuffle record of `start`'s output as it was before the pass planned that start."""
-    recorded = start.recorded or {}
-    if start.split is not None:
+def _keep_shuffle_record(d: Decision, split: str | None, recorded: dict[str, Any] | None) -> None:
+    """An output's shuffle record as it was before the pass planned a start (a dSort, or a split's copies)."""
+    recorded = recorded or {}
+    if split is not None:
         d.status.splits = d.status.splits or {}
-        d.status.splits.setdefault(start.split, {})["shuffle"] = {k: recorded.get(k) for k in SHUFFLE_KEYS}
+        d.status.splits.setdefault(split, {})["shuffle"] = {k: recorded.get(k) for k in SHUFFLE_KEYS}
     d.status.dsort_job_id, d.status.shuffle_attempt = recorded.get("dsortJobId"), recorded.get("attempt")
     d.status.shuffle_started_at, d.status.output_template = recorded.get("startedAt"), recorded.get("outputTemplate")
 
@@ -263,9 +263,9 @@ def after_actions(d: Decision, outcomes: list[Outcome]) -> Decision:
     copied = {id(o.action) for o in outcomes if isinstance(o.action, CopyObjects) and o.kind == DONE}
     for action in d.actions:  # deletions the pass did not reach, dSort jobs it did not start
         if isinstance(action, StartDsort) and id(action) not in started:
-            _keep_shuffle_record(d, action)
+            _keep_shuffle_record(d, action.split, action.recorded)
         if isinstance(action, CopyObjects) and action.only and id(action) not in copied:
-            _keep_shuffle_record(d, StartDsort({}, action.split, action.recorded))
+            _keep_shuffle_record(d, action.split, action.recorded)
         if id(action) not in reached:
             if isinstance(action, CleanupArtifacts):
                 restore.append(action.record)
