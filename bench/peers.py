@@ -11,8 +11,8 @@ files. Every tool writes ~64 MiB shards of the samples `{jpg: the file, cls: the
   apply -> Ready is planning, conversion, verification and publishing (the part comparable with the others);
   `operator-shuffled`: the example as it is, with dSort;
 - `litdata`: LitData's `optimize` (2 workers) from the local files to local disk, in its own chunk format;
-  `litdata-s3` (not in the default tools: its uploads fail against the local plain-http S3 server, see
-  bench/README.md): the same to the local cluster's S3 server (versitygw, as `s3://` with its endpoint);
+  `litdata-s3`: the same to the local cluster's S3 server (versitygw, as `s3://` with its endpoint; LitData's
+  uploader is told to accept its plain-http address, see `litdata_allow_http`);
 - `ais-archive`: what AIS's ishard does, server side: the listed objects cut into ~64 MiB groups in name
   order, one AIS archive (multi-object `archive`) job per group, then the destination listed until every
   shard is there (as ishard waits). ishard itself cannot be
@@ -255,10 +255,29 @@ def s3_chunks(prefix: str, delete: bool = False) -> list[int]:
     return [int(o["Size"]) for o in objects if str(o["Key"]).endswith(".bin")]
 
 
+LITDATA_HTTP_ENV = "SDS_BENCH_LITDATA_ALLOW_HTTP"
+
+
+def litdata_allow_http() -> None:
+    """Let LitData's obstore uploads use the local plain-http S3 server. LitData 0.2.76 builds its obstore S3
+    store with fixed `client_options` (timeouts, pool sizes), and passing any `client_options` makes obstore ignore
+    `AWS_ALLOW_HTTP`; no storage option reaches them, so `allow_http` is added to LitData's own (private) dict."""
+    import litdata.streaming.downloader as downloader  # type: ignore[import-untyped,unused-ignore]
+
+    options = getattr(downloader, "_OBSTORE_CLIENT_OPTIONS", None)
+    if isinstance(options, dict):
+        options["allow_http"] = True
+
+
+if os.environ.get(LITDATA_HTTP_ENV):  # LitData's workers are spawned and import this module again
+    litdata_allow_http()
+
+
 def litdata_child(items: list[tuple[str, int]], out_dir: str, go: Any, q: Any) -> None:
     s3 = out_dir.startswith("s3://")
-    if s3:  # LitData uploads through obstore, which refuses a plain-http endpoint unless told (the local server)
-        os.environ["AWS_ALLOW_HTTP"] = "true"
+    if s3:  # the local S3 server is plain http (see litdata_allow_http); inherited by LitData's workers
+        os.environ[LITDATA_HTTP_ENV] = "1"
+        litdata_allow_http()
     import litdata  # type: ignore[import-untyped,unused-ignore]
 
     q.put(("ready", 0))
@@ -382,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1/64 of ImageNet-1k's counts (20,734 images)")
     ap.add_argument("--shrink", type=int, help="divisor of ImageNet-1k's counts (default 16)")
-    ap.add_argument("--tools", default="script,operator,operator-shuffled,litdata,ais-archive")  # and litdata-s3
+    ap.add_argument("--tools", default="script,operator,operator-shuffled,litdata,litdata-s3,ais-archive")
     ap.add_argument("--out", type=Path, default=common.RESULTS)
     args = ap.parse_args(argv)
     endpoint = common.ais_endpoint(ap, "bench-peers")
