@@ -13,7 +13,7 @@ import pytest
 
 from sharded_dataset_operator.clients import kube
 from sharded_dataset_operator.clients.ais import AccessDenied
-from sharded_dataset_operator.core import actions, guard, naming
+from sharded_dataset_operator.core import actions, guard, naming, versions
 from sharded_dataset_operator.core.actions import (
     CleanupArtifacts,
     CreateJob,
@@ -459,6 +459,29 @@ def test_a_version_is_kept_from_when_the_stable_index_left_it_not_from_a_build_t
     records = [{"version": "g1", "generation": 1}]
     r = plan_retention("g3", published, records, {"g1": g1, "g2": never}, NOW, 3600.0)
     assert r.previous[0]["deleteAfter"] == "2026-11-23T10:40:00Z"  # 1 h after g3 switched, not after g2
+
+
+def test_a_version_split_stable_indexes_still_named_is_kept_from_when_they_left_it() -> None:
+    """Found by the soak (seeds 1018259, 1183075): the stable index left g1 for g2 at 09:10, but g2's switch of
+    the split stable indexes was cut short, so they named g1 until g3 was published at 09:40. g1's retention ran
+    from 09:10 and its units were swept while the splits' readers had just been using it."""
+    g1 = info("g1", 1, "2026-11-23T09:00:00Z")
+    g2_body = index_body("g2", 2, "2026-11-23T09:10:00Z")
+    g2_body["info"]["replaces"] = "g1"
+    g3_body = index_body("g3", 3, "2026-11-23T09:40:00Z")
+    g3_body["info"] |= {"replaces": "g2", "replacesSplits": {"test": "g1", "trainval": "g1"}}
+    g2, g3 = IndexInfo.from_index(g2_body, UID), IndexInfo.from_index(g3_body, UID)
+    assert g2 is not None and g3 is not None and g3.replaces_splits == ("g1",)
+    records = [{"version": "g2", "generation": 2}, {"version": "g1", "generation": 1}]
+    r = plan_retention("g3", g3, records, {"g1": g1, "g2": g2}, "2026-11-23T09:41:00Z", 600.0)
+    due = {e["version"]: e["deleteAfter"] for e in r.previous}
+    assert due == {"g2": "2026-11-23T09:50:00Z", "g1": "2026-11-23T09:50:00Z"}  # not 09:20 for g1
+    assert [versions.record_version(x) for x in r.retire] == []
+    # without the splits' record, g1 would have been retired at once (what the soak saw)
+    del g3_body["info"]["replacesSplits"]
+    g3_plain = IndexInfo.from_index(g3_body, UID)
+    plain = plan_retention("g3", g3_plain, records, {"g1": g1, "g2": g2}, "2026-11-23T09:41:00Z", 600.0)
+    assert [versions.record_version(x) for x in plain.retire] == ["g1"]
 
 
 def test_a_dsort_attempt_is_recorded_before_it_starts_and_one_that_did_not_start_leaves_the_record() -> None:

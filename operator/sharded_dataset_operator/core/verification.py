@@ -153,7 +153,10 @@ def _publish(
         "provider": provider,
         "algorithm": spec.shuffle.algorithm if spec.shuffle else "none",
         "seed": spec.shuffle.seed if spec.shuffle else None,
-        "replaces": p.obs.published.version if p.obs.published is not None else None,
+        "replaces": (replaced := p.obs.published.version if p.obs.published is not None else None),
+        # split stable indexes still naming another version (their switch was cut short): this one replaces it too,
+        # so its retention runs from now for their readers as well (promise P1)
+        **({"replacesSplits": lag} if (lag := _lagging_splits(p, replaced)) else {}),
         **({"appended": {"to": p.obs.published.version, "keptShards": kept}} if kept and p.obs.published else {}),
         **({"classes": classes} if (classes := (p.obs.plan or {}).get("classes")) else {}),
         **({"sourceFingerprint": fp} if (fp := (p.obs.plan or {}).get("sourceFingerprint")) else {}),
@@ -224,3 +227,13 @@ def verification_prefix(spec: DatasetSpec, owner: Owner, attempt: int | None, sp
     if spec.shuffle is not None:
         return naming.attempt_base(builders.output_base(spec, owner, split), attempt or 1)
     return builders.unit_pool(spec, owner)
+
+
+def _lagging_splits(p: Pass, replaced: str | None) -> dict[str, str]:
+    """The splits whose stable index names a version other than the one the stable index names (`replaced`) and
+    this one: a switch of theirs that was cut short. That version is replaced now as well, for their readers."""
+    return {
+        split: version
+        for split, version in sorted(p.obs.split_stables.items())
+        if version and version not in (replaced, p.owner.version)
+    }

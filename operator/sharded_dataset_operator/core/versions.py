@@ -55,6 +55,8 @@ class IndexInfo:
     record: dict[str, Any] = field(default_factory=dict)
     splits: dict[str, Any] = field(default_factory=dict)  # per split: index, versionIndex, samples, shards, bytes
     replaces: str = ""  # the version the stable index named when this one's index was written
+    # the other versions split stable indexes named then (lagging behind the stable index): replaced by this one too
+    replaces_splits: tuple[str, ...] = ()
     source_fingerprint: str = ""  # the listing the version was planned from (`core.fingerprint`)
 
     @classmethod
@@ -82,6 +84,7 @@ class IndexInfo:
             record=dict(info.get("artifacts") or {}),
             splits=dict(splits),
             replaces=str(info.get("replaces") or ""),
+            replaces_splits=_versions_named(info.get("replacesSplits")),
             source_fingerprint=str(info.get("sourceFingerprint") or ""),
         )
 
@@ -147,6 +150,11 @@ class Retention:
     next_deadline: float | None = None  # seconds until the earliest kept previous version is due
 
 
+def _versions_named(value: Any) -> tuple[str, ...]:
+    """The versions of an index's `replacesSplits` ({split: version}), sorted; nothing for anything else."""
+    return tuple(sorted({str(v) for v in value.values() if v})) if isinstance(value, dict) else ()
+
+
 def plan_retention(
     wanted: str,
     published: IndexInfo | None,
@@ -172,8 +180,8 @@ def plan_retention(
     # it (a build whose index was written but whose switch never happened is older than the one that switched)
     replaced_at: dict[str, float] = {}
     for i in [*indexes.values(), *([published] if published else [])]:
-        if i.replaces and i.published_at:
-            replaced_at[i.replaces] = max(replaced_at.get(i.replaces, 0.0), parse(i.published_at))
+        for gone in {i.replaces, *i.replaces_splits} - {""} if i.published_at else ():
+            replaced_at[gone] = max(replaced_at.get(gone, 0.0), parse(i.published_at))
     seen: set[str] = set()
     for record in records:
         version = record_version(record)
