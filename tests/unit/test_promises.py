@@ -533,3 +533,29 @@ def test_no_version_is_deleted_while_the_wanted_versions_plan_is_not_seen() -> N
     assert d.status.reason == "PlanMissing" and d.status.phase == Phase.FAILED
     assert not [a for a in d.actions if isinstance(a, CleanupArtifacts | SweepUnits)]
     assert "no plan yet" in (d.status.versions or {})["deletionsHeld"]
+
+
+def test_a_dsort_attempt_recorded_ahead_of_a_status_about_an_earlier_generation_is_still_counted() -> None:
+    """Found by the soak (seed 1109393): the spec changed, and the operator stopped after each dSort start, so
+    only the record written ahead of the start (`record_first`) was saved. The rest of the status, its
+    `observedGeneration` too, still spoke of the earlier generation, so the record was taken for another
+    version's and attempt 1 was started again, 4 times, outside the budget. A record names its version."""
+    obs = converted()
+    d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
+    assert d.record_first is not None and d.record_first["shuffle"]["version"] == OWNER.version
+    earlier = d.status.to_dict([], NOW)
+    earlier["observedGeneration"] = OWNER.generation - 1
+    earlier["versions"] = {**(earlier.get("versions") or {}), "building": {"version": "g1"}}
+    earlier["conditions"] = [{"type": "Shuffled", "status": "True"}]  # the earlier generation's, not this one's
+    obs.previous = {**earlier, **d.record_first}
+    obs.previous["shuffle"]["startedAt"] = "2026-11-23T09:00:00Z"
+    again = decide(spec(), OWNER, obs, DEFAULTS, NOW)
+    (start,) = [a for a in again.actions if isinstance(a, StartDsort)]
+    assert start.spec["description"].endswith(":a2")
+    assert any("no dSort job of this attempt" in e.message for e in again.events), again.events
+    # a record of another version says nothing about this one, whatever the rest of the status says
+    obs.previous = {**d.status.to_dict([], NOW), **d.record_first}
+    obs.previous["shuffle"] = {**obs.previous["shuffle"], "version": "g1", "startedAt": "2026-11-23T09:00:00Z"}
+    other = decide(spec(), OWNER, obs, DEFAULTS, NOW)
+    (first,) = [a for a in other.actions if isinstance(a, StartDsort)]
+    assert first.spec["description"].endswith(":a1")

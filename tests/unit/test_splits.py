@@ -177,3 +177,16 @@ def test_the_versions_record_names_every_splits_output_and_indexes_and_is_truste
 def test_bad_splits_name_the_field(splits: dict[str, Any], problem: str) -> None:
     with pytest.raises(SpecError, match=problem):
         parse_spec(raw_spec(splits=splits), name="pets", default_endpoint="http://ais:51080")
+
+
+def test_an_output_conflict_keeps_the_versions_artifacts_record_not_a_splits_shuffle_record() -> None:
+    """Found by the soak: under an output conflict the record kept for the version was the last split's shuffle
+    record (a variable reused), which, once shuffle records named their version, took the place of the
+    version's own record in `status.artifacts`; its objects were then never deleted (P6)."""
+    first = decide(split_spec(), OWNER, converted(), DEFAULTS, NOW)
+    prev = first.status.to_dict([], NOW)
+    assert prev["splits"]["trainval"]["shuffle"]["version"] == OWNER.version
+    obs = converted(previous=prev, output_conflict="ais://out/x-index.json is not a ShardedDataset index")
+    d = decide(split_spec(), OWNER, obs, DEFAULTS, NOW)
+    assert d.status.reason == "OutputConflict"
+    assert d.status.artifacts == [artifact_record(split_spec(), OWNER)]

@@ -54,7 +54,7 @@ from sharded_dataset_operator.core.conversion import fill_counts, serve_etl
 from sharded_dataset_operator.core.lifecycle import serving, settle_versions
 from sharded_dataset_operator.core.observed import Observed
 from sharded_dataset_operator.core.records import artifact_record, unique_records
-from sharded_dataset_operator.core.shuffle import SHUFFLE_KEYS, lost_dsort_attempt
+from sharded_dataset_operator.core.shuffle import SHUFFLE_KEYS, lost_dsort_attempt, own_record
 from sharded_dataset_operator.core.spec import DatasetSpec
 from sharded_dataset_operator.core.state import Pass, building_version, fail, stall, stalled
 from sharded_dataset_operator.core.status import DatasetStatus, Phase
@@ -108,13 +108,14 @@ def decide(spec: DatasetSpec, owner: Owner, obs: Observed, defaults: ConverterDe
     if obs.job is not None:
         st.workers_succeeded, st.workers_failed = obs.job.succeeded, obs.job.failed
     p.dsort_attempts = dict(obs.dsort_attempts)
-    lost = lost_dsort_attempt(prev, gen, obs.dsort_attempts, obs.capacity_problems) if same_version else None
+    lost = lost_dsort_attempt(prev, own_record(prev, None, gen, owner.version), obs.dsort_attempts,
+                              obs.capacity_problems)  # fmt: skip
     if lost is not None:
         p.dsort_attempts[lost[0]] = lost[1]
     for split in spec.splits.names if spec.splits else ():
         attempts = dict(obs.split_attempts.get(split) or {})
-        record = ((prev.get("splits") or {}).get(split) or {}).get("shuffle") or {}
-        lost = lost_dsort_attempt(prev, gen, attempts, obs.capacity_problems, record) if same_version else None
+        split_record = own_record(prev, split, gen, owner.version)
+        lost = lost_dsort_attempt(prev, split_record, attempts, obs.capacity_problems, split)
         if lost is not None:
             attempts[lost[0]] = lost[1]
         p.split_attempts[split] = attempts
@@ -207,6 +208,7 @@ def _keep_shuffle_record(d: Decision, split: str | None, recorded: dict[str, Any
         d.status.splits = d.status.splits or {}
         d.status.splits.setdefault(split, {})["shuffle"] = {k: recorded.get(k) for k in SHUFFLE_KEYS}
     d.status.dsort_job_id, d.status.shuffle_attempt = recorded.get("dsortJobId"), recorded.get("attempt")
+    d.status.shuffle_version = recorded.get("version")
     d.status.shuffle_started_at, d.status.output_template = recorded.get("startedAt"), recorded.get("outputTemplate")
 
 

@@ -35,6 +35,7 @@ def serving(p: Pass) -> Decision:
     shuffle = p.prev.get("shuffle") or {} if p.prev_phase is not None else {}
     st.dsort_job_id, st.output_template = shuffle.get("dsortJobId"), shuffle.get("outputTemplate")
     st.shuffle_attempt, st.shuffle_started_at = shuffle.get("attempt"), shuffle.get("startedAt")
+    st.shuffle_version = shuffle.get("version")
     st.shuffle_max_attempts = p.spec.shuffle.max_attempts if p.spec.shuffle else None
     st.completion_time = info.published_at or p.now
     if info.splits:

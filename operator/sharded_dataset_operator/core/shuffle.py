@@ -13,7 +13,7 @@ from sharded_dataset_operator.core.state import Pass, building_version, seconds_
 from sharded_dataset_operator.core.status import SHUFFLED, Phase, StepState
 from sharded_dataset_operator.core.times import epoch
 
-SHUFFLE_KEYS = ("attempt", "dsortJobId", "startedAt", "outputTemplate", "finished", "copyOnly")  # a split's record
+SHUFFLE_KEYS = ("version", "attempt", "dsortJobId", "startedAt", "outputTemplate", "finished", "copyOnly")  # a split's
 REBALANCE_POLL = 5.0  # seconds between looks while a dSort attempt waits for AIS's rebalance to end
 
 
@@ -41,27 +41,21 @@ def _shuffle_track(p: Pass, track: Track) -> Decision | None:
     )
     budget = spec.shuffle.max_attempts
     st.shuffle_max_attempts = budget
-    same_version = p.prev.get("observedGeneration") == owner.generation and building_version(p.prev) in (
-        None,
-        owner.version,
-    )
-    recorded = (
-        p.prev.get("shuffle") if split is None else ((p.prev.get("splits") or {}).get(split) or {}).get("shuffle")
-    ) or {}
+    recorded = own_record(p.prev, split, owner.generation, owner.version)
     what = "dSort" if split is None else f"dSort of split {split}"
     out_base = builders.output_base(spec, owner, split)
     state: dict[str, Any] = {}
     job = attempts.get(attempt)
     start_next = job is None
     outcome: Decision | None = None
-    copied = append.copied(recorded if same_version else {}, attempt)
+    copied = append.copied(recorded, attempt)
     if copied is not None:  # a split of an Append refresh whose output is the published one's copies, done
         template = naming.output_template(naming.attempt_base(out_base, copied["attempt"]))
         state, start_next = {**copied, "outputTemplate": template}, False
         st.steps[SHUFFLED] = StepState(True, "Shuffled", f"split {split}: the published version's shards copied")
     elif job is not None:
-        state = {"attempt": attempt, "dsortJobId": job.id}
-        if recorded.get("attempt") == attempt and same_version:
+        state = {"version": owner.version, "attempt": attempt, "dsortJobId": job.id}
+        if recorded.get("attempt") == attempt:
             state["startedAt"] = recorded.get("startedAt")
         state["outputTemplate"] = naming.output_template(naming.attempt_base(out_base, attempt))
         if job.aborted and attempt <= base:
@@ -105,22 +99,23 @@ def _shuffle_track(p: Pass, track: Track) -> Decision | None:
                     Event("Warning", "ShuffleRetry", f"{what} attempt {nxt - base}/{budget} after: {after}")
                 )
         state = {
+            "version": owner.version,
             "attempt": nxt,
             "startedAt": p.now,
             "outputTemplate": naming.output_template(naming.attempt_base(out_base, nxt)),
         }
-        request = _dsort_request(p, track, nxt, dict(recorded) if same_version else {})
+        request = _dsort_request(p, track, nxt, dict(recorded))
         if request is None:  # an Append refresh added nothing to this split: its copies are the whole output
             state["copyOnly"] = True
             msg = f"split {split}: copying the published version's shuffled shards (no sample was added to it)"
             st.steps[SHUFFLED] = StepState(False, "Copying", msg)
             outcome = p.working(Phase.SHUFFLING, "Copying", msg)
         else:
-            p.decision.actions.append(StartDsort(request, split, dict(recorded) if same_version else {}))
+            p.decision.actions.append(StartDsort(request, split, dict(recorded)))
             st.steps[SHUFFLED] = StepState(False, "Shuffling", f"starting {what} attempt {nxt - base}/{budget}")
             outcome = p.working(Phase.SHUFFLING, "Shuffling", f"starting {what} (attempt {nxt - base}/{budget})")
     if split is None or outcome is not None:  # the top-level fields show the output being shuffled
-        st.dsort_job_id = state.get("dsortJobId")
+        st.dsort_job_id, st.shuffle_version = state.get("dsortJobId"), state.get("version")
         st.shuffle_attempt, st.shuffle_started_at = state.get("attempt"), state.get("startedAt")
         st.output_template = state.get("outputTemplate")
     if split is not None:
@@ -161,31 +156,55 @@ def _dsort_request(p: Pass, track: Track, attempt: int, recorded: dict[str, Any]
     )
 
 
+def own_record(previous: dict[str, Any], split: str | None, generation: int, version: str) -> dict[str, Any]:
+    """An output's shuffle record (the top level's, or its split's) in the previous status if it is the
+    version's, else empty.
+
+    A record names its version: one written ahead of a pass's other fields (`record_first`, before a dSort
+    starts) is the version's even while the rest of the status, `observedGeneration` too, is still about an
+    earlier generation's. A record written before records named their version is the version's when the whole
+    status was about it.
+    """
+    if split is None:
+        record = previous.get("shuffle") or {}
+    else:
+        record = ((previous.get("splits") or {}).get(split) or {}).get("shuffle") or {}
+    if record.get("version"):
+        return dict(record) if record["version"] == version else {}
+    about = previous.get("observedGeneration") == generation and building_version(previous) in (None, version)
+    return dict(record) if about else {}
+
+
 def lost_dsort_attempt(
     previous: dict[str, Any],
-    generation: int,
+    record: dict[str, Any],
     observed: dict[int, DsortJob],
     problems: tuple[str, ...] = (),
-    record: dict[str, Any] | None = None,
+    split: str | None = None,
 ) -> tuple[int, DsortJob] | None:
-    """The dSort attempt that status records as started but AIS no longer knows, as a job that ended.
+    """The dSort attempt the output's record (`own_record`) names as started but AIS no longer knows, as a job
+    that ended.
 
     AIS answers a dSort start with a job id even when its targets refused the job (a target above its
     capacity high watermark refuses every new dSort), and a job is gone after every target that ran it
     restarted. Without this the attempt would be started again under the same number, forever and outside
     the budget. An attempt already recorded as shuffled counts as finished (its output is still verified).
     """
-    shuffle = (previous.get("shuffle") or {}) if record is None else record
+    shuffle = record
     if shuffle.get("copyOnly") and shuffle.get("finished"):
         return None  # a split's copies, done (`append.copied`); copies cut short are a lost attempt like any
     attempt, job_id = shuffle.get("attempt"), shuffle.get("dsortJobId")
-    if previous.get("observedGeneration") != generation or not attempt or not (job_id or shuffle.get("startedAt")):
+    if not attempt or not (job_id or shuffle.get("startedAt")):
         return None  # (an attempt is recorded before it starts: without a job id, the pass stopped in between)
     attempt = int(attempt)
     if attempt in observed or attempt < max(observed, default=0):
         return None
-    shuffled = any(c.get("type") == SHUFFLED and c.get("status") == "True" for c in previous.get("conditions") or [])
-    shuffled = shuffled if record is None else bool(record.get("finished"))
+    if split is not None:
+        shuffled = bool(record.get("finished"))
+    else:  # the top level records no end: the Shuffled condition does, when the status is about the same version
+        about = record.get("version") in (None, building_version(previous))
+        conditions = previous.get("conditions") or [] if about else []
+        shuffled = any(c.get("type") == SHUFFLED and c.get("status") == "True" for c in conditions)
     why = "AIS no longer knows the job (its targets refused it at the start, or restarted since)"
     if not job_id:
         why = "no dSort job of this attempt is known (refused at the start, or the operator stopped before it knew)"

@@ -112,6 +112,7 @@ class DatasetStatus:
     progress: dict[str, Any] | None = None
     shuffle_attempt: int | None = None
     shuffle_started_at: str | None = None
+    shuffle_version: str | None = None
     shuffle_max_attempts: int | None = None
     retry: dict[str, Any] | None = None
     serving: str | None = None  # an older version is published and readable: what it is (Ready's message)
@@ -190,6 +191,7 @@ class DatasetStatus:
                 "reusedSamples": self.samples_reused,
             },
             "shuffle": {
+                "version": self.shuffle_version,
                 "dsortJobId": self.dsort_job_id,
                 "outputTemplate": self.output_template,
                 "attempt": self.shuffle_attempt,

@@ -214,7 +214,8 @@ def observe(ais: Ais, spec: DatasetSpec, owner: Owner, previous: dict[str, Any],
         )
         # The proxy lists the jobs of the targets that answer. While a target in its map does not answer, the
         # object listing above has already failed (the pass waits as an outage), so a job missing here is gone.
-        lost = shuffle.lost_dsort_attempt(previous, gen, obs.dsort_attempts)
+        lost = shuffle.lost_dsort_attempt(previous, shuffle.own_record(previous, None, gen, owner.version),
+                                          obs.dsort_attempts)  # fmt: skip
         if lost is not None:
             obs.capacity_problems = tuple((dsort or ais).capacity_problems())
         if lost is not None or next_attempt_due(obs.dsort_attempts):
@@ -224,8 +225,8 @@ def observe(ais: Ais, spec: DatasetSpec, owner: Owner, previous: dict[str, Any],
         for split in spec.splits.names:
             desc = naming.dsort_description(owner.namespace, owner.name, owner.uid, owner.version, split=split)
             obs.split_attempts[split] = find_dsort_attempts(dsort or ais, desc)
-            record = ((previous.get("splits") or {}).get(split) or {}).get("shuffle") or {}
-            lost = shuffle.lost_dsort_attempt(previous, gen, obs.split_attempts[split], record=record)
+            record = shuffle.own_record(previous, split, gen, owner.version)
+            lost = shuffle.lost_dsort_attempt(previous, record, obs.split_attempts[split], split=split)
             if lost is not None and not obs.capacity_problems:
                 obs.capacity_problems = tuple((dsort or ais).capacity_problems())
             due = due or lost is not None or next_attempt_due(obs.split_attempts[split])
