@@ -13,6 +13,7 @@ import tarfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO, TypeVar
+from urllib.parse import quote
 
 import requests
 import urllib3
@@ -27,6 +28,7 @@ from aistore.sdk.const import (
 )
 from aistore.sdk.errors import AISError, ErrBckNotFound, ErrObjNotFound, ErrRemoteBckNotFound
 from aistore.sdk.list_object_flag import ListObjectFlag
+from aistore.sdk.response_handler import AISResponseHandler
 from aistore.sdk.retry_config import RetryConfig
 from aistore.sdk.types import ActionMsg, BucketList, ListObjectsMsg
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
@@ -80,6 +82,11 @@ T = TypeVar("T")
 MAX_EMPTY_PAGES = 100  # pages with no entries but a continuation token, in a row, before a listing is refused
 
 
+DIRECT_PUT_BYTES = 1 << 20
+"""Bodies from this size go to the object's target directly (`Ais._put_direct`): 1 MiB still went through
+the proxy in 5 ms, 5 MiB took 518 ms."""
+
+
 def _retry_config(attempts: int) -> RetryConfig:
     return RetryConfig(
         http_retry=Retry(total=attempts, backoff_factor=0.5, status_forcelist=[429, 502, 503, 504], connect=0, read=0),
@@ -119,6 +126,14 @@ class Ais(ClusterCalls, ObjectBatchCalls):
         self.session.trust_env = False
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
+        # large PUTs straight to the target (`_put_direct`), retried as the SDK retries
+        retry = _retry_config(attempts)
+        self._put_session = requests.Session()
+        self._put_session.trust_env = False
+        self._put_session.headers.update(self.session.headers)
+        adapter = requests.adapters.HTTPAdapter(max_retries=retry.http_retry, pool_maxsize=pool)
+        self._put_session.mount("http://", adapter)
+        self._put_retry = retry.network_retry
 
     # ------------------------------------------------------------------ buckets and objects
 
@@ -380,7 +395,35 @@ class Ais(ClusterCalls, ObjectBatchCalls):
         return self._object_call(read, False)
 
     def put(self, bucket: str, name: str, data: bytes, provider: str = "ais") -> None:
-        self._call(lambda: self._bucket(bucket, provider).object(name).get_writer().put_content(data))
+        """Store `data` as the object. A body of `DIRECT_PUT_BYTES` or more over plain HTTP goes to the
+        object's target directly (`_put_direct`); anything else through the SDK."""
+        if len(data) >= DIRECT_PUT_BYTES and self.endpoint.startswith("http://"):
+            self._call(lambda: self._put_direct(bucket, name, data, provider))
+        else:
+            self._call(lambda: self._bucket(bucket, provider).object(name).get_writer().put_content(data))
+
+    def _put_direct(self, bucket: str, name: str, data: bytes, provider: str) -> None:
+        """PUT without a body to the proxy for the target's address (its redirect), then the body to the target.
+
+        Over plain HTTP the SDK sends the whole body to the proxy, which answers with the redirect without
+        reading it: a body of more than a few MiB then stalls for about half a second before the client follows
+        the redirect (local cluster, 2026-12-05: 5 MiB 518 ms -> 17 ms, 20 MiB 555 -> 49 ms, 64 MiB 639 ->
+        217 ms). The SDK itself does this for HTTPS only. Errors are the SDK's (`AISResponseHandler`).
+        """
+        bck = self._bucket(bucket, provider)
+        url = f"{self.endpoint}/v1/objects/{bck.name}/{quote(name)}"
+        handler = AISResponseHandler()
+        for attempt in self._put_retry:
+            with attempt:
+                asked = self._put_session.put(
+                    url, params=bck.qparam, data=b"", allow_redirects=False, timeout=self.timeout
+                )
+                asked.close()
+                target = asked.headers.get("Location") if asked.status_code in (301, 302, 307, 308) else None
+                if target is None:
+                    handler.handle_response(asked)
+                    raise AisUnavailable(f"AIS at {self.endpoint}: no redirect for PUT {bucket}/{name}")
+                handler.handle_response(self._put_session.put(target, data=data, timeout=self.timeout)).close()
 
     def _call(self, fn: Any) -> Any:
         try:

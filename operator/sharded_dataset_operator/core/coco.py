@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from sharded_dataset_operator.core.compactjson import compact_sorted
+
 SECTIONS = ("images", "annotations", "categories")
 BAD_IMAGE = "bad-image"
 _NON_WHITESPACE = re.compile(r"[^ \t\n\r]")
@@ -182,11 +184,11 @@ def _annotation_order(annotation: dict[str, Any]) -> tuple[int, int, str]:
     value = annotation.get("id")
     if isinstance(value, int) and not isinstance(value, bool):
         return (0, value, "")
-    return (1, 0, json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":")))
+    return (1, 0, compact_sorted(value))
 
 
 def coco_member(image: dict[str, Any], annotations: list[dict[str, Any]]) -> str:
     """The JSON member of one image: {"image": ..., "annotations": [...]}, the annotations by their "id" (int ids
     numerically, then any other by its JSON text)."""
     body = {"image": image, "annotations": sorted(annotations, key=_annotation_order)}
-    return json.dumps(body, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return compact_sorted(body)

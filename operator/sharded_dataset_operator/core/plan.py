@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from sharded_dataset_operator.core import naming
+from sharded_dataset_operator.core.compactjson import compact
 from sharded_dataset_operator.core.samples import RawFile, Sample, partition_range
 
 PLAN_KIND = "sds-plan-v1"
@@ -30,7 +31,7 @@ def encode_sample(sample: Sample) -> str:
     files = [[name, raw.path, raw.size, *([raw.tag] if raw.tag else [])] for name, raw in sample.files]
     values = dict(sample.values) or None
     fields: list[object] = [sample.key, values, files, *([sample.split] if sample.split is not None else [])]
-    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+    return compact(fields)
 
 
 def decode_sample(line: str) -> Sample:

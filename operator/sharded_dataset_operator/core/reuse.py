@@ -21,6 +21,7 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from sharded_dataset_operator.core.compactjson import compact
 from sharded_dataset_operator.core.units import CONVERT, REUSED, Unit
 
 MEMBERS_CHUNK = 10_000  # membership lines per object
@@ -37,7 +38,7 @@ or [split, ordinal] for one cut from a split's convert stream."""
 
 def encode_member(key: str, digest: int, unit: Ref, split: str | None = None) -> str:
     fields: list[object] = [key, f"{digest:016x}", unit, *([split] if split is not None else [])]
-    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+    return compact(fields)
 
 
 def decode_member(line: str) -> tuple[str, int, Ref, str | None]:

@@ -9,7 +9,8 @@ record strings (any size, flat memory).
 A record is ``<key> NUL <kind> NUL <payload>``. Keys hold no control characters (`keys.key_problem`), so
 sorting the strings sorts by key first (a key sorts before every key it is a proper prefix of, exactly as plain
 string order does), and all records of one key are adjacent. Kinds: ``f<member index>`` a file, ``v<member
-name>`` a value, ``c`` a class name, ``s`` a split index.
+name>`` a value, ``s`` a split index (of a split list). A file's class folder and split folder are not records:
+they are read from its path when its key is judged.
 """
 
 from __future__ import annotations
@@ -79,11 +80,6 @@ def value_record(key: str, name: str, value: str) -> str | None:
     return f"{key}{_SEP}v{name}{_SEP}{_quote(value)}" if _carries(key) else None
 
 
-def class_record(key: str, name: str) -> str:
-    """Sortable record of a file's class (folder) name."""
-    return f"{key}{_SEP}c{_SEP}{_quote(name)}"
-
-
 def split_record(key: str, index: int) -> str | None:
     """Sortable record of a split list's entry or a file's split folder (the key belongs to split `index`)."""
     return f"{key}{_SEP}s{_SEP}{index}" if _carries(key) else None
@@ -104,9 +100,6 @@ def groups_from_records(records: Iterable[str], names: Sequence[str]) -> Iterato
             group = KeyGroup(key)
         if kind[0] == "v":
             group.add_value(kind[1:], _unquote(payload))
-        elif kind == "c":
-            if (name := _unquote(payload)) not in group.classes:
-                group.classes.append(name)
         elif kind == "s":
             if int(payload) not in group.splits:
                 group.splits.append(int(payload))

@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from sharded_dataset_operator.core.compactjson import compact_sorted
+
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
 _EXTENSIONS = {
     ".csv": "csv",
@@ -91,12 +93,12 @@ def value_text(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return json.dumps(value)
-    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return compact_sorted(value)
 
 
 def json_member(values: dict[str, Any]) -> str:
     """Chosen columns as the text of one JSON member."""
-    return json.dumps(values, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return compact_sorted(values)
 
 
 def read_rows(spec: TableSpec, stream: BinaryIO) -> Iterator[Row | str]:

@@ -1,0 +1,15 @@
+"""One-line JSON as the plan, membership and sort records write it: compact, UTF-8 kept as is.
+
+The encoders are built once: `json.dumps` with any option builds a new encoder per call, which at ImageNet's
+1.33 M samples (three lines each) was 4 % of the planner's CPU.
+"""
+
+from __future__ import annotations
+
+import json
+
+compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+"""`json.dumps(value, ensure_ascii=False, separators=(",", ":"))`"""
+
+compact_sorted = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode
+"""The same with object keys sorted."""
