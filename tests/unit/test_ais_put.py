@@ -26,7 +26,7 @@ class Cluster:
             def log_message(self, *args: Any) -> None:
                 pass
 
-            def do_PUT(self) -> None:  # noqa: N802 - the http.server name
+            def do_PUT(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 if self.path.startswith("/v1/objects/"):
                     cluster.proxy_bodies.append(length)
