@@ -252,6 +252,7 @@ def drive(
             held = (obj.get("status") or {}).get("publishGuard") or {}
             if status_reason(obj) == "PublishHeld" and held.get("held"):  # a person looks and approves
                 obj["metadata"]["annotations"][guard.APPROVE_ANNOTATION] = str(held["version"])
+        checker.pass_time = ais.clock.t
         try:
             requeue = passes.reconcile_once(NS, NAME, SETTINGS).requeue
         except Crash:

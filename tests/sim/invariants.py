@@ -43,6 +43,7 @@ class Checker:
     recorded: set[str] = field(default_factory=set)  # versions status.artifacts has ever named
     violations: list[str] = field(default_factory=list)
     behind: dict[str, int] = field(default_factory=dict)  # split -> fault-free passes its stable index lagged
+    pass_time: float = 0.0  # when the last pass ran (the clock moves on before `after_pass`)
 
     def flag(self, key: str, message: str) -> None:
         if key not in self.reported:
@@ -88,8 +89,9 @@ class Checker:
                     self.protected[s] = (now + self.retain, f"{before.version} via {name}")
             return
         if before is None or before.version != seen.version:
-            if before is not None:
-                until = seen.published_at + self.retain
+            if before is not None:  # readers move at the switch, in the last pass: a split's stable index
+                # repaired later than the version's publication, or a switch passes after its own index was written
+                until = max(seen.published_at, self.pass_time) + self.retain
                 for s in before.shards:
                     self.protected[s] = (until, f"replaced version {before.version} via {name}")
                 if name == self.stable:

@@ -293,9 +293,40 @@ def test_a_version_a_split_stable_index_still_names_is_never_deleted() -> None:
     d = decide(s, Owner("pets", "ml", UID, 2), obs, DEFAULTS, NOW)
     assert not [a for a in d.actions if isinstance(a, CleanupArtifacts)]
     assert "g1" in [r.get("version") for r in d.status.artifacts or []]
+    (kept,) = (d.status.versions or {})["previous"]
+    assert kept["version"] == "g1" and kept["lastInUse"] == NOW and kept["deleteAfter"] == "2026-11-23T11:00:00Z"
+    # the pass repairs the split's stable index: what readers leave then is known before it is written
+    assert d.record_first is not None and d.record_first["versions"]["previous"] == [kept]
+    obs.previous = {**d.status.to_dict([], NOW), **d.record_first}
     obs.split_stables = {"trainval": "g2", "test": "g2"}
-    d = decide(s, Owner("pets", "ml", UID, 2), obs, DEFAULTS, NOW)
+    d = decide(s, Owner("pets", "ml", UID, 2), copy.deepcopy(obs), DEFAULTS, "2026-11-23T10:59:59Z")
+    assert not [a for a in d.actions if isinstance(a, CleanupArtifacts)]  # its readers left it at 10:00
+    d = decide(s, Owner("pets", "ml", UID, 2), obs, DEFAULTS, "2026-11-23T11:00:00Z")
     assert [a.record["version"] for a in d.actions if isinstance(a, CleanupArtifacts)] == ["g1"]
+
+
+def test_a_version_is_kept_from_the_last_pass_a_split_stable_index_named_it_not_from_its_replacement() -> None:
+    """A switch of the splits' stable indexes cut short and repaired by a later pass (at 09:30) moves their
+    readers then, not when the replacing version was published (09:10): the version they leave is kept until
+    the retention after its last use, also on the passes after the repair, which no longer see the use."""
+    g1 = info("g1", 1, "2026-11-23T09:00:00Z")
+    g2_body = index_body("g2", 2, "2026-11-23T09:10:00Z")
+    g2_body["info"]["replaces"] = "g1"
+    g2 = IndexInfo.from_index(g2_body, UID)
+    assert g2 is not None
+    records = [{"version": "g1", "generation": 1}]
+    plain = plan_retention("g2", g2, records, {"g1": g1}, "2026-11-23T09:30:00Z", 600.0)
+    assert [versions.record_version(x) for x in plain.retire] == ["g1"]  # 09:20 is past: the split's use aside
+    r = plan_retention("g2", g2, records, {"g1": g1}, "2026-11-23T09:30:00Z", 600.0, in_use={"g1"})
+    assert r.retire == [] and r.previous == [{"version": "g1", "generation": 1, "index": g1.index or None,
+                                              "deleteAfter": "2026-11-23T09:40:00Z",
+                                              "lastInUse": "2026-11-23T09:30:00Z"}]  # fmt: skip
+    last = {"g1": "2026-11-23T09:30:00Z"}  # the pass after the repair: no index names g1 any more
+    after = plan_retention("g2", g2, records, {"g1": g1}, "2026-11-23T09:31:00Z", 600.0, last_in_use=last)
+    assert after.retire == [] and after.previous[0]["deleteAfter"] == "2026-11-23T09:40:00Z"
+    assert after.previous[0]["lastInUse"] == "2026-11-23T09:30:00Z"  # carried on while it is kept
+    done = plan_retention("g2", g2, records, {"g1": g1}, "2026-11-23T09:40:00Z", 600.0, last_in_use=last)
+    assert [versions.record_version(x) for x in done.retire] == ["g1"]
 
 
 # ------------------------------------------------------------------------------- P2: what cannot be seen is kept

@@ -194,8 +194,9 @@ def test_publishing_replaces_the_published_version_which_is_then_kept_for_its_re
     assert v["published"]["version"] == "g3" and v["building"] is None
     assert v["previous"] == [
         {"version": "g2", "generation": 2, "index": "ais://out/shuffled-5f3a9c1e00004000-g2-index.json",
-         "deleteAfter": LATER},
+         "deleteAfter": LATER, "lastInUse": NOW},  # the stable index named it as this pass began
     ]  # fmt: skip
+    assert d.record_first is not None and d.record_first["versions"] == {"previous": v["previous"]}  # before
     # the next pass: served from the stable index; g2 deleted once the 30 minutes are over
     after = copy.copy(obs)
     after.published = IndexInfo.from_index(d.actions[-1].body, UID)  # type: ignore[union-attr]

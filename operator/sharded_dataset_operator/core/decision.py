@@ -48,6 +48,7 @@ from sharded_dataset_operator.core.actions import (
     StartDsort,
     StartPrefetch,
     SweepUnits,
+    WriteIndex,
 )
 from sharded_dataset_operator.core.builders import ConverterDefaults, Owner
 from sharded_dataset_operator.core.conversion import fill_counts, serve_etl
@@ -146,11 +147,17 @@ def _record_first(prev: dict[str, Any], d: Decision, now: str) -> dict[str, Any]
     saved = {versions.record_version(r) for r in prev.get("artifacts") or []}
     new = any(versions.record_version(r) not in saved for r in d.status.artifacts or [])
     starts = any(isinstance(a, StartDsort | CopyObjects) for a in d.actions)
-    if not (starts or (new and any(isinstance(a, CREATING) for a in d.actions))):
-        return None
-    ahead = d.status.to_dict([], now)
-    records = unique_records([*(d.status.artifacts or []), *(prev.get("artifacts") or [])])
-    return {"artifacts": records, "shuffle": ahead["shuffle"], "splits": ahead["splits"]}
+    switches = any(isinstance(a, WriteIndex) and (a.publishes or a.guarded) for a in d.actions)
+    first: dict[str, Any] = {}
+    if starts or (new and any(isinstance(a, CREATING) for a in d.actions)):
+        ahead = d.status.to_dict([], now)
+        records = unique_records([*(d.status.artifacts or []), *(prev.get("artifacts") or [])])
+        first.update({"artifacts": records, "shuffle": ahead["shuffle"], "splits": ahead["splits"]})
+    if switches and d.status.versions is not None:
+        # readers move when a stable index is written: the versions they leave, and when they were last seen
+        # read (`lastInUse`), are known before (promise P1)
+        first["versions"] = {"previous": d.status.versions.get("previous") or []}
+    return first or None
 
 
 def _build(p: Pass) -> Decision:

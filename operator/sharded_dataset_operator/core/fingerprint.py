@@ -12,6 +12,7 @@ import hashlib
 from dataclasses import dataclass
 
 MOD = 1 << 128
+_blake2b = hashlib.blake2b
 
 
 @dataclass(slots=True)
@@ -21,11 +22,11 @@ class ListingFingerprint:
     bytes: int = 0
 
     def add(self, path: str, size: int, tag: str) -> None:
-        digest = hashlib.blake2b(f"{path}\0{size}\0{tag}".encode(), digest_size=16).digest()
-        self.total = (self.total + int.from_bytes(digest, "big")) % MOD
+        digest = _blake2b(f"{path}\0{size}\0{tag}".encode(), digest_size=16).digest()
+        self.total += int.from_bytes(digest, "big")  # reduced by `value` (a sum of 2^20 digests has 148 bits)
         self.objects += 1
         self.bytes += size
 
     def value(self) -> str:
         """`<objects>:<bytes>:<32 hex digits>`: equal for equal listings, in any order."""
-        return f"{self.objects}:{self.bytes}:{self.total:032x}"
+        return f"{self.objects}:{self.bytes}:{self.total % MOD:032x}"

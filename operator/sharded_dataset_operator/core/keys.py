@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 KEY_MODES = ("basename", "path", "regex")
@@ -133,6 +134,28 @@ def derive_key(path: str, pattern: str) -> str:
     return posixpath.splitext(base)[0]
 
 
+def stem_of(pattern: str) -> Callable[[str], str]:
+    """`derive_key` with its pattern fixed: what depends on the pattern alone is worked out once (the planner
+    calls it once per listed file)."""
+    pattern_base = posixpath.basename(pattern)
+    star = pattern_base.rfind("*")
+    suffix = pattern_base[star + 1 :]
+    splitext = posixpath.splitext
+
+    if star < 0 or star == len(pattern_base) - 1:
+        return lambda path: splitext(path[path.rfind("/") + 1 :])[0]
+    if "?" in suffix or "[" in suffix:
+        n = _glob_length(suffix)
+        return lambda path: (base := path[path.rfind("/") + 1 :])[: len(base) - n]
+    cut = len(suffix)
+
+    def stem(path: str) -> str:
+        base = path[path.rfind("/") + 1 :]
+        return base[:-cut] if base.endswith(suffix) else splitext(base)[0]
+
+    return stem
+
+
 def key_problem(key: str, nested: bool = False) -> str | None:
     """None for a valid WebDataset key, else ``empty-key``, ``dot-in-key`` or ``bad-char-in-key``.
 
@@ -164,3 +187,18 @@ def key_of(path: str, pattern: str, rule: KeyRule, regex: re.Pattern[str] | None
         m = (regex or rule.compiled() or re.compile("")).fullmatch(path)
         return None if m is None or m.group("key") is None else m.group("key")
     return derive_key(path, pattern)
+
+
+def key_function(pattern: str, rule: KeyRule, regex: re.Pattern[str] | None = None) -> Callable[[str], str | None]:
+    """`key_of` with its pattern and rule fixed (see `stem_of`)."""
+    if rule.mode == "regex":
+        return lambda path: key_of(path, pattern, rule, regex)
+    stem = stem_of(pattern)
+    if rule.mode == "path":
+
+        def nested(path: str) -> str:
+            folder = posixpath.dirname(path)
+            return f"{folder}/{stem(path)}" if folder else stem(path)
+
+        return nested
+    return stem

@@ -63,8 +63,9 @@ def settle_versions(p: Pass, d: Decision) -> None:
         if p.published_now is not None and obs.published.version != owner.version:
             indexes.setdefault(obs.published.version, obs.published)  # replaced by this pass: previous now
     retention = versions.plan_retention(
-        owner.version, published, records, indexes, p.now, p.spec.output.retain_seconds, _known_versions(p.prev)
-    )
+        owner.version, published, records, indexes, p.now, p.spec.output.retain_seconds, _known_versions(p.prev),
+        in_use=_named(p), last_in_use=_last_in_use(p.prev),
+    )  # fmt: skip
     st.artifacts = [current_first(st.artifacts or [], owner.version), *retention.keep]
     st.artifacts = unique_records(st.artifacts)
     if p.published_now is None and obs.published is not None and not obs.output_conflict:
@@ -153,6 +154,22 @@ def _known_versions(prev: dict[str, Any]) -> dict[str, str | None]:
     if published:
         known[str(published)] = None
     return known
+
+
+def _last_in_use(prev: dict[str, Any]) -> dict[str, str]:
+    """When the last status saw each kept previous version named by a split's stable index (`lastInUse`)."""
+    entries = (prev.get("versions") or {}).get("previous") or []
+    return {str(e["version"]): str(e["lastInUse"]) for e in entries if isinstance(e, dict) and e.get("version")
+            and e.get("lastInUse")}  # fmt: skip
+
+
+def _named(p: Pass) -> set[str]:
+    """The versions the stable indexes name as this pass begins (a version this pass switches away from
+    included: its own index may have been written passes before the switch, which moves its readers now)."""
+    named = {v for v in p.obs.split_stables.values() if v}
+    if p.obs.published is not None:
+        named.add(p.obs.published.version)
+    return named
 
 
 def _in_use(p: Pass) -> set[str]:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from sharded_dataset_operator.core import naming
-from sharded_dataset_operator.core.compactjson import compact
+from sharded_dataset_operator.core.compactjson import compact, string
 from sharded_dataset_operator.core.samples import RawFile, Sample, partition_range
 
 PLAN_KIND = "sds-plan-v1"
@@ -27,11 +27,19 @@ class PlanError(Exception):
 
 
 def encode_sample(sample: Sample) -> str:
-    """One plan line (no newline); the split, when there is one, is part of it (and so of its unit's identity)."""
-    files = [[name, raw.path, raw.size, *([raw.tag] if raw.tag else [])] for name, raw in sample.files]
-    values = dict(sample.values) or None
-    fields: list[object] = [sample.key, values, files, *([sample.split] if sample.split is not None else [])]
-    return compact(fields)
+    """One plan line (no newline); the split, when there is one, is part of it (and so of its unit's identity).
+
+    `[key, {value name: value} or null, [[member, path, size(, tag)], ...](, split)]`, as `compact` writes it;
+    built from strings (`compactjson.string`), which takes a third of the encoder's time."""
+    q = string
+    files = ",".join(
+        f"[{q(name)},{q(raw.path)},{int(raw.size)}{',' + q(raw.tag) if raw.tag else ''}]" for name, raw in sample.files
+    )
+    values = ",".join(f"{q(name)}:{q(value)}" for name, value in sample.values) if sample.values else ""
+    if len({name for name, _ in sample.values}) != len(sample.values):  # a dict keeps one value per name
+        values = compact(dict(sample.values))[1:-1]
+    split = "" if sample.split is None else "," + q(sample.split)
+    return f"[{q(sample.key)},{'{' + values + '}' if values else 'null'},[{files}]{split}]"
 
 
 def decode_sample(line: str) -> Sample:

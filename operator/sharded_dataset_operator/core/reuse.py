@@ -21,7 +21,7 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from sharded_dataset_operator.core.compactjson import compact
+from sharded_dataset_operator.core.compactjson import compact, string
 from sharded_dataset_operator.core.units import CONVERT, REUSED, Unit
 
 MEMBERS_CHUNK = 10_000  # membership lines per object
@@ -37,8 +37,19 @@ or [split, ordinal] for one cut from a split's convert stream."""
 
 
 def encode_member(key: str, digest: int, unit: Ref, split: str | None = None) -> str:
-    fields: list[object] = [key, f"{digest:016x}", unit, *([split] if split is not None else [])]
-    return compact(fields)
+    """A membership line, `compact([key, digest as 16 hex digits, unit(, split)])`, built from strings."""
+    if isinstance(unit, bool):
+        ref = compact(unit)
+    elif isinstance(unit, int):
+        ref = str(unit)
+    elif isinstance(unit, str):
+        ref = string(unit)
+    elif len(unit) == 2 and isinstance(unit[0], str) and type(unit[1]) is int:
+        ref = f"[{string(unit[0])},{unit[1]}]"
+    else:
+        ref = compact(unit)
+    tail = "" if split is None else "," + string(split)
+    return f'[{string(key)},"{digest:016x}",{ref}{tail}]'
 
 
 def decode_member(line: str) -> tuple[str, int, Ref, str | None]:

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from sharded_dataset_operator.core.keys import derive_key as derive_key
-from sharded_dataset_operator.core.keys import glob_regex, key_of, key_problem
+from sharded_dataset_operator.core.keys import glob_regex, key_function, key_of, key_problem
 from sharded_dataset_operator.core.keys import match_pattern as match_pattern
 from sharded_dataset_operator.core.layout import Layout
 from sharded_dataset_operator.core.sortrecords import LABEL_FILE, UNMATCHED, KeyGroup, file_record
@@ -249,6 +249,7 @@ class Grouper:
         self.layout = layout or Layout()
         self.value_names = [*([label.name] if label else []), *self.layout.value_members()]
         self.names, self.required_set = _validate(fields, self.value_names, required)
+        self._value_set = frozenset(self.value_names)
         self.splits = splits
         self._folders = {name: i for i, name in enumerate(splits.folders)} if splits is not None else {}
         self._own_files = set(splits.paths) if splits is not None else set()
@@ -267,9 +268,13 @@ class Grouper:
         self._regex = self.layout.key.compiled()
         self._nested = self.layout.key.mode != "basename"
         self._patterns = [(f, glob_regex(f.pattern)) for f in fields]
+        self._keys = {f.pattern: key_function(f.pattern, self.layout.key, self._regex) for f in fields}
 
     def _rule(self, path: str) -> FieldRule | None:
-        return next((rule for rule, regex in self._patterns if regex.fullmatch(path)), None)
+        for rule, regex in self._patterns:
+            if regex.fullmatch(path):
+                return rule
+        return None
 
     def key_of(self, path: str) -> str | None:
         """The key a file at `path` would have (a table row naming a file), None if no such file can be a
@@ -289,7 +294,7 @@ class Grouper:
         if rule is None:
             self.result.unmatched_files += 1
             return UNMATCHED
-        key = key_of(raw.path, rule.pattern, self.layout.key, self._regex)
+        key = self._keys[rule.pattern](raw.path)
         reason = NO_KEY if key is None else (INVALID_KEY if key_problem(key, self._nested) is not None else None)
         if reason is None and self.layout.classes is not None:
             parts = raw.path.split("/")
@@ -322,10 +327,11 @@ class Grouper:
             return
         for found in group.files.values():
             for raw in found:
-                if rule is not None and (name := raw.path.split("/")[rule.segment]) not in group.classes:
+                parts = raw.path.split("/")
+                if rule is not None and (name := parts[rule.segment]) not in group.classes:
                     group.classes.append(name)
                 if self._folders:
-                    folder = self._folders.get(raw.path.split("/", 1)[0])
+                    folder = self._folders.get(parts[0])
                     if folder is not None and folder not in group.splits:
                         group.splits.append(folder)
 
@@ -360,7 +366,11 @@ class Grouper:
         self._from_paths(group)
         found = group.files
         values = self._values(group)
-        reason = next((f"duplicate:{n}" for n in self.names if len(found.get(n, ())) > 1), None)
+        reason = None
+        for n in self.names:
+            if len(found.get(n, ())) > 1:
+                reason = f"duplicate:{n}"
+                break
         if reason is None:
             for name in self.required:
                 if name in self._index:
@@ -400,11 +410,12 @@ class Grouper:
             self._skipped.add(reason, group.key)
             return None
         # Required members are non-empty here; empty, conflicting optional ones are dropped.
-        members = tuple((name, found[name][0]) for name in sorted(found) if found[name][0].size > 0)
+        members = tuple((name, raws[0]) for name, raws in sorted(found.items()) if raws[0].size > 0)
+        named = self._value_set
         kept = tuple(
             (name, given[0])
-            for name in sorted(values)
-            if name in self.value_names and len(given := values[name]) == 1 and given[0] != ""
+            for name, given in sorted(values.items())
+            if name in named and len(given) == 1 and given[0] != ""
         )
         return Sample(key=group.key, files=members, values=kept, split=split)
 

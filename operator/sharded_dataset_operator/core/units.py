@@ -169,9 +169,9 @@ class UnitCutter:
         self._hasher = UnitHasher(layout)
         self.joined = 0
 
-    def add(self, sample: Sample, line: str | None = None) -> list[Unit]:
-        """Feed the next sample (`line`: its plan line, when the caller has it); the units this closed, in order
-        (a forced cut before it, a content cut after)."""
+    def add(self, sample: Sample, line: str | None = None, digest: int | None = None) -> list[Unit]:
+        """Feed the next sample (`line`: its plan line, `digest`: that line's `line_digest`, when the caller has
+        them); the units this closed, in order (a forced cut before it, a content cut after)."""
         closed: list[Unit] = []
         nbytes = estimated_tar_bytes(sample, self.with_order)
         full = (self.max_samples is not None and self._count + 1 > self.max_samples) or (
@@ -183,7 +183,7 @@ class UnitCutter:
             self._first = sample.key
         line = plan.encode_sample(sample) if line is None else line
         self._hasher.add(line)
-        self._fingerprint = (self._fingerprint + line_digest(line)) % FINGERPRINT_MOD
+        self._fingerprint = (self._fingerprint + (line_digest(line) if digest is None else digest)) % FINGERPRINT_MOD
         self.joined = self.units
         self._count += 1
         self._bytes += nbytes

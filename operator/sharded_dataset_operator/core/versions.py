@@ -163,6 +163,8 @@ def plan_retention(
     now: str,
     retain_seconds: float,
     known: dict[str, str | None] | None = None,
+    in_use: Iterable[str] = (),
+    last_in_use: dict[str, str] | None = None,
 ) -> Retention:
     """Sort the artifacts records of every version into kept, retired (deleted now) and abandoned.
 
@@ -170,9 +172,23 @@ def plan_retention(
     `known`: the versions the last status said were published or kept (version -> its deleteAfter, None for
     the published one). One of them whose own index is not seen now is never taken for "never published"
     (promise P2): it is kept until its recorded deleteAfter (or `retain_seconds` from now), then retired.
+    `in_use`: the versions a split's stable index names now; `last_in_use`: when the last status saw each
+    kept version so named (its `lastInUse`). A split's stable index can move to the published version later
+    than that version's publication (a switch cut short, repaired by a later pass): its readers move then, so
+    the version they leave is kept until `retain_seconds` after the last pass that saw it named (promise P1).
     """
     out = Retention()
     now_t = parse(now)
+    used = set(in_use)
+    last_seen = {v: t for v, when in (last_in_use or {}).items() if (t := epoch(when)) is not None}
+    for version in used:
+        last_seen[version] = now_t
+
+    def held(version: str, due: float) -> tuple[float, dict[str, Any]]:
+        """The deadline with its last use counted, and the entry's field saying so."""
+        seen_at = last_seen.get(version)
+        return (due, {}) if seen_at is None else (max(due, seen_at + retain_seconds), {"lastInUse": iso(seen_at)})
+
     published_times = sorted(
         {parse(i.published_at) for i in [*indexes.values(), *([published] if published else [])] if i.published_at}
     )
@@ -182,6 +198,21 @@ def plan_retention(
     for i in [*indexes.values(), *([published] if published else [])]:
         for gone in {i.replaces, *i.replaces_splits} - {""} if i.published_at else ():
             replaced_at[gone] = max(replaced_at.get(gone, 0.0), parse(i.published_at))
+
+    def settle(record: dict[str, Any], version: str, info: IndexInfo | None, due: float) -> None:
+        """Retire the version when `due` has passed (its last use counted), else keep it with its entry."""
+        due, last = held(version, due)
+        if due <= now_t:
+            out.retire.append(record)
+            return
+        out.keep.append(record)
+        generation = info.generation if info is not None else int(record.get("generation") or 0)
+        entry = {"version": version, "generation": generation, "index": (info.index or None) if info else None,
+                 "deleteAfter": iso(due), **({} if info else {"indexMissing": True}), **last}  # fmt: skip
+        out.previous.append(entry)
+        wait = due - now_t
+        out.next_deadline = wait if out.next_deadline is None else min(out.next_deadline, wait)
+
     seen: set[str] = set()
     for record in records:
         version = record_version(record)
@@ -194,39 +225,19 @@ def plan_retention(
         info = indexes.get(version)
         if info is None and known is not None and version in known:
             recorded = epoch(known[version])
-            due = recorded if recorded is not None else now_t + retain_seconds
-            if due <= now_t:
-                out.retire.append(record)
-                continue
-            out.keep.append(record)
-            out.previous.append({"version": version, "generation": int(record.get("generation") or 0),
-                                 "index": None, "deleteAfter": iso(due), "indexMissing": True})  # fmt: skip
-            wait = due - now_t
-            out.next_deadline = wait if out.next_deadline is None else min(out.next_deadline, wait)
-            continue
-        if info is None:
+            settle(record, version, None, recorded if recorded is not None else now_t + retain_seconds)
+        elif info is None and version in last_seen:  # no own index seen, yet a split's stable index named it
+            settle(record, version, None, now_t)
+        elif info is None:
             out.abandon.append(record)
-            continue
-        own = parse(info.published_at) if info.published_at else now_t
-        later = [t for t in published_times if t > own]
-        # replaced by the next newer publication; with none, by the published version; with nothing published
-        # (its stable index never switched to it), its own time: a deadline that does not move
-        replaced = later[0] if later else (parse(published.published_at) if published else own)
-        replaced = replaced_at.get(version, replaced)
-        due = max(own, replaced) + retain_seconds
-        entry = {
-            "version": version,
-            "generation": info.generation,
-            "index": info.index or None,
-            "deleteAfter": iso(due),
-        }
-        if due <= now_t:
-            out.retire.append(record)
-            continue
-        out.keep.append(record)
-        out.previous.append(entry)
-        wait = due - now_t
-        out.next_deadline = wait if out.next_deadline is None else min(out.next_deadline, wait)
+        else:
+            own = parse(info.published_at) if info.published_at else now_t
+            later = [t for t in published_times if t > own]
+            # replaced by the next newer publication; with none, by the published version; with nothing
+            # published (its stable index never switched to it), its own time: a deadline that does not move
+            replaced = later[0] if later else (parse(published.published_at) if published else own)
+            replaced = replaced_at.get(version, replaced)
+            settle(record, version, info, max(own, replaced) + retain_seconds)
     out.previous.sort(key=lambda e: str(e["version"]))
     return out
 

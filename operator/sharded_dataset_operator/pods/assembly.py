@@ -191,7 +191,7 @@ class Assembler:
         cutter = self._cutter(stream)
         if self.separate:
             self.writers[stream].add(sample, line)
-        for unit in cutter.add(sample, line):
+        for unit in cutter.add(sample, line, digest):
             self.table.add(unit)
         ref: reuse.Ref = cutter.joined if not stream else [stream, cutter.joined]
         self.members.add(reuse.encode_member(sample.key, digest, ref, sample.split))

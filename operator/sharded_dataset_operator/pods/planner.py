@@ -213,7 +213,6 @@ def make_plan(
     rows: Counter[str] = Counter()
     store = AisRunStore(ais, out["bucket"], out["provider"])
     sorter = ExternalSorter(store, naming.plan_run_prefix(base), buffer_bytes=sort_buffer_bytes)
-    digest = hashlib.sha256()
     malformed = 0
     layout = units.layout_digest(config)
     previous = previous_units(ais, out, layout)
@@ -239,7 +238,6 @@ def make_plan(
     try:
         try:
             for raw in source.files():
-                digest.update(f"{raw.path}\t{raw.size}\n".encode())
                 listing.add(raw.path, raw.size, raw.tag)
                 for file_record in grouper.records(raw):
                     sorter.add(file_record)
@@ -337,7 +335,7 @@ def make_plan(
     manifest: dict[str, Any] = {
         "kind": plan.PLAN_KIND,
         "generation": int(config["generation"]),
-        "listingDigest": digest.hexdigest()[:16],
+        "listingDigest": hashlib.sha256(listing.value().encode()).hexdigest()[:16],  # of the fingerprint
         "sourceFingerprint": listing.value(),
         "filesListed": listed,
         "listPages": source.listing.pages,
