@@ -71,8 +71,9 @@ def test_simulation() -> None:
 # seeds the soak found (outside the default range), replayed on every run once fixed: split stable indexes that
 # still named a version the stable index had left, whose units were swept from when the stable index left it
 # (1018259, 1183075); a dSort attempt recorded ahead of a status about the earlier generation, started again and
-# again under the same number (1109393)
-FOUND_BY_SOAK = (1018259, 1109393, 1183075)
+# again under the same number (1109393); a pass that did not see the stable index published anyway, and the
+# version that index still named was deleted counting its use from an earlier pass (1125267, 1128348)
+FOUND_BY_SOAK = (1018259, 1109393, 1125267, 1128348, 1183075)
 
 
 @pytest.mark.parametrize("seed", FOUND_BY_SOAK)

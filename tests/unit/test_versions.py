@@ -234,3 +234,19 @@ def test_a_refresh_builds_a_new_version_of_the_same_generation() -> None:
     assert conditions(d)["Ready"] == ("True", "Serving")
     assert (d.status.versions or {})["building"]["refresh"] == "monday"
     assert OUT not in str(d.status.artifacts[0])  # type: ignore[index]
+
+
+def test_a_pass_that_publishes_without_seeing_the_stable_index_counts_what_it_last_named_as_in_use() -> None:
+    """Found by the soak (seeds 1125267, 1128348): a listing missed the stable index, and the pass published the
+    new version anyway; the version the stable index still named got no `lastInUse` from that pass, so it was
+    deleted `retainPrevious` after an earlier pass, before its readers had their time (promise P1)."""
+    s = spec(output={"bucket": "out", "prefix": "samples-", "maxSamplesPerShard": 10, "retainPrevious": "30m"})
+    obs = published_g2(dsort_attempts=dsort(), output=listing({"000000": ["a000", "a001", "a002", "b000", "b001"]}))
+    g2 = obs.published
+    assert g2 is not None
+    obs.version_indexes = {"g2": g2}
+    obs.published = None  # the stable index, still naming g2, is not seen in this pass
+    d = decide(s, OWNER, obs, DEFAULTS, NOW)
+    assert any(isinstance(a, WriteIndex) and a.publishes for a in d.actions)
+    (g2_entry,) = (d.status.versions or {})["previous"]
+    assert g2_entry["version"] == "g2" and g2_entry["lastInUse"] == NOW and g2_entry["deleteAfter"] == LATER

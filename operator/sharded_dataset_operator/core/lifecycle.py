@@ -169,6 +169,10 @@ def _named(p: Pass) -> set[str]:
     named = {v for v in p.obs.split_stables.values() if v}
     if p.obs.published is not None:
         named.add(p.obs.published.version)
+    else:  # promise P2: a stable index not seen now is taken to name what the last status saw it name
+        seen = ((p.prev.get("versions") or {}).get("published") or {}).get("version")
+        if seen:
+            named.add(str(seen))
     return named
 
 
