@@ -157,7 +157,7 @@ def _known_versions(prev: dict[str, Any]) -> dict[str, str | None]:
 
 
 def _last_in_use(prev: dict[str, Any]) -> dict[str, str]:
-    """When the last status saw each kept previous version named by a split's stable index (`lastInUse`)."""
+    """When the last status saw a stable index name each kept previous version (`lastInUse`)."""
     entries = (prev.get("versions") or {}).get("previous") or []
     return {str(e["version"]): str(e["lastInUse"]) for e in entries if isinstance(e, dict) and e.get("version")
             and e.get("lastInUse")}  # fmt: skip
@@ -169,21 +169,24 @@ def _named(p: Pass) -> set[str]:
     named = {v for v in p.obs.split_stables.values() if v}
     if p.obs.published is not None:
         named.add(p.obs.published.version)
-    else:  # promise P2: a stable index not seen now is taken to name what the last status saw it name
-        seen = ((p.prev.get("versions") or {}).get("published") or {}).get("version")
-        if seen:
-            named.add(str(seen))
+    elif (seen := _last_published(p.prev)) is not None:
+        named.add(seen)  # promise P2: a stable index not seen now is taken to name what the last status saw it name
     return named
 
 
 def _in_use(p: Pass) -> set[str]:
-    """The versions readers may be reading now: the one the stable index names (or this pass publishes), and
-    every one a split's stable index names. Nothing of theirs is deleted (promise P1)."""
-    used = {v for v in p.obs.split_stables.values() if v}
-    for info in (p.obs.published, p.published_now):
-        if info is not None:
-            used.add(info.version)
+    """The versions readers may be reading now: the ones the stable indexes name and the one this pass
+    publishes. Nothing of theirs is deleted (promise P1)."""
+    used = _named(p)
+    if p.published_now is not None:
+        used.add(p.published_now.version)
     return used
+
+
+def _last_published(prev: dict[str, Any]) -> str | None:
+    """The version the last status saw the stable index name (None: none was published)."""
+    seen = ((prev.get("versions") or {}).get("published") or {}).get("version")
+    return str(seen) if seen else None
 
 
 def _deletions_held(p: Pass, d: Decision) -> str | None:
@@ -191,8 +194,8 @@ def _deletions_held(p: Pass, d: Decision) -> str | None:
     taken for "nothing in use": while the stable index the last status saw is missing, nothing is deleted."""
     if not _may_sweep(p, d):
         return "the wanted version has no plan yet: its planner may still pick converted shards to reuse"
-    seen = ((p.prev.get("versions") or {}).get("published") or {}).get("version")
-    if seen and p.obs.published is None and p.published_now is None:
+    seen = _last_published(p.prev)
+    if seen is not None and p.obs.published is None and p.published_now is None:
         return (
             f"the stable index that named version {seen} is missing or unreadable: nothing is deleted until it is seen"
         )

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from sharded_dataset_operator.core import naming
-from sharded_dataset_operator.core.compactjson import compact, string
+from sharded_dataset_operator.core.compactjson import string
 from sharded_dataset_operator.core.samples import RawFile, Sample, partition_range
 
 PLAN_KIND = "sds-plan-v1"
@@ -36,8 +36,6 @@ def encode_sample(sample: Sample) -> str:
         f"[{q(name)},{q(raw.path)},{int(raw.size)}{',' + q(raw.tag) if raw.tag else ''}]" for name, raw in sample.files
     )
     values = ",".join(f"{q(name)}:{q(value)}" for name, value in sample.values) if sample.values else ""
-    if len({name for name, _ in sample.values}) != len(sample.values):  # a dict keeps one value per name
-        values = compact(dict(sample.values))[1:-1]
     split = "" if sample.split is None else "," + q(sample.split)
     return f"[{q(sample.key)},{'{' + values + '}' if values else 'null'},[{files}]{split}]"
 

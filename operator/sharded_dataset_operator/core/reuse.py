@@ -38,9 +38,7 @@ or [split, ordinal] for one cut from a split's convert stream."""
 
 def encode_member(key: str, digest: int, unit: Ref, split: str | None = None) -> str:
     """A membership line, `compact([key, digest as 16 hex digits, unit(, split)])`, built from strings."""
-    if isinstance(unit, bool):
-        ref = compact(unit)
-    elif isinstance(unit, int):
+    if isinstance(unit, int):
         ref = str(unit)
     elif isinstance(unit, str):
         ref = string(unit)

@@ -86,7 +86,7 @@ NOT_IN_SPLIT = "not-in-split"
 @dataclass(frozen=True, slots=True)
 class Sample:
     """A complete sample: ``files`` is sorted by member name; ``values`` are the members that are not files
-    (label, class, table columns), sorted by name; ``split`` is the split it belongs to (None without
+    (label, class, table columns), sorted by name, one per name; ``split`` is the split it belongs to (None without
     splits)."""
 
     key: str

@@ -172,10 +172,11 @@ def plan_retention(
     `known`: the versions the last status said were published or kept (version -> its deleteAfter, None for
     the published one). One of them whose own index is not seen now is never taken for "never published"
     (promise P2): it is kept until its recorded deleteAfter (or `retain_seconds` from now), then retired.
-    `in_use`: the versions a split's stable index names now; `last_in_use`: when the last status saw each
-    kept version so named (its `lastInUse`). A split's stable index can move to the published version later
-    than that version's publication (a switch cut short, repaired by a later pass): its readers move then, so
-    the version they leave is kept until `retain_seconds` after the last pass that saw it named (promise P1).
+    `in_use`: the versions a stable index (the main one or a split's) names now; `last_in_use`: when the last
+    status saw each kept version so named (its `lastInUse`). A stable index can move to a version later than
+    that version's publication (a switch cut short and repaired by a later pass, or made passes after the
+    version's own index was written): its readers move then, so the version they leave is kept until
+    `retain_seconds` after the last pass that saw it named (promise P1).
     """
     out = Retention()
     now_t = parse(now)

@@ -115,7 +115,7 @@ class AisSource:
                 for e in page:
                     self.listing.files += 1
                     if len(e.name) > n:
-                        yield RawFile(path=e.name[n:], size=int(e.size or 0), tag=str(e.checksum or ""))
+                        yield RawFile(e.name[n:], int(e.size or 0), str(e.checksum or ""))
         except BucketNotFound as e:
             raise SourceError(f"source bucket {self.describe()} not found") from e
 
