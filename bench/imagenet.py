@@ -249,6 +249,7 @@ def run_size(
     with_refresh: bool,
     shuffle: bool = True,
     highwm: int | None = None,
+    keep_output: bool = False,
 ) -> Result:
     bucket, counts, generated_s = ensure_imagenet(endpoint, shrink)
     resource = refresh.Resource(NAMESPACE, NAME, STEPS)
@@ -334,6 +335,9 @@ def run_size(
             common.log(f"refresh failed: {str(e)[:300]}")
         finally:
             Ais(endpoint).delete_objects(bucket, added)
+    if keep_output:  # the resource and its output stay, to measure reading or verifying them afterwards
+        common.log(f"kept {NAMESPACE}/{NAME} and ais://{OUT_BUCKET} (--keep-output)")
+        return out
     resource.delete()
     common.drop_bucket(endpoint, OUT_BUCKET)
     return out
@@ -383,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--refresh-highwm", type=int, help="AIS space.highwm (%%) during the refresh (a shared disk)")
     ap.add_argument("--timeout", type=float, default=4 * 3600)
     ap.add_argument("--out", type=Path, default=common.RESULTS)
+    ap.add_argument("--keep-output", action="store_true", help="leave the last size's resource and output in place")
     args = ap.parse_args(argv)
     endpoint = common.ais_endpoint(ap, "bench-imagenet")
     default = QUICK_SHRINKS if args.quick else SHRINKS
@@ -395,7 +400,15 @@ def main(argv: list[str] | None = None) -> int:
         try:
             refreshing = last and not args.skip_refresh
             res["runs"].append(
-                run_size(endpoint, shrink, args.workers, args.timeout, refreshing, highwm=args.refresh_highwm)
+                run_size(
+                    endpoint,
+                    shrink,
+                    args.workers,
+                    args.timeout,
+                    refreshing,
+                    highwm=args.refresh_highwm,
+                    keep_output=last and args.keep_output,
+                )
             )
         except RuntimeError as e:  # a size that did not reach Ready: recorded, and the run stops
             res["failed"] = {"shrink": shrink, "error": str(e)[:3000]}

@@ -114,6 +114,7 @@ class Ais(ClusterCalls, ObjectBatchCalls):
         self.endpoint = endpoint.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self._settings = (attempts, pool)
         self.client = Client(
             self.endpoint,
             token=token,
@@ -259,6 +260,12 @@ class Ais(ClusterCalls, ObjectBatchCalls):
             params=bck.qparam,
         )
         return page
+
+    def fresh(self) -> Ais:
+        """A new client with this one's endpoint, token and settings (a forked process needs its own: HTTP
+        connections are never shared across processes)."""
+        attempts, pool = self._settings
+        return Ais(self.endpoint, self.token, attempts=attempts, timeout=self.timeout, pool=pool)
 
     def object_count(self, bucket: str, provider: str = "ais", prefix: str = "") -> int:
         """How many objects the bucket holds under `prefix`, counted by the targets (bucket summary)."""

@@ -71,10 +71,15 @@ class ChunkWriter:
 
     def add(self, sample: Sample, line: str | None = None) -> None:
         """Append a sample (`line`: its `encode_sample`, when the caller has it already)."""
-        self._lines.append(encode_sample(sample) if line is None else line)
+        line = encode_sample(sample) if line is None else line
+        self.add_line(line, len(sample.files), sum(raw.size for _, raw in sample.files))
+
+    def add_line(self, line: str, members: int, nbytes: int) -> None:
+        """Append a sample by its plan line, its number of member files and their sizes' sum."""
+        self._lines.append(line)
         self.samples += 1
-        self.members += len(sample.files)
-        self.bytes += sum(raw.size for _, raw in sample.files)
+        self.members += members
+        self.bytes += nbytes
         if len(self._lines) >= self.chunk_samples:
             self._flush()
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sharded_dataset_operator.core import plan
 from sharded_dataset_operator.core.samples import Sample
@@ -77,6 +77,30 @@ def estimated_tar_bytes(sample: Sample, with_order: bool) -> int:
     if with_order:
         total += _tar_bytes(19)
     return total
+
+
+class Planned(NamedTuple):
+    """A judged sample as the plan's writers and the unit cutter need it: its plan line and the figures taken
+    from the sample (what the planner's sample producer hands over instead of the sample, `pods/forked.py`)."""
+
+    key: str
+    split: str | None
+    line: str
+    members: int  # member files
+    bytes: int  # their sizes' sum
+    tar_bytes: int  # `estimated_tar_bytes`
+
+
+def planned(sample: Sample, with_order: bool, line: str | None = None) -> Planned:
+    """The sample's `Planned` (`line`: its `plan.encode_sample`, when the caller has it already)."""
+    return Planned(
+        sample.key,
+        sample.split,
+        plan.encode_sample(sample) if line is None else line,
+        len(sample.files),
+        sum(raw.size for _, raw in sample.files),
+        estimated_tar_bytes(sample, with_order),
+    )
 
 
 def _unit_float(key: str) -> float:
@@ -172,24 +196,28 @@ class UnitCutter:
     def add(self, sample: Sample, line: str | None = None, digest: int | None = None) -> list[Unit]:
         """Feed the next sample (`line`: its plan line, `digest`: that line's `line_digest`, when the caller has
         them); the units this closed, in order (a forced cut before it, a content cut after)."""
-        closed: list[Unit] = []
+        line = plan.encode_sample(sample) if line is None else line
         nbytes = estimated_tar_bytes(sample, self.with_order)
+        return self.add_line(sample.key, line, line_digest(line) if digest is None else digest, nbytes)
+
+    def add_line(self, key: str, line: str, digest: int, nbytes: int) -> list[Unit]:
+        """`add` from the sample's key, plan line, its digest and `estimated_tar_bytes` (see `Planned`)."""
+        closed: list[Unit] = []
         full = (self.max_samples is not None and self._count + 1 > self.max_samples) or (
             self.max_bytes is not None and self._bytes + nbytes + 2 * TAR_BLOCK > self.max_bytes
         )
         if self._count and full:
             closed.append(self._close())
         if not self._count:
-            self._first = sample.key
-        line = plan.encode_sample(sample) if line is None else line
+            self._first = key
         self._hasher.add(line)
-        self._fingerprint = (self._fingerprint + (line_digest(line) if digest is None else digest)) % FINGERPRINT_MOD
+        self._fingerprint = (self._fingerprint + digest) % FINGERPRINT_MOD
         self.joined = self.units
         self._count += 1
         self._bytes += nbytes
-        self._last = sample.key
+        self._last = key
         self.position += 1
-        if natural_cut(sample.key, nbytes, self._fill(), self.max_samples, self.max_bytes):
+        if natural_cut(key, nbytes, self._fill(), self.max_samples, self.max_bytes):
             closed.append(self._close())
         return closed
 

@@ -186,15 +186,16 @@ class Assembler:
                 )  # fmt: skip
         return cutter
 
-    def convert(self, sample: Sample, line: str, digest: int) -> None:
-        stream = sample.split or ""
+    def convert(self, p: units.Planned, digest: int) -> None:
+        """Cut the sample (its plan line `p.line`, whose `line_digest` is `digest`) into its stream's units."""
+        stream = p.split or ""
         cutter = self._cutter(stream)
         if self.separate:
-            self.writers[stream].add(sample, line)
-        for unit in cutter.add(sample, line, digest):
+            self.writers[stream].add_line(p.line, p.members, p.bytes)
+        for unit in cutter.add_line(p.key, p.line, digest, p.tar_bytes):
             self.table.add(unit)
         ref: reuse.Ref = cutter.joined if not stream else [stream, cutter.joined]
-        self.members.add(reuse.encode_member(sample.key, digest, ref, sample.split))
+        self.members.add(reuse.encode_member(p.key, digest, ref, p.split))
 
     def take_over(self, unit: units.Unit, sample: Sample, digest: int) -> None:
         if unit.id not in self.taken:

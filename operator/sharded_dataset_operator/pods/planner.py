@@ -27,7 +27,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sharded_dataset_operator.clients.ais import Ais, ListingError
@@ -38,6 +38,7 @@ from sharded_dataset_operator.core.layout import Layout, from_config
 from sharded_dataset_operator.core.samples import (
     FieldRule,
     Grouper,
+    GroupResult,
     LabelRule,
     Sample,
     SplitRule,
@@ -54,6 +55,7 @@ from sharded_dataset_operator.pods.assembly import (
     reusable_units,
 )
 from sharded_dataset_operator.pods.common import PermanentError, SourceMissing, make_source, run_main
+from sharded_dataset_operator.pods.forked import ForkedPlanned
 from sharded_dataset_operator.pods.metadata import MetadataError, table_records
 from sharded_dataset_operator.pods.sources import Source, SourceError
 
@@ -202,8 +204,12 @@ def make_plan(
     *,
     sort_buffer_bytes: int = 8 * 1024 * 1024,
     chunk_samples: int = plan.CHUNK_SAMPLES,
+    reader: Callable[[], Ais] | None = None,
 ) -> dict[str, Any]:
-    """List, group and write the plan; returns the manifest (also written as `plan.json`)."""
+    """List, group and write the plan; returns the manifest (also written as `plan.json`).
+
+    `reader`: a new client, for a forked process that merges, groups and judges the sorted records while this
+    one writes (`forked.py`); without it, one process does both."""
     started = time.monotonic()
     out = config["output"]
     base = str(out["base"])
@@ -235,6 +241,7 @@ def make_plan(
         if walk is not None
         else Assembler(ais, out, config, layout, known, bool(config.get("splits")), chunk_samples)
     )
+    forked: ForkedPlanned[GroupResult] | None = None
     try:
         try:
             for raw in source.files():
@@ -280,30 +287,42 @@ def make_plan(
         if shape.classes is not None:
             grouper.number_classes(previous_classes(ais, out))
         writer = plan.ChunkWriter(put, base, chunk_samples)
-        judged: Iterator[Sample] = (
-            s for g in groups_from_records(sorter.sorted(), grouper.names) if (s := grouper.judge(g))
-        )
-        shares = fraction_splits(config)
-        if shares is not None:
-            before = previous_splits(ais, out, splits_digest(config))
-            judged = assign_fractions(judged, shares, store, base, sort_buffer_bytes, before)
-        for sample in judged:
-            line = plan.encode_sample(sample)
-            writer.add(sample, line)
-            line_digest = units.line_digest(line)
+        with_order = config.get("orderSeed") is not None
+
+        def produce(client: Ais) -> Iterator[units.Planned]:
+            """The judged samples in key order, read with `client` (this process's or the producer's)."""
+            sorter.store = AisRunStore(client, out["bucket"], out["provider"])
+            judged: Iterator[Sample] = (
+                s for g in groups_from_records(sorter.sorted(), grouper.names) if (s := grouper.judge(g))
+            )
+            shares = fraction_splits(config)
+            if shares is not None:
+                before = previous_splits(client, out, splits_digest(config))
+                runs = AisRunStore(client, out["bucket"], out["provider"])
+                judged = assign_fractions(judged, shares, runs, base, sort_buffer_bytes, before)
+            return (units.planned(s, with_order) for s in judged)
+
+        if reader is not None:
+            forked = ForkedPlanned(lambda: produce(reader()), grouper.finish)
+        for p in produce(ais) if forked is None else forked:
+            writer.add_line(p.line, p.members, p.bytes)
+            line_digest = units.line_digest(p.line)
             fingerprint = (fingerprint + line_digest) % units.FINGERPRINT_MOD
             if diff is not None:
-                diff.see(sample.key, sample.split)
+                diff.see(p.key, p.split)
             if walk is not None:  # first the old units' fate; the units are made below
-                walk.match(sample.key, line_digest)
+                walk.match(p.key, line_digest)
             else:
                 assert assembler is not None
-                assembler.convert(sample, line, line_digest)
+                assembler.convert(p, line_digest)
         writer.finish()
     finally:
+        sorter.store = store  # the runs are deleted by this process's client
         sorter.close()
-    if grouper.result.split_overlaps:
-        r = grouper.result
+    result = grouper.finish() if forked is None else forked.result
+    assert result is not None
+    if result.split_overlaps:
+        r = result
         raise PermanentError(
             f"{r.split_overlaps} key(s) are in more than one split list, e.g. {'; '.join(r.overlap_examples)}: a "
             "sample belongs to exactly one split"
@@ -325,13 +344,12 @@ def make_plan(
                 if old is not None and old in intact:
                     assembler.take_over(previous[0].units[old], sample, line_digest)
                 else:
-                    assembler.convert(sample, line, line_digest)
+                    assembler.convert(units.planned(sample, with_order, line), line_digest)
     assert assembler is not None
     assembler.finish()
     table = assembler.table
     reused = table.reused_report(config)
     ais.put(out["bucket"], naming.reused_name(base), json.dumps(reused, sort_keys=True).encode(), out["provider"])
-    result = grouper.finish()
     manifest: dict[str, Any] = {
         "kind": plan.PLAN_KIND,
         "generation": int(config["generation"]),
@@ -391,7 +409,7 @@ def run(config: dict[str, Any], index: int, ais: Ais) -> str:
     del index  # one planner per run
     source = make_source(config, ais)
     try:
-        manifest = make_plan(config, ais, source)
+        manifest = make_plan(config, ais, source, reader=ais.fresh)
     except ListingError as e:
         raise RuntimeError(str(e)) from e  # retried: a listing may well be complete next time
     u = manifest["units"]
