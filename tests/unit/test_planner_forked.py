@@ -149,3 +149,34 @@ def test_a_planner_that_stops_reading_ends_the_producer() -> None:
     stream.close()  # what an exception in the planner's loop does
     with pytest.raises(ProcessLookupError):
         os.kill(forked.pid, 0)
+
+
+class _FailingWrites(MemoryStore):
+    """A store that refuses the plan's first chunk (the planner fails while its producer still runs)."""
+
+    def put(self, bucket: str, name: str, data: bytes, provider: str = "ais") -> None:
+        if "-plan-" in name and name.endswith(".jsonl"):
+            raise OSError("disk full")
+        super().put(bucket, name, data, provider)
+
+
+def test_a_planner_that_fails_while_writing_leaves_no_producer_running(tmp_path: Path) -> None:
+    _, layout, size = CASES["imagefolder"]
+    root, marks = tmp_path / "src", tmp_path / "marks"
+    root.mkdir()
+    marks.mkdir()
+    layouts.write_layout_dir(layout, root, seed=5, **size)
+    store = _FailingWrites()
+    with pytest.raises(OSError, match="disk full"):
+        make_plan(
+            example_config("imagefolder"),
+            store,  # type: ignore[arg-type]
+            VolumeSource(str(root)),
+            sort_buffer_bytes=4096,
+            chunk_samples=2,
+            reader=_reader(store, marks),
+        )
+    (mark,) = marks.iterdir()
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(mark.name.removeprefix("pid-")), 0)
+    assert not [k for k in store.objects if "plan-run-" in k]

@@ -41,13 +41,14 @@ class ForkedPlanned(Generic[T]):
         self._produce, self._finish = produce, finish
         self.result: T | None = None
         self.pid: int | None = None
+        self._process: Any = None
 
     def __iter__(self) -> Iterator[Planned]:
         ctx = multiprocessing.get_context("fork")
         receive, send = ctx.Pipe(duplex=False)
         child = ctx.Process(target=self._child, args=(send,), name="plan-producer", daemon=True)
         child.start()
-        self.pid = child.pid
+        self.pid, self._process = child.pid, child
         send.close()
         done = False
         try:
@@ -72,12 +73,21 @@ class ForkedPlanned(Generic[T]):
                     raise _exception(payload)
         finally:
             receive.close()
-            if not done and child.is_alive():
-                child.terminate()
-            child.join(JOIN_SECONDS)
-            if child.is_alive():
-                child.kill()
+            if done:
                 child.join(JOIN_SECONDS)
+            self.close()
+
+    def close(self) -> None:
+        """End the child if it still runs (the planner failed or stopped reading); safe to call again."""
+        child = self._process
+        if child is None:
+            return
+        if child.is_alive():
+            child.terminate()
+            child.join(JOIN_SECONDS)
+        if child.is_alive():
+            child.kill()
+        child.join(JOIN_SECONDS)
 
     def _child(self, send: Connection) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's handler raises; here SIGTERM just ends it

@@ -317,6 +317,8 @@ def make_plan(
                 assembler.convert(p, line_digest)
         writer.finish()
     finally:
+        if forked is not None:
+            forked.close()  # before its runs go: a failure here leaves no producer reading them
         sorter.store = store  # the runs are deleted by this process's client
         sorter.close()
     result = grouper.finish() if forked is None else forked.result
