@@ -72,7 +72,7 @@ class ChunkWriter:
     def add(self, sample: Sample, line: str | None = None) -> None:
         """Append a sample (`line`: its `encode_sample`, when the caller has it already)."""
         line = encode_sample(sample) if line is None else line
-        self.add_line(line, len(sample.files), sum(raw.size for _, raw in sample.files))
+        self.add_line(line, len(sample.files), sample.file_bytes())
 
     def add_line(self, line: str, members: int, nbytes: int) -> None:
         """Append a sample by its plan line, its number of member files and their sizes' sum."""

@@ -102,6 +102,10 @@ class Sample:
         """The value member `name`, if the sample has it."""
         return next((v for n, v in self.values if n == name), None)
 
+    def file_bytes(self) -> int:
+        """The sum of its member files' sizes."""
+        return sum(raw.size for _, raw in self.files)
+
 
 @dataclass(frozen=True, slots=True)
 class LabelTable:

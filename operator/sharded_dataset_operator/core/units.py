@@ -98,7 +98,7 @@ def planned(sample: Sample, with_order: bool, line: str | None = None) -> Planne
         sample.split,
         plan.encode_sample(sample) if line is None else line,
         len(sample.files),
-        sum(raw.size for _, raw in sample.files),
+        sample.file_bytes(),
         estimated_tar_bytes(sample, with_order),
     )
 
@@ -196,9 +196,8 @@ class UnitCutter:
     def add(self, sample: Sample, line: str | None = None, digest: int | None = None) -> list[Unit]:
         """Feed the next sample (`line`: its plan line, `digest`: that line's `line_digest`, when the caller has
         them); the units this closed, in order (a forced cut before it, a content cut after)."""
-        line = plan.encode_sample(sample) if line is None else line
-        nbytes = estimated_tar_bytes(sample, self.with_order)
-        return self.add_line(sample.key, line, line_digest(line) if digest is None else digest, nbytes)
+        p = planned(sample, self.with_order, line)
+        return self.add_line(p.key, p.line, line_digest(p.line) if digest is None else digest, p.tar_bytes)
 
     def add_line(self, key: str, line: str, digest: int, nbytes: int) -> list[Unit]:
         """`add` from the sample's key, plan line, its digest and `estimated_tar_bytes` (see `Planned`)."""

@@ -73,15 +73,16 @@ class ForkedPlanned(Generic[T]):
                     raise _exception(payload)
         finally:
             receive.close()
-            if done:
-                child.join(JOIN_SECONDS)
-            self.close()
+            self.close(wait=done)
 
-    def close(self) -> None:
-        """End the child if it still runs (the planner failed or stopped reading); safe to call again."""
+    def close(self, wait: bool = False) -> None:
+        """End the child if it still runs (the planner failed or stopped reading; `wait`: it has sent everything,
+        give it `JOIN_SECONDS` to exit first); safe to call again."""
         child = self._process
         if child is None:
             return
+        if wait:
+            child.join(JOIN_SECONDS)
         if child.is_alive():
             child.terminate()
             child.join(JOIN_SECONDS)

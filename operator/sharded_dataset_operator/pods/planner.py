@@ -291,14 +291,14 @@ def make_plan(
 
         def produce(client: Ais) -> Iterator[units.Planned]:
             """The judged samples in key order, read with `client` (this process's or the producer's)."""
-            sorter.store = AisRunStore(client, out["bucket"], out["provider"])
+            runs = AisRunStore(client, out["bucket"], out["provider"])
+            sorter.store = runs
             judged: Iterator[Sample] = (
                 s for g in groups_from_records(sorter.sorted(), grouper.names) if (s := grouper.judge(g))
             )
             shares = fraction_splits(config)
             if shares is not None:
                 before = previous_splits(client, out, splits_digest(config))
-                runs = AisRunStore(client, out["bucket"], out["provider"])
                 judged = assign_fractions(judged, shares, runs, base, sort_buffer_bytes, before)
             return (units.planned(s, with_order) for s in judged)
 

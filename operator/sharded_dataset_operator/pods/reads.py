@@ -76,7 +76,7 @@ def batches(samples: Iterable[Sample], plan: ReadPlan) -> Iterator[list[Sample]]
     objects = size = 0
     for s in samples:
         n = len(s.files)
-        b = sum(raw.size for _, raw in s.files)
+        b = s.file_bytes()
         if batch and (objects + n > plan.batch_objects or size + b > plan.batch_bytes):
             yield batch
             batch, objects, size = [], 0, 0
@@ -143,7 +143,7 @@ def read_samples(
                     if batch is None:
                         exhausted = True
                         break
-                    size = sum(raw.size for s in batch for _, raw in s.files)
+                    size = sum(s.file_bytes() for s in batch)
                     window.append((batch, size, pool.submit(_read_batch, read_many, batch, through)))
                     in_flight += size
                 if not window:
