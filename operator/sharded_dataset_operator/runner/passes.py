@@ -8,6 +8,8 @@ Runs in a worker thread (the kopf daemon awaits it), so everything here is plain
 from __future__ import annotations
 
 import functools
+import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +41,32 @@ from sharded_dataset_operator.runner.metrics import METRICS
 from sharded_dataset_operator.runner.objcache import LimitExceeded, ObjectUnreadable
 from sharded_dataset_operator.runner.observation import observe, read_published, tally_output
 from sharded_dataset_operator.runner.settings import SETTINGS, Settings
+
+log = logging.getLogger("sds.operator")
+
+SLOW_PASS_SECONDS = 2.0
+"""A pass that takes longer is logged with where its time went (observing, each output listing, deciding,
+the actions)."""
+
+
+class PassClock:
+    """Seconds spent in the named parts of one pass, in order."""
+
+    def __init__(self) -> None:
+        self.started = self._last = time.monotonic()
+        self.parts: list[tuple[str, float]] = []
+
+    def lap(self, part: str) -> None:
+        now = time.monotonic()
+        self.parts.append((part, now - self._last))
+        self._last = now
+
+    def summary(self) -> str | None:
+        """The breakdown, when the pass was slow."""
+        total = time.monotonic() - self.started
+        if total < SLOW_PASS_SECONDS:
+            return None
+        return f"pass took {total:.1f} s: " + ", ".join(f"{part} {sec:.1f} s" for part, sec in self.parts)
 
 
 @dataclass(slots=True)
@@ -115,6 +143,7 @@ def is_settled(obj: dict[str, Any]) -> bool:
 
 
 def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
+    clock = PassClock()
     obj = kube.get_dataset(namespace, name)
     if obj is None:
         METRICS.forget(namespace, name)
@@ -131,6 +160,7 @@ def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
         spec = parse_spec(obj.get("spec") or {}, name=owner.name, default_endpoint=settings.ais_endpoint)
     except (SpecError, KeyError, TypeError, ValueError) as e:
         return _fail_invalid(owner, previous, f"invalid spec: {e}", now)
+    clock.lap("reading the resource")
     defaults = ConverterDefaults(
         image=settings.converter_image,
         image_pull_policy=settings.converter_pull_policy,
@@ -160,6 +190,7 @@ def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
         )
         owner = owner_of(obj, refresh)
         obs = observe(ais, spec, owner, previous, dsort)
+        clock.lap("observing")
         obs.retry_request = annotations.get(failures.RETRY_ANNOTATION)
         obs.approval = annotations.get(guard.APPROVE_ANNOTATION)
         decision = decide(spec, owner, obs, defaults, now)
@@ -167,9 +198,12 @@ def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
         for _ in range(len(spec.splits.names) if spec.splits else 1):  # one output (listing) per split
             if not decision.need_output:
                 break
+            clock.lap("deciding")
             tally = tally_output(ais, bucket.name, bucket.provider, decision.output_prefix, decision.output_only)
+            clock.lap(f"listing {decision.output_prefix}")
             obs.output = obs.outputs[decision.output_key] = tally
             decision = decide(spec, owner, obs, defaults, now)
+        clock.lap("deciding")
         if decision.record_first is not None:  # where this pass writes, and the attempts it starts, known first
             kube.patch_status(namespace, name, decision.record_first)
         mark = functools.partial(kube.annotate_dataset, namespace, name, failpoints.FIRED_ANNOTATION)
@@ -177,6 +211,7 @@ def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
             ais, decision, owner, failpoints.for_dataset(settings.failpoints, annotations, mark), dsort, spec
         )
         decision = after_actions(decision, outcomes)
+        clock.lap(f"{len(outcomes)} actions")
     except kube.SecretNotAllowed as e:
         return _transient(owner, previous, "SecretNotAllowed", str(e), now, settings.stall_after, stalled=True)
     except LookupError as e:  # token Secret missing
@@ -204,6 +239,10 @@ def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
         status["outage"] = None  # AIS answered: the outage is over (a merge patch removes the field)
     if any(previous.get(k) != v for k, v in status.items()):  # unchanged: no write to the API server
         kube.patch_status(namespace, name, status)
+    clock.lap("status")
+    slow = clock.summary()
+    if slow is not None:
+        log.info("%s/%s: %s", namespace, name, slow)
     METRICS.passed(previous, status, decision.events)
     METRICS.seen(namespace, name, status)
     requeue, events = decision.requeue, decision.events
