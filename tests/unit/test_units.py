@@ -6,8 +6,9 @@ import random
 
 import pytest
 
+from sharded_dataset_operator.core import plan
 from sharded_dataset_operator.core.samples import RawFile, Sample
-from sharded_dataset_operator.core.units import UnitCutter, assigned, estimated_tar_bytes, layout_digest
+from sharded_dataset_operator.core.units import UnitCutter, assigned, estimated_tar_bytes, layout_digest, planned
 
 LAYOUT = "layout"
 
@@ -114,3 +115,19 @@ def test_workers_share_the_units_to_convert_evenly() -> None:
     shares = [assigned(10, 3, i) for i in range(3)]
     assert shares == [(0, 3), (3, 6), (6, 10)]
     assert [assigned(2, 2, i) for i in range(2)] == [(0, 1), (1, 2)]
+
+
+@pytest.mark.parametrize("with_order", [False, True])
+def test_a_planned_sample_carries_its_line_member_count_bytes_and_tar_size(with_order: bool) -> None:
+    rng = random.Random(7)
+    for i in range(200):
+        files = tuple(
+            sorted((f"m{j}.bin", RawFile(f"d/k{i}.{j}", rng.choice([0, 1, 511, 512, 513, rng.randrange(10**6)])))
+                   for j in range(rng.randrange(1, 4)))
+        )  # fmt: skip
+        values = tuple((f"v{j}", "é" * rng.randrange(0, 600)) for j in range(rng.randrange(0, 3)))
+        s = Sample(key=f"k{i}", files=files, values=values, split=rng.choice([None, "train"]))
+        p = planned(s, with_order)
+        assert (p.key, p.split, p.line) == (s.key, s.split, plan.encode_sample(s))
+        assert (p.members, p.bytes) == (len(files), s.file_bytes())
+        assert p.tar_bytes == estimated_tar_bytes(s, with_order)

@@ -3,6 +3,7 @@ once), counted exactly as one listing of the whole prefix would count them; what
 
 from __future__ import annotations
 
+import random
 import threading
 from typing import Any
 
@@ -148,3 +149,31 @@ def test_more_shards_than_the_operator_counts_stop_the_listing_before_any_member
         tally_output(ais, "b", "ais", PREFIX)  # type: ignore[arg-type]
     assert ais.read == 4  # the listing was left at the first shard too many, not read to its end
     assert ais.archive_listings == []
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_adding_a_shards_members_at_once_counts_what_adding_each_entry_counts(seed: int) -> None:
+    rng = random.Random(seed)
+    one, batched = OutputTally(PREFIX), OutputTally(PREFIX)
+    for s in range(3):
+        shard = f"{PREFIX}{s:06d}.tar"
+        members = sorted(
+            (f"k{rng.randrange(40):03d}.{rng.choice(['cls', 'jpg', 'json'])}", rng.randrange(10_000))
+            for _ in range(rng.randrange(1, 30))
+        )
+        for tally in (one, batched):
+            tally.add(shard, 512, None)
+        for name, size in members:
+            one.add(f"{shard}/{name}", size)
+        cut = rng.randrange(len(members) + 1)  # in two pages: a sample may span them
+        batched.add_members(shard, iter(members[:cut]))
+        batched.add_members(shard, iter(members[cut:]))
+    assert batched.shards == one.shards and batched.totals == one.totals
+    assert batched.samples == one.samples > 0 and not batched.problems
+
+
+def test_members_added_before_their_shard_are_a_problem_as_entries_are() -> None:
+    tally = OutputTally(PREFIX)
+    tally.add_members(f"{PREFIX}000000.tar", iter([("k1.cls", 1)]))
+    assert tally.problems == [f"member {PREFIX}000000.tar/k1.cls listed outside its shard"]
+    assert tally.totals.members == 0

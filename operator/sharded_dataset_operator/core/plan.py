@@ -33,7 +33,10 @@ def encode_sample(sample: Sample) -> str:
     built from strings (`compactjson.string`), which takes a third of the encoder's time."""
     q = string
     files = ",".join(
-        f"[{q(name)},{q(raw.path)},{int(raw.size)}{',' + q(raw.tag) if raw.tag else ''}]" for name, raw in sample.files
+        [
+            f"[{q(name)},{q(raw.path)},{int(raw.size)}{',' + q(raw.tag) if raw.tag else ''}]"
+            for name, raw in sample.files
+        ]
     )
     values = ",".join(f"{q(name)}:{q(value)}" for name, value in sample.values) if sample.values else ""
     split = "" if sample.split is None else "," + q(sample.split)

@@ -92,15 +92,19 @@ class Planned(NamedTuple):
 
 
 def planned(sample: Sample, with_order: bool, line: str | None = None) -> Planned:
-    """The sample's `Planned` (`line`: its `plan.encode_sample`, when the caller has it already)."""
-    return Planned(
-        sample.key,
-        sample.split,
-        plan.encode_sample(sample) if line is None else line,
-        len(sample.files),
-        sample.file_bytes(),
-        estimated_tar_bytes(sample, with_order),
-    )
+    """The sample's `Planned` (`line`: its `plan.encode_sample`, when the caller has it already); its sizes
+    summed in one loop (what `Sample.file_bytes` and `estimated_tar_bytes` give: the planner's producer makes
+    one per sample)."""
+    nbytes = 0
+    tar_bytes = _tar_bytes(19) if with_order else 0
+    for _, raw in sample.files:
+        size = raw.size
+        nbytes += size
+        tar_bytes += TAR_BLOCK - (-size // TAR_BLOCK) * TAR_BLOCK
+    for _, value in sample.values:
+        tar_bytes += _tar_bytes(len(value.encode()))
+    line = plan.encode_sample(sample) if line is None else line
+    return Planned(sample.key, sample.split, line, len(sample.files), nbytes, tar_bytes)
 
 
 def _unit_float(key: str) -> float:

@@ -4,6 +4,8 @@ decided here."""
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -261,13 +263,26 @@ def tally_output(ais: Ais, bucket: str, provider: str, prefix: str, only: frozen
 
     def one_shard(name: str) -> OutputTally:
         part = OutputTally(name)
-        members = name + "/"
+        inside = name + "/"
+        cut = len(inside)
+
+        def shard(e: Any) -> None:
+            value = str(e.checksum or "")
+            part.add(name, int(e.size or 0), {"type": checksum_type, "value": value} if value else None)
+
+        def members(entries: Iterable[Any]) -> Iterator[tuple[str, int]]:
+            for e in entries:
+                if e.name.startswith(inside):
+                    yield e.name[cut:], e.size or 0
+                elif e.name == name:
+                    shard(e)  # listed twice: the check below fails
+
         for page in ais.list_pages(bucket, provider, name, props="name,size,checksum", archives=True):
-            for e in page:
-                entry = str(e.name)
-                if entry == name or entry.startswith(members):
-                    value = str(e.checksum or "")
-                    part.add(entry, int(e.size or 0), {"type": checksum_type, "value": value} if value else None)
+            first = 0
+            if page and page[0].name == name:  # the shard itself, which sorts before its members
+                shard(page[0])
+                first = 1
+            part.add_members(name, members(itertools.islice(page, first, None)))
         if [s.name for s in part.shards] != [name]:
             raise ListingError(f"the archive listing of {provider}://{bucket}/{name} does not show the shard")
         return part
