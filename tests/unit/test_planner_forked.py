@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from sds_tools import exampledata, layouts
 from sharded_dataset_operator.core.units import Planned
 from sharded_dataset_operator.pods.common import PermanentError
 from sharded_dataset_operator.pods.converter import convert
-from sharded_dataset_operator.pods.forked import BATCH, ForkedPlanned, ProducerFailed
+from sharded_dataset_operator.pods.forked import BATCH, Forked, ProducerFailed
 from sharded_dataset_operator.pods.planner import make_plan
 from sharded_dataset_operator.pods.sources import VolumeSource
 
@@ -100,8 +100,13 @@ def _planned(n: int) -> Iterator[Planned]:
         yield Planned(f"k{i:06d}", None if i % 2 else "train", f'["k{i:06d}"]', 1, i, 1024 + i)
 
 
+def _tuples(produce: Callable[[], Iterator[Planned]]) -> Callable[[], Iterator[tuple[Any, ...]]]:
+    """The producer's items as they cross: plain tuples (made `Planned` again on the planner's side)."""
+    return lambda: (tuple(p) for p in produce())
+
+
 def test_every_sample_arrives_in_order_then_the_producers_result() -> None:
-    forked = ForkedPlanned(lambda: _planned(3 * BATCH + 5), lambda: {"judged": 3 * BATCH + 5})
+    forked = Forked(_tuples(lambda: _planned(3 * BATCH + 5)), Planned._make, lambda: {"judged": 3 * BATCH + 5})
     assert list(forked) == list(_planned(3 * BATCH + 5))
     assert forked.result == {"judged": 3 * BATCH + 5}
 
@@ -113,7 +118,7 @@ def test_the_producers_exception_is_raised_again_with_its_type_and_message() -> 
 
     got: list[Planned] = []
     with pytest.raises(PermanentError, match="no column 'score'"):
-        for p in ForkedPlanned(produce, lambda: None):
+        for p in Forked(_tuples(produce), Planned._make, lambda: None):
             got.append(p)
     assert len(got) == BATCH  # the full batch before the failure; the one in progress is lost with the plan
 
@@ -129,7 +134,7 @@ def test_an_exception_that_does_not_survive_pickling_is_raised_as_its_text() -> 
         yield  # pragma: no cover
 
     with pytest.raises(ProducerFailed, match=r"_Odd: odd 1 2"):
-        list(ForkedPlanned(produce, lambda: None))
+        list(Forked(_tuples(produce), Planned._make, lambda: None))
 
 
 def test_a_producer_that_dies_fails_the_plan_with_its_exit_code() -> None:
@@ -138,11 +143,11 @@ def test_a_producer_that_dies_fails_the_plan_with_its_exit_code() -> None:
         os._exit(3)
 
     with pytest.raises(RuntimeError, match=r"ended without finishing \(exit code 3\)"):
-        list(ForkedPlanned(produce, lambda: None))
+        list(Forked(_tuples(produce), Planned._make, lambda: None))
 
 
 def test_a_planner_that_stops_reading_ends_the_producer() -> None:
-    forked = ForkedPlanned(lambda: _planned(100 * BATCH), lambda: None)
+    forked = Forked(_tuples(lambda: _planned(100 * BATCH)), Planned._make, lambda: None)
     stream = iter(forked)
     next(stream)
     assert forked.pid is not None

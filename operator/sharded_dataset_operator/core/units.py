@@ -81,7 +81,8 @@ def estimated_tar_bytes(sample: Sample, with_order: bool) -> int:
 
 class Planned(NamedTuple):
     """A judged sample as the plan's writers and the unit cutter need it: its plan line and the figures taken
-    from the sample (what the planner's sample producer hands over instead of the sample, `pods/forked.py`)."""
+    from the sample (made by the planner from the `plan.SampleParts` its producer process hands over,
+    `pods/forked.py`)."""
 
     key: str
     split: str | None
@@ -92,19 +93,23 @@ class Planned(NamedTuple):
 
 
 def planned(sample: Sample, with_order: bool, line: str | None = None) -> Planned:
-    """The sample's `Planned` (`line`: its `plan.encode_sample`, when the caller has it already); its sizes
-    summed in one loop (what `Sample.file_bytes` and `estimated_tar_bytes` give: the planner's producer makes
-    one per sample)."""
+    """The sample's `Planned` (`line`: its `plan.encode_sample`, when the caller has it already)."""
+    return planned_parts(plan.sample_parts(sample), with_order, line)
+
+
+def planned_parts(parts: plan.SampleParts, with_order: bool, line: str | None = None) -> Planned:
+    """`planned` of a sample given as `plan.SampleParts`; its sizes summed in one loop (what
+    `Sample.file_bytes` and `estimated_tar_bytes` give)."""
+    key, files, values, split = parts
     nbytes = 0
     tar_bytes = _tar_bytes(19) if with_order else 0
-    for _, raw in sample.files:
-        size = raw.size
+    for _, _, size, _ in files:
         nbytes += size
         tar_bytes += TAR_BLOCK - (-size // TAR_BLOCK) * TAR_BLOCK
-    for _, value in sample.values:
+    for _, value in values:
         tar_bytes += _tar_bytes(len(value.encode()))
-    line = plan.encode_sample(sample) if line is None else line
-    return Planned(sample.key, sample.split, line, len(sample.files), nbytes, tar_bytes)
+    line = plan.encode_parts(parts) if line is None else line
+    return Planned(key, split, line, len(files), nbytes, tar_bytes)
 
 
 def _unit_float(key: str) -> float:

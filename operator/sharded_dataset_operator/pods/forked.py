@@ -1,12 +1,14 @@
 """The planner's second process: the sorted records merged, grouped and judged in a forked child, whose
-`Planned` samples stream back through a pipe while the planner writes the plan, the units and the membership.
+samples stream back through a pipe while the planner encodes them and writes the plan, the units and the
+membership.
 
-Both halves are single-threaded Python (a plan line costs ~27 µs at ImageNet's count, about two fifths of it
-in merging, grouping and judging); on two cores the child takes that part off the writer's. The child reads
-only (the sorted runs; a fraction split's own sort runs are its own), with a client of its own: connections
-are never shared across processes. Samples cross in batches of plain tuples (a named tuple pickles ~20x
-slower). The child's failure is the planner's: its exception is raised again here, with its type when it
-pickles; a child that dies without a word is a RuntimeError.
+Both halves are single-threaded Python; on two cores each takes about half of a plan line's cost (ImageNet at
+1/4: the child merging, grouping and judging, the planner encoding the line, its digest and the writers). The
+child reads only (the sorted runs; a fraction split's own sort runs are its own), with a client of its own:
+connections are never shared across processes. Items cross in batches of plain tuples (a named tuple pickles
+~20x slower) and become what the planner needs on this side (`convert`). The child's failure is the
+planner's: its exception is raised again here, with its type when it pickles; a child that dies without a
+word is a RuntimeError.
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import Connection
 from typing import Any, Generic, TypeVar
 
-from sharded_dataset_operator.core.units import Planned
-
 BATCH = 1024
 """Samples per message (~110 KiB of plan lines at ImageNet's)."""
 JOIN_SECONDS = 10.0
 
 _SAMPLES, _DONE, _ERROR = "samples", "done", "error"
+Item = TypeVar("Item")
+Out = TypeVar("Out")
 T = TypeVar("T")
 
 
@@ -33,17 +35,19 @@ class ProducerFailed(RuntimeError):
     """The producer failed with an exception that could not be sent back as itself."""
 
 
-class ForkedPlanned(Generic[T]):
-    """Iterate the `Planned` samples `produce()` yields in a forked child; once they are all through,
-    `result` holds what `finish()` returned in the child (called after the last sample)."""
+class Forked(Generic[Item, Out, T]):
+    """Iterate `convert(item)` of each item `produce()` yields in a forked child (plain tuples); once they are all
+    through, `result` holds what `finish()` returned in the child (called after the last item)."""
 
-    def __init__(self, produce: Callable[[], Iterable[Planned]], finish: Callable[[], T]) -> None:
-        self._produce, self._finish = produce, finish
+    def __init__(
+        self, produce: Callable[[], Iterable[Item]], convert: Callable[[Item], Out], finish: Callable[[], T]
+    ) -> None:
+        self._produce, self._convert, self._finish = produce, convert, finish
         self.result: T | None = None
         self.pid: int | None = None
         self._process: Any = None
 
-    def __iter__(self) -> Iterator[Planned]:
+    def __iter__(self) -> Iterator[Out]:
         ctx = multiprocessing.get_context("fork")
         receive, send = ctx.Pipe(duplex=False)
         child = ctx.Process(target=self._child, args=(send,), name="plan-producer", daemon=True)
@@ -63,8 +67,9 @@ class ForkedPlanned(Generic[T]):
                     ) from None
                 kind, payload = pickle.loads(data)
                 if kind == _SAMPLES:
+                    convert = self._convert
                     for item in payload:
-                        yield Planned._make(item)
+                        yield convert(item)
                 elif kind == _DONE:
                     self.result = payload
                     done = True
@@ -93,9 +98,9 @@ class ForkedPlanned(Generic[T]):
     def _child(self, send: Connection) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's handler raises; here SIGTERM just ends it
         try:
-            batch: list[tuple[Any, ...]] = []
+            batch: list[Item] = []
             for item in self._produce():
-                batch.append(tuple(item))
+                batch.append(item)
                 if len(batch) >= BATCH:
                     send.send_bytes(pickle.dumps((_SAMPLES, batch), pickle.HIGHEST_PROTOCOL))
                     batch = []

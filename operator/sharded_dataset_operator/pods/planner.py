@@ -55,7 +55,7 @@ from sharded_dataset_operator.pods.assembly import (
     reusable_units,
 )
 from sharded_dataset_operator.pods.common import PermanentError, SourceMissing, make_source, run_main
-from sharded_dataset_operator.pods.forked import ForkedPlanned
+from sharded_dataset_operator.pods.forked import Forked
 from sharded_dataset_operator.pods.metadata import MetadataError, table_records
 from sharded_dataset_operator.pods.sources import Source, SourceError
 
@@ -241,7 +241,7 @@ def make_plan(
         if walk is not None
         else Assembler(ais, out, config, layout, known, bool(config.get("splits")), chunk_samples)
     )
-    forked: ForkedPlanned[GroupResult] | None = None
+    forked: Forked[plan.SampleParts, units.Planned, GroupResult] | None = None
     try:
         try:
             for raw in source.files():
@@ -289,7 +289,7 @@ def make_plan(
         writer = plan.ChunkWriter(put, base, chunk_samples)
         with_order = config.get("orderSeed") is not None
 
-        def produce(client: Ais) -> Iterator[units.Planned]:
+        def produce(client: Ais) -> Iterator[plan.SampleParts]:
             """The judged samples in key order, read with `client` (this process's or the producer's)."""
             runs = AisRunStore(client, out["bucket"], out["provider"])
             sorter.store = runs
@@ -300,11 +300,14 @@ def make_plan(
             if shares is not None:
                 before = previous_splits(client, out, splits_digest(config))
                 judged = assign_fractions(judged, shares, runs, base, sort_buffer_bytes, before)
-            return (units.planned(s, with_order) for s in judged)
+            return (plan.sample_parts(s) for s in judged)
+
+        def planned(parts: plan.SampleParts) -> units.Planned:
+            return units.planned_parts(parts, with_order)
 
         if reader is not None:
-            forked = ForkedPlanned(lambda: produce(reader()), grouper.finish)
-        for p in produce(ais) if forked is None else forked:
+            forked = Forked(lambda: produce(reader()), planned, grouper.finish)
+        for p in map(planned, produce(ais)) if forked is None else forked:
             writer.add_line(p.line, p.members, p.bytes)
             line_digest = units.line_digest(p.line)
             fingerprint = (fingerprint + line_digest) % units.FINGERPRINT_MOD
