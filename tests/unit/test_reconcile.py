@@ -142,11 +142,6 @@ def verify_twice(s: Any, obs: Observed) -> actions.Decision:
     assert first.status.reason == "VerificationRetrying" and first.actions == [], first.status.message
     assert first.requeue == 20.0
     obs.previous = first.status.to_dict([], NOW)
-    listed, by_split = obs.output, obs.outputs
-    obs.output, obs.outputs = None, {}
-    again = decide(s, OWNER, obs, DEFAULTS, NOW)  # the second look lists every shard's members again
-    assert again.need_output and again.output_fresh
-    obs.output, obs.outputs = listed, by_split
     return decide(s, OWNER, obs, DEFAULTS, NOW)
 
 

@@ -84,24 +84,6 @@ def test_each_split_is_shuffled_by_a_dsort_of_its_own_one_after_the_other() -> N
     assert start["description"] == f"sds:ml/pets:{TAG}:g3:s-test:a1"
     assert start["input_format"]["objnames"] == [f"{POOL}t{2:015d}-00.tar"]
     assert "test" in d.status.message
-    assert d.count_ahead == [f"shuffled-trainval-{TAG}-g3-a1-"]  # counted while test shuffles
-
-
-def test_a_finished_splits_output_is_counted_ahead_only_while_another_split_shuffles() -> None:
-    first = decide(split_spec(), OWNER, converted(), DEFAULTS, NOW)
-    assert first.count_ahead == []  # nothing shuffled yet
-    obs = converted(split_attempts={"trainval": {1: job("trainval")}, "test": {1: job("test", finished=False)}})
-    obs.previous = first.status.to_dict([], NOW)
-    d = decide(split_spec(), OWNER, obs, DEFAULTS, NOW)
-    assert d.status.phase == Phase.SHUFFLING and d.count_ahead == [f"shuffled-trainval-{TAG}-g3-a1-"]
-    failed = job("test", aborted=True, errors=["invalid input format"])  # permanent: the version fails
-    obs = converted(split_attempts={"trainval": {1: job("trainval")}, "test": {1: failed}})
-    obs.previous = d.status.to_dict([], NOW)
-    d = decide(split_spec(), OWNER, obs, DEFAULTS, NOW)
-    assert d.count_ahead == []
-    obs = converted(split_attempts={"trainval": {1: job("trainval")}, "test": {1: job("test")}})
-    d = decide(split_spec(), OWNER, obs, DEFAULTS, NOW)
-    assert d.need_output and d.count_ahead == [] and not d.output_fresh  # verifying: the pass lists what it needs
 
 
 def test_every_split_is_verified_and_indexed_and_the_split_stable_indexes_follow_the_switch() -> None:

@@ -192,8 +192,6 @@ class Decision:
     output_prefix: str = ""
     output_only: frozenset[str] | None = None
     output_key: str = ""  # the split whose output it is (`Observed.outputs` key): splits may share a prefix
-    output_fresh: bool = False  # list every shard's members again (a verification retry), none from earlier passes
-    count_ahead: list[str] = field(default_factory=list)  # finished outputs the pass may count while others shuffle
     record_first: dict[str, Any] | None = None  # status fields to write before carrying out the actions
     requeue: float | None = ACTIVE_REQUEUE
 

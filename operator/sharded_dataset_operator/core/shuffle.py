@@ -12,7 +12,6 @@ from sharded_dataset_operator.core.observed import Track
 from sharded_dataset_operator.core.state import Pass, building_version, seconds_since
 from sharded_dataset_operator.core.status import SHUFFLED, Phase, StepState
 from sharded_dataset_operator.core.times import epoch
-from sharded_dataset_operator.core.verification import verification_prefix
 
 SHUFFLE_KEYS = ("version", "attempt", "dsortJobId", "startedAt", "outputTemplate", "finished", "copyOnly")  # a split's
 REBALANCE_POLL = 5.0  # seconds between looks while a dSort attempt waits for AIS's rebalance to end
@@ -23,17 +22,10 @@ def step(p: Pass) -> Decision | None:
     are the cluster's weather and the budget lasts."""
     if p.spec.shuffle is None:
         return None
-    finished: list[str] = []
     for track in p.tracks:
         decision = _shuffle_track(p, track)
         if decision is not None:
-            # the splits shuffled already can be counted while this one shuffles (their dSort output is final):
-            # the verification that follows the last dSort then lists only the shards not counted yet
-            decision.count_ahead = finished if decision.status.phase == Phase.SHUFFLING else []
             return decision
-        if track.split is not None:
-            attempt = ((p.st.splits or {}).get(track.split) or {}).get("shuffle", {}).get("attempt")
-            finished.append(verification_prefix(p.spec, p.owner, attempt, track.split))
     return None
 
 

@@ -34,7 +34,6 @@ def step(p: Pass) -> Decision:
             p.decision.need_output = True
             p.decision.output_prefix = verify_prefix
             p.decision.output_key = track.split or ""
-            p.decision.output_fresh = condition_reason(p.prev, VERIFIED) == "VerificationRetrying"
             if spec.shuffle is None:  # the version's own converted shards, among other versions' in the pool
                 p.decision.output_only = frozenset(track.shards)
             st.steps[VERIFIED] = StepState(False, "Verifying")

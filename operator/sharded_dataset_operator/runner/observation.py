@@ -5,8 +5,6 @@ decided here."""
 from __future__ import annotations
 
 import itertools
-import threading
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -245,79 +243,25 @@ archive listing of the whole prefix 13.0 s, one per shard 5.9 s with 2 at once a
 CPU 2.2 s in every case: AIS producing the pages is the limit."""
 
 
-class ShardTallies:
-    """Shards counted by earlier passes, by (endpoint, bucket, provider, name, size, checksum): an object listed
-    with the same size and content checksum holds the same members. Bounded (least recently used out first),
-    shared by the passes' threads; a shard listed without a checksum is never kept."""
-
-    def __init__(self, limit: int = 20_000) -> None:
-        self.limit = limit
-        self._parts: OrderedDict[tuple[str, ...], OutputTally] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[str, ...]) -> OutputTally | None:
-        with self._lock:
-            part = self._parts.get(key)
-            if part is not None:
-                self._parts.move_to_end(key)
-            return part
-
-    def put(self, key: tuple[str, ...], part: OutputTally) -> None:
-        with self._lock:
-            self._parts[key] = part
-            self._parts.move_to_end(key)
-            while len(self._parts) > self.limit:
-                self._parts.popitem(last=False)
-
-
-SHARD_TALLIES = ShardTallies()
-
-
-def tally_output(
-    ais: Ais,
-    bucket: str,
-    provider: str,
-    prefix: str,
-    only: frozenset[str] | None = None,
-    tallies: ShardTallies | None = None,
-    fresh: bool = False,
-) -> OutputTally:
+def tally_output(ais: Ais, bucket: str, provider: str, prefix: str, only: frozenset[str] | None = None) -> OutputTally:
     """Count the output shards under `prefix` from AIS's archive listing into per-shard counters (never a list of
     members): the shards from a plain listing, then each shard's members from an archive listing of that shard
     alone, `VERIFY_LISTING_THREADS` at once, counted in name order.
 
     `only`: the shards to count among others under the prefix (a version's converted shards, without shuffle).
-    `tallies`: shards counted before (same name, size and checksum) are not listed again, unless `fresh`;
-    every shard counted here is kept there. A shard whose own listing does not show it (deleted in between)
-    fails the listing, never counts as empty.
+    A shard whose own listing does not show it (deleted in between) fails the listing, never counts as empty.
     """
     names: list[str] = []
-    identity: dict[str, tuple[str, ...]] = {}
-    for page in ais.list_pages(bucket, provider, prefix, props="name,size,checksum"):
-        for e in page:
-            name = str(e.name)
-            if name.endswith(".tar") and (only is None or name in only):
-                names.append(name)
-                if e.checksum:
-                    identity[name] = (ais.endpoint, bucket, provider, name, str(e.size or 0), str(e.checksum))
-                if len(names) > objcache.MAX_LISTED:  # stop listing: a tenant's prefix must not fill our memory
-                    raise LimitExceeded(
-                        f"more than {objcache.MAX_LISTED} output shards under {provider}://{bucket}/{prefix}"
-                    )
+    for e in ais.list_objects(bucket, provider, prefix):
+        if e.name.endswith(".tar") and (only is None or e.name in only):
+            names.append(e.name)
+            if len(names) > objcache.MAX_LISTED:  # stop listing: a tenant's prefix must not fill our memory
+                raise LimitExceeded(
+                    f"more than {objcache.MAX_LISTED} output shards under {provider}://{bucket}/{prefix}"
+                )
     checksum_type = ais.checksum_type(bucket, provider)
 
     def one_shard(name: str) -> OutputTally:
-        key = identity.get(name)
-        if tallies is not None and key is not None and not fresh:
-            known = tallies.get(key)
-            if known is not None:
-                return known
-        part = _list_shard(name)
-        if tallies is not None and key is not None and not part.problems:
-            tallies.put(key, part)
-        return part
-
-    def _list_shard(name: str) -> OutputTally:
         part = OutputTally(name)
         inside = name + "/"
         cut = len(inside)
@@ -346,7 +290,7 @@ def tally_output(
     tally = OutputTally(prefix, only)
     with ThreadPoolExecutor(max(1, min(VERIFY_LISTING_THREADS, len(names))), thread_name_prefix="verify") as pool:
         for part in pool.map(one_shard, names):
-            tally.merge(part)  # shares the part's shard counters: nothing changes them after counting
+            tally.merge(part)
     counted = ais.object_count(bucket, provider, prefix)  # a second look: a listing cut short by a target down
     if (counted != len(tally.shards)) if only is None else (counted < len(tally.shards)):
         raise ListingError(

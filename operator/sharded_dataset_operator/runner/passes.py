@@ -39,7 +39,7 @@ from sharded_dataset_operator.runner import failpoints, scheduled
 from sharded_dataset_operator.runner.executor import OutputConflict, execute
 from sharded_dataset_operator.runner.metrics import METRICS
 from sharded_dataset_operator.runner.objcache import LimitExceeded, ObjectUnreadable
-from sharded_dataset_operator.runner.observation import SHARD_TALLIES, observe, read_published, tally_output
+from sharded_dataset_operator.runner.observation import observe, read_published, tally_output
 from sharded_dataset_operator.runner.settings import SETTINGS, Settings
 
 log = logging.getLogger("sds.operator")
@@ -199,15 +199,7 @@ def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
             if not decision.need_output:
                 break
             clock.lap("deciding")
-            tally = tally_output(
-                ais,
-                bucket.name,
-                bucket.provider,
-                decision.output_prefix,
-                decision.output_only,
-                tallies=SHARD_TALLIES,
-                fresh=decision.output_fresh,
-            )
+            tally = tally_output(ais, bucket.name, bucket.provider, decision.output_prefix, decision.output_only)
             clock.lap(f"listing {decision.output_prefix}")
             obs.output = obs.outputs[decision.output_key] = tally
             decision = decide(spec, owner, obs, defaults, now)
@@ -248,9 +240,6 @@ def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
     if any(previous.get(k) != v for k, v in status.items()):  # unchanged: no write to the API server
         kube.patch_status(namespace, name, status)
     clock.lap("status")
-    if decision.count_ahead:
-        _count_ahead(ais, spec, decision.count_ahead)
-        clock.lap("counting finished outputs ahead")
     slow = clock.summary()
     if slow is not None:
         log.info("%s/%s: %s", namespace, name, slow)
@@ -270,18 +259,6 @@ def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
         if wait is not None and wait < settings.idle_interval:
             requeue = max(wait, 1.0) if requeue is None else min(requeue, max(wait, 1.0))
     return PassResult(requeue=requeue, events=events)
-
-
-def _count_ahead(ais: Ais, spec: DatasetSpec, prefixes: list[str]) -> None:
-    """Count the finished outputs the decision names while another output shuffles (after this pass's status is
-    written): the verification after the last dSort then lists only what is not counted yet. What cannot be
-    counted now is simply counted then."""
-    bucket = spec.shuffle.output_bucket if spec.shuffle else spec.output.bucket
-    for prefix in prefixes:
-        try:
-            tally_output(ais, bucket.name, bucket.provider, prefix, tallies=SHARD_TALLIES)
-        except (AisUnavailable, AccessDenied, BucketNotFound, ListingError, LimitExceeded) as e:
-            log.info("counting %s ahead of verification: %s (counted at verification instead)", prefix, e)
 
 
 def _settled(obj: dict[str, Any], settings: Settings) -> PassResult:
