@@ -72,11 +72,20 @@ def _tar_bytes(size: int) -> int:
 
 def estimated_tar_bytes(sample: Sample, with_order: bool) -> int:
     """The sample's size in a converted shard before any transform: one header and padded data per member."""
-    total = sum(_tar_bytes(raw.size) for _, raw in sample.files)
-    total += sum(_tar_bytes(len(value.encode())) for _, value in sample.values)
-    if with_order:
-        total += _tar_bytes(19)
-    return total
+    return _sizes(plan.sample_parts(sample), with_order)[1]
+
+
+def _sizes(parts: plan.SampleParts, with_order: bool) -> tuple[int, int]:
+    """(the member files' sizes summed, `estimated_tar_bytes`), in one loop over the files."""
+    _, files, values, _ = parts
+    nbytes = 0
+    tar_bytes = _tar_bytes(19) if with_order else 0
+    for _, _, size, _ in files:
+        nbytes += size
+        tar_bytes += _tar_bytes(size)
+    for _, value in values:
+        tar_bytes += _tar_bytes(len(value.encode()))
+    return nbytes, tar_bytes
 
 
 class Planned(NamedTuple):
@@ -98,18 +107,10 @@ def planned(sample: Sample, with_order: bool, line: str | None = None) -> Planne
 
 
 def planned_parts(parts: plan.SampleParts, with_order: bool, line: str | None = None) -> Planned:
-    """`planned` of a sample given as `plan.SampleParts`; its sizes summed in one loop (what
-    `Sample.file_bytes` and `estimated_tar_bytes` give)."""
-    key, files, values, split = parts
-    nbytes = 0
-    tar_bytes = _tar_bytes(19) if with_order else 0
-    for _, _, size, _ in files:
-        nbytes += size
-        tar_bytes += TAR_BLOCK - (-size // TAR_BLOCK) * TAR_BLOCK
-    for _, value in values:
-        tar_bytes += _tar_bytes(len(value.encode()))
+    """`planned` of a sample given as `plan.SampleParts`."""
+    nbytes, tar_bytes = _sizes(parts, with_order)
     line = plan.encode_parts(parts) if line is None else line
-    return Planned(key, split, line, len(files), nbytes, tar_bytes)
+    return Planned(parts[0], parts[3], line, len(parts[1]), nbytes, tar_bytes)
 
 
 def _unit_float(key: str) -> float:

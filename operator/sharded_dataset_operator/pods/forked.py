@@ -22,7 +22,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Generic, TypeVar
 
 BATCH = 1024
-"""Samples per message (~110 KiB of plan lines at ImageNet's)."""
+"""Items per message."""
 JOIN_SECONDS = 10.0
 
 _SAMPLES, _DONE, _ERROR = "samples", "done", "error"
