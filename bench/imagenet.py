@@ -203,19 +203,32 @@ def record_bytes(endpoint: str, base: str) -> Result:
 
 
 def verification_listing(endpoint: str, prefixes: list[str]) -> Result:
-    """The operator's verification listing (`observation.tally_output`: AIS's archive listing, streamed into
-    per-shard counters) over the published output (each split's dSort attempt prefixes), timed alone after Ready."""
+    """The operator's verification count (`observation.tally_output`) over the published output (each split's
+    dSort attempt prefixes), timed alone after Ready both ways, one after the other: from the shards' bytes and
+    from AIS's archive listing of each shard. `seconds` is the way the operator chose
+    (`verify.counted_from_bytes`)."""
     from sharded_dataset_operator.clients.ais import Ais
+    from sharded_dataset_operator.core.verify import Totals, counted_from_bytes
     from sharded_dataset_operator.runner.observation import tally_output
 
     ais = Ais(endpoint)
-    t = time.perf_counter()
-    members = shards = 0
-    for prefix in prefixes:
-        tally = tally_output(ais, OUT_BUCKET, "ais", prefix)
-        members += tally.totals.members
-        shards += len(tally.shards)
-    return {"seconds": round(time.perf_counter() - t, 2), "members": members, "shards": shards}
+    out: Result = {}
+    for way, from_bytes in (("from_bytes", True), ("archive_listing", False)):
+        t = time.perf_counter()
+        cpu = time.process_time()
+        members = shards = member_bytes = 0
+        for prefix in prefixes:
+            tally = tally_output(ais, OUT_BUCKET, "ais", prefix, from_bytes=from_bytes)
+            members += tally.totals.members
+            member_bytes += tally.totals.member_bytes
+            shards += len(tally.shards)
+        out[way] = {"seconds": round(time.perf_counter() - t, 2), "client_cpu_s": round(time.process_time() - cpu, 2)}
+        out |= {"members": members, "shards": shards, "member_bytes": member_bytes}
+    chosen = (
+        "from_bytes" if counted_from_bytes(Totals(members=members, member_bytes=member_bytes)) else "archive_listing"
+    )
+    out |= {"way": chosen, "seconds": out[chosen]["seconds"]}
+    return out
 
 
 def bucket_bytes(endpoint: str, bucket: str) -> int:

@@ -340,7 +340,7 @@ def test_finished_dsort_asks_for_the_output_listing_then_verifies_and_indexes() 
     obs = converted(previous={"observedGeneration": 3, "phase": "Shuffling"}, dsort_attempts=dsort())
     d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
     assert d.need_output and d.actions == [] and d.status.phase == Phase.VERIFYING
-    assert d.output_prefix == f"{OUT}a1-"
+    assert d.output_prefix == f"{OUT}a1-" and d.output_from_bytes  # members of 1 and 10 bytes: read the shards
     obs.output = listing({"000000": ["a000", "b001", "a002"], "000001": ["b000", "a001"]})
     d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
     assert d.status.phase == Phase.READY and d.requeue is None, d.status.message

@@ -1,16 +1,20 @@
-"""The verification listing: shards from a plain listing, members from one archive listing per shard (several at
-once), counted exactly as one listing of the whole prefix would count them; what cannot be listed fails."""
+"""The verification count: shards from a plain listing, members from each shard's own bytes or from AIS's
+archive listing of each shard (several shards at once), counted exactly as one archive listing of the whole
+prefix counts them; what cannot be read or listed fails; the way is chosen by the members' mean size."""
 
 from __future__ import annotations
 
+import io
 import random
+import tarfile
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from sharded_dataset_operator.clients.ais import Entry, ListingError
-from sharded_dataset_operator.core.verify import OutputTally
+from sharded_dataset_operator.clients.ais import ListingError, MissingObject
+from sharded_dataset_operator.core.verify import READ_MEMBER_BYTES, OutputTally, Totals, compare, counted_from_bytes
 from sharded_dataset_operator.runner import objcache, observation
 from sharded_dataset_operator.runner.observation import tally_output
 
@@ -32,123 +36,188 @@ def shards(count: int, samples: int = 3) -> dict[str, list[tuple[str, int]]]:
     return out
 
 
-class ArchiveAis:
-    """Lists like AIS: sorted names; with `archives`, each shard followed by its members (`shard.tar/member`)."""
+def tar_bytes(members: list[tuple[str, int]]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, size in members:
+            info = tarfile.TarInfo(name)
+            info.size = size
+            tar.addfile(info, io.BytesIO(bytes([len(name) % 251]) * size))
+    return out.getvalue()
+
+
+class ShardStore:
+    """Lists and serves shards as AIS does: a plain listing in name order (size and checksum), an archive listing
+    (each shard, then its members sorted by name), and each shard's bytes, a real tar of its members, as a
+    stream of odd-sized chunks."""
 
     def __init__(self, content: dict[str, list[tuple[str, int]]], extra: tuple[str, ...] = ()) -> None:
         self.content = content
         self.extra = extra  # other objects under the prefix (not shards)
-        self.gone: set[str] = set()  # shards deleted after the plain listing
+        self.gone: set[str] = set()  # shards deleted after the listing
+        self.replaced: dict[str, bytes] = {}  # shards whose bytes changed after the listing
         self.count_delta = 0
-        self.archive_listings: list[str] = []
+        self.listed = 0
+        self.reads: list[str] = []
         self.concurrent = self.most_concurrent = 0
         self._lock = threading.Lock()
 
-    def _entries(self, archives: bool) -> list[Listed]:
-        out = [Listed(n, 1) for n in self.extra]
-        for shard, members in self.content.items():
-            out.append(Listed(shard, 512 * (1 + len(members)), f"sum-{shard[-10:-4]}"))
-            if archives:
-                out += [Listed(f"{shard}/{m}", size) for m, size in members]
-        return sorted(out, key=lambda e: e.name)
+    def data(self, shard: str) -> bytes:
+        return tar_bytes(self.content[shard])
 
-    def list_objects(self, bucket: str, provider: str = "ais", prefix: str = "") -> list[Entry]:
-        return [Entry(e.name, e.size) for e in self._entries(False) if e.name.startswith(prefix)]
-
-    def list_pages(self, bucket: str, provider: str, prefix: str, **kw: Any) -> list[list[Listed]]:
-        assert kw.get("archives") is True
-        with self._lock:
-            self.archive_listings.append(prefix)
-            self.concurrent += 1
-            self.most_concurrent = max(self.most_concurrent, self.concurrent)
+    def list_pages(self, bucket: str, provider: str, prefix: str, **kw: Any) -> Iterator[list[Listed]]:
+        archives = bool(kw.get("archives"))
+        rows = [Listed(n, 1) for n in self.extra]
+        for s in self.content:
+            if archives and s in self.gone:
+                continue
+            rows.append(Listed(s, len(self.data(s)), f"sum-{s[-10:-4]}"))
+            rows += [Listed(f"{s}/{m}", size) for m, size in self.content[s]] if archives else []
+        rows = sorted((e for e in rows if e.name.startswith(prefix)), key=lambda e: e.name)
+        if archives:
+            self.count_reader(prefix)
         try:
-            rows = [e for e in self._entries(True) if e.name.startswith(prefix)]
-            rows = [e for e in rows if e.name.partition(".tar")[0] + ".tar" not in self.gone]
-            return [rows[i : i + 4] for i in range(0, len(rows), 4)]  # pages of 4
+            for i in range(0, len(rows), 4):  # pages of 4
+                self.listed += len(rows[i : i + 4])
+                yield rows[i : i + 4]
         finally:
-            with self._lock:
+            if archives:
+                self.count_reader(None)
+
+    def count_reader(self, shard: str | None) -> None:
+        with self._lock:
+            if shard is not None:
+                self.reads.append(shard)
+                self.concurrent += 1
+                self.most_concurrent = max(self.most_concurrent, self.concurrent)
+            else:
                 self.concurrent -= 1
 
+    def stream_chunks(self, bucket: str, name: str, provider: str = "ais", chunk_size: int = 0) -> Iterator[bytes]:
+        if name in self.gone:
+            raise MissingObject(name)
+        self.count_reader(name)
+        try:
+            data = self.replaced.get(name) or self.data(name)
+            for i in range(0, len(data), 700):
+                yield data[i : i + 700]
+        finally:
+            self.count_reader(None)
+
     def object_count(self, bucket: str, provider: str = "ais", prefix: str = "") -> int:
-        return sum(1 for e in self._entries(False) if e.name.startswith(prefix)) + self.count_delta
+        names = [*self.extra, *self.content]
+        return sum(1 for n in names if n.startswith(prefix)) + self.count_delta
 
     def checksum_type(self, bucket: str, provider: str = "ais") -> str:
         return "xxhash2"
 
 
-def one_listing(ais: ArchiveAis, only: frozenset[str] | None = None) -> OutputTally:
-    """How the whole prefix counts in one archive listing (what the operator did before)."""
+def archive_listing(store: ShardStore, only: frozenset[str] | None = None) -> OutputTally:
+    """How AIS's archive listing of the whole prefix counts (each shard, then its members sorted by name): what
+    the operator counted before it read the bytes."""
     tally = OutputTally(PREFIX, only)
-    for page in ais.list_pages("b", "ais", PREFIX, archives=True):
-        for e in page:
-            tally.add(e.name, e.size, {"type": "xxhash2", "value": e.checksum} if e.checksum else None)
+    for shard in sorted(store.content):
+        tally.add(shard, len(store.data(shard)), {"type": "xxhash2", "value": f"sum-{shard[-10:-4]}"})
+        for member, size in sorted(store.content[shard]):
+            tally.add(f"{shard}/{member}", size)
     return tally
 
 
-def test_per_shard_listings_count_exactly_what_one_listing_counts() -> None:
-    ais = ArchiveAis(shards(7))
-    got = tally_output(ais, "b", "ais", PREFIX)  # type: ignore[arg-type]
-    want = one_listing(ArchiveAis(shards(7)))
+@pytest.mark.parametrize("from_bytes", [True, False])
+def test_each_shard_counted_alone_counts_exactly_what_one_archive_listing_counts(from_bytes: bool) -> None:
+    store = ShardStore(shards(7))
+    got = tally_output(store, "b", "ais", PREFIX, from_bytes=from_bytes)  # type: ignore[arg-type]
+    want = archive_listing(ShardStore(shards(7)))
     assert got.shards == want.shards and got.totals == want.totals and not got.problems
-    assert [s.name for s in got.shards] == sorted(ais.content)
+    assert [s.name for s in got.shards] == sorted(store.content)
     assert got.samples == 21 and got.totals.members == 42
     assert all(s.checksum == {"type": "xxhash2", "value": f"sum-{s.name[-10:-4]}"} for s in got.shards)
-    assert sorted(ais.archive_listings) == sorted(ais.content)  # one archive listing per shard, no other
-    assert ais.most_concurrent <= observation.VERIFY_LISTING_THREADS
+    assert sorted(store.reads) == sorted(store.content)  # each shard read or listed once, nothing else
+    assert store.most_concurrent <= observation.VERIFY_THREADS
 
 
-def test_only_the_named_shards_are_listed_and_counted() -> None:
+@pytest.mark.parametrize("from_bytes", [True, False])
+def test_only_the_named_shards_are_counted(from_bytes: bool) -> None:
     content = shards(5)
     mine = frozenset(sorted(content)[1:3])
-    ais = ArchiveAis(content)
-    got = tally_output(ais, "b", "ais", PREFIX, mine)  # type: ignore[arg-type]
+    store = ShardStore(content)
+    got = tally_output(store, "b", "ais", PREFIX, mine, from_bytes=from_bytes)  # type: ignore[arg-type]
     assert [s.name for s in got.shards] == sorted(mine)
-    assert got.totals == one_listing(ArchiveAis(content), mine).totals
-    assert sorted(ais.archive_listings) == sorted(mine)
+    assert got.totals == archive_listing(ShardStore(content), mine).totals
+    assert sorted(store.reads) == sorted(mine)
 
 
-def test_a_shard_gone_before_its_members_are_listed_fails_the_listing() -> None:
-    ais = ArchiveAis(shards(4))
-    ais.gone.add(sorted(ais.content)[2])
-    with pytest.raises(ListingError, match="does not show the shard"):
-        tally_output(ais, "b", "ais", PREFIX)  # type: ignore[arg-type]
+def test_a_shard_gone_before_it_is_read_fails_the_listing() -> None:
+    store = ShardStore(shards(4))
+    store.gone.add(sorted(store.content)[2])
+    with pytest.raises(ListingError, match="was listed but is gone"):
+        tally_output(store, "b", "ais", PREFIX, from_bytes=True)  # type: ignore[arg-type]
 
 
-def test_a_listing_shorter_than_the_targets_count_fails() -> None:
-    ais = ArchiveAis(shards(3))
-    ais.count_delta = 1  # a target's objects missing from the listing
+def test_a_shard_gone_before_its_archive_listing_fails_the_listing() -> None:
+    store = ShardStore(shards(4))
+    store.gone.add(sorted(store.content)[2])
+    with pytest.raises(ListingError, match="shows the shard 0 times"):
+        tally_output(store, "b", "ais", PREFIX)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("change", ["cut short", "grown"])
+def test_a_shard_whose_bytes_changed_after_the_listing_fails_the_listing(change: str) -> None:
+    store = ShardStore(shards(3))
+    shard = sorted(store.content)[1]
+    good = store.data(shard)
+    store.replaced[shard] = good[: len(good) // 2] if change == "cut short" else good + bytes(10240)
+    with pytest.raises(ListingError, match=f"{shard} was listed with .* bytes but .* were read"):
+        tally_output(store, "b", "ais", PREFIX, from_bytes=True)  # type: ignore[arg-type]
+
+
+def test_a_shard_that_reads_whole_but_is_no_tar_is_a_problem_that_fails_verification() -> None:
+    store = ShardStore(shards(3))
+    shard = sorted(store.content)[1]
+    good = store.data(shard)
+    store.replaced[shard] = good[:512] + b"x" * (len(good) - 512)  # the first member's data runs over its end
+    got = tally_output(store, "b", "ais", PREFIX, from_bytes=True)  # type: ignore[arg-type]
+    assert len(got.problems) == 1 and got.problems[0].startswith(f"{shard} is not a whole tar archive")
+    want = archive_listing(ShardStore(shards(3)))
+    assert compare(want.samples, want.totals, got) == got.problems[0]
+
+
+def test_a_sample_split_apart_inside_a_shard_counts_as_a_reader_would_see_it() -> None:
+    """WebDataset readers group adjacent members by key: `a.cls, b.cls, a.jpg` are three samples to them, and
+    reading the bytes counts three (an archive listing, sorted by name, showed two)."""
+    content = {f"{PREFIX}000000.tar": [("a.cls", 1), ("b.cls", 1), ("a.jpg", 9), ("b.jpg", 9)]}
+    got = tally_output(ShardStore(content), "b", "ais", PREFIX, from_bytes=True)  # type: ignore[arg-type]
+    assert got.samples == 4 and got.totals.members == 4
+    assert compare(2, archive_listing(ShardStore(content)).totals, got) == "hold 4 samples but the converters wrote 2"
+
+
+@pytest.mark.parametrize("from_bytes", [True, False])
+def test_a_listing_shorter_than_the_targets_count_fails(from_bytes: bool) -> None:
+    store = ShardStore(shards(3))
+    store.count_delta = 1  # a target's objects missing from the listing
     with pytest.raises(ListingError, match="the cluster counts 4"):
-        tally_output(ais, "b", "ais", PREFIX)  # type: ignore[arg-type]
+        tally_output(store, "b", "ais", PREFIX, from_bytes=from_bytes)  # type: ignore[arg-type]
 
 
-def test_a_shard_whose_name_extends_another_is_not_counted_twice() -> None:
+@pytest.mark.parametrize("from_bytes", [True, False])
+def test_a_shard_whose_name_extends_another_is_not_counted_twice(from_bytes: bool) -> None:
     content = shards(2)
     first = sorted(content)[0]
     content[first + "2.tar"] = [("z000000.cls", 5)]  # listed under the first shard's prefix too
-    ais = ArchiveAis(content)
-    got = tally_output(ais, "b", "ais", PREFIX)  # type: ignore[arg-type]
-    assert got.totals == one_listing(ArchiveAis(content)).totals
+    got = tally_output(ShardStore(content), "b", "ais", PREFIX, from_bytes=from_bytes)  # type: ignore[arg-type]
+    assert got.totals == archive_listing(ShardStore(content)).totals
     assert len(got.shards) == 3 and not got.problems
 
 
-def test_more_shards_than_the_operator_counts_stop_the_listing_before_any_member_is_listed(
+def test_more_shards_than_the_operator_counts_stop_the_listing_before_any_shard_is_read(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(objcache, "MAX_LISTED", 3)
-
-    class Streaming(ArchiveAis):
-        read = 0
-
-        def list_objects(self, bucket: str, provider: str = "ais", prefix: str = "") -> Any:
-            for entry in super().list_objects(bucket, provider, prefix):
-                self.read += 1
-                yield entry
-
-    ais = Streaming(shards(50))
+    store = ShardStore(shards(50))
     with pytest.raises(objcache.LimitExceeded, match="more than 3 output shards"):
-        tally_output(ais, "b", "ais", PREFIX)  # type: ignore[arg-type]
-    assert ais.read == 4  # the listing was left at the first shard too many, not read to its end
-    assert ais.archive_listings == []
+        tally_output(store, "b", "ais", PREFIX, from_bytes=True)  # type: ignore[arg-type]
+    assert store.listed == 4  # the listing was left at the page of the first shard too many, not read to its end
+    assert store.reads == []
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -177,3 +246,11 @@ def test_members_added_before_their_shard_are_a_problem_as_entries_are() -> None
     tally.add_members(f"{PREFIX}000000.tar", iter([("k1.cls", 1)]))
     assert tally.problems == [f"member {PREFIX}000000.tar/k1.cls listed outside its shard"]
     assert tally.totals.members == 0
+
+
+def test_small_members_are_counted_from_the_bytes_and_large_ones_from_the_archive_listing() -> None:
+    assert counted_from_bytes(Totals(members=3_000, member_bytes=3_000 * 1_100))  # synthetic ImageNet: ~1 KiB
+    assert counted_from_bytes(Totals(members=10, member_bytes=10 * READ_MEMBER_BYTES))
+    assert not counted_from_bytes(Totals(members=10, member_bytes=10 * READ_MEMBER_BYTES + 1))
+    assert not counted_from_bytes(Totals(members=3, member_bytes=3 * 110_000))  # ImageNet's JPEGs: ~110 KB
+    assert not counted_from_bytes(Totals())  # nothing written: nothing to read

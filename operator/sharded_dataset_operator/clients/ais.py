@@ -156,15 +156,10 @@ class Ais(ClusterCalls, ObjectBatchCalls):
         if not self.bucket_exists(name, provider):
             self._call(lambda: self._bucket(name, provider).create(exist_ok=True))
 
-    def list_objects(
-        self, bucket: str, provider: str = "ais", prefix: str = "", archives: bool = False
-    ) -> Iterator[Entry]:
-        """Objects under `prefix`; with `archives`, members of archives too, as `shard.tar/member`."""
-        flags = [ListObjectFlag.ARCH_DIR] if archives else None
+    def list_objects(self, bucket: str, provider: str = "ais", prefix: str = "") -> Iterator[Entry]:
+        """Objects under `prefix`."""
         try:
-            for e in self._bucket(bucket, provider).list_objects_iter(
-                prefix=prefix, props="name,size", page_size=0, flags=flags
-            ):
+            for e in self._bucket(bucket, provider).list_objects_iter(prefix=prefix, props="name,size", page_size=0):
                 yield Entry(name=e.name, size=int(e.size or 0))
         except AISError as e:
             if _is_missing(e):
@@ -187,6 +182,8 @@ class Ais(ClusterCalls, ObjectBatchCalls):
     ) -> Iterator[list[Any]]:
         """The listing page by page (SDK `BucketEntry` lists), strictly: it must end with an empty
         continuation token, and a run of empty pages that never ends is a `ListingError`.
+
+        `archives`: each archive followed by its members, `shard.tar/member`, sorted by name.
 
         `ahead`: ask for the next page while the caller works on this one (the planner: AIS takes about as long
         to produce a page as the planner takes to classify it).
@@ -360,6 +357,20 @@ class Ais(ClusterCalls, ObjectBatchCalls):
                 return
             raise _unavailable(e) from e
         except requests.RequestException as e:
+            raise AisUnavailable(f"AIS at {self.endpoint}: {e}") from e
+
+    def stream_chunks(
+        self, bucket: str, name: str, provider: str = "ais", chunk_size: int = 1 << 20
+    ) -> Iterator[bytes]:
+        """An object's bytes as a stream of chunks (memory stays one chunk); MissingObject if it is absent, and
+        AisUnavailable for a read cut short (an error, never a shorter stream)."""
+        try:
+            yield from self._bucket(bucket, provider).object(name).get_reader(chunk_size=chunk_size)
+        except AISError as e:
+            if _is_missing(e):
+                raise MissingObject(f"{provider}://{bucket}/{name} not found") from None
+            raise _unavailable(e) from e
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
             raise AisUnavailable(f"AIS at {self.endpoint}: {e}") from e
 
     def get(

@@ -47,9 +47,7 @@ class ObjectBatchCalls:
     def job_status(self, job_id: str) -> AisJob | None:  # provided by Ais (ClusterCalls)
         raise NotImplementedError
 
-    def list_objects(
-        self, bucket: str, provider: str = "ais", prefix: str = "", archives: bool = False
-    ) -> Iterator[Entry]:  # provided by Ais
+    def list_objects(self, bucket: str, provider: str = "ais", prefix: str = "") -> Iterator[Entry]:  # provided by Ais
         raise NotImplementedError
 
     def copy_objects(self, bucket: str, pairs: list[tuple[str, str]], provider: str = "ais") -> int:

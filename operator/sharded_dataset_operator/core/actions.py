@@ -192,6 +192,7 @@ class Decision:
     output_prefix: str = ""
     output_only: frozenset[str] | None = None
     output_key: str = ""  # the split whose output it is (`Observed.outputs` key): splits may share a prefix
+    output_from_bytes: bool = False  # count it from the shards' bytes, not AIS's archive listing (small members)
     record_first: dict[str, Any] | None = None  # status fields to write before carrying out the actions
     requeue: float | None = ACTIVE_REQUEUE
 

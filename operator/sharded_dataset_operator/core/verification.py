@@ -14,7 +14,7 @@ from sharded_dataset_operator.core.records import artifact_record, index_locatio
 from sharded_dataset_operator.core.spec import DatasetSpec
 from sharded_dataset_operator.core.state import Pass, condition_reason, ready_message, split_status, stalled
 from sharded_dataset_operator.core.status import VERIFIED, Phase, StepState
-from sharded_dataset_operator.core.verify import OutputTally, compare
+from sharded_dataset_operator.core.verify import OutputTally, compare, counted_from_bytes
 from sharded_dataset_operator.core.versions import IndexInfo
 
 
@@ -34,6 +34,7 @@ def step(p: Pass) -> Decision:
             p.decision.need_output = True
             p.decision.output_prefix = verify_prefix
             p.decision.output_key = track.split or ""
+            p.decision.output_from_bytes = counted_from_bytes(track.written)
             if spec.shuffle is None:  # the version's own converted shards, among other versions' in the pool
                 p.decision.output_only = frozenset(track.shards)
             st.steps[VERIFIED] = StepState(False, "Verifying")

@@ -4,7 +4,6 @@ decided here."""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -13,6 +12,7 @@ from sharded_dataset_operator.clients import kube
 from sharded_dataset_operator.clients.ais import (
     Ais,
     ListingError,
+    MissingObject,
 )
 from sharded_dataset_operator.core import (
     builders,
@@ -26,6 +26,7 @@ from sharded_dataset_operator.core.builders import Owner
 from sharded_dataset_operator.core.model import DsortJob
 from sharded_dataset_operator.core.observed import Observed, PublishedShard
 from sharded_dataset_operator.core.spec import REFRESH_APPEND, DatasetSpec
+from sharded_dataset_operator.core.tarmembers import TarFormatError, tar_members
 from sharded_dataset_operator.core.verify import OutputTally
 from sharded_dataset_operator.core.versions import IndexInfo
 from sharded_dataset_operator.runner import objcache
@@ -237,59 +238,53 @@ def observe(ais: Ais, spec: DatasetSpec, owner: Owner, previous: dict[str, Any],
     return obs
 
 
-VERIFY_LISTING_THREADS = 2
-"""Shards whose members are listed at once. ImageNet at 1/4 (19 shards, 1.0 M members, two AIS targets): one
-archive listing of the whole prefix 13.0 s, one per shard 5.9 s with 2 at once and 6.8 s with 4, the operator's
-CPU 2.2 s in every case: AIS producing the pages is the limit."""
+VERIFY_THREADS = 2
+"""Shards counted at once by the verifier."""
+
+VERIFY_CHUNK = 1 << 20
+"""Bytes per read of a shard's stream."""
 
 
-def tally_output(ais: Ais, bucket: str, provider: str, prefix: str, only: frozenset[str] | None = None) -> OutputTally:
-    """Count the output shards under `prefix` from AIS's archive listing into per-shard counters (never a list of
-    members): the shards from a plain listing, then each shard's members from an archive listing of that shard
-    alone, `VERIFY_LISTING_THREADS` at once, counted in name order.
+def tally_output(
+    ais: Ais,
+    bucket: str,
+    provider: str,
+    prefix: str,
+    only: frozenset[str] | None = None,
+    *,
+    from_bytes: bool = False,
+) -> OutputTally:
+    """Count the output shards under `prefix` into per-shard counters (never a list of members): the shards, their
+    sizes and checksums from a plain listing, then each shard's members, `VERIFY_THREADS` shards at once, merged
+    in name order. `from_bytes` (`verify.counted_from_bytes`): from the shard's bytes, read as a stream and
+    counted from its tar headers (`tarmembers`); otherwise from AIS's archive listing of that shard alone.
 
     `only`: the shards to count among others under the prefix (a version's converted shards, without shuffle).
-    A shard whose own listing does not show it (deleted in between) fails the listing, never counts as empty.
+    A shard gone or changed between the listing and its count fails the listing, never counts as empty; a shard
+    that reads whole but is not a whole tar archive is a problem of the tally (verification fails, naming it).
     """
-    names: list[str] = []
-    for e in ais.list_objects(bucket, provider, prefix):
-        if e.name.endswith(".tar") and (only is None or e.name in only):
-            names.append(e.name)
-            if len(names) > objcache.MAX_LISTED:  # stop listing: a tenant's prefix must not fill our memory
-                raise LimitExceeded(
-                    f"more than {objcache.MAX_LISTED} output shards under {provider}://{bucket}/{prefix}"
-                )
+    listed: list[tuple[str, int, str]] = []
+    for page in ais.list_pages(bucket, provider, prefix, props="name,size,checksum"):
+        for e in page:
+            if e.name.endswith(".tar") and (only is None or e.name in only):
+                listed.append((e.name, int(e.size or 0), str(e.checksum or "")))
+                if len(listed) > objcache.MAX_LISTED:  # stop listing: a tenant's prefix must not fill our memory
+                    raise LimitExceeded(
+                        f"more than {objcache.MAX_LISTED} output shards under {provider}://{bucket}/{prefix}"
+                    )
+    listed.sort()
     checksum_type = ais.checksum_type(bucket, provider)
 
-    def one_shard(name: str) -> OutputTally:
+    def one_shard(shard: tuple[str, int, str]) -> OutputTally:
+        name, size, checksum = shard
         part = OutputTally(name)
-        inside = name + "/"
-        cut = len(inside)
-
-        def shard(e: Any) -> None:
-            value = str(e.checksum or "")
-            part.add(name, int(e.size or 0), {"type": checksum_type, "value": value} if value else None)
-
-        def members(entries: Iterable[Any]) -> Iterator[tuple[str, int]]:
-            for e in entries:
-                if e.name.startswith(inside):
-                    yield e.name[cut:], e.size or 0
-                elif e.name == name:
-                    shard(e)  # listed twice: the check below fails
-
-        for page in ais.list_pages(bucket, provider, name, props="name,size,checksum", archives=True):
-            first = 0
-            if page and page[0].name == name:  # the shard itself, which sorts before its members
-                shard(page[0])
-                first = 1
-            part.add_members(name, members(itertools.islice(page, first, None)))
-        if [s.name for s in part.shards] != [name]:
-            raise ListingError(f"the archive listing of {provider}://{bucket}/{name} does not show the shard")
+        part.add(name, size, {"type": checksum_type, "value": checksum} if checksum else None)
+        (_count_from_bytes if from_bytes else _count_from_listing)(ais, bucket, provider, name, size, part)
         return part
 
     tally = OutputTally(prefix, only)
-    with ThreadPoolExecutor(max(1, min(VERIFY_LISTING_THREADS, len(names))), thread_name_prefix="verify") as pool:
-        for part in pool.map(one_shard, names):
+    with ThreadPoolExecutor(max(1, min(VERIFY_THREADS, len(listed))), thread_name_prefix="verify") as pool:
+        for part in pool.map(one_shard, listed):
             tally.merge(part)
     counted = ais.object_count(bucket, provider, prefix)  # a second look: a listing cut short by a target down
     if (counted != len(tally.shards)) if only is None else (counted < len(tally.shards)):
@@ -298,3 +293,51 @@ def tally_output(ais: Ais, bucket: str, provider: str, prefix: str, only: frozen
             f"but the cluster counts {counted}"
         )
     return tally
+
+
+def _count_from_bytes(ais: Ais, bucket: str, provider: str, name: str, size: int, part: OutputTally) -> None:
+    """A shard's members from its tar headers as its bytes stream by; its bytes read must be its listed size."""
+    read = 0
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal read
+        for chunk in ais.stream_chunks(bucket, name, provider, chunk_size=VERIFY_CHUNK):
+            read += len(chunk)
+            yield chunk
+
+    stream = chunks()
+    try:
+        part.add_members(name, tar_members(stream))
+    except MissingObject:
+        raise ListingError(f"{provider}://{bucket}/{name} was listed but is gone") from None
+    except TarFormatError as e:
+        for _ in stream:  # read to the end: a shard cut short or replaced is a listing error, not a problem
+            pass
+        if read == size:
+            part.problem(f"{name} is not a whole tar archive: {e}")
+            return
+    if read != size:
+        raise ListingError(f"{provider}://{bucket}/{name} was listed with {size} bytes but {read} were read")
+
+
+def _count_from_listing(ais: Ais, bucket: str, provider: str, name: str, size: int, part: OutputTally) -> None:
+    """A shard's members from AIS's archive listing of it alone (the shard, then its members sorted by name); the
+    shard must be listed once, with its listed size."""
+    inside = name + "/"
+    cut = len(inside)
+    seen: list[int] = []
+
+    def members(entries: Iterable[Any]) -> Iterator[tuple[str, int]]:
+        for e in entries:
+            if e.name.startswith(inside):
+                yield e.name[cut:], e.size or 0
+            elif e.name == name:
+                seen.append(int(e.size or 0))
+
+    for page in ais.list_pages(bucket, provider, name, props="name,size", archives=True):
+        part.add_members(name, members(page))
+    if seen != [size]:
+        raise ListingError(
+            f"the archive listing of {provider}://{bucket}/{name} shows the shard "
+            + (f"with {seen[0]} bytes, listed with {size}" if len(seen) == 1 else f"{len(seen)} times")
+        )

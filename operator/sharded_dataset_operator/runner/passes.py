@@ -199,7 +199,14 @@ def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
             if not decision.need_output:
                 break
             clock.lap("deciding")
-            tally = tally_output(ais, bucket.name, bucket.provider, decision.output_prefix, decision.output_only)
+            tally = tally_output(
+                ais,
+                bucket.name,
+                bucket.provider,
+                decision.output_prefix,
+                decision.output_only,
+                from_bytes=decision.output_from_bytes,
+            )
             clock.lap(f"listing {decision.output_prefix}")
             obs.output = obs.outputs[decision.output_key] = tally
             decision = decide(spec, owner, obs, defaults, now)
