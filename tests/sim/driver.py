@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sharded_dataset_operator.clients import kube
-from sharded_dataset_operator.core import builders, failures, guard, naming, records, times, versions
+from sharded_dataset_operator.core import builders, failures, guard, naming, records, times, verify, versions
 from sharded_dataset_operator.core.spec import parse_spec
 from sharded_dataset_operator.runner import objcache, passes
 from sharded_dataset_operator.runner.settings import Settings
@@ -119,12 +119,15 @@ KUBE_CALLS = ("get_dataset", "patch_status", "annotate_dataset", "get_job", "sta
 
 
 @contextmanager
-def patched(ais: FakeAis, fake: FakeKube, clock: Clock) -> Iterator[None]:
+def patched(ais: FakeAis, fake: FakeKube, clock: Clock, from_bytes: bool) -> Iterator[None]:
     """The runner with the fake AIS and Kubernetes (the `clients.kube` functions), the simulated clock and a
-    fresh cache."""
+    fresh cache; `from_bytes`: the verifier counts the shards' bytes (the members are small), else it lists them
+    (no member is small enough)."""
     saved: list[tuple[Any, str, Any]] = [(kube, name, getattr(kube, name)) for name in KUBE_CALLS]
     saved += [(passes, n, getattr(passes, n)) for n in ("ais_for", "dsort_for", "METRICS")]
     saved += [(times, "now_iso", times.now_iso), (objcache, "CACHE", objcache.CACHE)]
+    saved += [(verify, "READ_MEMBER_BYTES", verify.READ_MEMBER_BYTES)]
+    verify.READ_MEMBER_BYTES = verify.READ_MEMBER_BYTES if from_bytes else 0
     for name in KUBE_CALLS:
         setattr(kube, name, getattr(fake, name))
     passes.ais_for = lambda spec, namespace: ais  # type: ignore[assignment,return-value]
@@ -168,7 +171,7 @@ def run(seed: int) -> Result:
         sc.max_attempts,
     )
     result = Result(seed)
-    with patched(ais, cluster, clock):
+    with patched(ais, cluster, clock, from_bytes=seed % 2 == 0):
         drive(sc, rng, ais, cluster, pods, checker, result)
     result.violations = [f"seed {seed}: {v}" for v in checker.violations]
     return result

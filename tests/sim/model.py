@@ -13,10 +13,12 @@ import json
 import random
 import re
 import sys
+import tarfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from sharded_dataset_operator.clients.ais import (
@@ -107,6 +109,17 @@ def _deleter() -> str:
 
 def tar_size(members: tuple[tuple[str, int], ...]) -> int:
     return 1024 + sum(512 + -(-s // 512) * 512 for _, s in members)
+
+
+@lru_cache(maxsize=256)
+def tar_bytes(members: tuple[tuple[str, int], ...]) -> bytes:
+    """A real ustar archive of `members` (zero data), `tar_size(members)` bytes long."""
+    out = bytearray()
+    for name, size in members:
+        info = tarfile.TarInfo(name)
+        info.size = size
+        out += info.tobuf(format=tarfile.USTAR_FORMAT) + bytes(-(-size // 512) * 512)
+    return bytes(out + bytes(1024))
 
 
 @dataclass(slots=True)
@@ -250,6 +263,18 @@ class FakeAis:
     def exists(self, bucket: str, name: str, provider: str = "ais") -> bool:
         self._read("HEAD")
         return name in self.buckets.get(bucket, {})
+
+    def stream_chunks(self, bucket: str, name: str, provider: str = "ais", chunk_size: int = 0) -> Iterator[bytes]:
+        self._read("GET stream")
+        obj = self.buckets.get(bucket, {}).get(name)
+        if obj is None or self.faults.hit(0.5):  # (a 404 from a restarted target)
+            raise MissingObject(f"ais://{bucket}/{name} not found")
+        data = obj.data if obj.members is None else tar_bytes(obj.members)
+        step = self.rng.randint(100, 5000)
+        for i in range(0, len(data), step):
+            if i and self.faults.hit(0.3):  # the target went away mid-stream
+                raise AisUnavailable(f"AIS at {self.endpoint}: connection reset (GET {name})")
+            yield data[i : i + step]
 
     def stream_lines(self, bucket: str, name: str, provider: str = "ais", missing_ok: bool = True) -> Iterator[str]:
         self._read("GET lines")
