@@ -15,9 +15,12 @@ files. Every tool writes ~64 MiB shards of the samples `{jpg: the file, cls: the
   uploader is told to accept its plain-http address, see `litdata_allow_http`);
 - `ais-archive`: what AIS's ishard does, server side: the listed objects cut into ~64 MiB groups in name
   order, one AIS archive (multi-object `archive`) job per group, then the destination listed until every
-  shard is there (as ishard waits). ishard itself cannot be
-  installed here (its Go module `github.com/NVIDIA/aistore/cmd/ishard` is not served by the Go module proxy:
-  bench/README.md has the commands and answers), so this measures the same AIS calls through the SDK.
+  shard is there (as ishard waits): the same AIS calls through the SDK;
+- `ishard`: AIS's ishard itself, when its binary is given (`--ishard PATH`; its Go module is not served by the
+  Go module proxy here, see bench/README.md), with the options closest to ours: `-shard_size=64MiB`,
+  `-collapse` (class folders merged up to the shard size instead of a shard per folder),
+  `-sample_key_pattern=base_file_name`. Its command line has no endpoint option: it speaks to
+  `http://127.0.0.1:8080`, which this benchmark relays to the AIS proxy for the run (`loopback_relay`).
 
 Per tool: samples/s, MiB/s of output, host CPU-seconds per 1,000 samples (every process on the machine, AIS
 included, minus the idle rate measured just before), peak memory of the tool's own processes (sum of RSS over
@@ -50,6 +53,8 @@ SHARD_BYTES = 64 * common.MIB
 LOCAL_ROOT = Path("/var/tmp/sds-bench-peers")
 SCRIPT_BUCKET = "bench-peers-script"
 ARCHIVE_BUCKET = "bench-peers-archive"
+ISHARD_BUCKET = "bench-peers-ishard"
+ISHARD_ADDRESS = ("127.0.0.1", 8080)  # where ishard's command line looks for AIS (not configurable there)
 
 
 def host_busy_s() -> float:
@@ -371,6 +376,81 @@ def run_archive(endpoint: str, src: str) -> Result:
     return out
 
 
+@contextlib.contextmanager
+def loopback_relay(listen: tuple[str, int], endpoint: str) -> Any:
+    """Relay TCP connections to `listen` (loopback) to the AIS proxy of `endpoint`, in a thread."""
+    import socket
+    import threading
+    from urllib.parse import urlsplit
+
+    url = urlsplit(endpoint)
+    target = (url.hostname or "127.0.0.1", url.port or 80)
+    server = socket.create_server(listen, reuse_port=False)
+    stop = threading.Event()
+
+    def pipe(a: socket.socket, b: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(1 << 16):
+                b.sendall(data)
+        with contextlib.suppress(OSError):
+            b.shutdown(socket.SHUT_WR)
+
+    def serve() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                client, _ = server.accept()
+            except TimeoutError:
+                continue
+            upstream = socket.create_connection(target)
+            threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+
+
+def run_ishard(endpoint: str, src: str, binary: str) -> Result:
+    """AIS's ishard, as its README runs ImageNet-shaped class folders, with the shard size and keys of ours."""
+    import subprocess
+
+    client = common.sdk(endpoint)
+    common.fresh_bucket(endpoint, ISHARD_BUCKET)
+    images = sum(1 for e in client.bucket(src).list_objects_iter(props="name") if e.name.endswith(".JPEG"))
+
+    def go() -> Result:
+        command = [
+            binary,
+            f"-src_bck=ais://{src}",
+            f"-dst_bck=ais://{ISHARD_BUCKET}",
+            "-shard_size=64MiB",
+            "-collapse",
+            "-sample_key_pattern=base_file_name",
+        ]
+        t0 = time.time()
+        with loopback_relay(ISHARD_ADDRESS, endpoint):
+            done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+        wall = time.time() - t0
+        if done.returncode:
+            raise RuntimeError(f"ishard exited {done.returncode}: {(done.stderr or done.stdout)[-2000:]}")
+        out_sizes = [e.size for e in client.bucket(ISHARD_BUCKET).list_objects_iter(props="name,size")]
+        return {"wall_s": wall, "samples": images, "bytes": sum(out_sizes), "out_sizes": out_sizes,
+                "command": " ".join(command[1:]), "log_tail": (done.stdout + done.stderr)[-600:]}  # fmt: skip
+
+    out = measured(go, lambda p: p.name() == os.path.basename(binary), IDLE[0])
+    out["shards"] = sizes(out.pop("out_sizes"), SHARD_BYTES)
+    out["output"] = "tars of the source objects under their full names (train/<class>/<file>.JPEG), no cls member"
+    out["valid_webdataset"] = first_shard_ok(endpoint, ISHARD_BUCKET, ("JPEG",))
+    common.drop_bucket(endpoint, ISHARD_BUCKET)
+    return out
+
+
 IDLE = [0.0]
 
 
@@ -403,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shrink", type=int, help="divisor of ImageNet-1k's counts (default 16)")
     ap.add_argument("--tools", default="script,operator,operator-shuffled,litdata,litdata-s3,ais-archive")
     ap.add_argument("--out", type=Path, default=common.RESULTS)
+    ap.add_argument("--ishard", help="an ishard binary (built with -tags dsort): adds the `ishard` tool")
     args = ap.parse_args(argv)
     endpoint = common.ais_endpoint(ap, "bench-peers")
     shrink = args.shrink or (64 if args.quick else 16)
@@ -420,9 +501,11 @@ def main(argv: list[str] | None = None) -> int:
         "litdata": lambda: run_litdata(shrink),
         "litdata-s3": lambda: run_litdata(shrink, s3=True),
         "ais-archive": lambda: run_archive(endpoint, src),
+        "ishard": lambda: run_ishard(endpoint, src, str(args.ishard)),
     }
+    tools = args.tools.split(",") + (["ishard"] if args.ishard and "ishard" not in args.tools else [])
     args.out.mkdir(parents=True, exist_ok=True)
-    for tool in args.tools.split(","):
+    for tool in tools:
         common.settle()
         r = runners[tool]()
         res["tools"][tool] = r
