@@ -2,12 +2,13 @@
 
 Both sides compute the same three totals over every member (`key.ext`) of every shard: the number of
 members, their bytes, and an order-independent fingerprint (the sum, modulo 2**64, of a 64-bit hash of
-each member's name and size). The converters count what they write; the verifier counts what each output
-shard's own bytes hold (its tar headers, `tarmembers`), one member at a time, keeping only per-shard
-counters. A member missing, added, renamed, truncated or padded changes at least one total. Samples are
-counted per shard as runs of adjacent members sharing a key, as a WebDataset reader groups them: the
-members of key `k` are the names starting with `k.` (keys hold no '.'), and a sample whose members are
-split apart counts as two.
+each member's name and size). The converters count what they write; the verifier counts each output
+shard's members, one at a time, keeping only per-shard counters: from the shard's own bytes (its tar
+headers, `tarmembers`) when members are small, else from AIS's archive listing (`counted_from_bytes`). A
+member missing, added, renamed, truncated or padded changes at least one total. Samples are counted per
+shard as runs of adjacent members sharing a key: the members of key `k` are the names starting with `k.`
+(keys hold no '.'). Read from the bytes, the runs are in the shard's own order, as a WebDataset reader
+groups them (a sample split apart counts as two); an archive listing sorts members by name.
 """
 
 from __future__ import annotations
