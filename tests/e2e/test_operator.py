@@ -259,6 +259,9 @@ def test_volume_source(kube: Kube, namespace: str, ais: Ais, operator: Any, tmp_
         "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "manual", "volumeName": pv,
                  "resources": {"requests": {"storage": "1Gi"}}},
     })  # fmt: skip
+    # Bound first: a planner pod created while the claim is unbound is left unscheduled until the scheduler's
+    # 5-minute retry of unschedulable pods (seen once in CI, 2026-12-06).
+    kube.run("wait", "--for=jsonpath={.status.phase}=Bound", "pvc/raw", "-n", namespace, "--timeout=60s")
     out = unique("vol")
     obj = dataset("from-volume", namespace, "unused", out, shuffle=None)
     obj["spec"]["source"] = {"volume": {"claimName": "raw", "path": "/"}}
