@@ -214,6 +214,8 @@ def user_events(
         ais.faults.refusing = not ais.faults.refusing
     if rng.random() < 0.05:
         ais.faults.rebalancing = not ais.faults.rebalancing
+    if rng.random() < 0.03:
+        ais.faults.blocking = not ais.faults.blocking
 
 
 def grow_source(ais: FakeAis, rng: random.Random, meta: dict[str, Any], k: int) -> None:
@@ -247,7 +249,7 @@ def drive(
         if faults.on:
             user_events(sc, rng, ais, obj, k, garbage)
         else:
-            faults.refusing = faults.rebalancing = faults.denying = False
+            faults.refusing = faults.rebalancing = faults.denying = faults.blocking = False
             for name in garbage:  # a person removes what the OutputConflict named
                 if ais.load("out", name) is None and name in ais.buckets.get("out", {}):
                     ais.remove("out", name)

@@ -31,7 +31,7 @@ from sharded_dataset_operator.clients.ais import (
 )
 from sharded_dataset_operator.clients.kube import TOKEN_SECRET_LABEL, SecretNotAllowed
 from sharded_dataset_operator.core import naming, units
-from sharded_dataset_operator.core.model import DsortJob, Entry, JobState
+from sharded_dataset_operator.core.model import DsortJob, Entry, JobState, PodWait
 from sharded_dataset_operator.core.verify import Totals
 
 EPOCH = 1_790_000_000.0
@@ -65,6 +65,7 @@ class Faults:
     refusing: bool = False  # AIS refuses every new dSort (a target above its capacity watermark)
     denying: bool = False  # the dataset's token may not write the dSort output (revoked right)
     rebalancing: bool = False
+    blocking: bool = False  # the planner and converter pods cannot start (unschedulable): running Jobs stand still
 
     def hit(self, scale: float = 1.0) -> bool:
         return self.on and self.rng.random() < self.rate * scale
@@ -492,6 +493,11 @@ class FakeKube:
             failed_message=j.message,
             deleting=j.deleting,
             completed_at=j.completed_at,
+            waits=(
+                (PodWait(f"{name}-0-x", "Unschedulable", "0/1 nodes are available", self.clock.t - 60),)
+                if self.faults.blocking and j.state == "running" and not j.deleting
+                else ()
+            ),
         )
 
     def stale_jobs(self, namespace: str, owner: str, version: str) -> list[str]:
@@ -556,7 +562,7 @@ class Pods:
             if j.deleting:
                 del self.kube.jobs[j.name]
                 continue
-            if j.state != "running":
+            if j.state != "running" or self.kube.faults.blocking:
                 continue
             j.steps -= 1
             if j.steps > 0:

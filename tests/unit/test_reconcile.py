@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +22,7 @@ from sharded_dataset_operator.core.actions import (
 from sharded_dataset_operator.core.builders import ConverterDefaults, Owner
 from sharded_dataset_operator.core.conversion import conversion_progress
 from sharded_dataset_operator.core.decision import decide
-from sharded_dataset_operator.core.model import DsortJob, JobState
+from sharded_dataset_operator.core.model import DsortJob, JobState, PodWait
 from sharded_dataset_operator.core.observed import Observed
 from sharded_dataset_operator.core.spec import parse_spec
 from sharded_dataset_operator.core.status import Phase
@@ -237,6 +238,67 @@ def test_workers_waiting_for_the_source_are_stalled_until_they_convert_again() -
     assert not again.status.stalled and again.status.reason == "Converting"
     obs.progress[0]["waiting"], obs.progress[0]["generation"] = waiting, 2  # an older version's mark: not ours
     assert not decide(spec(), OWNER, obs, DEFAULTS, NOW).status.stalled
+
+
+def _epoch(ts: str) -> float:
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
+@pytest.mark.parametrize("step", ["planner", "converter"])
+def test_pods_that_cannot_start_are_stalled_past_the_grace_and_resume_when_they_run(step: str) -> None:
+    unschedulable = PodWait("pets-x-0-abcde", "Unschedulable",
+                            "0/1 nodes are available: 1 Insufficient memory.", _epoch(NOW) - 31)  # fmt: skip
+    creating = PodWait("pets-x-1-fghij", "ContainerCreating", "", _epoch(NOW) - 300)
+    job = JobState(f"pets-{step}-g3", 3, active=2, waits=(creating, unschedulable))
+    obs = (
+        Observed(previous={"observedGeneration": 3, "phase": "Converting"}, planner=job)
+        if step == "planner"
+        else Observed(previous={"observedGeneration": 3, "phase": "Converting"}, plan=plan(9), job=job)
+    )
+    d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
+    assert d.actions == [] and d.status.phase == Phase.CONVERTING and d.status.stalled
+    assert d.status.reason == state.POD_BLOCKED
+    assert d.status.message == (
+        f"{step} Job pets-{step}-g3 cannot start: pod pets-x-0-abcde: Unschedulable: "
+        "0/1 nodes are available: 1 Insufficient memory."
+    )
+    assert [(e.type, e.reason) for e in d.events] == [("Warning", state.POD_BLOCKED)]
+    # the same stall on the next pass posts no second Event
+    obs.previous = {"observedGeneration": 3, "phase": "Converting",
+                    "conditions": [{"type": "Stalled", "status": "True", "reason": state.POD_BLOCKED}]}  # fmt: skip
+    assert decide(spec(), OWNER, obs, DEFAULTS, NOW).events == []
+    # within the grace period (a claim still binding), and once the pods run, it is working again
+    for waits in ((dataclasses.replace(unschedulable, since=_epoch(NOW) - 29), creating), (creating,), ()):
+        again = dataclasses.replace(job, waits=waits)
+        if step == "planner":
+            obs.planner = again
+        else:
+            obs.job = again
+        d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
+        assert not d.status.stalled and d.status.reason in ("Planning", "Converting"), waits
+
+
+def test_blocked_pods_are_named_by_the_longest_blocked_and_counted() -> None:
+    now = _epoch(NOW)
+    waits = [
+        PodWait("c-1", "ImagePullBackOff", 'Back-off pulling image "fn:v2"', now - 40),
+        PodWait("c-0", "CreateContainerConfigError", 'secret "ais-token" not found', now - 90),
+        PodWait("c-0", "Unschedulable", "", None),  # no time known: it counts as long past the grace
+        PodWait("c-2", "PodInitializing", "", now - 900),  # a normal start
+    ]
+    assert (
+        failures.pods_blocked(waits, NOW) == 'pod c-0: CreateContainerConfigError: secret "ais-token" not found'
+        " (and 1 more pod(s))"
+    )
+    assert failures.pods_blocked(waits[:1], NOW) == 'pod c-1: ImagePullBackOff: Back-off pulling image "fn:v2"'
+    assert failures.pods_blocked([PodWait("c-3", "ErrImageNeverPull", "", now - 5)], NOW) is None
+    assert failures.pods_blocked([PodWait("c-3", "ErrImageNeverPull", "", None)], NOW) == "pod c-3: ErrImageNeverPull"
+    assert failures.pods_blocked(waits[3:], NOW) is None and failures.pods_blocked([], NOW) is None
+    quota = (
+        'Error creating: pods "c-0" is forbidden: exceeded quota: q, requested: pods=1, used: pods=0, limited: pods=0'
+    )
+    refused = PodWait("", "FailedCreate", quota, now - 31)  # no pod exists: the Job controller's Event
+    assert failures.pods_blocked([refused], NOW) == f"no pod could be created: FailedCreate: {quota}"
 
 
 def test_a_failed_pods_tagged_reason_is_the_status_reason() -> None:

@@ -87,8 +87,8 @@ namespaces, lists/watches the namespaces.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
-# Events on every transition and failure
+# Events on every transition and failure; list: why a Job could not create its pods (FailedCreate)
 - apiGroups: ["", events.k8s.io]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create, patch, list]
 {{- end }}

@@ -13,7 +13,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from sharded_dataset_operator.core import naming
-from sharded_dataset_operator.core.model import JobState
+from sharded_dataset_operator.core.model import JobState, PodWait
 from sharded_dataset_operator.core.spec import API_GROUP, API_VERSION, PLURAL
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,43 @@ def get_job(namespace: str, name: str, generation: int) -> JobState | None:
         detail = pod_failure_messages(namespace, name)
         if detail:
             state = dataclasses.replace(state, failed_message=f"{state.failed_message} {detail}".strip())
+    elif not state.complete and not state.deleting and (job.status.ready or 0) < state.active:
+        state = dataclasses.replace(state, waits=pod_waits(namespace, name))
+    elif not state.complete and not state.deleting and not (state.active or state.succeeded or state.failed):
+        state = dataclasses.replace(state, waits=creation_failures(namespace, job.metadata.uid))
     return state
+
+
+def creation_failures(namespace: str, job_uid: str) -> tuple[PodWait, ...]:
+    """Why the Job controller could not create this Job's pods (its `FailedCreate` Events: a ResourceQuota,
+    an admission webhook or policy refused them); `pod` is empty, no pod exists."""
+    selector = f"involvedObject.uid={job_uid},reason=FailedCreate"
+    events = core().list_namespaced_event(namespace, field_selector=selector).items
+    waits = []
+    for e in events:
+        first = e.first_timestamp or e.event_time or e.metadata.creation_timestamp
+        waits.append(PodWait("", "FailedCreate", e.message or "", first.timestamp() if first else None))
+    return tuple(sorted(waits, key=lambda w: w.since or 0.0)[:1])
+
+
+def pod_waits(namespace: str, job_name: str) -> tuple[PodWait, ...]:
+    """The Job's pods that are not running: unscheduled, or with a container waiting (what the kubelet says)."""
+    pods = core().list_namespaced_pod(namespace, label_selector=f"batch.kubernetes.io/job-name={job_name}")
+    waits: list[PodWait] = []
+    for p in pods.items:
+        status = p.status
+        if p.metadata.deletion_timestamp is not None or status is None or status.phase not in (None, "Pending"):
+            continue
+        created = p.metadata.creation_timestamp.timestamp() if p.metadata.creation_timestamp else None
+        for c in status.conditions or []:
+            if c.type == "PodScheduled" and c.status == "False":
+                since = c.last_transition_time.timestamp() if c.last_transition_time else created
+                waits.append(PodWait(p.metadata.name, c.reason or "Unschedulable", c.message or "", since))
+        for cs in [*(status.init_container_statuses or []), *(status.container_statuses or [])]:
+            waiting = cs.state.waiting if cs.state else None
+            if waiting is not None and waiting.reason:
+                waits.append(PodWait(p.metadata.name, waiting.reason, waiting.message or "", created))
+    return tuple(sorted(waits, key=lambda w: w.pod))
 
 
 def pod_failure_messages(namespace: str, job_name: str) -> str:

@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from sharded_dataset_operator.core.model import PodWait
 from sharded_dataset_operator.core.times import parse
 
 TRANSIENT = "transient"
@@ -30,6 +31,23 @@ STALL_AFTER_SECONDS = 120.0
 """How long AIS (or a token Secret) may stay unreachable before the resource reports Stalled."""
 BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_MAX_SECONDS = 120.0
+POD_START_GRACE_SECONDS = 30.0
+"""How long a planner or converter pod may stay unscheduled or unable to start its container before the
+resource reports Stalled (`PodsNotStarting`); a claim that is still binding settles well within it."""
+
+POD_BLOCKED_REASONS = frozenset(
+    {
+        "Unschedulable",  # the PodScheduled condition: no node fits (resources, selector, taints, claims)
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "ErrImageNeverPull",
+        "InvalidImageName",
+        "CreateContainerConfigError",  # e.g. a Secret or key the pod refers to is missing
+        "CreateContainerError",
+        "FailedCreate",  # the Job controller's: no pod could be created (a ResourceQuota, an admission policy)
+    }
+)
+"""Why a pod cannot start without someone's help; ContainerCreating and PodInitializing are normal starts."""
 
 # dSort errors that say "the data or the request is wrong", whatever the cluster's health. Anything else
 # (a stream broken by EOF, a connection refused or reset, a timeout, a node leaving the cluster map) is
@@ -96,3 +114,22 @@ def outage(
 
 def _parse(ts: str) -> float:
     return parse(ts)
+
+
+def pods_blocked(waits: Iterable[PodWait], now: str) -> str | None:
+    """Why a running Job's pods cannot start, once the first of them has been blocked past the grace period
+    (`POD_START_GRACE_SECONDS`); None while they start or run."""
+    blocked = sorted(
+        (w for w in waits if w.reason in POD_BLOCKED_REASONS),
+        key=lambda w: (w.since if w.since is not None else float("inf"), w.pod),
+    )
+    if not blocked:
+        return None
+    first = blocked[0]
+    if first.since is not None and parse(now) - first.since < POD_START_GRACE_SECONDS:
+        return None
+    message = " ".join(first.message.split())
+    more = len({w.pod for w in blocked if w.pod} - {first.pod})
+    text = (f"pod {first.pod}: " if first.pod else "no pod could be created: ") + first.reason
+    text += f": {message}" if message else ""
+    return text + (f" (and {more} more pod(s))" if more else "")

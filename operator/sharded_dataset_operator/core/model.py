@@ -31,6 +31,17 @@ class DsortJob:
 
 
 @dataclass(frozen=True, slots=True)
+class PodWait:
+    """A pod of a running Job that is not running: unscheduled (`reason` "Unschedulable"), or a container
+    waiting (`reason` as the kubelet says it, e.g. ImagePullBackOff), with the message and since when."""
+
+    pod: str
+    reason: str
+    message: str
+    since: float | None  # epoch seconds
+
+
+@dataclass(frozen=True, slots=True)
 class JobState:
     """What matters of a converter Job."""
 
@@ -44,6 +55,7 @@ class JobState:
     failed_message: str = ""
     deleting: bool = False
     completed_at: float | None = None  # epoch seconds
+    waits: tuple[PodWait, ...] = ()  # its pods that are not running, while it runs (`PodWait`)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,8 @@ from sharded_dataset_operator.core.verify import Totals
 from sharded_dataset_operator.core.versions import IndexInfo
 
 STALLED_REQUEUE = 15.0
+POD_BLOCKED = "PodsNotStarting"
+"""The reason while a planner or converter pod is unscheduled or cannot start its container."""
 
 
 def examples(report: dict[str, Any]) -> str:
@@ -72,7 +74,8 @@ class Pass:
     def job_ended(
         self, job: JobState, what: str, working: str, failed: str, missing: tuple[str, str, str]
     ) -> Decision | None:
-        """A planner or converter Job that is going, failed, or completed without its objects; None while it runs.
+        """A planner or converter Job that is going, failed, completed without its objects, or whose pods cannot
+        start (Stalled `PodsNotStarting`, until they do); None while it runs.
 
         `missing`: (pending reason, failure reason, message) for a completed Job whose objects are invisible.
         """
@@ -83,6 +86,10 @@ class Pass:
             return self.failed(CONVERTED, failures.pod_reason(job.failed_message, failed), msg)
         if job.complete:
             return self.missing_output(job, *missing)
+        blocked = failures.pods_blocked(job.waits, self.now)
+        if blocked is not None:
+            msg = f"{what} Job {job.name} cannot start: {blocked}"
+            return stalled(self.decision, self.prev_stalled, Phase.CONVERTING, POD_BLOCKED, msg)
         return None
 
     def failed(self, step: str | None, reason: str, message: str) -> Decision:
