@@ -337,6 +337,50 @@ def test_proxy_down_for_a_minute_stalls_then_resumes_by_itself(
     print(f"[faults] proxy down 60 s: converter exit codes {sorted(codes)} (75: waited for AIS, not counted)")
 
 
+def test_pods_that_cannot_be_created_or_scheduled_are_stalled_saying_why_then_resume_by_themselves(
+    kube: Kube, namespace: str, ais: Ais, cluster_env: dict[str, str], fault_operator: None
+) -> None:
+    # First a ResourceQuota refuses every pod, then a nodeSelector no node matches keeps the planner pod
+    # unscheduled. Each time the status says why (not "Planning" forever), and the run goes on by itself.
+    raw = raw_dataset(ais, cluster_env, 200)
+    kube.run("create", "quota", "no-pods", "--hard=pods=0", "-n", namespace)
+    label = f"e2e.shardeddataset.dev/{namespace}"
+    obj = dataset("unplaced", namespace, raw.bucket, unique("place"), shuffle=None)
+    obj["spec"]["conversion"] = {"workers": 1, "nodeSelector": {label: "yes"}}
+    kube.apply(obj)
+
+    def stalled_with(text: str) -> dict[str, Any] | None:
+        o = kube.get("sds", "unplaced", namespace)
+        c = next((c for c in ((o or {}).get("status") or {}).get("conditions", []) if c["type"] == "Stalled"), {})
+        return o if c.get("status") == "True" and text in c.get("message", "") else None
+
+    refused = wait_until(lambda: stalled_with("exceeded quota"), 150, "Stalled: no pod could be created")
+    stalled = condition(refused, "Stalled")
+    assert stalled["reason"] == "PodsNotStarting", stalled
+    assert stalled["message"].startswith("planner Job unplaced-plan-g1 cannot start: no pod could be created: "
+                                         "FailedCreate: "), stalled  # fmt: skip
+    assert refused["status"]["phase"] == "Converting" and condition(refused, "Ready")["status"] == "False"
+    wait_until(
+        lambda: any(e["reason"] == "PodsNotStarting" and e["type"] == "Warning"
+                    for e in kube.events(namespace, "unplaced")), 30, "a PodsNotStarting Warning Event",
+    )  # fmt: skip
+    kube.run("delete", "quota", "no-pods", "-n", namespace)
+    unplaced = wait_until(lambda: stalled_with("Unschedulable"), 180, "Stalled: the pod is unschedulable")
+    stalled = condition(unplaced, "Stalled")
+    assert stalled["reason"] == "PodsNotStarting", stalled
+    assert "planner Job unplaced-plan-g1 cannot start: pod unplaced-plan-g1-" in stalled["message"], stalled
+    assert "node affinity/selector" in stalled["message"], stalled
+    node = kube.run("get", "nodes", "-o", "jsonpath={.items[0].metadata.name}").strip()
+    kube.run("label", "node", node, f"{label}=yes")
+    try:
+        ready = wait_ready(kube, namespace, "unplaced")
+    finally:
+        kube.run("label", "node", node, f"{label}-", check=False)
+    assert ready["metadata"]["generation"] == 1
+    assert ready["status"]["samples"]["written"] == len(raw.manifest["complete"])
+    assert condition(ready, "Stalled")["status"] == "False"
+
+
 def test_converter_pod_deleted_mid_slice_resumes_and_an_oom_kill_fails_with_a_clear_reason(
     kube: Kube, namespace: str, ais: Ais, cluster_env: dict[str, str], operator: Any, tmp_path: Path
 ) -> None:

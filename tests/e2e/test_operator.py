@@ -414,50 +414,6 @@ def test_missing_source_bucket_is_stalled_with_an_event(kube: Kube, namespace: s
     assert not kube.list("jobs", namespace)
 
 
-def test_pods_that_cannot_be_created_or_scheduled_are_stalled_with_the_reason_then_resume(
-    kube: Kube, namespace: str, ais: Ais, cluster_env: dict[str, str], operator: Any
-) -> None:
-    # First a ResourceQuota refuses every pod, then a nodeSelector no node matches keeps the planner pod
-    # unscheduled. Each time the status says why (not "Planning" forever), and the run goes on by itself.
-    raw = raw_dataset(ais, cluster_env, 200)
-    kube.run("create", "quota", "no-pods", "--hard=pods=0", "-n", namespace)
-    label = f"e2e.shardeddataset.dev/{namespace}"
-    obj = dataset("unplaced", namespace, raw.bucket, unique("place"), shuffle=None)
-    obj["spec"]["conversion"] = {"workers": 1, "nodeSelector": {label: "yes"}}
-    kube.apply(obj)
-
-    def stalled_with(text: str) -> dict[str, Any] | None:
-        o = kube.get("sds", "unplaced", namespace)
-        c = next((c for c in ((o or {}).get("status") or {}).get("conditions", []) if c["type"] == "Stalled"), {})
-        return o if c.get("status") == "True" and text in c.get("message", "") else None
-
-    refused = wait_until(lambda: stalled_with("exceeded quota"), 150, "Stalled: no pod could be created")
-    stalled = condition(refused, "Stalled")
-    assert stalled["reason"] == "PodsNotStarting", stalled
-    assert stalled["message"].startswith("planner Job unplaced-plan-g1 cannot start: no pod could be created: "
-                                         "FailedCreate: "), stalled  # fmt: skip
-    assert condition(refused, "Ready")["status"] == "False"
-    wait_until(
-        lambda: any(e["reason"] == "PodsNotStarting" and e["type"] == "Warning"
-                    for e in kube.events(namespace, "unplaced")), 30, "a PodsNotStarting Warning Event",
-    )  # fmt: skip
-    kube.run("delete", "quota", "no-pods", "-n", namespace)
-    unplaced = wait_until(lambda: stalled_with("Unschedulable"), 180, "Stalled: the pod is unschedulable")
-    stalled = condition(unplaced, "Stalled")
-    assert stalled["reason"] == "PodsNotStarting", stalled
-    assert "planner Job unplaced-plan-g1 cannot start: pod unplaced-plan-g1-" in stalled["message"], stalled
-    assert "node affinity/selector" in stalled["message"], stalled
-    node = kube.run("get", "nodes", "-o", "jsonpath={.items[0].metadata.name}").strip()
-    kube.run("label", "node", node, f"{label}=yes")
-    try:
-        ready = wait_ready(kube, namespace, "unplaced")
-    finally:
-        kube.run("label", "node", node, f"{label}-", check=False)
-    assert ready["metadata"]["generation"] == 1
-    assert ready["status"]["samples"]["written"] == len(raw.manifest["complete"])
-    assert condition(ready, "Stalled")["status"] == "False"
-
-
 def test_deletion_policies(kube: Kube, namespace: str, ais: Ais, cluster_env: dict[str, str], operator: Any) -> None:
     raw = raw_dataset(ais, cluster_env, 200)
     out = unique("del")

@@ -215,7 +215,7 @@ def user_events(
     if rng.random() < 0.05:
         ais.faults.rebalancing = not ais.faults.rebalancing
     if rng.random() < 0.03:
-        ais.faults.blocking = not ais.faults.blocking
+        ais.faults.blocking, ais.faults.blocked_since = not ais.faults.blocking, ais.clock.t
 
 
 def grow_source(ais: FakeAis, rng: random.Random, meta: dict[str, Any], k: int) -> None:

@@ -66,6 +66,7 @@ class Faults:
     denying: bool = False  # the dataset's token may not write the dSort output (revoked right)
     rebalancing: bool = False
     blocking: bool = False  # the planner and converter pods cannot start (unschedulable): running Jobs stand still
+    blocked_since: float = 0.0  # when `blocking` last went on
 
     def hit(self, scale: float = 1.0) -> bool:
         return self.on and self.rng.random() < self.rate * scale
@@ -494,7 +495,7 @@ class FakeKube:
             deleting=j.deleting,
             completed_at=j.completed_at,
             waits=(
-                (PodWait(f"{name}-0-x", "Unschedulable", "0/1 nodes are available", self.clock.t - 60),)
+                (PodWait(f"{name}-0-x", "Unschedulable", "0/1 nodes are available", self.faults.blocked_since),)
                 if self.faults.blocking and j.state == "running" and not j.deleting
                 else ()
             ),

@@ -245,37 +245,43 @@ def _epoch(ts: str) -> float:
 
 
 @pytest.mark.parametrize("step", ["planner", "converter"])
-def test_pods_that_cannot_start_are_stalled_past_the_grace_and_resume_when_they_run(step: str) -> None:
-    unschedulable = PodWait("pets-x-0-abcde", "Unschedulable",
-                            "0/1 nodes are available: 1 Insufficient memory.", _epoch(NOW) - 31)  # fmt: skip
+def test_pods_that_cannot_start_are_said_after_the_grace_stalled_after_stall_after_and_resume(step: str) -> None:
+    def blocked_for(seconds: float) -> PodWait:
+        return PodWait("pets-x-0-abcde", "Unschedulable", "0/1 nodes are available:\n 1 Insufficient memory.",
+                       _epoch(NOW) - seconds)  # fmt: skip
+
     creating = PodWait("pets-x-1-fghij", "ContainerCreating", "", _epoch(NOW) - 300)
-    job = JobState(f"pets-{step}-g3", 3, active=2, waits=(creating, unschedulable))
-    obs = (
-        Observed(previous={"observedGeneration": 3, "phase": "Converting"}, planner=job)
-        if step == "planner"
-        else Observed(previous={"observedGeneration": 3, "phase": "Converting"}, plan=plan(9), job=job)
-    )
-    d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
-    assert d.actions == [] and d.status.phase == Phase.CONVERTING and d.status.stalled
-    assert d.status.reason == state.POD_BLOCKED
-    assert d.status.message == (
-        f"{step} Job pets-{step}-g3 cannot start: pod pets-x-0-abcde: Unschedulable: "
-        "0/1 nodes are available: 1 Insufficient memory."
-    )
+    job = JobState(f"pets-{step}-g3", 3, active=2)
+    previous = {"observedGeneration": 3, "phase": "Converting"}
+    obs = Observed(previous=previous, planner=job) if step == "planner" else Observed(previous, plan=plan(9), job=job)
+    working = "Planning" if step == "planner" else "Converting"
+    defaults = dataclasses.replace(DEFAULTS, pod_stall_after=120.0)
+    why = (f"{step} Job pets-{step}-g3 cannot start: pod pets-x-0-abcde: Unschedulable: "
+           "0/1 nodes are available: 1 Insufficient memory.")  # fmt: skip
+
+    def decide_with(*waits: PodWait, prev: dict[str, Any] | None = None) -> actions.Decision:
+        setattr(obs, "planner" if step == "planner" else "job", dataclasses.replace(job, waits=waits))
+        obs.previous = prev or previous
+        return decide(spec(), OWNER, obs, defaults, NOW)
+
+    # a normal start, and a wait within the grace (a claim still binding): working, nothing said
+    for waits in ((), (creating,), (blocked_for(29), creating)):
+        d = decide_with(*waits)
+        assert not d.status.stalled and d.status.reason == working, waits
+    # past the grace: said (Reconciling, a Normal Event on the change), not yet Stalled
+    d = decide_with(creating, blocked_for(31))
+    assert d.actions == [] and d.status.phase == Phase.CONVERTING and not d.status.stalled
+    assert (d.status.reason, d.status.message) == (state.POD_BLOCKED, why)
+    assert [(e.type, e.reason) for e in d.events] == [("Normal", state.POD_BLOCKED)]
+    # past the operator's stall threshold: Stalled, a Warning Event once
+    d = decide_with(creating, blocked_for(121))
+    assert d.actions == [] and d.status.stalled and (d.status.reason, d.status.message) == (state.POD_BLOCKED, why)
     assert [(e.type, e.reason) for e in d.events] == [("Warning", state.POD_BLOCKED)]
-    # the same stall on the next pass posts no second Event
-    obs.previous = {"observedGeneration": 3, "phase": "Converting",
-                    "conditions": [{"type": "Stalled", "status": "True", "reason": state.POD_BLOCKED}]}  # fmt: skip
-    assert decide(spec(), OWNER, obs, DEFAULTS, NOW).events == []
-    # within the grace period (a claim still binding), and once the pods run, it is working again
-    for waits in ((dataclasses.replace(unschedulable, since=_epoch(NOW) - 29), creating), (creating,), ()):
-        again = dataclasses.replace(job, waits=waits)
-        if step == "planner":
-            obs.planner = again
-        else:
-            obs.job = again
-        d = decide(spec(), OWNER, obs, DEFAULTS, NOW)
-        assert not d.status.stalled and d.status.reason in ("Planning", "Converting"), waits
+    stalled_before = {**previous, "conditions": [{"type": "Stalled", "status": "True", "reason": state.POD_BLOCKED}]}
+    assert decide_with(blocked_for(500), prev=stalled_before).events == []
+    # the pod runs: working again
+    d = decide_with(prev=stalled_before)
+    assert not d.status.stalled and d.status.reason == working
 
 
 def test_blocked_pods_are_named_by_the_longest_blocked_and_counted() -> None:
@@ -283,22 +289,22 @@ def test_blocked_pods_are_named_by_the_longest_blocked_and_counted() -> None:
     waits = [
         PodWait("c-1", "ImagePullBackOff", 'Back-off pulling image "fn:v2"', now - 40),
         PodWait("c-0", "CreateContainerConfigError", 'secret "ais-token" not found', now - 90),
-        PodWait("c-0", "Unschedulable", "", None),  # no time known: it counts as long past the grace
         PodWait("c-2", "PodInitializing", "", now - 900),  # a normal start
     ]
-    assert (
-        failures.pods_blocked(waits, NOW) == 'pod c-0: CreateContainerConfigError: secret "ais-token" not found'
-        " (and 1 more pod(s))"
+    assert failures.pods_blocked(waits, NOW) == (
+        'pod c-0: CreateContainerConfigError: secret "ais-token" not found (and 1 more pod(s))',
+        90.0,
     )
-    assert failures.pods_blocked(waits[:1], NOW) == 'pod c-1: ImagePullBackOff: Back-off pulling image "fn:v2"'
-    assert failures.pods_blocked([PodWait("c-3", "ErrImageNeverPull", "", now - 5)], NOW) is None
-    assert failures.pods_blocked([PodWait("c-3", "ErrImageNeverPull", "", None)], NOW) == "pod c-3: ErrImageNeverPull"
-    assert failures.pods_blocked(waits[3:], NOW) is None and failures.pods_blocked([], NOW) is None
+    assert failures.pods_blocked(waits[:1], NOW) == ('pod c-1: ImagePullBackOff: Back-off pulling image "fn:v2"', 40.0)
+    unknown = failures.pods_blocked([*waits, PodWait("c-3", "ErrImageNeverPull", "", None)], NOW)
+    assert unknown is not None and unknown[0].startswith("pod c-3: ErrImageNeverPull (and 2 more")  # long past
+    assert unknown[1] > 10**9
+    assert failures.pods_blocked(waits[2:], NOW) is None and failures.pods_blocked([], NOW) is None
     quota = (
         'Error creating: pods "c-0" is forbidden: exceeded quota: q, requested: pods=1, used: pods=0, limited: pods=0'
     )
     refused = PodWait("", "FailedCreate", quota, now - 31)  # no pod exists: the Job controller's Event
-    assert failures.pods_blocked([refused], NOW) == f"no pod could be created: FailedCreate: {quota}"
+    assert failures.pods_blocked([refused], NOW) == (f"no pod could be created: FailedCreate: {quota}", 31.0)
 
 
 def test_a_failed_pods_tagged_reason_is_the_status_reason() -> None:

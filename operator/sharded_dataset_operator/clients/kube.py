@@ -112,41 +112,66 @@ def get_job(namespace: str, name: str, generation: int) -> JobState | None:
         if detail:
             state = dataclasses.replace(state, failed_message=f"{state.failed_message} {detail}".strip())
     elif not state.complete and not state.deleting and (job.status.ready or 0) < state.active:
-        state = dataclasses.replace(state, waits=pod_waits(namespace, name))
+        state = dataclasses.replace(state, waits=pod_waits(_job_pods(namespace, job)))
     elif not state.complete and not state.deleting and not (state.active or state.succeeded or state.failed):
-        state = dataclasses.replace(state, waits=creation_failures(namespace, job.metadata.uid))
+        state = dataclasses.replace(state, waits=creation_failures(namespace, job))
     return state
 
 
-def creation_failures(namespace: str, job_uid: str) -> tuple[PodWait, ...]:
-    """Why the Job controller could not create this Job's pods (its `FailedCreate` Events: a ResourceQuota,
-    an admission webhook or policy refused them); `pod` is empty, no pod exists."""
-    selector = f"involvedObject.uid={job_uid},reason=FailedCreate"
-    events = core().list_namespaced_event(namespace, field_selector=selector).items
+def _job_pods(namespace: str, job: Any) -> list[Any]:
+    """The pods of this Job object (by its uid: a Job re-created under the same name has other pods)."""
+    selector = f"batch.kubernetes.io/controller-uid={job.metadata.uid}"
+    pods: list[Any] = core().list_namespaced_pod(namespace, label_selector=selector).items
+    return pods
+
+
+def _epoch(t: Any) -> float | None:
+    return float(t.timestamp()) if t is not None else None
+
+
+def creation_failures(namespace: str, job: Any) -> tuple[PodWait, ...]:
+    """Why the Job controller cannot create this Job's next pod: its `FailedCreate` Events (a ResourceQuota, an
+    admission webhook or policy refused the pod) seen again after its newest pod was created (earlier ones were
+    overcome), since the later of the two; `pod` is empty. Without the right to list Events: nothing."""
+    newest = max((_epoch(p.metadata.creation_timestamp) or 0.0 for p in _job_pods(namespace, job)), default=0.0)
+    selector = f"involvedObject.uid={job.metadata.uid},reason=FailedCreate"
+    try:
+        events = core().list_namespaced_event(namespace, field_selector=selector).items
+    except ApiException as e:
+        if e.status == 403:  # RBAC without `list events` (an older install): the status just cannot say why
+            log.warning("cannot list Events in %s to see why Job %s has no pods: %s", namespace, job.metadata.name, e)
+            return ()
+        raise
     waits = []
-    for e in events:
-        first = e.first_timestamp or e.event_time or e.metadata.creation_timestamp
-        waits.append(PodWait("", "FailedCreate", e.message or "", first.timestamp() if first else None))
+    for ev in events:
+        first = _epoch(ev.first_timestamp or ev.event_time or ev.metadata.creation_timestamp)
+        last = _epoch(ev.last_timestamp or (ev.series and ev.series.last_observed_time)) or first
+        if last is not None and last > newest:
+            waits.append(PodWait("", "FailedCreate", ev.message or "", max(first or newest, newest)))
     return tuple(sorted(waits, key=lambda w: w.since or 0.0)[:1])
 
 
-def pod_waits(namespace: str, job_name: str) -> tuple[PodWait, ...]:
-    """The Job's pods that are not running: unscheduled, or with a container waiting (what the kubelet says)."""
-    pods = core().list_namespaced_pod(namespace, label_selector=f"batch.kubernetes.io/job-name={job_name}")
+def pod_waits(pods: list[Any]) -> tuple[PodWait, ...]:
+    """The pods that are not running: unscheduled (since the scheduler said so), or with a container waiting
+    (what the kubelet says; since the pod was scheduled)."""
     waits: list[PodWait] = []
-    for p in pods.items:
+    for p in pods:
         status = p.status
         if p.metadata.deletion_timestamp is not None or status is None or status.phase not in (None, "Pending"):
             continue
-        created = p.metadata.creation_timestamp.timestamp() if p.metadata.creation_timestamp else None
+        scheduled_at = _epoch(p.metadata.creation_timestamp)
         for c in status.conditions or []:
-            if c.type == "PodScheduled" and c.status == "False":
-                since = c.last_transition_time.timestamp() if c.last_transition_time else created
+            if c.type != "PodScheduled":
+                continue
+            since = _epoch(c.last_transition_time) or scheduled_at
+            if c.status == "False":
                 waits.append(PodWait(p.metadata.name, c.reason or "Unschedulable", c.message or "", since))
+            else:
+                scheduled_at = since
         for cs in [*(status.init_container_statuses or []), *(status.container_statuses or [])]:
             waiting = cs.state.waiting if cs.state else None
             if waiting is not None and waiting.reason:
-                waits.append(PodWait(p.metadata.name, waiting.reason, waiting.message or "", created))
+                waits.append(PodWait(p.metadata.name, waiting.reason, waiting.message or "", scheduled_at))
     return tuple(sorted(waits, key=lambda w: w.pod))
 
 

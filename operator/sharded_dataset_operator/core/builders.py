@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sharded_dataset_operator.core import naming
+from sharded_dataset_operator.core.failures import STALL_AFTER_SECONDS
 from sharded_dataset_operator.core.spec import API_GROUP, API_VERSION, KIND, AisEtl, DatasetSpec
 
 CONVERTER_CONTAINER = "converter"
@@ -50,7 +51,8 @@ class ConverterDefaults:
     the spec's, none of which may tolerate every taint or a key of `forbidden_toleration_keys`; with
     `enforce_placement` a spec may not set either (`placement_problem`). User transform images are pulled with
     `user_image_pull_policy` (default Always: a node's cached copy of another tenant's private image is not
-    reused without the registry's say).
+    reused without the registry's say). A planner or converter pod that cannot start for `pod_stall_after`
+    seconds makes the resource Stalled (`PodsNotStarting`).
     """
 
     image: str
@@ -64,6 +66,7 @@ class ConverterDefaults:
     user_image_pull_policy: str = "Always"
     etl_images: tuple[str, ...] = ()  # image prefixes spec.transform.aisEtl may name; empty: none
     etl_init_timeout: str = "3m"
+    pod_stall_after: float = STALL_AFTER_SECONDS  # a pod that cannot start this long: Stalled (stallAfterSeconds)
 
 
 def placement_problem(spec: DatasetSpec, defaults: ConverterDefaults) -> str | None:

@@ -33,7 +33,8 @@ BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_MAX_SECONDS = 120.0
 POD_START_GRACE_SECONDS = 30.0
 """How long a planner or converter pod may stay unscheduled or unable to start its container before the
-resource reports Stalled (`PodsNotStarting`); a claim that is still binding settles well within it."""
+status says why (`PodsNotStarting`, Reconciling; Stalled after the operator's `stallAfterSeconds`); a claim
+that is still binding settles well within it."""
 
 POD_BLOCKED_REASONS = frozenset(
     {
@@ -116,20 +117,15 @@ def _parse(ts: str) -> float:
     return parse(ts)
 
 
-def pods_blocked(waits: Iterable[PodWait], now: str) -> str | None:
-    """Why a running Job's pods cannot start, once the first of them has been blocked past the grace period
-    (`POD_START_GRACE_SECONDS`); None while they start or run."""
-    blocked = sorted(
-        (w for w in waits if w.reason in POD_BLOCKED_REASONS),
-        key=lambda w: (w.since if w.since is not None else float("inf"), w.pod),
-    )
+def pods_blocked(waits: Iterable[PodWait], now: str) -> tuple[str, float] | None:
+    """Why a running Job's pods cannot start, and for how many seconds (of the longest-blocked one; a wait
+    without a time counts as long past); None while they start or run."""
+    blocked = sorted((w for w in waits if w.reason in POD_BLOCKED_REASONS), key=lambda w: (w.since or 0.0, w.pod))
     if not blocked:
         return None
     first = blocked[0]
-    if first.since is not None and parse(now) - first.since < POD_START_GRACE_SECONDS:
-        return None
     message = " ".join(first.message.split())
     more = len({w.pod for w in blocked if w.pod} - {first.pod})
     text = (f"pod {first.pod}: " if first.pod else "no pod could be created: ") + first.reason
     text += f": {message}" if message else ""
-    return text + (f" (and {more} more pod(s))" if more else "")
+    return text + (f" (and {more} more pod(s))" if more else ""), parse(now) - (first.since or 0.0)

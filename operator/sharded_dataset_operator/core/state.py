@@ -75,7 +75,8 @@ class Pass:
         self, job: JobState, what: str, working: str, failed: str, missing: tuple[str, str, str]
     ) -> Decision | None:
         """A planner or converter Job that is going, failed, completed without its objects, or whose pods cannot
-        start (Stalled `PodsNotStarting`, until they do); None while it runs.
+        start (`PodsNotStarting`: said after a grace, Stalled after `pod_stall_after`, until they start); None
+        while it runs.
 
         `missing`: (pending reason, failure reason, message) for a completed Job whose objects are invisible.
         """
@@ -88,8 +89,12 @@ class Pass:
             return self.missing_output(job, *missing)
         blocked = failures.pods_blocked(job.waits, self.now)
         if blocked is not None:
-            msg = f"{what} Job {job.name} cannot start: {blocked}"
-            return stalled(self.decision, self.prev_stalled, Phase.CONVERTING, POD_BLOCKED, msg)
+            why, seconds = blocked
+            msg = f"{what} Job {job.name} cannot start: {why}"
+            if seconds >= self.defaults.pod_stall_after:
+                return stalled(self.decision, self.prev_stalled, Phase.CONVERTING, POD_BLOCKED, msg)
+            if seconds >= failures.POD_START_GRACE_SECONDS:
+                return self.working(Phase.CONVERTING, POD_BLOCKED, msg)
         return None
 
     def failed(self, step: str | None, reason: str, message: str) -> Decision:

@@ -172,6 +172,7 @@ def reconcile_once(namespace: str, name: str, settings: Settings) -> PassResult:
         user_image_pull_policy=settings.user_image_pull_policy,
         etl_images=settings.etl_images,
         etl_init_timeout=settings.etl_init_timeout,
+        pod_stall_after=settings.stall_after,
     )
     if not settings.endpoint_allowed(spec.ais.endpoint):
         msg = (f"spec.ais.endpoint {spec.ais.endpoint} is not one of the AIS endpoints this operator may use "
